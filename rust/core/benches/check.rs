@@ -1,0 +1,76 @@
+//! The core check: one `try_acquire` including the clock read, on one thread and on two
+//! threads that use different shards. Run with `make bench` (or `cargo bench -p ratelimit-core`).
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use ratelimit_core::{Algorithm, Clock, Quota, RateLimiter};
+use std::hint::black_box;
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+/// A budget no benchmark can exhaust, so every call is admitted.
+fn limiter(shards: usize) -> RateLimiter {
+    let quota = Quota::new(1e9, 1.0, Some(1e12), Algorithm::TokenBucket, Some(shards)).unwrap();
+    RateLimiter::new(quota, Clock::monotonic()).unwrap()
+}
+
+/// Two hashes whose first candidates are different shards of a two-shard limiter.
+fn hashes_on_separate_shards(limiter: &RateLimiter) -> [u64; 2] {
+    let first = |h: u64| limiter.try_acquire_hashed(h, 1).unwrap().shard;
+    let a = 1u64;
+    let b = (2u64..).find(|&h| first(h) != first(a)).unwrap();
+    [a, b]
+}
+
+fn single_thread(c: &mut Criterion) {
+    let limiter = limiter(1);
+    let hash = limiter.hash_key("default").unwrap();
+    c.bench_function("try_acquire/1 thread", |b| {
+        b.iter(|| black_box(limiter.try_acquire_hashed(black_box(hash), 1).unwrap()))
+    });
+    let limiter16 = self::limiter(16);
+    c.bench_function("try_acquire/1 thread, 16 shards", |b| {
+        b.iter(|| black_box(limiter16.try_acquire_hashed(black_box(hash), 1).unwrap()))
+    });
+}
+
+/// Aggregate throughput: `threads` threads each make `iters` calls; the time reported is
+/// wall time divided by the thread count, so the per-call figure falls as threads scale.
+fn threads(c: &mut Criterion) {
+    let limiter = Arc::new(limiter(2));
+    let hashes = hashes_on_separate_shards(&limiter);
+    for threads in [1usize, 2] {
+        c.bench_function(
+            &format!("try_acquire/{threads} threads, separate shards"),
+            |b| {
+                b.iter_custom(|iters| {
+                    let barrier = Arc::new(Barrier::new(threads + 1));
+                    let workers: Vec<_> = (0..threads)
+                        .map(|t| {
+                            let (limiter, barrier) = (limiter.clone(), barrier.clone());
+                            let hash = hashes[t];
+                            std::thread::spawn(move || {
+                                barrier.wait();
+                                for _ in 0..iters {
+                                    black_box(limiter.try_acquire_hashed(hash, 1).unwrap());
+                                }
+                            })
+                        })
+                        .collect();
+                    barrier.wait();
+                    let start = Instant::now();
+                    for w in workers {
+                        w.join().unwrap();
+                    }
+                    start.elapsed() / threads as u32
+                })
+            },
+        );
+    }
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
+    targets = single_thread, threads
+}
+criterion_main!(benches);

@@ -1,0 +1,128 @@
+//! Time sources. Every limiter reads time through a [`Clock`]: the real monotonic clock in
+//! production, a [`ManualClock`] that tests advance by hand so that no test needs to sleep.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+/// Nanoseconds since the clock's origin.
+pub type Nanos = u64;
+
+pub const NANOS_PER_SEC: f64 = 1e9;
+
+/// A clock shared by any number of limiters.
+#[derive(Clone, Debug)]
+pub enum Clock {
+    /// `std::time::Instant` (CLOCK_MONOTONIC on Linux), counted from when the clock was made.
+    Monotonic { origin: Instant, epoch_origin: f64 },
+    /// Time that moves only when a test says so.
+    Manual(Arc<ManualClock>),
+}
+
+impl Clock {
+    pub fn monotonic() -> Self {
+        Clock::Monotonic {
+            origin: Instant::now(),
+            epoch_origin: unix_now(),
+        }
+    }
+
+    #[inline]
+    pub fn now(&self) -> Nanos {
+        match self {
+            // u64 nanoseconds last 584 years.
+            Clock::Monotonic { origin, .. } => origin.elapsed().as_nanos() as Nanos,
+            Clock::Manual(manual) => manual.now(),
+        }
+    }
+
+    /// Converts a reading of this clock to seconds since the Unix epoch, comparable with
+    /// Python's `time.time()` for the monotonic clock.
+    pub fn to_epoch(&self, t: Nanos) -> f64 {
+        match self {
+            Clock::Monotonic { epoch_origin, .. } => epoch_origin + t as f64 / NANOS_PER_SEC,
+            Clock::Manual(manual) => manual.epoch_origin + t as f64 / NANOS_PER_SEC,
+        }
+    }
+}
+
+impl Default for Clock {
+    fn default() -> Self {
+        Clock::monotonic()
+    }
+}
+
+/// A clock that stands still until advanced. Cheap to share: limiters hold an `Arc` of it.
+#[derive(Debug)]
+pub struct ManualClock {
+    now: AtomicU64,
+    epoch_origin: f64,
+}
+
+impl ManualClock {
+    /// A clock at zero whose zero is `epoch_origin` seconds after the Unix epoch.
+    pub fn new(epoch_origin: f64) -> Self {
+        Self {
+            now: AtomicU64::new(0),
+            epoch_origin,
+        }
+    }
+
+    #[inline]
+    pub fn now(&self) -> Nanos {
+        self.now.load(Ordering::Acquire)
+    }
+
+    /// Moves time forward; time never goes back.
+    pub fn advance(&self, by: Nanos) {
+        self.now.fetch_add(by, Ordering::AcqRel);
+    }
+
+    /// Sets the reading, if it is later than the current one.
+    pub fn set(&self, to: Nanos) {
+        self.now.fetch_max(to, Ordering::AcqRel);
+    }
+
+    pub fn epoch_origin(&self) -> f64 {
+        self.epoch_origin
+    }
+}
+
+impl Default for ManualClock {
+    /// A clock whose zero is the Unix epoch.
+    fn default() -> Self {
+        Self::new(0.0)
+    }
+}
+
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn manual_clock_moves_only_forward() {
+        let manual = Arc::new(ManualClock::new(1000.0));
+        let clock = Clock::Manual(manual.clone());
+        assert_eq!(clock.now(), 0);
+        manual.advance(1_500_000_000);
+        assert_eq!(clock.now(), 1_500_000_000);
+        manual.set(10);
+        assert_eq!(clock.now(), 1_500_000_000);
+        assert_eq!(clock.to_epoch(clock.now()), 1001.5);
+    }
+
+    #[test]
+    fn monotonic_clock_does_not_go_back() {
+        let clock = Clock::monotonic();
+        let a = clock.now();
+        let b = clock.now();
+        assert!(b >= a);
+    }
+}

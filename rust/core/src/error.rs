@@ -1,0 +1,45 @@
+//! The one error type of the core. Refusals are not errors: they are [`crate::Decision`]s.
+
+use std::fmt;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Error {
+    /// An argument is out of its allowed range; `argument` is the caller-facing name.
+    InvalidArgument {
+        argument: &'static str,
+        message: String,
+    },
+}
+
+impl Error {
+    pub(crate) fn invalid(argument: &'static str, message: impl Into<String>) -> Self {
+        Error::InvalidArgument {
+            argument,
+            message: message.into(),
+        }
+    }
+
+    /// `count` must be a whole number of tokens, at least 1.
+    pub fn invalid_count(got: &dyn fmt::Display) -> Self {
+        Self::invalid("count", format!("must be an integer >= 1, got {got}"))
+    }
+
+    /// The name of the offending argument.
+    pub fn argument(&self) -> &'static str {
+        match self {
+            Error::InvalidArgument { argument, .. } => argument,
+        }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::InvalidArgument { argument, message } => write!(f, "{argument}: {message}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+pub type Result<T> = std::result::Result<T, Error>;

@@ -1,0 +1,243 @@
+//! The shard set: one budget split over N cache-line-padded shards.
+//!
+//! Sharding is a concurrency device, never a way to lose capacity (SPEC I2): a request is
+//! served by the fuller of its key's two candidate shards (load-aware power-of-two choices,
+//! I5); when neither holds enough, it is gathered from every shard, so one key can always
+//! use the whole rate and the whole burst. A refusal only reads.
+
+use crossbeam_utils::CachePadded;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::clock::{Clock, Nanos};
+
+/// One shard's bucket. Capacity and amounts are in the algorithm's own units
+/// (clock ticks of credit for the token bucket, admission slots for the sliding window).
+pub(crate) trait Shard: Send + Sync + Sized {
+    /// What a take records so that it can be given back exactly.
+    type Receipt: Copy;
+
+    fn capacity(&self) -> u64;
+    fn available(&self, now: Nanos) -> u64;
+    /// Takes all of `units` or nothing.
+    fn try_take(&self, now: Nanos, units: u64) -> Option<Self::Receipt>;
+    /// Takes as much of `units` as is available now; `None` when it took nothing.
+    fn take_up_to(&self, now: Nanos, units: u64) -> Option<(u64, Self::Receipt)>;
+    /// Returns a take that turned out not to be needed.
+    fn give_back(&self, receipt: Self::Receipt, clock: &Clock);
+    /// Nanoseconds from `now` until `units` can be gathered over all `shards`
+    /// (`units` never exceeds their total capacity).
+    fn wait_for(shards: &Slots<Self>, now: Nanos, units: u64) -> Nanos;
+}
+
+/// The shards of a set, each alone on its cache line.
+pub(crate) type Slots<S> = [CachePadded<Slot<S>>];
+
+/// A shard with its served-requests counter.
+#[derive(Debug)]
+pub(crate) struct Slot<S> {
+    pub(crate) shard: S,
+    served: AtomicU64,
+}
+
+/// The outcome of one request against a shard set.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum Outcome {
+    Admitted {
+        shard: usize,
+    },
+    /// Not enough now; `wait` nanoseconds until there will be.
+    Refused {
+        shard: usize,
+        wait: Nanos,
+    },
+}
+
+/// Gathering retries when other threads drain shards between our read and our take.
+const GATHER_ATTEMPTS: usize = 16;
+
+#[derive(Debug)]
+pub(crate) struct ShardSet<S> {
+    slots: Box<[CachePadded<Slot<S>>]>,
+    total_capacity: u64,
+}
+
+impl<S: Shard> ShardSet<S> {
+    pub(crate) fn new(shards: impl IntoIterator<Item = S>) -> Self {
+        let slots: Box<[_]> = shards
+            .into_iter()
+            .map(|shard| {
+                CachePadded::new(Slot {
+                    shard,
+                    served: AtomicU64::new(0),
+                })
+            })
+            .collect();
+        assert!(!slots.is_empty(), "a shard set needs at least one shard");
+        let total_capacity = slots.iter().map(|s| s.shard.capacity()).sum();
+        Self {
+            slots,
+            total_capacity,
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    pub(crate) fn total_capacity(&self) -> u64 {
+        self.total_capacity
+    }
+
+    #[cfg(test)]
+    pub(crate) fn slots(&self) -> &Slots<S> {
+        &self.slots
+    }
+
+    pub(crate) fn shard(&self, index: usize) -> &S {
+        &self.slots[index].shard
+    }
+
+    pub(crate) fn available(&self, now: Nanos) -> u64 {
+        self.slots.iter().map(|s| s.shard.available(now)).sum()
+    }
+
+    pub(crate) fn served(&self) -> Vec<u64> {
+        self.slots
+            .iter()
+            .map(|s| s.served.load(Ordering::Relaxed))
+            .collect()
+    }
+
+    /// The key's two candidate shards, from independent halves of its hash.
+    #[inline]
+    pub(crate) fn candidates(&self, hash: u64) -> (usize, usize) {
+        let n = self.slots.len() as u64;
+        let a = reduce(hash, n);
+        let b = reduce(hash.rotate_left(32) ^ 0x9E37_79B9_7F4A_7C15, n);
+        if a == b && n > 1 {
+            (a as usize, ((a + 1) % n) as usize)
+        } else {
+            (a as usize, b as usize)
+        }
+    }
+
+    /// Takes `units` for the key with `hash`, or refuses without writing anything.
+    /// The caller has checked `units <= total_capacity`.
+    pub(crate) fn acquire(&self, clock: &Clock, now: Nanos, hash: u64, units: u64) -> Outcome {
+        let (a, b) = self.candidates(hash);
+        let (first, second) = if a == b {
+            (a, None)
+        } else if self.slots[a].shard.available(now) >= self.slots[b].shard.available(now) {
+            (a, Some(b))
+        } else {
+            (b, Some(a))
+        };
+        for index in std::iter::once(first).chain(second) {
+            if self.slots[index].shard.try_take(now, units).is_some() {
+                return self.admitted(index);
+            }
+        }
+        self.gather(clock, now, first, units)
+    }
+
+    /// Serves a request no single candidate can: takes from every shard, fullest
+    /// candidate first, and gives everything back if other threads got there first.
+    fn gather(&self, clock: &Clock, now: Nanos, first: usize, units: u64) -> Outcome {
+        let n = self.slots.len();
+        let mut receipts = Vec::new();
+        for _ in 0..GATHER_ATTEMPTS {
+            if self.available(now) < units {
+                break;
+            }
+            let mut got = 0;
+            for offset in 0..n {
+                let index = (first + offset) % n;
+                if let Some((taken, receipt)) = self.slots[index].shard.take_up_to(now, units - got)
+                {
+                    got += taken;
+                    receipts.push((index, receipt));
+                    if got == units {
+                        return self.admitted(first);
+                    }
+                }
+            }
+            for (index, receipt) in receipts.drain(..) {
+                self.slots[index].shard.give_back(receipt, clock);
+            }
+        }
+        Outcome::Refused {
+            shard: first,
+            wait: S::wait_for(&self.slots, now, units),
+        }
+    }
+
+    #[inline]
+    fn admitted(&self, shard: usize) -> Outcome {
+        self.slots[shard].served.fetch_add(1, Ordering::Relaxed);
+        Outcome::Admitted { shard }
+    }
+}
+
+/// Maps a 64-bit hash onto `0..n` without a division (Lemire's multiply-shift).
+#[inline]
+fn reduce(hash: u64, n: u64) -> u64 {
+    ((hash as u128 * n as u128) >> 64) as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gcra::GcraShard;
+
+    fn set(n: usize) -> ShardSet<GcraShard> {
+        ShardSet::new((0..n).map(|_| GcraShard::new(100, 0)))
+    }
+
+    #[test]
+    fn candidates_are_two_distinct_shards_in_range() {
+        for n in [2, 3, 16, 1000] {
+            let s = set(n);
+            for hash in (0..10_000u64).map(|i| i.wrapping_mul(0x2545_F491_4F6C_DD1D)) {
+                let (a, b) = s.candidates(hash);
+                assert!(a < n && b < n && a != b);
+            }
+        }
+        assert_eq!(set(1).candidates(42), (0, 0));
+    }
+
+    #[test]
+    fn the_fuller_candidate_serves() {
+        let clock = Clock::Manual(Default::default());
+        let s = set(2);
+        let hash = 7;
+        let (a, b) = s.candidates(hash);
+        s.shard(a).try_take(0, 60).unwrap();
+        // b has 100 ticks, a has 40: the request goes to b even though a could serve it.
+        assert_eq!(
+            s.acquire(&clock, 0, hash, 30),
+            Outcome::Admitted { shard: b }
+        );
+        assert_eq!(s.shard(a).available(0), 40);
+        assert_eq!(s.shard(b).available(0), 70);
+    }
+
+    #[test]
+    fn a_request_larger_than_any_shard_is_gathered() {
+        let clock = Clock::Manual(Default::default());
+        let s = set(16);
+        assert!(matches!(
+            s.acquire(&clock, 0, 1, 1_550),
+            Outcome::Admitted { .. }
+        ));
+        assert_eq!(s.available(0), 50);
+        // Refused without writing, with the exact wait: 10 more ticks per shard... spread over
+        // 16 shards refilling in parallel, 60 - 50 = 10 units need ceil(10/16) ticks.
+        let before: Vec<u64> = (0..16).map(|i| s.shard(i).available(0)).collect();
+        assert!(matches!(
+            s.acquire(&clock, 0, 1, 60),
+            Outcome::Refused { .. }
+        ));
+        let after: Vec<u64> = (0..16).map(|i| s.shard(i).available(0)).collect();
+        assert_eq!(before, after);
+    }
+}
