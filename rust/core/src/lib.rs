@@ -11,5 +11,5 @@ mod sliding_window;
 
 pub use clock::{Clock, ManualClock, Nanos};
 pub use error::{Error, Result};
-pub use limiter::{Decision, RateLimiter, Refusal, MAX_KEY_LEN};
+pub use limiter::{validate_max_wait, Balance, Decision, RateLimiter, Refusal, MAX_KEY_LEN};
 pub use quota::{auto_shards, Algorithm, Quota, MAX_SHARDS, MAX_WINDOW_LIMIT};

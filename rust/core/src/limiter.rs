@@ -31,6 +31,8 @@ pub enum Refusal {
     RateLimited,
     /// More tokens than the burst: it can never succeed.
     ExceedsCapacity,
+    /// Admission would need a longer wait than the caller allows.
+    MaxWaitExceeded,
 }
 
 impl Refusal {
@@ -39,6 +41,7 @@ impl Refusal {
         match self {
             Refusal::RateLimited => "rate_limited",
             Refusal::ExceedsCapacity => "exceeds_capacity",
+            Refusal::MaxWaitExceeded => "max_wait_exceeded",
         }
     }
 }
@@ -54,6 +57,62 @@ pub struct Decision {
     pub remaining: f64,
     /// Seconds until the request could be admitted; `None` when admitted or never.
     pub retry_after: Option<f64>,
+}
+
+/// Checks a wait bound in seconds: `None` or infinity waits as long as it takes.
+pub fn validate_max_wait(max_wait: Option<f64>) -> Result<f64> {
+    match max_wait {
+        None => Ok(f64::INFINITY),
+        Some(wait) if wait >= 0.0 => Ok(wait),
+        Some(wait) => Err(Error::invalid(
+            "max_wait",
+            format!("must be None or a number of seconds >= 0, got {wait}"),
+        )),
+    }
+}
+
+/// Requests served per shard and how far the busiest shard is above the mean.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Balance {
+    pub distribution: Vec<u64>,
+    /// `(max - mean) / mean`; 0 when nothing was served yet.
+    pub imbalance_ratio: f64,
+    pub most_loaded: usize,
+    pub least_loaded: usize,
+}
+
+impl Balance {
+    /// Shards are called balanced while the busiest is within this fraction of the mean.
+    pub const THRESHOLD: f64 = 0.3;
+
+    fn of(distribution: Vec<u64>) -> Self {
+        let total: u64 = distribution.iter().sum();
+        let mean = total as f64 / distribution.len() as f64;
+        let (mut most, mut least) = (0, 0);
+        for (i, &served) in distribution.iter().enumerate() {
+            if served > distribution[most] {
+                most = i;
+            }
+            if served < distribution[least] {
+                least = i;
+            }
+        }
+        let imbalance_ratio = if total == 0 {
+            0.0
+        } else {
+            (distribution[most] as f64 - mean) / mean
+        };
+        Self {
+            distribution,
+            imbalance_ratio,
+            most_loaded: most,
+            least_loaded: least,
+        }
+    }
+
+    pub fn balanced(&self) -> bool {
+        self.imbalance_ratio <= Self::THRESHOLD
+    }
 }
 
 /// A sharded rate limiter over one shared budget (SPEC `scope="global"`).
@@ -129,6 +188,18 @@ impl RateLimiter {
         }
     }
 
+    /// Like [`RateLimiter::try_acquire_hashed`], for a caller willing to wait up to
+    /// `max_wait` seconds: a refusal whose wait is longer says
+    /// [`Refusal::MaxWaitExceeded`] (with the wait it would have needed) instead of
+    /// [`Refusal::RateLimited`], which then means "wait `retry_after`, then ask again".
+    pub fn try_acquire_within(&self, hash: u64, count: u64, max_wait: f64) -> Result<Decision> {
+        let mut decision = self.try_acquire_hashed(hash, count)?;
+        if decision.retry_after.is_some_and(|wait| wait > max_wait) {
+            decision.reason = Some(Refusal::MaxWaitExceeded);
+        }
+        Ok(decision)
+    }
+
     /// Tokens available in the whole budget now, without taking any.
     pub fn peek(&self) -> f64 {
         self.engine.load().remaining(self.clock.now())
@@ -142,6 +213,11 @@ impl RateLimiter {
     /// Requests admitted by each shard since the limiter was made, reset or re-rated.
     pub fn served(&self) -> Vec<u64> {
         self.engine.load().budget.served()
+    }
+
+    /// How evenly the shards have served requests (see [`Balance`]).
+    pub fn balance(&self) -> Balance {
+        Balance::of(self.served())
     }
 
     /// Changes the quota at run time. The tokens available now carry over (capped at the
@@ -392,6 +468,36 @@ impl Engine {
                 log.sort_unstable();
                 Carry::Log(log)
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn balance_is_defined_before_any_traffic() {
+        let balance = Balance::of(vec![0, 0, 0, 0]);
+        assert_eq!(balance.imbalance_ratio, 0.0);
+        assert!(balance.balanced());
+        assert_eq!((balance.most_loaded, balance.least_loaded), (0, 0));
+    }
+
+    #[test]
+    fn balance_measures_the_busiest_shard_against_the_mean() {
+        let balance = Balance::of(vec![10, 30, 20, 20]);
+        assert_eq!(balance.imbalance_ratio, 0.5);
+        assert!(!balance.balanced());
+        assert_eq!((balance.most_loaded, balance.least_loaded), (1, 0));
+    }
+
+    #[test]
+    fn max_wait_must_be_a_non_negative_number() {
+        assert_eq!(validate_max_wait(None), Ok(f64::INFINITY));
+        assert_eq!(validate_max_wait(Some(0.0)), Ok(0.0));
+        for bad in [-1.0, f64::NAN, f64::NEG_INFINITY] {
+            assert_eq!(validate_max_wait(Some(bad)).unwrap_err().argument(), "max_wait");
         }
     }
 }

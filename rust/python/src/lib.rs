@@ -1,1 +1,20 @@
+//! `flashcard_pipeline._native`: the Python face of `ratelimit-core`. Only conversions
+//! live here; every decision is the core's.
 
+use pyo3::prelude::*;
+
+mod clock;
+mod error;
+mod limiter;
+mod result;
+
+#[pymodule]
+fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add("MAX_KEY_LEN", ratelimit_core::MAX_KEY_LEN)?;
+    m.add("ALGORITHMS", ratelimit_core::Algorithm::NAMES.to_vec())?;
+    m.add_class::<clock::PyManualClock>()?;
+    m.add_class::<limiter::PyShardedRateLimiter>()?;
+    m.add_class::<result::PyRateLimitResult>()?;
+    Ok(())
+}

@@ -1,0 +1,74 @@
+//! `RateLimitResult`: one decision, truthy when allowed and awaitable as itself.
+
+use pyo3::exceptions::PyStopIteration;
+use pyo3::prelude::*;
+use ratelimit_core::Decision;
+
+/// The answer to one request.
+///
+/// `bool(result)` is `result.allowed`. Awaiting a result gives the result itself, so
+/// `await limiter.try_acquire()` and `limiter.try_acquire()` both work.
+#[pyclass(
+    frozen,
+    freelist = 64,
+    module = "flashcard_pipeline._native",
+    name = "RateLimitResult"
+)]
+pub(crate) struct PyRateLimitResult {
+    #[pyo3(get)]
+    allowed: bool,
+    #[pyo3(get)]
+    tokens_remaining: f64,
+    #[pyo3(get)]
+    retry_after: Option<f64>,
+    #[pyo3(get)]
+    shard_id: usize,
+    #[pyo3(get)]
+    reason: Option<&'static str>,
+    /// Seconds the call waited before this answer.
+    #[pyo3(get)]
+    waited: f64,
+}
+
+impl PyRateLimitResult {
+    pub(crate) fn from_decision(decision: Decision, waited: f64) -> Self {
+        Self {
+            allowed: decision.allowed,
+            tokens_remaining: decision.remaining,
+            retry_after: decision.retry_after,
+            shard_id: decision.shard,
+            reason: decision.reason.map(|r| r.code()),
+            waited,
+        }
+    }
+}
+
+#[pymethods]
+impl PyRateLimitResult {
+    fn __bool__(&self) -> bool {
+        self.allowed
+    }
+
+    fn __await__(slf: Bound<'_, Self>) -> Bound<'_, Self> {
+        slf
+    }
+
+    /// Ends the await at once with the result as its value.
+    fn __next__(slf: Bound<'_, Self>) -> PyResult<Option<()>> {
+        Err(PyStopIteration::new_err(slf.unbind()))
+    }
+
+    fn __repr__(&self) -> String {
+        let opt = |v: Option<String>| v.unwrap_or_else(|| "None".into());
+        format!(
+            "RateLimitResult(allowed={}, tokens_remaining={:?}, retry_after={}, shard_id={}, \
+             reason={}, waited={:?})",
+            if self.allowed { "True" } else { "False" },
+            self.tokens_remaining,
+            opt(self.retry_after.map(|r| format!("{r:?}"))),
+            self.shard_id,
+            opt(self.reason.map(|r| format!("'{r}'"))),
+            self.waited
+        )
+    }
+}
