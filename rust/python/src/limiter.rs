@@ -281,7 +281,7 @@ impl PyShardedRateLimiter {
     fn __repr__(&self) -> String {
         let q = self.core.quota();
         format!(
-            "ShardedRateLimiter(rate={}, period={}, shards={}, algorithm={:?}, burst_size={})",
+            "ShardedRateLimiter(rate={:?}, period={:?}, shards={}, algorithm={:?}, burst_size={:?})",
             q.rate,
             q.period,
             q.shards,
