@@ -8,13 +8,13 @@ Example:
 
 Every method works as a plain call (from any thread) and with ``await``: results of
 ``try_acquire`` are awaitable, and ``acquire`` returns an awaitable when it has to wait
-inside a running event loop, and blocks (with the GIL released) anywhere else.
+inside a running event loop, and blocks anywhere else, deciding and sleeping in Rust with
+the GIL released.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Awaitable, Generator
 from typing import Any
 
@@ -61,25 +61,12 @@ class ShardedRateLimiter(_NativeLimiter):
         that must wait returns an awaitable; ``await limiter.acquire()`` always works.
         """
         budget = self._wait_budget(max_wait)
+        if _running_loop() is None:
+            return self._acquire_blocking(key, count, budget)
         result = self._acquire_step(key, count, budget, 0.0)
         if result.reason != _WAIT:
             return result
-        if _running_loop() is not None:
-            return _Waiting(self._wait_async(key, count, budget, result))
-        return self._wait_blocking(key, count, budget, result)
-
-    def _wait_blocking(
-        self, key: str | None, count: int, budget: float, result: RateLimitResult
-    ) -> RateLimitResult:
-        start = self._now()
-        clock = self.clock
-        while result.reason == _WAIT:
-            if clock is None:
-                time.sleep(result.retry_after)  # releases the GIL; Ctrl-C interrupts it
-            else:
-                clock.advance(result.retry_after)
-            result = self._acquire_step(key, count, budget, self._now() - start)
-        return result
+        return _Waiting(self._wait_async(key, count, budget, result))
 
     async def _wait_async(
         self, key: str | None, count: int, budget: float, result: RateLimitResult

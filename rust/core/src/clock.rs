@@ -36,6 +36,14 @@ impl Clock {
         }
     }
 
+    /// Lets `nanos` pass: sleeps the thread, or advances a manual clock.
+    pub fn sleep(&self, nanos: Nanos) {
+        match self {
+            Clock::Monotonic { .. } => std::thread::sleep(std::time::Duration::from_nanos(nanos)),
+            Clock::Manual(manual) => manual.advance(nanos),
+        }
+    }
+
     /// Converts a reading of this clock to seconds since the Unix epoch, comparable with
     /// Python's `time.time()` for the monotonic clock.
     pub fn to_epoch(&self, t: Nanos) -> f64 {

@@ -200,6 +200,40 @@ impl RateLimiter {
         Ok(decision)
     }
 
+    /// Waits on the limiter's clock until admitted or refused for good (count above the
+    /// burst, or a wait beyond `max_wait` seconds), sleeping at most `slice` nanoseconds at a
+    /// time and asking `keep_waiting` between slices; `None` when it said stop. Returns the
+    /// decision and the seconds waited.
+    pub fn acquire_blocking(
+        &self,
+        hash: u64,
+        count: u64,
+        max_wait: f64,
+        slice: Nanos,
+        mut keep_waiting: impl FnMut() -> bool,
+    ) -> Result<Option<(Decision, f64)>> {
+        let start = self.clock.now();
+        loop {
+            let waited = (self.clock.now() - start) as f64 / NANOS_PER_SEC;
+            let decision = self.try_acquire_within(hash, count, max_wait - waited)?;
+            let Some(wait) = decision
+                .retry_after
+                .filter(|_| decision.reason == Some(Refusal::RateLimited))
+            else {
+                return Ok(Some((decision, waited)));
+            };
+            let mut remaining = (wait * NANOS_PER_SEC).ceil() as Nanos;
+            while remaining > 0 {
+                let nap = remaining.min(slice);
+                self.clock.sleep(nap);
+                remaining -= nap;
+                if !keep_waiting() {
+                    return Ok(None);
+                }
+            }
+        }
+    }
+
     /// Tokens available in the whole budget now, without taking any.
     pub fn peek(&self) -> f64 {
         self.engine.load().remaining(self.clock.now())
@@ -497,7 +531,10 @@ mod tests {
         assert_eq!(validate_max_wait(None), Ok(f64::INFINITY));
         assert_eq!(validate_max_wait(Some(0.0)), Ok(0.0));
         for bad in [-1.0, f64::NAN, f64::NEG_INFINITY] {
-            assert_eq!(validate_max_wait(Some(bad)).unwrap_err().argument(), "max_wait");
+            assert_eq!(
+                validate_max_wait(Some(bad)).unwrap_err().argument(),
+                "max_wait"
+            );
         }
     }
 }

@@ -11,7 +11,7 @@ const SHARDS: [usize; 3] = [1, 4, 16];
 const ALGORITHMS: [Algorithm; 2] = [Algorithm::TokenBucket, Algorithm::SlidingWindow];
 
 /// A limiter on a frozen manual clock at zero. The sliding window takes no burst.
-fn limiter(
+fn new_limiter(
     algorithm: Algorithm,
     rate: f64,
     period: f64,
@@ -30,7 +30,7 @@ fn limiter(
 
 /// The SPEC I3 limiter: 100 per second, burst 100.
 fn per_second_100(algorithm: Algorithm, shards: usize) -> (RateLimiter, Arc<ManualClock>) {
-    limiter(algorithm, 100.0, 1.0, Some(100.0), shards)
+    new_limiter(algorithm, 100.0, 1.0, Some(100.0), shards)
 }
 
 fn acquire(limiter: &RateLimiter, key: &str, count: u64) -> Decision {
@@ -68,12 +68,7 @@ fn i3_thousand_calls_with_a_frozen_clock_admit_exactly_the_burst() {
                 let admitted = (0..1000)
                     .filter(|i| acquire(&limiter, &format!("key-{}", i % keys), 1).allowed)
                     .count();
-                assert_eq!(
-                    admitted,
-                    100,
-                    "{} keys={keys}",
-                    label(algorithm, shards)
-                );
+                assert_eq!(admitted, 100, "{} keys={keys}", label(algorithm, shards));
                 assert_eq!(limiter.peek(), 0.0, "{}", label(algorithm, shards));
             }
         }
@@ -128,7 +123,7 @@ fn i3_two_seconds_of_hammering_admit_300_token_bucket_and_200_sliding_window() {
 #[test]
 fn i2_a_single_key_gets_the_whole_burst_at_16_shards() {
     for algorithm in ALGORITHMS {
-        let (limiter, _manual) = limiter(algorithm, 20.0, 1.0, Some(20.0), 16);
+        let (limiter, _manual) = new_limiter(algorithm, 20.0, 1.0, Some(20.0), 16);
         // No shard holds 5 tokens (16 shards share 20), yet 4 requests of 5 are served.
         assert!(limiter.shard_tokens().iter().all(|&t| t < 5.0));
         let admitted = (0..50)
@@ -144,7 +139,7 @@ fn i2_a_single_key_gets_the_whole_burst_at_16_shards() {
 #[test]
 fn i2_five_tokens_spread_over_shards_serve_a_request_of_five() {
     for algorithm in ALGORITHMS {
-        let (limiter, _manual) = limiter(algorithm, 20.0, 1.0, Some(20.0), 16);
+        let (limiter, _manual) = new_limiter(algorithm, 20.0, 1.0, Some(20.0), 16);
         for i in 0..15 {
             assert!(acquire(&limiter, &format!("spread-{i}"), 1).allowed);
         }
@@ -169,7 +164,11 @@ fn i2_a_fresh_limiter_admits_count_equal_to_burst_at_once() {
         for shards in SHARDS.into_iter().chain([7, 32]) {
             let (limiter, _manual) = per_second_100(algorithm, shards);
             let decision = acquire(&limiter, "all", 100);
-            assert!(decision.allowed, "{}: {decision:?}", label(algorithm, shards));
+            assert!(
+                decision.allowed,
+                "{}: {decision:?}",
+                label(algorithm, shards)
+            );
             assert_eq!(decision.remaining, 0.0);
         }
     }
@@ -207,7 +206,7 @@ fn i7_count_above_burst_is_refused_at_once_as_exceeds_capacity() {
         }
     }
     // A fractional burst: 2.5 tokens hold two requests of 1, never one of 3.
-    let (limiter, _manual) = limiter(Algorithm::TokenBucket, 1.0, 1.0, Some(2.5), 4);
+    let (limiter, _manual) = new_limiter(Algorithm::TokenBucket, 1.0, 1.0, Some(2.5), 4);
     assert_eq!(
         acquire(&limiter, "k", 3).reason,
         Some(Refusal::ExceedsCapacity)
@@ -247,14 +246,19 @@ fn check_retry_after(
     let refused = acquire(limiter, key, count);
     assert!(!refused.allowed, "{what}: should be refused");
     assert_eq!(refused.reason, Some(Refusal::RateLimited), "{what}");
-    let retry_after = refused.retry_after.expect("a rate-limited refusal says when");
+    let retry_after = refused
+        .retry_after
+        .expect("a rate-limited refusal says when");
     let wait = secs_to_nanos_ceil(retry_after);
     assert!(
         wait.abs_diff(expected_ns) <= MS,
         "{what}: retry_after {retry_after} s, true earliest admission {} s",
         expected_ns as f64 / 1e9
     );
-    assert!(wait > MS, "{what}: test needs a wait over 1 ms, got {wait} ns");
+    assert!(
+        wait > MS,
+        "{what}: test needs a wait over 1 ms, got {wait} ns"
+    );
     let start = manual.now();
     manual.advance(wait - MS);
     let early = acquire(limiter, key, count);
@@ -377,7 +381,11 @@ fn a_refusal_does_not_change_state() {
                     let decision = acquire(&limiter, key, count);
                     assert!(!decision.allowed, "{what}: count {count} admitted");
                     assert_eq!(limiter.peek(), peek, "{what}: count {count}");
-                    assert_eq!(limiter.shard_tokens(), shard_tokens, "{what}: count {count}");
+                    assert_eq!(
+                        limiter.shard_tokens(),
+                        shard_tokens,
+                        "{what}: count {count}"
+                    );
                     assert_eq!(limiter.served(), served, "{what}: count {count}");
                     assert_eq!(decision.remaining, peek, "{what}: count {count}");
                 }
@@ -392,7 +400,7 @@ fn a_refusal_does_not_change_state() {
 
 #[test]
 fn ten_per_hour_admits_ten_then_waits_360_seconds() {
-    let (limiter, manual) = limiter(Algorithm::TokenBucket, 10.0, 3600.0, None, 1);
+    let (limiter, manual) = new_limiter(Algorithm::TokenBucket, 10.0, 3600.0, None, 1);
     assert_eq!(limiter.quota().burst, 10.0);
     assert_eq!(drain(&limiter, "k"), 10);
     let refused = acquire(&limiter, "k", 1);
@@ -416,14 +424,14 @@ fn ten_per_hour_admits_ten_then_waits_360_seconds() {
 }
 
 fn limiter_sw(rate: f64, period: f64, shards: usize) -> (RateLimiter, Arc<ManualClock>) {
-    limiter(Algorithm::SlidingWindow, rate, period, None, shards)
+    new_limiter(Algorithm::SlidingWindow, rate, period, None, shards)
 }
 
 #[test]
 fn half_second_period_runs_at_twice_the_rate() {
     for shards in SHARDS {
         // 10 per 0.5 s = 20 per second, burst 10.
-        let (limiter, manual) = limiter(Algorithm::TokenBucket, 10.0, 0.5, None, shards);
+        let (limiter, manual) = new_limiter(Algorithm::TokenBucket, 10.0, 0.5, None, shards);
         assert_eq!(drain(&limiter, "k"), 10);
         let retry_after = acquire(&limiter, "k", 1).retry_after.unwrap();
         assert!((retry_after - 0.05).abs() < 1e-6, "{retry_after}");
@@ -452,7 +460,7 @@ fn half_second_period_runs_at_twice_the_rate() {
 #[test]
 fn a_day_long_period_works() {
     for shards in SHARDS {
-        let (limiter, manual) = limiter(Algorithm::TokenBucket, 1000.0, 86400.0, None, shards);
+        let (limiter, manual) = new_limiter(Algorithm::TokenBucket, 1000.0, 86400.0, None, shards);
         assert_eq!(drain(&limiter, "k"), 1000, "shards={shards}");
         let retry_after = acquire(&limiter, "k", 1).retry_after.unwrap();
         assert!((retry_after - 86.4).abs() < 1e-3, "{retry_after}");
@@ -478,10 +486,10 @@ fn a_day_long_period_works() {
 #[ignore = "bug: token-bucket capacity floor(burst * unit) in f64 loses ticks above 2^53 \
             (rate=7, period=86400, shards=4: count=7 is refused as exceeds_capacity)"]
 fn count_equal_to_burst_is_admitted_with_a_day_long_period() {
-    let (limiter, _manual) = limiter(Algorithm::TokenBucket, 7.0, 86400.0, None, 4);
+    let (limiter, _manual) = new_limiter(Algorithm::TokenBucket, 7.0, 86400.0, None, 4);
     let decision = acquire(&limiter, "k", 7);
     assert!(decision.allowed, "{decision:?}");
-    let (limiter, _manual) = limiter(Algorithm::TokenBucket, 7.0, 86400.0, None, 4);
+    let (limiter, _manual) = new_limiter(Algorithm::TokenBucket, 7.0, 86400.0, None, 4);
     assert_eq!(drain(&limiter, "k"), 7);
 }
 

@@ -22,7 +22,10 @@ mod tests {
         Python::attach(|py| {
             let err = to_py(ratelimit_core::validate_max_wait(Some(-1.0)).unwrap_err());
             assert!(err.is_instance_of::<PyValueError>(py));
-            assert!(err.to_string().starts_with("ValueError: max_wait: "), "{err}");
+            assert!(
+                err.to_string().starts_with("ValueError: max_wait: "),
+                "{err}"
+            );
         });
     }
 }

@@ -12,6 +12,9 @@ use crate::clock::PyManualClock;
 use crate::error::to_py;
 use crate::result::PyRateLimitResult;
 
+/// How often a blocked thread wakes to check for signals.
+const SIGNAL_CHECK_NANOS: u64 = 50_000_000;
+
 #[pyclass(
     frozen,
     subclass,
@@ -125,10 +128,16 @@ impl PyShardedRateLimiter {
                 let manual = obj.cast_into::<PyManualClock>().map_err(|e| {
                     PyTypeError::new_err(format!(
                         "clock: must be None or a ManualClock, got {}",
-                        e.into_inner().get_type().name().map_or("?".into(), |n| n.to_string())
+                        e.into_inner()
+                            .get_type()
+                            .name()
+                            .map_or("?".into(), |n| n.to_string())
                     ))
                 })?;
-                (Clock::Manual(manual.get().inner.clone()), Some(manual.unbind()))
+                (
+                    Clock::Manual(manual.get().inner.clone()),
+                    Some(manual.unbind()),
+                )
             }
         };
         Ok(Self {
@@ -168,6 +177,33 @@ impl PyShardedRateLimiter {
             .try_acquire_within(self.hash(key)?, self::count(count)?, budget - waited)
             .map_err(to_py)?;
         Ok(PyRateLimitResult::from_decision(decision, waited))
+    }
+
+    /// A whole waiting acquire for a thread: decides and sleeps with the GIL released,
+    /// waking every 50 ms to let Ctrl-C (or any signal handler's exception) through.
+    #[pyo3(signature = (key, count, budget))]
+    fn _acquire_blocking(
+        &self,
+        py: Python<'_>,
+        key: Option<&Bound<'_, PyString>>,
+        count: i64,
+        budget: f64,
+    ) -> PyResult<PyRateLimitResult> {
+        let (hash, count) = (self.hash(key)?, self::count(count)?);
+        let mut interrupted = None;
+        let outcome = py.detach(|| {
+            self.core
+                .acquire_blocking(hash, count, budget, SIGNAL_CHECK_NANOS, || {
+                    Python::attach(|py| py.check_signals())
+                        .map_err(|err| interrupted = Some(err))
+                        .is_ok()
+                })
+        });
+        match (outcome.map_err(to_py)?, interrupted) {
+            (Some((decision, waited)), _) => Ok(PyRateLimitResult::from_decision(decision, waited)),
+            (None, Some(err)) => Err(err),
+            (None, None) => unreachable!("a wait stops early only when interrupted"),
+        }
     }
 
     /// The wait bound for a call: its own `max_wait`, else the limiter's, checked.
