@@ -211,10 +211,10 @@ mod tests {
         set.shard(1).try_take(0, 160).unwrap();
         // 160 available; 480 needed: both refill in parallel until shard 1 is full (160
         // ticks), then only shard 0: 160 + 2 * 160 = 480 at w = 160 ticks = 5 ns.
-        assert_eq!(GcraShard::wait_for(&set.slots(), 0, 480), 5);
+        assert_eq!(GcraShard::wait_for(set.slots(), 0, 480), 5);
         // 200 needed: 40 more, 20 ticks of both = 1 ns (rounded up).
-        assert_eq!(GcraShard::wait_for(&set.slots(), 0, 200), 1);
+        assert_eq!(GcraShard::wait_for(set.slots(), 0, 200), 1);
         // Everything: shard 0 needs 320 ticks = 10 ns.
-        assert_eq!(GcraShard::wait_for(&set.slots(), 0, 640), 10);
+        assert_eq!(GcraShard::wait_for(set.slots(), 0, 640), 10);
     }
 }

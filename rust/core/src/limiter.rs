@@ -506,6 +506,15 @@ impl Engine {
     }
 }
 
+impl Budget {
+    fn served(&self) -> Vec<u64> {
+        match self {
+            Budget::TokenBucket(set) => set.served(),
+            Budget::SlidingWindow(set) => set.served(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -535,15 +544,6 @@ mod tests {
                 validate_max_wait(Some(bad)).unwrap_err().argument(),
                 "max_wait"
             );
-        }
-    }
-}
-
-impl Budget {
-    fn served(&self) -> Vec<u64> {
-        match self {
-            Budget::TokenBucket(set) => set.served(),
-            Budget::SlidingWindow(set) => set.served(),
         }
     }
 }
