@@ -5,6 +5,13 @@
 //! capacity `C` ticks and TAT `t` has `C - max(t - now, 0)` ticks of credit at `now`, and gains
 //! one tick of credit per tick of time until full. Taking `x` ticks moves the TAT to
 //! `max(t, now) + x`. A refusal never writes, so a hot refused key does not bounce its line.
+//!
+//! A full shard cannot hold its refill, but the budget as a whole is only full when every
+//! shard is. So before each take the set *settles*: the refill that full shards could not
+//! hold since the last take is claimed (their TAT moves up to `now`) and deposited into
+//! shards with room; only what no shard has room for is lost, exactly as one unsharded
+//! bucket loses refill only when full. Takes settle first, so waste from a time when the
+//! whole budget was full is discarded before anything makes room for it.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -70,6 +77,44 @@ impl GcraShard {
     }
 }
 
+impl GcraShard {
+    /// Claims the refill a full shard has wasted since it filled (TAT below `now`).
+    fn claim_waste(&self, now: u64) -> u64 {
+        let mut current = self.tat.load(Ordering::Relaxed);
+        while current < now {
+            match self
+                .tat
+                .compare_exchange_weak(current, now, Ordering::SeqCst, Ordering::Relaxed)
+            {
+                Ok(_) => return now - current,
+                Err(actual) => current = actual,
+            }
+        }
+        0
+    }
+
+    /// Adds up to `amount` ticks of credit, never past capacity; returns what it added.
+    fn deposit(&self, now: u64, amount: u64) -> u64 {
+        let mut current = self.tat.load(Ordering::Relaxed);
+        loop {
+            // Room is how far the TAT stands ahead of `now`.
+            let added = amount.min(current.saturating_sub(now));
+            if added == 0 {
+                return 0;
+            }
+            match self.tat.compare_exchange_weak(
+                current,
+                current - added,
+                Ordering::SeqCst,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return added,
+                Err(actual) => current = actual,
+            }
+        }
+    }
+}
+
 impl Shard for GcraShard {
     type Receipt = Receipt;
 
@@ -105,9 +150,14 @@ impl Shard for GcraShard {
             if refund == 0 {
                 return;
             }
+            // Never past capacity: a TAT below `now` would be credit the shard cannot hold.
+            let restored = current.saturating_sub(refund).max(ticks(clock.now()));
+            if restored >= current {
+                return;
+            }
             match self.tat.compare_exchange_weak(
                 current,
-                current.saturating_sub(refund),
+                restored,
                 Ordering::SeqCst,
                 Ordering::Relaxed,
             ) {
@@ -117,41 +167,37 @@ impl Shard for GcraShard {
         }
     }
 
-    /// Each shard refills one tick per tick until full, so after `w` ticks the set holds
-    /// `sum(min(cap_i, avail_i + w))`. With deficits `d_i = cap_i - avail_i` sorted in
-    /// descending order, the smallest `w` with `sum(max(0, d_i - w)) <= slack` is found by
-    /// walking the piecewise-linear segments.
+    /// Settled, the set refills like one bucket: `N` ticks of credit per tick of time
+    /// (one per shard) until the whole budget is full.
     fn wait_for(shards: &Slots<Self>, now: Nanos, units: u64) -> Nanos {
-        let now_ticks = ticks(now);
-        let mut deficits: Vec<u64> = shards
-            .iter()
-            .map(|s| {
-                s.shard.capacity
-                    - s.shard
-                        .credit(s.shard.tat.load(Ordering::Relaxed), now_ticks)
-            })
-            .collect();
-        let capacity: u64 = shards.iter().map(|s| s.shard.capacity).sum();
-        let slack = capacity.saturating_sub(units);
-        deficits.sort_unstable_by(|a, b| b.cmp(a));
-        let prefix: Vec<u64> = std::iter::once(0)
-            .chain(deficits.iter().scan(0u64, |sum, &d| {
-                *sum += d;
-                Some(*sum)
-            }))
-            .collect();
-        deficits.push(0);
-        // Segment k (w between d[k] and d[k-1]) has k shards short: shortfall = prefix[k] - k*w.
-        // Walk from the smallest waits up; the first segment whose right end suffices holds w.
-        let mut wait = 0;
-        for k in (1..deficits.len()).rev() {
-            let k64 = k as u64;
-            if prefix[k].saturating_sub(k64 * deficits[k - 1]) <= slack {
-                wait = deficits[k].max(prefix[k].saturating_sub(slack).div_ceil(k64));
-                break;
+        let short = units.saturating_sub(Self::total_available(shards, now));
+        short.div_ceil(shards.len() as u64).div_ceil(TICKS_PER_NANO)
+    }
+
+    fn settle(shards: &Slots<Self>, now: Nanos) {
+        let now = ticks(now);
+        let mut wasted: u64 = shards.iter().map(|s| s.shard.claim_waste(now)).sum();
+        for slot in shards {
+            if wasted == 0 {
+                return;
             }
+            wasted -= slot.shard.deposit(now, wasted);
         }
-        wait.div_ceil(TICKS_PER_NANO)
+        // Whatever is left found every shard full: the whole budget is full and loses it.
+    }
+
+    /// Credit held now, plus the waste a settle would move into shards with room.
+    fn total_available(shards: &Slots<Self>, now: Nanos) -> u64 {
+        let now = ticks(now);
+        let (mut credit, mut waste, mut room) = (0u64, 0u64, 0u64);
+        for slot in shards {
+            let shard = &slot.shard;
+            let tat = shard.tat.load(Ordering::Relaxed);
+            credit += shard.credit(tat, now);
+            waste += now.saturating_sub(tat);
+            room += tat.saturating_sub(now).min(shard.capacity);
+        }
+        credit + waste.min(room)
     }
 }
 
@@ -209,12 +255,35 @@ mod tests {
         let set = ShardSet::new([GcraShard::new(320, 0), GcraShard::new(320, 0)]);
         set.shard(0).try_take(0, 320).unwrap();
         set.shard(1).try_take(0, 160).unwrap();
-        // 160 available; 480 needed: both refill in parallel until shard 1 is full (160
-        // ticks), then only shard 0: 160 + 2 * 160 = 480 at w = 160 ticks = 5 ns.
+        // 160 available and two ticks of credit per tick: 480 needs 160 ticks = 5 ns.
         assert_eq!(GcraShard::wait_for(set.slots(), 0, 480), 5);
-        // 200 needed: 40 more, 20 ticks of both = 1 ns (rounded up).
+        // 40 more: 20 ticks, rounded up to 1 ns.
         assert_eq!(GcraShard::wait_for(set.slots(), 0, 200), 1);
-        // Everything: shard 0 needs 320 ticks = 10 ns.
-        assert_eq!(GcraShard::wait_for(set.slots(), 0, 640), 10);
+        // Everything: once shard 1 is full its refill goes to shard 0, so 240 ticks = 8 ns.
+        assert_eq!(GcraShard::wait_for(set.slots(), 0, 640), 8);
+    }
+
+    #[test]
+    fn settling_moves_a_full_shards_refill_to_a_shard_with_room() {
+        let set = ShardSet::new([GcraShard::new(320, 0), GcraShard::new(320, 0)]);
+        set.shard(0).try_take(0, 320).unwrap();
+        // 2 ns = 64 ticks later shard 0 refilled 64 and shard 1, already full, wasted 64.
+        assert_eq!(GcraShard::total_available(set.slots(), 2), 448);
+        GcraShard::settle(set.slots(), 2);
+        assert_eq!(set.shard(0).available(2), 128);
+        assert_eq!(set.shard(1).available(2), 320);
+        GcraShard::settle(set.slots(), 10);
+        assert_eq!(GcraShard::total_available(set.slots(), 10), 640);
+    }
+
+    #[test]
+    fn refill_wasted_while_the_whole_budget_was_full_is_not_recovered() {
+        let set = ShardSet::new([GcraShard::new(320, 0), GcraShard::new(320, 0)]);
+        // Both full for 100 ns, then a settle-and-take drains shard 1.
+        GcraShard::settle(set.slots(), 100);
+        set.shard(1).try_take(100, 320).unwrap();
+        assert_eq!(GcraShard::total_available(set.slots(), 100), 320);
+        GcraShard::settle(set.slots(), 100);
+        assert_eq!(GcraShard::total_available(set.slots(), 100), 320);
     }
 }

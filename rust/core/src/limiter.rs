@@ -336,18 +336,23 @@ impl Params {
                         ),
                     ));
                 }
-                let capacity = (quota.burst * unit).floor();
-                if capacity >= MAX_CAPACITY_TICKS as f64 {
+                let unit = unit as u64;
+                // Whole tokens in integers, so that a burst of B is exactly B tokens however
+                // large the product; only a fractional part goes through floats.
+                let whole = (quota.burst.trunc() as u128) * unit as u128;
+                let capacity = whole + (quota.burst.fract() * unit as f64).floor() as u128;
+                if capacity >= MAX_CAPACITY_TICKS as u128 {
                     return Err(Error::invalid(
                         "burst_size",
                         format!(
-                            "burst_size * period / rate must be under four years, got {} s",
-                            quota.burst * quota.period / quota.rate
+                            "burst_size * shards * period / rate must be under four years, \
+                             got {} s",
+                            quota.burst * n * quota.period / quota.rate
                         ),
                     ));
                 }
                 Ok(Self {
-                    unit: unit as u64,
+                    unit,
                     capacity: capacity as u64,
                     window: window as Nanos,
                 })
@@ -384,7 +389,11 @@ impl Engine {
                 };
                 Budget::TokenBucket(ShardSet::new((0..n).map(|i| {
                     let capacity = params.share(n, i);
-                    let missing = capacity - (capacity as f64 * fill) as u64;
+                    let missing = if fill >= 1.0 {
+                        0
+                    } else {
+                        capacity.saturating_sub((capacity as f64 * fill) as u64)
+                    };
                     // TAT = now + missing credit: the shard is `fill` full at `now`.
                     GcraShard::new(capacity, gcra::ticks(now) + missing)
                 })))

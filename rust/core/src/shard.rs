@@ -27,6 +27,13 @@ pub(crate) trait Shard: Send + Sync + Sized {
     /// Nanoseconds from `now` until `units` can be gathered over all `shards`
     /// (`units` never exceeds their total capacity).
     fn wait_for(shards: &Slots<Self>, now: Nanos, units: u64) -> Nanos;
+    /// Brings the shards up to date before a take, so that together they hold exactly
+    /// what one unsharded budget would.
+    fn settle(_shards: &Slots<Self>, _now: Nanos) {}
+    /// Units the whole set could hand out at `now`, counting what a settle would move.
+    fn total_available(shards: &Slots<Self>, now: Nanos) -> u64 {
+        shards.iter().map(|s| s.shard.available(now)).sum()
+    }
 }
 
 /// The shards of a set, each alone on its cache line.
@@ -98,7 +105,7 @@ impl<S: Shard> ShardSet<S> {
     }
 
     pub(crate) fn available(&self, now: Nanos) -> u64 {
-        self.slots.iter().map(|s| s.shard.available(now)).sum()
+        S::total_available(&self.slots, now)
     }
 
     pub(crate) fn served(&self) -> Vec<u64> {
@@ -124,6 +131,9 @@ impl<S: Shard> ShardSet<S> {
     /// Takes `units` for the key with `hash`, or refuses without writing anything.
     /// The caller has checked `units <= total_capacity`.
     pub(crate) fn acquire(&self, clock: &Clock, now: Nanos, hash: u64, units: u64) -> Outcome {
+        if self.slots.len() > 1 {
+            S::settle(&self.slots, now);
+        }
         let (a, b) = self.candidates(hash);
         let (first, second) = if a == b {
             (a, None)
