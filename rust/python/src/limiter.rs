@@ -5,9 +5,10 @@ use pyo3::exceptions::{PyNotImplementedError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString};
 use ratelimit_core::{
-    validate_max_wait, Algorithm, Balance, Clock, Error, Quota, RateLimiter, MAX_KEY_LEN,
+    validate_max_wait, Algorithm, Balance, Clock, Quota, RateLimiter, MAX_SHARDS,
 };
 
+use crate::args;
 use crate::clock::PyManualClock;
 use crate::error::to_py;
 use crate::result::PyRateLimitResult;
@@ -32,111 +33,96 @@ pub(crate) struct PyShardedRateLimiter {
 impl PyShardedRateLimiter {
     /// The shard-choosing hash of a key: Python's own string hash, cached in the string.
     #[inline]
-    fn hash(&self, key: Option<&Bound<'_, PyString>>) -> PyResult<u64> {
-        match key {
+    fn hash(&self, key: Option<&Bound<'_, PyAny>>) -> PyResult<u64> {
+        match args::key(key)? {
             None => Ok(self.default_hash),
-            Some(key) => {
-                if key.len()? > MAX_KEY_LEN {
-                    return Err(PyValueError::new_err(format!(
-                        "key: must be at most {MAX_KEY_LEN} characters, got {}",
-                        key.len()?
-                    )));
-                }
-                Ok(key.hash()? as u64)
-            }
+            Some(key) => Ok(key.hash()? as u64),
         }
-    }
-
-    fn quota_with(
-        &self,
-        rate: f64,
-        period: Option<f64>,
-        burst_size: Option<f64>,
-        shards: Option<usize>,
-    ) -> PyResult<Quota> {
-        let current = self.core.quota();
-        Quota::new(
-            rate,
-            period.unwrap_or(current.period),
-            burst_size,
-            current.algorithm,
-            Some(shards.unwrap_or(current.shards)),
-        )
-        .map_err(to_py)
     }
 }
 
-fn count(count: i64) -> PyResult<u64> {
-    u64::try_from(count)
-        .ok()
-        .filter(|&c| c > 0)
-        .ok_or_else(|| to_py(Error::invalid_count(&count)))
+/// `shards` as given: an int from 1 to `MAX_SHARDS`, or `None` for automatic.
+fn shards(obj: Option<&Bound<'_, PyAny>>) -> PyResult<Option<usize>> {
+    let range = format!("between 1 and {MAX_SHARDS}");
+    args::integer(obj, "shards", &range)?
+        .map(|n| {
+            usize::try_from(n)
+                .map_err(|_| PyValueError::new_err(format!("shards: must be {range}, got {n}")))
+        })
+        .transpose()
+}
+
+/// A `str` argument that must be one of a few names.
+fn name<'py>(obj: &Bound<'py, PyAny>, argument: &str) -> PyResult<Bound<'py, PyString>> {
+    obj.cast::<PyString>().cloned().map_err(|_| {
+        PyTypeError::new_err(format!("{argument}: must be a str, got {}", obj.get_type()))
+    })
 }
 
 #[pymethods]
 impl PyShardedRateLimiter {
     #[new]
-    #[pyo3(signature = (
-        rate=None, period=60.0, shards=None, algorithm="token_bucket", burst_size=None,
-        *, scope="global", max_wait=None, clock=None,
-    ))]
+    #[pyo3(
+        signature = (
+            rate=None, period=None, shards=None, algorithm=None, burst_size=None,
+            *, scope=None, max_wait=None, clock=None,
+        ),
+        text_signature = "(rate, period=60.0, shards=None, algorithm='token_bucket', \
+                          burst_size=None, *, scope='global', max_wait=None, clock=None)"
+    )]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
-        rate: Option<f64>,
-        period: f64,
-        shards: Option<i64>,
-        algorithm: &str,
-        burst_size: Option<f64>,
-        scope: &str,
-        max_wait: Option<f64>,
-        clock: Option<Bound<'_, PyAny>>,
+        rate: Option<&Bound<'_, PyAny>>,
+        period: Option<&Bound<'_, PyAny>>,
+        shards: Option<&Bound<'_, PyAny>>,
+        algorithm: Option<&Bound<'_, PyAny>>,
+        burst_size: Option<&Bound<'_, PyAny>>,
+        scope: Option<&Bound<'_, PyAny>>,
+        max_wait: Option<&Bound<'_, PyAny>>,
+        clock: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
-        let rate = rate.ok_or_else(|| {
+        let rate = args::number(rate, "rate")?.ok_or_else(|| {
             PyTypeError::new_err("rate: required (tokens per period, a number > 0)")
         })?;
-        match scope {
-            "global" => {}
-            "key" => {
+        let period = args::number(period, "period")?.unwrap_or(60.0);
+        let burst_size = args::number(burst_size, "burst_size")?;
+        let max_wait = args::number(max_wait, "max_wait")?;
+        match scope.map(|s| name(s, "scope")).transpose()? {
+            None => {}
+            Some(s) if s == "global" => {}
+            Some(s) if s == "key" => {
                 return Err(PyNotImplementedError::new_err(
                     "scope=\"key\" (one budget per key) is not available yet; use \
                      scope=\"global\" (one budget shared by all keys)",
                 ))
             }
-            other => {
+            Some(other) => {
                 return Err(PyValueError::new_err(format!(
-                    "scope: must be \"global\" or \"key\", got {other:?}"
+                    "scope: must be \"global\" or \"key\", got {:?}",
+                    other.to_string()
                 )))
             }
         }
-        let shards = shards
-            .map(|n| {
-                usize::try_from(n).map_err(|_| {
-                    PyValueError::new_err(format!(
-                        "shards: must be between 1 and {}, got {n}",
-                        ratelimit_core::MAX_SHARDS
-                    ))
-                })
-            })
-            .transpose()?;
         validate_max_wait(max_wait).map_err(to_py)?;
-        let algorithm = Algorithm::parse(algorithm).map_err(to_py)?;
-        let quota = Quota::new(rate, period, burst_size, algorithm, shards).map_err(to_py)?;
-        let (core_clock, clock) = match clock {
+        let algorithm = match algorithm {
+            None => Algorithm::TokenBucket,
+            Some(obj) => Algorithm::parse(name(obj, "algorithm")?.to_str()?).map_err(to_py)?,
+        };
+        let quota = Quota::new(rate, period, burst_size, algorithm, self::shards(shards)?)
+            .map_err(to_py)?;
+        let (core_clock, clock) = match clock.filter(|c| !c.is_none()) {
             None => (Clock::monotonic(), None),
             Some(obj) => {
-                let manual = obj.cast_into::<PyManualClock>().map_err(|e| {
+                let manual = obj.cast::<PyManualClock>().map_err(|_| {
                     PyTypeError::new_err(format!(
                         "clock: must be None or a ManualClock, got {}",
-                        e.into_inner()
-                            .get_type()
-                            .name()
-                            .map_or("?".into(), |n| n.to_string())
+                        obj.get_type()
                     ))
                 })?;
                 (
                     Clock::Manual(manual.get().inner.clone()),
-                    Some(manual.unbind()),
+                    Some(manual.clone().unbind()),
                 )
             }
         };
@@ -149,15 +135,15 @@ impl PyShardedRateLimiter {
     }
 
     /// Takes `count` tokens for `key` now, or says when to retry. Never waits.
-    #[pyo3(signature = (key=None, count=1))]
+    #[pyo3(signature = (key=None, count=None), text_signature = "(key='default', count=1)")]
     fn try_acquire(
         &self,
-        key: Option<&Bound<'_, PyString>>,
-        count: i64,
+        key: Option<&Bound<'_, PyAny>>,
+        count: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<PyRateLimitResult> {
         let decision = self
             .core
-            .try_acquire_hashed(self.hash(key)?, self::count(count)?)
+            .try_acquire_hashed(self.hash(key)?, args::count(count)?)
             .map_err(to_py)?;
         Ok(PyRateLimitResult::from_decision(decision, 0.0))
     }
@@ -167,14 +153,14 @@ impl PyShardedRateLimiter {
     #[pyo3(signature = (key, count, budget, waited))]
     fn _acquire_step(
         &self,
-        key: Option<&Bound<'_, PyString>>,
-        count: i64,
+        key: Option<&Bound<'_, PyAny>>,
+        count: Option<&Bound<'_, PyAny>>,
         budget: f64,
         waited: f64,
     ) -> PyResult<PyRateLimitResult> {
         let decision = self
             .core
-            .try_acquire_within(self.hash(key)?, self::count(count)?, budget - waited)
+            .try_acquire_within(self.hash(key)?, args::count(count)?, budget - waited)
             .map_err(to_py)?;
         Ok(PyRateLimitResult::from_decision(decision, waited))
     }
@@ -185,11 +171,11 @@ impl PyShardedRateLimiter {
     fn _acquire_blocking(
         &self,
         py: Python<'_>,
-        key: Option<&Bound<'_, PyString>>,
-        count: i64,
+        key: Option<&Bound<'_, PyAny>>,
+        count: Option<&Bound<'_, PyAny>>,
         budget: f64,
     ) -> PyResult<PyRateLimitResult> {
-        let (hash, count) = (self.hash(key)?, self::count(count)?);
+        let (hash, count) = (self.hash(key)?, args::count(count)?);
         let mut interrupted = None;
         let outcome = py.detach(|| {
             self.core
@@ -208,8 +194,8 @@ impl PyShardedRateLimiter {
 
     /// The wait bound for a call: its own `max_wait`, else the limiter's, checked.
     #[pyo3(signature = (max_wait=None))]
-    fn _wait_budget(&self, max_wait: Option<f64>) -> PyResult<f64> {
-        validate_max_wait(max_wait.or(self.max_wait)).map_err(to_py)
+    fn _wait_budget(&self, max_wait: Option<&Bound<'_, PyAny>>) -> PyResult<f64> {
+        validate_max_wait(args::number(max_wait, "max_wait")?.or(self.max_wait)).map_err(to_py)
     }
 
     /// Seconds on the limiter's clock, for measuring waits.
@@ -219,7 +205,7 @@ impl PyShardedRateLimiter {
 
     /// Tokens available now in the budget `key` draws on, without taking any.
     #[pyo3(signature = (key=None))]
-    fn peek(&self, key: Option<&Bound<'_, PyString>>) -> PyResult<f64> {
+    fn peek(&self, key: Option<&Bound<'_, PyAny>>) -> PyResult<f64> {
         self.hash(key)?;
         Ok(self.core.peek())
     }
@@ -234,12 +220,22 @@ impl PyShardedRateLimiter {
     #[pyo3(signature = (rate, period=None, burst_size=None, shards=None))]
     fn set_rate(
         &self,
-        rate: f64,
-        period: Option<f64>,
-        burst_size: Option<f64>,
-        shards: Option<usize>,
+        rate: &Bound<'_, PyAny>,
+        period: Option<&Bound<'_, PyAny>>,
+        burst_size: Option<&Bound<'_, PyAny>>,
+        shards: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<()> {
-        let quota = self.quota_with(rate, period, burst_size, shards)?;
+        let current = self.core.quota();
+        let rate = args::number(Some(rate), "rate")?
+            .ok_or_else(|| PyTypeError::new_err("rate: must be a number > 0, got None"))?;
+        let quota = Quota::new(
+            rate,
+            args::number(period, "period")?.unwrap_or(current.period),
+            args::number(burst_size, "burst_size")?,
+            current.algorithm,
+            Some(self::shards(shards)?.unwrap_or(current.shards)),
+        )
+        .map_err(to_py)?;
         self.core.set_quota(quota).map_err(to_py)
     }
 

@@ -43,19 +43,34 @@ impl PyRateLimitResult {
     }
 }
 
+/// The iterator behind `await result`: it finishes at once with the result as its value,
+/// and is iterable too, so `asyncio.gather`, `wait_for` and `ensure_future` accept it.
+#[pyclass(frozen, freelist = 16, module = "flashcard_pipeline._native")]
+pub(crate) struct Ready {
+    result: Py<PyRateLimitResult>,
+}
+
+#[pymethods]
+impl Ready {
+    fn __iter__(slf: Bound<'_, Self>) -> Bound<'_, Self> {
+        slf
+    }
+
+    fn __next__(&self, py: Python<'_>) -> PyResult<Option<()>> {
+        Err(PyStopIteration::new_err(self.result.clone_ref(py)))
+    }
+}
+
 #[pymethods]
 impl PyRateLimitResult {
     fn __bool__(&self) -> bool {
         self.allowed
     }
 
-    fn __await__(slf: Bound<'_, Self>) -> Bound<'_, Self> {
-        slf
-    }
-
-    /// Ends the await at once with the result as its value.
-    fn __next__(slf: Bound<'_, Self>) -> PyResult<Option<()>> {
-        Err(PyStopIteration::new_err(slf.unbind()))
+    fn __await__(slf: Bound<'_, Self>) -> Ready {
+        Ready {
+            result: slf.unbind(),
+        }
     }
 
     fn __repr__(&self) -> String {
