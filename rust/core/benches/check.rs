@@ -13,12 +13,19 @@ fn limiter(shards: usize) -> RateLimiter {
     RateLimiter::new(quota, Clock::monotonic()).unwrap()
 }
 
-/// Two key hashes served by different shards. Every call reads the whole set (for the
-/// budget's remaining tokens), so the threads still share cache lines for reading.
+/// Two key hashes whose candidate shards are disjoint, so that two threads using them
+/// never touch each other's shards.
 fn hashes_on_separate_shards(limiter: &RateLimiter) -> [u64; 2] {
-    let served_by = |h: u64| limiter.try_acquire_hashed(h, 1).unwrap().shard;
-    let a = 1u64;
-    let b = (2u64..).find(|&h| served_by(h) != served_by(a)).unwrap();
+    let hash = |i: u32| limiter.hash_key(&format!("key-{i}")).unwrap();
+    let a = hash(0);
+    let (a1, a2) = limiter.candidates(a);
+    let b = (1..)
+        .map(hash)
+        .find(|&h| {
+            let (b1, b2) = limiter.candidates(h);
+            ![a1, a2].contains(&b1) && ![a1, a2].contains(&b2)
+        })
+        .unwrap();
     [a, b]
 }
 
@@ -38,8 +45,9 @@ fn single_thread(c: &mut Criterion) {
     });
 }
 
-/// Aggregate throughput: `threads` threads each make `iters` calls; the time reported is
+/// Aggregate throughput: `threads` threads make `iters` calls each, the time reported is
 /// wall time divided by the thread count, so the per-call figure falls as threads scale.
+/// The one-thread run alternates the two keys, so both runs keep the same shards busy.
 fn threads(c: &mut Criterion) {
     let limiter = Arc::new(limiter(4));
     let hashes = hashes_on_separate_shards(&limiter);
@@ -52,11 +60,16 @@ fn threads(c: &mut Criterion) {
                     let workers: Vec<_> = (0..threads)
                         .map(|t| {
                             let (limiter, barrier) = (limiter.clone(), barrier.clone());
-                            let hash = hashes[t];
+                            // Alone, a thread takes turns with both keys; in pairs, one each.
+                            let mine: Vec<u64> = if threads == 1 {
+                                hashes.to_vec()
+                            } else {
+                                vec![hashes[t]]
+                            };
                             std::thread::spawn(move || {
                                 barrier.wait();
-                                for _ in 0..iters {
-                                    black_box(limiter.try_acquire_hashed(hash, 1).unwrap());
+                                for hash in mine.iter().cycle().take(iters as usize) {
+                                    black_box(limiter.try_acquire_hashed(*hash, 1).unwrap());
                                 }
                             })
                         })

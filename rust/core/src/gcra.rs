@@ -8,15 +8,16 @@
 //!
 //! A full shard cannot hold its refill, but the budget as a whole is only full when every
 //! shard is. So before each take the set *settles*: the refill that full shards could not
-//! hold since the last take is claimed (their TAT moves up to `now`) and deposited into
-//! shards with room; only what no shard has room for is lost, exactly as one unsharded
-//! bucket loses refill only when full. Takes settle first, so waste from a time when the
-//! whole budget was full is discarded before anything makes room for it.
+//! hold since the last settlement is claimed (by moving the set's `settled` time up to now)
+//! and deposited into shards with room; only what no shard has room for is lost, exactly as
+//! one unsharded bucket loses refill only when full. Takes settle first, so waste from a
+//! time when the whole budget was full is discarded before anything makes room for it.
 
+use crossbeam_utils::CachePadded;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::clock::{Clock, Nanos};
-use crate::shard::{Shard, Slots};
+use crate::shard::{Shard, ShardSet};
 
 pub(crate) const TICK_SHIFT: u32 = 5;
 pub(crate) const TICKS_PER_NANO: u64 = 1 << TICK_SHIFT;
@@ -29,7 +30,8 @@ pub(crate) fn ticks(now: Nanos) -> u64 {
 #[derive(Debug)]
 pub(crate) struct GcraShard {
     tat: AtomicU64,
-    capacity: u64,
+    /// Changes only while the limiter is being re-rated (see `limiter.rs`).
+    capacity: AtomicU64,
 }
 
 /// A take, recorded so that it can be given back: `taken` ticks, leaving the TAT at `end`.
@@ -44,13 +46,27 @@ impl GcraShard {
     pub(crate) fn new(capacity: u64, tat: u64) -> Self {
         Self {
             tat: AtomicU64::new(tat),
-            capacity,
+            capacity: AtomicU64::new(capacity),
         }
+    }
+
+    pub(crate) fn capacity(&self) -> u64 {
+        self.capacity.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn tat(&self) -> u64 {
+        self.tat.load(Ordering::Relaxed)
+    }
+
+    /// Re-sizes the shard and sets its state; only for a limiter being re-rated or reset.
+    pub(crate) fn reconfigure(&self, capacity: u64, tat: u64) {
+        self.capacity.store(capacity, Ordering::SeqCst);
+        self.tat.store(tat, Ordering::SeqCst);
     }
 
     #[inline]
     fn credit(&self, tat: u64, now: u64) -> u64 {
-        self.capacity.saturating_sub(tat.saturating_sub(now))
+        self.capacity().saturating_sub(tat.saturating_sub(now))
     }
 
     /// One CAS loop for both kinds of take: `want(credit)` says how much to take.
@@ -78,23 +94,15 @@ impl GcraShard {
 }
 
 impl GcraShard {
-    /// Claims the refill a full shard has wasted since it filled (TAT below `now`).
-    fn claim_waste(&self, now: u64) -> u64 {
-        let mut current = self.tat.load(Ordering::Relaxed);
-        while current < now {
-            match self
-                .tat
-                .compare_exchange_weak(current, now, Ordering::SeqCst, Ordering::Relaxed)
-            {
-                Ok(_) => return now - current,
-                Err(actual) => current = actual,
-            }
-        }
-        0
+    /// The refill this shard has wasted since it filled (its TAT is below `now`), not
+    /// counting what was settled before `settled`.
+    #[inline]
+    fn waste(&self, now: u64, settled: u64) -> u64 {
+        now.saturating_sub(self.tat().max(settled))
     }
 
     /// Adds up to `amount` ticks of credit, never past capacity; returns what it added.
-    fn deposit(&self, now: u64, amount: u64) -> u64 {
+    fn deposit(&self, now: u64, amount: u64, horizon: &AtomicU64) -> u64 {
         let mut current = self.tat.load(Ordering::Relaxed);
         loop {
             // Room is how far the TAT stands ahead of `now`.
@@ -108,19 +116,43 @@ impl GcraShard {
                 Ordering::SeqCst,
                 Ordering::Relaxed,
             ) {
-                Ok(_) => return added,
+                Ok(_) => {
+                    horizon.fetch_min(current - added, Ordering::SeqCst);
+                    return added;
+                }
                 Err(actual) => current = actual,
             }
         }
     }
 }
 
+/// What a token-bucket shard set shares: when refill was last settled, and the earliest
+/// time any shard can be full (before it there is nothing to settle).
+#[derive(Debug)]
+pub(crate) struct Settlement {
+    settled: CachePadded<AtomicU64>,
+    horizon: CachePadded<AtomicU64>,
+}
+
+impl Settlement {
+    /// For shards that are all full at tick `now` (or, with a later horizon, all short).
+    pub(crate) fn new(now: u64) -> Self {
+        Self {
+            settled: CachePadded::new(AtomicU64::new(now)),
+            horizon: CachePadded::new(AtomicU64::new(now)),
+        }
+    }
+
+    /// After every shard was set anew (re-rating): nothing older than `now` to settle.
+    pub(crate) fn restart(&self, now: u64, horizon: u64) {
+        self.settled.fetch_max(now, Ordering::SeqCst);
+        self.horizon.store(horizon, Ordering::SeqCst);
+    }
+}
+
 impl Shard for GcraShard {
     type Receipt = Receipt;
-
-    fn capacity(&self) -> u64 {
-        self.capacity
-    }
+    type Shared = Settlement;
 
     #[inline]
     fn available(&self, now: Nanos) -> u64 {
@@ -141,8 +173,9 @@ impl Shard for GcraShard {
     /// have started from `s` instead of our `end` (the shard had refilled past it), absorbing
     /// part of our credit; giving back `min(taken, end - now)` never lowers the TAT below
     /// what it would be had we never taken, so I1 holds. With a frozen clock it is exact.
-    fn give_back(&self, receipt: Receipt, clock: &Clock) {
-        let mut current = self.tat.load(Ordering::Relaxed);
+    fn give_back(set: &ShardSet<Self>, index: usize, receipt: Receipt, clock: &Clock) {
+        let shard = set.shard(index);
+        let mut current = shard.tat.load(Ordering::Relaxed);
         loop {
             let refund = receipt
                 .taken
@@ -155,13 +188,16 @@ impl Shard for GcraShard {
             if restored >= current {
                 return;
             }
-            match self.tat.compare_exchange_weak(
+            match shard.tat.compare_exchange_weak(
                 current,
                 restored,
                 Ordering::SeqCst,
                 Ordering::Relaxed,
             ) {
-                Ok(_) => return,
+                Ok(_) => {
+                    set.shared.horizon.fetch_min(restored, Ordering::SeqCst);
+                    return;
+                }
                 Err(actual) => current = actual,
             }
         }
@@ -169,33 +205,62 @@ impl Shard for GcraShard {
 
     /// Settled, the set refills like one bucket: `N` ticks of credit per tick of time
     /// (one per shard) until the whole budget is full.
-    fn wait_for(shards: &Slots<Self>, now: Nanos, units: u64) -> Nanos {
-        let short = units.saturating_sub(Self::total_available(shards, now));
-        short.div_ceil(shards.len() as u64).div_ceil(TICKS_PER_NANO)
+    fn wait_for(set: &ShardSet<Self>, now: Nanos, units: u64) -> Nanos {
+        let short = units.saturating_sub(Self::total_available(set, now));
+        short.div_ceil(set.len() as u64).div_ceil(TICKS_PER_NANO)
     }
 
-    fn settle(shards: &Slots<Self>, now: Nanos) {
+    /// The horizon is the earliest TAT of any shard: before it no shard is full, nothing is
+    /// wasted, and a take needs to look at its own shards only. Takes only raise TATs; the
+    /// deposits and give-backs that lower one lower the horizon with it.
+    fn settle(set: &ShardSet<Self>, now: Nanos) {
         let now = ticks(now);
-        let mut wasted: u64 = shards.iter().map(|s| s.shard.claim_waste(now)).sum();
-        for slot in shards {
-            if wasted == 0 {
-                return;
-            }
-            wasted -= slot.shard.deposit(now, wasted);
+        let Settlement { settled, horizon } = &set.shared;
+        let seen_horizon = horizon.load(Ordering::SeqCst);
+        if now < seen_horizon {
+            return;
         }
-        // Whatever is left found every shard full: the whole budget is full and loses it.
+        let shards = || set.slots.iter().map(|s| &s.shard);
+        loop {
+            let since = settled.load(Ordering::SeqCst);
+            if since >= now {
+                break;
+            }
+            let wasted: u64 = shards().map(|s| s.waste(now, since)).sum();
+            // Claim the interval: whoever moves `settled` deposits its waste, once.
+            if settled
+                .compare_exchange(since, now, Ordering::SeqCst, Ordering::Relaxed)
+                .is_err()
+            {
+                continue;
+            }
+            let mut wasted = wasted;
+            for shard in shards() {
+                if wasted == 0 {
+                    break;
+                }
+                wasted -= shard.deposit(now, wasted, horizon);
+            }
+            // Whatever is left found every shard full: the whole budget is full and loses it.
+            break;
+        }
+        let earliest = shards().map(|s| s.tat()).min().unwrap_or(now);
+        // Only if nothing lowered the horizon meanwhile; a lower one stays valid.
+        let _ =
+            horizon.compare_exchange(seen_horizon, earliest, Ordering::SeqCst, Ordering::Relaxed);
     }
 
     /// Credit held now, plus the waste a settle would move into shards with room.
-    fn total_available(shards: &Slots<Self>, now: Nanos) -> u64 {
+    fn total_available(set: &ShardSet<Self>, now: Nanos) -> u64 {
         let now = ticks(now);
+        let settled = set.shared.settled.load(Ordering::SeqCst);
         let (mut credit, mut waste, mut room) = (0u64, 0u64, 0u64);
-        for slot in shards {
+        for slot in set.slots.iter() {
             let shard = &slot.shard;
-            let tat = shard.tat.load(Ordering::Relaxed);
+            let tat = shard.tat();
             credit += shard.credit(tat, now);
-            waste += now.saturating_sub(tat);
-            room += tat.saturating_sub(now).min(shard.capacity);
+            waste += shard.waste(now, settled);
+            room += tat.saturating_sub(now).min(shard.capacity());
         }
         credit + waste.min(room)
     }
@@ -230,21 +295,22 @@ mod tests {
     #[test]
     fn give_back_is_exact_while_time_stands_still() {
         let clock = Clock::Manual(Arc::new(ManualClock::new(0.0)));
-        let shard = GcraShard::new(100, 0);
-        let receipt = shard.try_take(0, 70).unwrap();
-        shard.try_take(0, 10).unwrap();
-        shard.give_back(receipt, &clock);
-        assert_eq!(shard.available(0), 90);
+        let set = ShardSet::new([GcraShard::new(100, 0)], Settlement::new(0));
+        let receipt = set.shard(0).try_take(0, 70).unwrap();
+        set.shard(0).try_take(0, 10).unwrap();
+        GcraShard::give_back(&set, 0, receipt, &clock);
+        assert_eq!(set.shard(0).available(0), 90);
     }
 
     #[test]
     fn give_back_keeps_what_time_has_refilled() {
         let manual = Arc::new(ManualClock::new(0.0));
         let clock = Clock::Manual(manual.clone());
-        let shard = GcraShard::new(3200, 0);
+        let set = ShardSet::new([GcraShard::new(3200, 0)], Settlement::new(0));
+        let shard = set.shard(0);
         let receipt = shard.try_take(0, 3200).unwrap(); // end = 3200 ticks = 100 ns
         manual.advance(60); // 1920 ticks later, the credit from then on is already back
-        shard.give_back(receipt, &clock);
+        GcraShard::give_back(&set, 0, receipt, &clock);
         assert_eq!(shard.available(60), 3200);
         // Only the 1280 ticks still ahead of the clock came back: TAT = 3200 - 1280.
         assert_eq!(shard.tat.load(Ordering::Relaxed), 1920);
@@ -252,38 +318,47 @@ mod tests {
 
     #[test]
     fn wait_for_is_the_earliest_time_the_units_can_be_gathered() {
-        let set = ShardSet::new([GcraShard::new(320, 0), GcraShard::new(320, 0)]);
+        let set = ShardSet::new(
+            [GcraShard::new(320, 0), GcraShard::new(320, 0)],
+            Settlement::new(0),
+        );
         set.shard(0).try_take(0, 320).unwrap();
         set.shard(1).try_take(0, 160).unwrap();
         // 160 available and two ticks of credit per tick: 480 needs 160 ticks = 5 ns.
-        assert_eq!(GcraShard::wait_for(set.slots(), 0, 480), 5);
+        assert_eq!(GcraShard::wait_for(&set, 0, 480), 5);
         // 40 more: 20 ticks, rounded up to 1 ns.
-        assert_eq!(GcraShard::wait_for(set.slots(), 0, 200), 1);
+        assert_eq!(GcraShard::wait_for(&set, 0, 200), 1);
         // Everything: once shard 1 is full its refill goes to shard 0, so 240 ticks = 8 ns.
-        assert_eq!(GcraShard::wait_for(set.slots(), 0, 640), 8);
+        assert_eq!(GcraShard::wait_for(&set, 0, 640), 8);
     }
 
     #[test]
     fn settling_moves_a_full_shards_refill_to_a_shard_with_room() {
-        let set = ShardSet::new([GcraShard::new(320, 0), GcraShard::new(320, 0)]);
+        let set = ShardSet::new(
+            [GcraShard::new(320, 0), GcraShard::new(320, 0)],
+            Settlement::new(0),
+        );
         set.shard(0).try_take(0, 320).unwrap();
         // 2 ns = 64 ticks later shard 0 refilled 64 and shard 1, already full, wasted 64.
-        assert_eq!(GcraShard::total_available(set.slots(), 2), 448);
-        GcraShard::settle(set.slots(), 2);
+        assert_eq!(GcraShard::total_available(&set, 2), 448);
+        GcraShard::settle(&set, 2);
         assert_eq!(set.shard(0).available(2), 128);
         assert_eq!(set.shard(1).available(2), 320);
-        GcraShard::settle(set.slots(), 10);
-        assert_eq!(GcraShard::total_available(set.slots(), 10), 640);
+        GcraShard::settle(&set, 10);
+        assert_eq!(GcraShard::total_available(&set, 10), 640);
     }
 
     #[test]
     fn refill_wasted_while_the_whole_budget_was_full_is_not_recovered() {
-        let set = ShardSet::new([GcraShard::new(320, 0), GcraShard::new(320, 0)]);
+        let set = ShardSet::new(
+            [GcraShard::new(320, 0), GcraShard::new(320, 0)],
+            Settlement::new(0),
+        );
         // Both full for 100 ns, then a settle-and-take drains shard 1.
-        GcraShard::settle(set.slots(), 100);
+        GcraShard::settle(&set, 100);
         set.shard(1).try_take(100, 320).unwrap();
-        assert_eq!(GcraShard::total_available(set.slots(), 100), 320);
-        GcraShard::settle(set.slots(), 100);
-        assert_eq!(GcraShard::total_available(set.slots(), 100), 320);
+        assert_eq!(GcraShard::total_available(&set, 100), 320);
+        GcraShard::settle(&set, 100);
+        assert_eq!(GcraShard::total_available(&set, 100), 320);
     }
 }

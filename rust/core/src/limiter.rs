@@ -1,15 +1,14 @@
 //! The limiter: a validated quota, a clock, and the sharded budget that enforces it.
 
-use arc_swap::ArcSwap;
+use crossbeam_utils::CachePadded;
 use parking_lot::Mutex;
 use std::collections::VecDeque;
 use std::fmt;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::clock::{Clock, Nanos, NANOS_PER_SEC};
 use crate::error::{Error, Result};
-use crate::gcra::{self, GcraShard};
+use crate::gcra::{self, GcraShard, Settlement};
 use crate::quota::{Algorithm, Quota};
 use crate::shard::{Outcome, Shard, ShardSet};
 use crate::sliding_window::WindowShard;
@@ -53,10 +52,12 @@ pub struct Decision {
     pub reason: Option<Refusal>,
     /// The shard that served (or would have served) the request.
     pub shard: usize,
-    /// Tokens left in the whole budget after this decision.
-    pub remaining: f64,
     /// Seconds until the request could be admitted; `None` when admitted or never.
     pub retry_after: Option<f64>,
+    /// When it was decided, on the limiter's clock. The tokens left in the whole budget
+    /// are [`RateLimiter::remaining_at`] this time: reading every shard is left to callers
+    /// who want it, so that a decision touches only the shards that serve it.
+    pub at: Nanos,
 }
 
 /// Checks a wait bound in seconds: `None` or infinity waits as long as it takes.
@@ -116,12 +117,33 @@ impl Balance {
 }
 
 /// A sharded rate limiter over one shared budget (SPEC `scope="global"`).
+///
+/// The algorithm and the shard count are fixed for the limiter's life; rate, period and
+/// burst can change at run time ([`RateLimiter::set_quota`]).
 pub struct RateLimiter {
     clock: Clock,
-    engine: ArcSwap<Engine>,
-    /// Serialises replacements (`set_quota`, `reset`).
-    replacing: Mutex<()>,
     hasher: ahash::RandomState,
+    tuning: CachePadded<Tuning>,
+    budget: Budget,
+    /// The current quota; its lock also makes re-ratings take turns.
+    quota: Mutex<Quota>,
+}
+
+/// What every decision reads, on one read-mostly cache line.
+#[derive(Debug)]
+struct Tuning {
+    /// Even while stable; odd while the limiter is being re-rated or reset. A decision that
+    /// saw it change decides again, so nothing is ever admitted under a half-applied quota.
+    version: AtomicU64,
+    /// Units of budget one token costs (ticks for the token bucket, 1 for the window).
+    unit: AtomicU64,
+    /// Units the whole budget holds.
+    capacity: AtomicU64,
+}
+
+enum Budget {
+    TokenBucket(ShardSet<GcraShard>),
+    SlidingWindow(ShardSet<WindowShard>),
 }
 
 impl fmt::Debug for RateLimiter {
@@ -135,17 +157,36 @@ impl fmt::Debug for RateLimiter {
 
 impl RateLimiter {
     pub fn new(quota: Quota, clock: Clock) -> Result<Self> {
-        let engine = Engine::new(quota, Carry::Full, clock.now())?;
+        let params = Params::new(&quota)?;
+        let n = quota.shards;
+        let now = clock.now();
+        let budget = match quota.algorithm {
+            // Every shard starts full: its TAT is now.
+            Algorithm::TokenBucket => Budget::TokenBucket(ShardSet::new(
+                (0..n).map(|i| GcraShard::new(params.share(n, i), gcra::ticks(now))),
+                Settlement::new(gcra::ticks(now)),
+            )),
+            Algorithm::SlidingWindow => Budget::SlidingWindow(ShardSet::new(
+                (0..n)
+                    .map(|i| WindowShard::new(params.share(n, i), params.window, VecDeque::new())),
+                (),
+            )),
+        };
         Ok(Self {
             clock,
-            engine: ArcSwap::from_pointee(engine),
-            replacing: Mutex::new(()),
             hasher: ahash::RandomState::new(),
+            tuning: CachePadded::new(Tuning {
+                version: AtomicU64::new(0),
+                unit: AtomicU64::new(params.unit),
+                capacity: AtomicU64::new(params.capacity),
+            }),
+            budget,
+            quota: Mutex::new(quota),
         })
     }
 
     pub fn quota(&self) -> Quota {
-        self.engine.load().quota
+        *self.quota.lock()
     }
 
     pub fn clock(&self) -> &Clock {
@@ -163,6 +204,14 @@ impl RateLimiter {
         Ok(self.hasher.hash_one(key))
     }
 
+    /// The two shards that serve a key's hash first (the fuller one serves).
+    pub fn candidates(&self, hash: u64) -> (usize, usize) {
+        match &self.budget {
+            Budget::TokenBucket(set) => set.candidates(hash),
+            Budget::SlidingWindow(set) => set.candidates(hash),
+        }
+    }
+
     /// Takes `count` tokens for `key` now, or refuses without waiting.
     pub fn try_acquire(&self, key: &str, count: u64) -> Result<Decision> {
         self.try_acquire_hashed(self.hash_key(key)?, count)
@@ -176,15 +225,52 @@ impl RateLimiter {
             return Err(Error::invalid_count(&count));
         }
         loop {
-            let engine = self.engine.load();
-            let decision = engine.decide(&self.clock, self.clock.now(), hash, count);
-            // A replacement retires the engine before it reads its state: a take that does
-            // not see `retired` is in that snapshot; one that does decides again on the new
-            // engine (charged twice at worst, never lost).
-            if !engine.retired.load(Ordering::SeqCst) {
-                return Ok(decision);
+            let version = self.tuning.version.load(Ordering::SeqCst);
+            if version & 1 == 0 {
+                let decision = self.decide(self.clock.now(), hash, count);
+                // Re-rating bumps the version before it reads any shard: a take that still
+                // sees the old version is in what it read; any other decides again (its
+                // stray take stays charged: conservative, and only while re-rating).
+                if self.tuning.version.load(Ordering::SeqCst) == version {
+                    return Ok(decision);
+                }
             }
             std::thread::yield_now();
+        }
+    }
+
+    #[inline]
+    fn decide(&self, now: Nanos, hash: u64, count: u64) -> Decision {
+        let unit = self.tuning.unit.load(Ordering::Relaxed);
+        let units = count
+            .checked_mul(unit)
+            .filter(|&units| units <= self.tuning.capacity.load(Ordering::Relaxed));
+        let outcome = match (units, &self.budget) {
+            (None, Budget::TokenBucket(set)) => Err(set.candidates(hash).0),
+            (None, Budget::SlidingWindow(set)) => Err(set.candidates(hash).0),
+            (Some(units), Budget::TokenBucket(set)) => {
+                Ok(set.acquire(&self.clock, now, hash, units))
+            }
+            (Some(units), Budget::SlidingWindow(set)) => {
+                Ok(set.acquire(&self.clock, now, hash, units))
+            }
+        };
+        let (allowed, reason, shard, retry_after) = match outcome {
+            Ok(Outcome::Admitted { shard }) => (true, None, shard, None),
+            Ok(Outcome::Refused { shard, wait }) => (
+                false,
+                Some(Refusal::RateLimited),
+                shard,
+                Some(wait as f64 / NANOS_PER_SEC),
+            ),
+            Err(shard) => (false, Some(Refusal::ExceedsCapacity), shard, None),
+        };
+        Decision {
+            allowed,
+            reason,
+            shard,
+            retry_after,
+            at: now,
         }
     }
 
@@ -236,17 +322,35 @@ impl RateLimiter {
 
     /// Tokens available in the whole budget now, without taking any.
     pub fn peek(&self) -> f64 {
-        self.engine.load().remaining(self.clock.now())
+        self.remaining_at(self.clock.now())
+    }
+
+    /// Tokens the whole budget holds at `at` (a decision's time, or now), counting every
+    /// take made so far.
+    pub fn remaining_at(&self, at: Nanos) -> f64 {
+        let units = match &self.budget {
+            Budget::TokenBucket(set) => set.available(at),
+            Budget::SlidingWindow(set) => set.available(at),
+        };
+        units as f64 / self.tuning.unit.load(Ordering::Relaxed) as f64
     }
 
     /// Tokens available in each shard now.
     pub fn shard_tokens(&self) -> Vec<f64> {
-        self.engine.load().shard_tokens(self.clock.now())
+        let now = self.clock.now();
+        let unit = self.tuning.unit.load(Ordering::Relaxed) as f64;
+        match &self.budget {
+            Budget::TokenBucket(set) => per_shard(set, now, unit),
+            Budget::SlidingWindow(set) => per_shard(set, now, unit),
+        }
     }
 
-    /// Requests admitted by each shard since the limiter was made, reset or re-rated.
+    /// Requests admitted by each shard since the limiter was made or reset.
     pub fn served(&self) -> Vec<u64> {
-        self.engine.load().budget.served()
+        match &self.budget {
+            Budget::TokenBucket(set) => set.served(),
+            Budget::SlidingWindow(set) => set.served(),
+        }
     }
 
     /// How evenly the shards have served requests (see [`Balance`]).
@@ -254,54 +358,123 @@ impl RateLimiter {
         Balance::of(self.served())
     }
 
-    /// Changes the quota at run time. The tokens available now carry over (capped at the
-    /// new burst), and so does the sliding window's log; a new shard count is taken too.
+    /// Changes rate, period and burst at run time. The tokens available now carry over
+    /// (capped at the new burst), and so does the sliding window's log. The algorithm and
+    /// the shard count cannot change.
     pub fn set_quota(&self, quota: Quota) -> Result<()> {
+        let mut current = self.quota.lock();
+        if quota.algorithm != current.algorithm {
+            return Err(Error::invalid(
+                "algorithm",
+                format!(
+                    "is fixed for the limiter's life ({:?}), got {:?}",
+                    current.algorithm.name(),
+                    quota.algorithm.name()
+                ),
+            ));
+        }
+        if quota.shards != current.shards {
+            return Err(Error::invalid(
+                "shards",
+                format!(
+                    "is fixed for the limiter's life ({}), got {}",
+                    current.shards, quota.shards
+                ),
+            ));
+        }
         let params = Params::new(&quota)?;
-        self.replace(|old, now| Engine::build(quota, params, old.carry(now), now))
-    }
-
-    /// Refills the budget and forgets the counters.
-    pub fn reset(&self) {
-        self.replace(|old, now| {
-            let quota = old.quota;
-            let params = Params::new(&quota).expect("the current quota is valid");
-            Engine::build(quota, params, Carry::Full, now)
-        })
-        .expect("a reset cannot fail");
-    }
-
-    fn replace(&self, make: impl FnOnce(&Engine, Nanos) -> Engine) -> Result<()> {
-        let _one_at_a_time = self.replacing.lock();
-        let old = self.engine.load_full();
-        old.retired.store(true, Ordering::SeqCst);
-        let new = make(&old, self.clock.now());
-        self.engine.store(Arc::new(new));
+        self.retune(params, false);
+        *current = quota;
         Ok(())
     }
+
+    /// Refills the budget and clears the per-shard counters.
+    pub fn reset(&self) {
+        let quota = self.quota.lock();
+        let params = Params::new(&quota).expect("the current quota is valid");
+        self.retune(params, true);
+    }
+
+    /// Applies `params` to every shard, carrying the current fill over unless `refill`.
+    /// The caller holds the quota lock, so re-ratings take turns.
+    fn retune(&self, params: Params, refill: bool) {
+        self.tuning.version.fetch_add(1, Ordering::SeqCst);
+        let now = self.clock.now();
+        match &self.budget {
+            Budget::TokenBucket(set) => {
+                let old_unit = self.tuning.unit.load(Ordering::Relaxed);
+                let tokens = set.available(now) as f64 / old_unit as f64;
+                let fill = if refill {
+                    1.0
+                } else {
+                    (tokens * params.unit as f64 / params.capacity as f64).min(1.0)
+                };
+                let n = set.len();
+                let now = gcra::ticks(now);
+                for i in 0..n {
+                    let capacity = params.share(n, i);
+                    let missing = if fill >= 1.0 {
+                        0
+                    } else {
+                        capacity.saturating_sub((capacity as f64 * fill) as u64)
+                    };
+                    set.shard(i).reconfigure(capacity, now + missing);
+                }
+                let earliest = (0..n).map(|i| set.shard(i).tat()).min().unwrap_or(now);
+                set.shared.restart(now, earliest);
+                if refill {
+                    set.clear_served();
+                }
+            }
+            Budget::SlidingWindow(set) => {
+                let n = set.len();
+                // Lock every shard, in order, for one consistent view of the log.
+                let mut logs: Vec<_> = (0..n).map(|i| set.shard(i).lock()).collect();
+                let mut live: Vec<Nanos> = Vec::new();
+                for log in logs.iter_mut() {
+                    if !refill {
+                        live.extend(
+                            log.entries
+                                .iter()
+                                .filter(|&&ts| ts.saturating_add(log.window) >= now),
+                        );
+                    }
+                    log.entries.clear();
+                }
+                live.sort_unstable();
+                let keep = live.len().min(params.capacity as usize);
+                for (i, log) in logs.iter_mut().enumerate() {
+                    log.capacity = params.share(n, i);
+                    log.window = params.window;
+                }
+                // Newest first into whichever shard has room, round robin; each shard's
+                // log stays sorted because it receives a subsequence.
+                let mut shard = 0;
+                for &stamp in live[live.len() - keep..].iter().rev() {
+                    while logs[shard].entries.len() as u64 >= logs[shard].capacity {
+                        shard = (shard + 1) % n;
+                    }
+                    logs[shard].entries.push_front(stamp);
+                    shard = (shard + 1) % n;
+                }
+                drop(logs);
+                if refill {
+                    set.clear_served();
+                }
+            }
+        }
+        self.tuning.unit.store(params.unit, Ordering::SeqCst);
+        self.tuning
+            .capacity
+            .store(params.capacity, Ordering::SeqCst);
+        self.tuning.version.fetch_add(1, Ordering::SeqCst);
+    }
 }
 
-/// A quota and the shard set that enforces it.
-struct Engine {
-    quota: Quota,
-    budget: Budget,
-    /// Units of budget per token (ticks for the token bucket, 1 for the sliding window).
-    unit: u64,
-    retired: AtomicBool,
-}
-
-enum Budget {
-    TokenBucket(ShardSet<GcraShard>),
-    SlidingWindow(ShardSet<WindowShard>),
-}
-
-/// What a new engine inherits from the one it replaces.
-enum Carry {
-    Full,
-    /// Tokens available (token bucket).
-    Tokens(f64),
-    /// Admissions still in the window, oldest first (sliding window).
-    Log(Vec<Nanos>),
+fn per_shard<S: Shard>(set: &ShardSet<S>, now: Nanos, unit: f64) -> Vec<f64> {
+    (0..set.len())
+        .map(|i| set.shard(i).available(now) as f64 / unit)
+        .collect()
 }
 
 /// Derived, checked sizes of a quota's shards.
@@ -370,157 +543,6 @@ impl Params {
     fn share(&self, shards: usize, i: usize) -> u64 {
         let n = shards as u64;
         self.capacity / n + u64::from((i as u64) < self.capacity % n)
-    }
-}
-
-impl Engine {
-    fn new(quota: Quota, carry: Carry, now: Nanos) -> Result<Self> {
-        Ok(Self::build(quota, Params::new(&quota)?, carry, now))
-    }
-
-    fn build(quota: Quota, params: Params, carry: Carry, now: Nanos) -> Self {
-        let n = quota.shards;
-        let budget = match quota.algorithm {
-            Algorithm::TokenBucket => {
-                let full = quota.burst;
-                let fill = match carry {
-                    Carry::Tokens(tokens) => (tokens / full).clamp(0.0, 1.0),
-                    _ => 1.0,
-                };
-                Budget::TokenBucket(ShardSet::new((0..n).map(|i| {
-                    let capacity = params.share(n, i);
-                    let missing = if fill >= 1.0 {
-                        0
-                    } else {
-                        capacity.saturating_sub((capacity as f64 * fill) as u64)
-                    };
-                    // TAT = now + missing credit: the shard is `fill` full at `now`.
-                    GcraShard::new(capacity, gcra::ticks(now) + missing)
-                })))
-            }
-            Algorithm::SlidingWindow => {
-                let mut logs: Vec<VecDeque<Nanos>> = vec![VecDeque::new(); n];
-                if let Carry::Log(log) = carry {
-                    let keep = log.len().min(params.capacity as usize);
-                    // Newest first into whichever shard has room, round robin; each shard's
-                    // log stays sorted because it receives a subsequence.
-                    let mut shard = 0;
-                    for &stamp in log[log.len() - keep..].iter().rev() {
-                        while logs[shard].len() as u64 >= params.share(n, shard) {
-                            shard = (shard + 1) % n;
-                        }
-                        logs[shard].push_front(stamp);
-                        shard = (shard + 1) % n;
-                    }
-                }
-                Budget::SlidingWindow(ShardSet::new(
-                    logs.into_iter()
-                        .enumerate()
-                        .map(|(i, log)| WindowShard::new(params.share(n, i), params.window, log)),
-                ))
-            }
-        };
-        Self {
-            quota,
-            budget,
-            unit: params.unit,
-            retired: AtomicBool::new(false),
-        }
-    }
-
-    #[inline]
-    fn decide(&self, clock: &Clock, now: Nanos, hash: u64, count: u64) -> Decision {
-        match &self.budget {
-            Budget::TokenBucket(set) => self.decide_on(set, clock, now, hash, count),
-            Budget::SlidingWindow(set) => self.decide_on(set, clock, now, hash, count),
-        }
-    }
-
-    #[inline]
-    fn decide_on<S: Shard>(
-        &self,
-        set: &ShardSet<S>,
-        clock: &Clock,
-        now: Nanos,
-        hash: u64,
-        count: u64,
-    ) -> Decision {
-        let units = match count.checked_mul(self.unit) {
-            Some(units) if units <= set.total_capacity() => units,
-            _ => {
-                return Decision {
-                    allowed: false,
-                    reason: Some(Refusal::ExceedsCapacity),
-                    shard: set.candidates(hash).0,
-                    remaining: self.tokens(set.available(now)),
-                    retry_after: None,
-                }
-            }
-        };
-        let outcome = set.acquire(clock, now, hash, units);
-        let remaining = self.tokens(set.available(now));
-        match outcome {
-            Outcome::Admitted { shard } => Decision {
-                allowed: true,
-                reason: None,
-                shard,
-                remaining,
-                retry_after: None,
-            },
-            Outcome::Refused { shard, wait } => Decision {
-                allowed: false,
-                reason: Some(Refusal::RateLimited),
-                shard,
-                remaining,
-                retry_after: Some(wait as f64 / NANOS_PER_SEC),
-            },
-        }
-    }
-
-    fn tokens(&self, units: u64) -> f64 {
-        units as f64 / self.unit as f64
-    }
-
-    fn remaining(&self, now: Nanos) -> f64 {
-        match &self.budget {
-            Budget::TokenBucket(set) => self.tokens(set.available(now)),
-            Budget::SlidingWindow(set) => self.tokens(set.available(now)),
-        }
-    }
-
-    fn shard_tokens(&self, now: Nanos) -> Vec<f64> {
-        match &self.budget {
-            Budget::TokenBucket(set) => self.per_shard(set, now),
-            Budget::SlidingWindow(set) => self.per_shard(set, now),
-        }
-    }
-
-    fn per_shard<S: Shard>(&self, set: &ShardSet<S>, now: Nanos) -> Vec<f64> {
-        (0..set.len())
-            .map(|i| self.tokens(set.shard(i).available(now)))
-            .collect()
-    }
-
-    fn carry(&self, now: Nanos) -> Carry {
-        match &self.budget {
-            Budget::TokenBucket(set) => Carry::Tokens(self.tokens(set.available(now))),
-            Budget::SlidingWindow(set) => {
-                let mut log: Vec<Nanos> = (0..set.len())
-                    .flat_map(|i| set.shard(i).live(now))
-                    .collect();
-                log.sort_unstable();
-                Carry::Log(log)
-            }
-        }
-    }
-}
-
-impl Budget {
-    fn served(&self) -> Vec<u64> {
-        match self {
-            Budget::TokenBucket(set) => set.served(),
-            Budget::SlidingWindow(set) => set.served(),
-        }
     }
 }
 

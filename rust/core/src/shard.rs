@@ -3,7 +3,8 @@
 //! Sharding is a concurrency device, never a way to lose capacity (SPEC I2): a request is
 //! served by the fuller of its key's two candidate shards (load-aware power-of-two choices,
 //! I5); when neither holds enough, it is gathered from every shard, so one key can always
-//! use the whole rate and the whole burst. A refusal only reads.
+//! use the whole rate and the whole burst. A refusal only reads. A request served by its
+//! candidates touches only their cache lines, so threads on different shards do not meet.
 
 use crossbeam_utils::CachePadded;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,29 +16,27 @@ use crate::clock::{Clock, Nanos};
 pub(crate) trait Shard: Send + Sync + Sized {
     /// What a take records so that it can be given back exactly.
     type Receipt: Copy;
+    /// State the whole set shares, besides its shards.
+    type Shared: Send + Sync + std::fmt::Debug;
 
-    fn capacity(&self) -> u64;
     fn available(&self, now: Nanos) -> u64;
     /// Takes all of `units` or nothing.
     fn try_take(&self, now: Nanos, units: u64) -> Option<Self::Receipt>;
     /// Takes as much of `units` as is available now; `None` when it took nothing.
     fn take_up_to(&self, now: Nanos, units: u64) -> Option<(u64, Self::Receipt)>;
     /// Returns a take that turned out not to be needed.
-    fn give_back(&self, receipt: Self::Receipt, clock: &Clock);
-    /// Nanoseconds from `now` until `units` can be gathered over all `shards`
-    /// (`units` never exceeds their total capacity).
-    fn wait_for(shards: &Slots<Self>, now: Nanos, units: u64) -> Nanos;
+    fn give_back(set: &ShardSet<Self>, index: usize, receipt: Self::Receipt, clock: &Clock);
+    /// Nanoseconds from `now` until `units` can be gathered over the whole set
+    /// (`units` never exceeds its total capacity).
+    fn wait_for(set: &ShardSet<Self>, now: Nanos, units: u64) -> Nanos;
     /// Brings the shards up to date before a take, so that together they hold exactly
     /// what one unsharded budget would.
-    fn settle(_shards: &Slots<Self>, _now: Nanos) {}
+    fn settle(_set: &ShardSet<Self>, _now: Nanos) {}
     /// Units the whole set could hand out at `now`, counting what a settle would move.
-    fn total_available(shards: &Slots<Self>, now: Nanos) -> u64 {
-        shards.iter().map(|s| s.shard.available(now)).sum()
+    fn total_available(set: &ShardSet<Self>, now: Nanos) -> u64 {
+        set.slots.iter().map(|s| s.shard.available(now)).sum()
     }
 }
-
-/// The shards of a set, each alone on its cache line.
-pub(crate) type Slots<S> = [CachePadded<Slot<S>>];
 
 /// A shard with its served-requests counter.
 #[derive(Debug)]
@@ -63,13 +62,13 @@ pub(crate) enum Outcome {
 const GATHER_ATTEMPTS: usize = 16;
 
 #[derive(Debug)]
-pub(crate) struct ShardSet<S> {
-    slots: Box<[CachePadded<Slot<S>>]>,
-    total_capacity: u64,
+pub(crate) struct ShardSet<S: Shard> {
+    pub(crate) slots: Box<[CachePadded<Slot<S>>]>,
+    pub(crate) shared: S::Shared,
 }
 
 impl<S: Shard> ShardSet<S> {
-    pub(crate) fn new(shards: impl IntoIterator<Item = S>) -> Self {
+    pub(crate) fn new(shards: impl IntoIterator<Item = S>, shared: S::Shared) -> Self {
         let slots: Box<[_]> = shards
             .into_iter()
             .map(|shard| {
@@ -80,24 +79,11 @@ impl<S: Shard> ShardSet<S> {
             })
             .collect();
         assert!(!slots.is_empty(), "a shard set needs at least one shard");
-        let total_capacity = slots.iter().map(|s| s.shard.capacity()).sum();
-        Self {
-            slots,
-            total_capacity,
-        }
+        Self { slots, shared }
     }
 
     pub(crate) fn len(&self) -> usize {
         self.slots.len()
-    }
-
-    pub(crate) fn total_capacity(&self) -> u64 {
-        self.total_capacity
-    }
-
-    #[cfg(test)]
-    pub(crate) fn slots(&self) -> &Slots<S> {
-        &self.slots
     }
 
     pub(crate) fn shard(&self, index: usize) -> &S {
@@ -105,7 +91,7 @@ impl<S: Shard> ShardSet<S> {
     }
 
     pub(crate) fn available(&self, now: Nanos) -> u64 {
-        S::total_available(&self.slots, now)
+        S::total_available(self, now)
     }
 
     pub(crate) fn served(&self) -> Vec<u64> {
@@ -113,6 +99,12 @@ impl<S: Shard> ShardSet<S> {
             .iter()
             .map(|s| s.served.load(Ordering::Relaxed))
             .collect()
+    }
+
+    pub(crate) fn clear_served(&self) {
+        for slot in self.slots.iter() {
+            slot.served.store(0, Ordering::Relaxed);
+        }
     }
 
     /// The key's two candidate shards, from independent halves of its hash.
@@ -129,20 +121,27 @@ impl<S: Shard> ShardSet<S> {
     }
 
     /// Takes `units` for the key with `hash`, or refuses without writing anything.
-    /// The caller has checked `units <= total_capacity`.
+    /// The caller has checked `units` against the total capacity.
+    #[inline]
     pub(crate) fn acquire(&self, clock: &Clock, now: Nanos, hash: u64, units: u64) -> Outcome {
-        if self.slots.len() > 1 {
-            S::settle(&self.slots, now);
+        if self.slots.len() == 1 {
+            return match self.slots[0].shard.try_take(now, units) {
+                Some(_) => self.admitted(0),
+                None => Outcome::Refused {
+                    shard: 0,
+                    wait: S::wait_for(self, now, units),
+                },
+            };
         }
+        S::settle(self, now);
         let (a, b) = self.candidates(hash);
-        let (first, second) = if a == b {
-            (a, None)
-        } else if self.slots[a].shard.available(now) >= self.slots[b].shard.available(now) {
-            (a, Some(b))
-        } else {
-            (b, Some(a))
-        };
-        for index in std::iter::once(first).chain(second) {
+        let (first, second) =
+            if self.slots[a].shard.available(now) >= self.slots[b].shard.available(now) {
+                (a, b)
+            } else {
+                (b, a)
+            };
+        for index in [first, second] {
             if self.slots[index].shard.try_take(now, units).is_some() {
                 return self.admitted(index);
             }
@@ -172,22 +171,18 @@ impl<S: Shard> ShardSet<S> {
                 }
             }
             for (index, receipt) in receipts.drain(..) {
-                self.slots[index].shard.give_back(receipt, clock);
+                S::give_back(self, index, receipt, clock);
             }
         }
         Outcome::Refused {
             shard: first,
-            wait: S::wait_for(&self.slots, now, units),
+            wait: S::wait_for(self, now, units),
         }
     }
 
     #[inline]
     fn admitted(&self, shard: usize) -> Outcome {
-        // A statistic, not a budget: a plain load and store instead of a locked add keeps
-        // it off the hot path's cost, at the price of rarely losing a count when two
-        // threads are admitted by the same shard at the same instant.
-        let served = &self.slots[shard].served;
-        served.store(served.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+        self.slots[shard].served.fetch_add(1, Ordering::Relaxed);
         Outcome::Admitted { shard }
     }
 }
@@ -201,10 +196,10 @@ fn reduce(hash: u64, n: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gcra::GcraShard;
+    use crate::gcra::{GcraShard, Settlement};
 
     fn set(n: usize) -> ShardSet<GcraShard> {
-        ShardSet::new((0..n).map(|_| GcraShard::new(100, 0)))
+        ShardSet::new((0..n).map(|_| GcraShard::new(100, 0)), Settlement::new(0))
     }
 
     #[test]
@@ -244,8 +239,7 @@ mod tests {
             Outcome::Admitted { .. }
         ));
         assert_eq!(s.available(0), 50);
-        // Refused without writing, with the exact wait: 10 more ticks per shard... spread over
-        // 16 shards refilling in parallel, 60 - 50 = 10 units need ceil(10/16) ticks.
+        // Refused without writing anything.
         let before: Vec<u64> = (0..16).map(|i| s.shard(i).available(0)).collect();
         assert!(matches!(
             s.acquire(&clock, 0, 1, 60),

@@ -9,13 +9,37 @@ use parking_lot::Mutex;
 use std::collections::VecDeque;
 
 use crate::clock::{Clock, Nanos};
-use crate::shard::{Shard, Slots};
+use crate::shard::{Shard, ShardSet};
 
 #[derive(Debug)]
 pub(crate) struct WindowShard {
-    log: Mutex<VecDeque<Nanos>>,
-    capacity: u64,
-    window: Nanos,
+    log: Mutex<Log>,
+}
+
+/// A shard's admissions, oldest first, with the limits they are judged by (which change
+/// only while the limiter is being re-rated).
+#[derive(Debug)]
+pub(crate) struct Log {
+    pub(crate) entries: VecDeque<Nanos>,
+    pub(crate) capacity: u64,
+    pub(crate) window: Nanos,
+}
+
+impl Log {
+    /// Drops admissions that no window ending at `now` or later can contain.
+    fn expire(&mut self, now: Nanos) {
+        while self
+            .entries
+            .front()
+            .is_some_and(|&ts| ts.saturating_add(self.window) < now)
+        {
+            self.entries.pop_front();
+        }
+    }
+
+    fn free(&self) -> u64 {
+        self.capacity.saturating_sub(self.entries.len() as u64)
+    }
 }
 
 /// `count` admissions stamped `stamp`.
@@ -26,57 +50,53 @@ pub(crate) struct Receipt {
 }
 
 impl WindowShard {
-    /// A shard whose log already holds `log` (sorted, at most `capacity` entries).
-    pub(crate) fn new(capacity: u64, window: Nanos, log: VecDeque<Nanos>) -> Self {
-        debug_assert!(log.len() as u64 <= capacity);
+    /// A shard whose log already holds `entries` (sorted, at most `capacity`).
+    pub(crate) fn new(capacity: u64, window: Nanos, entries: VecDeque<Nanos>) -> Self {
+        debug_assert!(entries.len() as u64 <= capacity);
         Self {
-            log: Mutex::new(log),
-            capacity,
-            window,
+            log: Mutex::new(Log {
+                entries,
+                capacity,
+                window,
+            }),
         }
     }
 
-    /// Drops admissions that no window ending at `now` or later can contain.
-    fn expire(&self, log: &mut VecDeque<Nanos>, now: Nanos) {
-        while log
-            .front()
-            .is_some_and(|&ts| ts.saturating_add(self.window) < now)
-        {
-            log.pop_front();
-        }
+    /// The log, locked: for re-rating and resetting the limiter.
+    pub(crate) fn lock(&self) -> parking_lot::MutexGuard<'_, Log> {
+        self.log.lock()
     }
 
     /// The admissions still inside the window at `now`, oldest first.
+    #[cfg(test)]
     pub(crate) fn live(&self, now: Nanos) -> Vec<Nanos> {
         let mut log = self.log.lock();
-        self.expire(&mut log, now);
-        log.iter().copied().collect()
+        log.expire(now);
+        log.entries.iter().copied().collect()
     }
 
     fn take(&self, now: Nanos, want: impl Fn(u64) -> u64) -> Option<(u64, Receipt)> {
         let mut log = self.log.lock();
-        self.expire(&mut log, now);
-        let count = want(self.capacity - log.len() as u64);
+        log.expire(now);
+        let count = want(log.free());
         if count == 0 {
             return None;
         }
-        let stamp = log.back().map_or(now, |&newest| newest.max(now));
-        log.extend(std::iter::repeat_n(stamp, count as usize));
+        let stamp = log.entries.back().map_or(now, |&newest| newest.max(now));
+        log.entries
+            .extend(std::iter::repeat_n(stamp, count as usize));
         Some((count, Receipt { count, stamp }))
     }
 }
 
 impl Shard for WindowShard {
     type Receipt = Receipt;
-
-    fn capacity(&self) -> u64 {
-        self.capacity
-    }
+    type Shared = ();
 
     fn available(&self, now: Nanos) -> u64 {
         let mut log = self.log.lock();
-        self.expire(&mut log, now);
-        self.capacity - log.len() as u64
+        log.expire(now);
+        log.free()
     }
 
     fn try_take(&self, now: Nanos, units: u64) -> Option<Receipt> {
@@ -90,29 +110,30 @@ impl Shard for WindowShard {
 
     /// Removes `count` entries stamped exactly `stamp` (entries with equal stamps are
     /// interchangeable); any that already expired are gone anyway.
-    fn give_back(&self, receipt: Receipt, _clock: &Clock) {
-        let mut log = self.log.lock();
-        let end = log.partition_point(|&ts| ts <= receipt.stamp);
-        let start = log
+    fn give_back(set: &ShardSet<Self>, index: usize, receipt: Receipt, _clock: &Clock) {
+        let entries = &mut set.shard(index).log.lock().entries;
+        let end = entries.partition_point(|&ts| ts <= receipt.stamp);
+        let start = entries
             .partition_point(|&ts| ts < receipt.stamp)
             .max(end.saturating_sub(receipt.count as usize));
-        log.drain(start..end);
+        entries.drain(start..end);
     }
 
     /// Free slots now, plus slots that open as the oldest admissions leave the window: the
     /// `units - free`-th earliest expiry over all shards is when the request fits.
-    fn wait_for(shards: &Slots<Self>, now: Nanos, units: u64) -> Nanos {
+    fn wait_for(set: &ShardSet<Self>, now: Nanos, units: u64) -> Nanos {
         let mut free = 0u64;
         let mut openings = Vec::new();
-        for slot in shards {
-            let shard = &slot.shard;
-            let mut log = shard.log.lock();
-            shard.expire(&mut log, now);
-            free += shard.capacity - log.len() as u64;
+        for slot in set.slots.iter() {
+            let mut log = slot.shard.log.lock();
+            log.expire(now);
+            free += log.free();
+            let window = log.window;
             openings.extend(
-                log.iter()
+                log.entries
+                    .iter()
                     .take(units as usize)
-                    .map(|&ts| ts.saturating_add(shard.window) + 1),
+                    .map(|&ts| ts.saturating_add(window) + 1),
             );
         }
         let Some(needed) = units.checked_sub(free).filter(|&n| n > 0) else {
@@ -150,11 +171,12 @@ mod tests {
 
     #[test]
     fn give_back_removes_exactly_its_own_entries() {
-        let shard = WindowShard::new(10, SECOND, VecDeque::new());
+        let set = ShardSet::new([WindowShard::new(10, SECOND, VecDeque::new())], ());
+        let shard = set.shard(0);
         shard.try_take(0, 2).unwrap();
         let receipt = shard.try_take(5, 3).unwrap();
         shard.try_take(7, 1).unwrap();
-        shard.give_back(receipt, &clock());
+        WindowShard::give_back(&set, 0, receipt, &clock());
         assert_eq!(shard.live(7), vec![0, 0, 7]);
     }
 
@@ -168,19 +190,16 @@ mod tests {
 
     #[test]
     fn wait_for_is_the_earliest_expiry_that_makes_room() {
-        let set = ShardSet::new([
-            WindowShard::new(2, SECOND, VecDeque::from([10, 20])),
-            WindowShard::new(2, SECOND, VecDeque::from([15])),
-        ]);
+        let set = ShardSet::new(
+            [
+                WindowShard::new(2, SECOND, VecDeque::from([10, 20])),
+                WindowShard::new(2, SECOND, VecDeque::from([15])),
+            ],
+            (),
+        );
         // One free slot; a second opens when 10 leaves the window, at 10 + 1 s + 1 ns.
-        assert_eq!(
-            WindowShard::wait_for(set.slots(), 100, 2),
-            SECOND + 10 + 1 - 100
-        );
-        assert_eq!(WindowShard::wait_for(set.slots(), 100, 1), 0);
-        assert_eq!(
-            WindowShard::wait_for(set.slots(), 100, 4),
-            SECOND + 20 + 1 - 100
-        );
+        assert_eq!(WindowShard::wait_for(&set, 100, 2), SECOND + 10 + 1 - 100);
+        assert_eq!(WindowShard::wait_for(&set, 100, 1), 0);
+        assert_eq!(WindowShard::wait_for(&set, 100, 4), SECOND + 20 + 1 - 100);
     }
 }

@@ -223,7 +223,7 @@ fn i2_a_fresh_limiter_admits_count_equal_to_burst_at_once() {
                 "{}: {decision:?}",
                 label(algorithm, shards)
             );
-            assert_eq!(decision.remaining, 0.0);
+            assert_eq!(limiter.remaining_at(decision.at), 0.0);
         }
     }
 }
@@ -275,7 +275,7 @@ fn i7_count_above_burst_is_refused_at_once_as_exceeds_capacity() {
                 );
                 assert_eq!(decision.reason.unwrap().code(), "exceeds_capacity");
                 assert_eq!(decision.retry_after, None);
-                assert_eq!(decision.remaining, 100.0);
+                assert_eq!(limiter.remaining_at(decision.at), 100.0);
             }
             // Still never, however long one waits, and nothing was taken.
             manual.advance(3600 * SEC);
@@ -492,7 +492,11 @@ fn a_refusal_does_not_change_state() {
                         "{what}: count {count}"
                     );
                     assert_eq!(limiter.served(), served, "{what}: count {count}");
-                    assert_eq!(decision.remaining, peek, "{what}: count {count}");
+                    assert_eq!(
+                        limiter.remaining_at(decision.at),
+                        peek,
+                        "{what}: count {count}"
+                    );
                 }
             }
         }
@@ -641,12 +645,9 @@ fn set_quota_carries_the_available_tokens_over() {
         assert!(acquire(&limiter, "k", 1).allowed);
     }
     assert_eq!(limiter.peek(), 60.0);
-    // A larger quota on more shards: the 60 tokens come along, no more.
-    limiter
-        .set_quota(quota(tb, 200.0, Some(200.0), 16))
-        .unwrap();
-    assert_eq!(limiter.quota().shards, 16);
-    assert_eq!(limiter.shard_tokens().len(), 16);
+    // A larger quota: the 60 tokens come along, no more.
+    limiter.set_quota(quota(tb, 200.0, Some(200.0), 4)).unwrap();
+    assert_eq!(limiter.quota().rate, 200.0);
     assert!((limiter.peek() - 60.0).abs() < 1e-9, "{}", limiter.peek());
     assert_eq!(drain(&limiter, "k"), 60);
     // Then it refills at the new rate: 200 per second, up to the new burst.
@@ -655,7 +656,7 @@ fn set_quota_carries_the_available_tokens_over() {
     manual.advance(SEC);
     assert_eq!(limiter.peek(), 200.0);
     // A smaller burst caps what carries over.
-    limiter.set_quota(quota(tb, 100.0, Some(50.0), 1)).unwrap();
+    limiter.set_quota(quota(tb, 100.0, Some(50.0), 4)).unwrap();
     assert_eq!(limiter.peek(), 50.0);
     assert_eq!(drain(&limiter, "k"), 50);
 
@@ -665,13 +666,27 @@ fn set_quota_carries_the_available_tokens_over() {
     for _ in 0..40 {
         assert!(acquire(&limiter, "k", 1).allowed);
     }
-    limiter.set_quota(quota(sw, 50.0, None, 16)).unwrap();
+    limiter.set_quota(quota(sw, 50.0, None, 4)).unwrap();
     assert_eq!(limiter.peek(), 10.0);
     assert_eq!(drain(&limiter, "k"), 10);
     manual.advance(SEC);
     assert!(!acquire(&limiter, "k", 1).allowed);
     manual.advance(1);
     assert_eq!(drain(&limiter, "k"), 50);
+}
+
+#[test]
+fn set_quota_keeps_the_algorithm_and_the_shard_count() {
+    let (limiter, _manual) = per_second_100(Algorithm::TokenBucket, 4);
+    let err = limiter
+        .set_quota(quota(Algorithm::TokenBucket, 10.0, None, 16))
+        .unwrap_err();
+    assert_eq!(err.argument(), "shards");
+    let err = limiter
+        .set_quota(quota(Algorithm::SlidingWindow, 10.0, None, 4))
+        .unwrap_err();
+    assert_eq!(err.argument(), "algorithm");
+    assert_eq!(limiter.quota().rate, 100.0);
 }
 
 #[test]

@@ -31,6 +31,10 @@ pub(crate) struct PyShardedRateLimiter {
 }
 
 impl PyShardedRateLimiter {
+    pub(crate) fn core(&self) -> &RateLimiter {
+        &self.core
+    }
+
     /// The shard-choosing hash of a key: Python's own string hash, cached in the string.
     #[inline]
     fn hash(&self, key: Option<&Bound<'_, PyAny>>) -> PyResult<u64> {
@@ -137,48 +141,50 @@ impl PyShardedRateLimiter {
     /// Takes `count` tokens for `key` now, or says when to retry. Never waits.
     #[pyo3(signature = (key=None, count=None), text_signature = "(key='default', count=1)")]
     fn try_acquire(
-        &self,
+        slf: &Bound<'_, Self>,
         key: Option<&Bound<'_, PyAny>>,
         count: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<PyRateLimitResult> {
-        let decision = self
+        let this = slf.get();
+        let decision = this
             .core
-            .try_acquire_hashed(self.hash(key)?, args::count(count)?)
+            .try_acquire_hashed(this.hash(key)?, args::count(count)?)
             .map_err(to_py)?;
-        Ok(PyRateLimitResult::from_decision(decision, 0.0))
+        Ok(PyRateLimitResult::new(slf, decision, 0.0))
     }
 
     /// One step of a waiting acquire: admitted, refused for good, or refused with
     /// reason "rate_limited" and `retry_after` within `budget` seconds (wait, then ask again).
     #[pyo3(signature = (key, count, budget, waited))]
     fn _acquire_step(
-        &self,
+        slf: &Bound<'_, Self>,
         key: Option<&Bound<'_, PyAny>>,
         count: Option<&Bound<'_, PyAny>>,
         budget: f64,
         waited: f64,
     ) -> PyResult<PyRateLimitResult> {
-        let decision = self
+        let this = slf.get();
+        let decision = this
             .core
-            .try_acquire_within(self.hash(key)?, args::count(count)?, budget - waited)
+            .try_acquire_within(this.hash(key)?, args::count(count)?, budget - waited)
             .map_err(to_py)?;
-        Ok(PyRateLimitResult::from_decision(decision, waited))
+        Ok(PyRateLimitResult::new(slf, decision, waited))
     }
 
     /// A whole waiting acquire for a thread: decides and sleeps with the GIL released,
     /// waking every 50 ms to let Ctrl-C (or any signal handler's exception) through.
     #[pyo3(signature = (key, count, budget))]
     fn _acquire_blocking(
-        &self,
-        py: Python<'_>,
+        slf: &Bound<'_, Self>,
         key: Option<&Bound<'_, PyAny>>,
         count: Option<&Bound<'_, PyAny>>,
         budget: f64,
     ) -> PyResult<PyRateLimitResult> {
-        let (hash, count) = (self.hash(key)?, args::count(count)?);
+        let this = slf.get();
+        let (hash, count) = (this.hash(key)?, args::count(count)?);
         let mut interrupted = None;
-        let outcome = py.detach(|| {
-            self.core
+        let outcome = slf.py().detach(|| {
+            this.core
                 .acquire_blocking(hash, count, budget, SIGNAL_CHECK_NANOS, || {
                     Python::attach(|py| py.check_signals())
                         .map_err(|err| interrupted = Some(err))
@@ -186,7 +192,7 @@ impl PyShardedRateLimiter {
                 })
         });
         match (outcome.map_err(to_py)?, interrupted) {
-            (Some((decision, waited)), _) => Ok(PyRateLimitResult::from_decision(decision, waited)),
+            (Some((decision, waited)), _) => Ok(PyRateLimitResult::new(slf, decision, waited)),
             (None, Some(err)) => Err(err),
             (None, None) => unreachable!("a wait stops early only when interrupted"),
         }
@@ -215,15 +221,14 @@ impl PyShardedRateLimiter {
         self.core.reset()
     }
 
-    /// Changes the rate (and optionally period, burst and shard count) at run time; the
-    /// tokens available now carry over, capped at the new burst.
-    #[pyo3(signature = (rate, period=None, burst_size=None, shards=None))]
+    /// Changes rate, period and burst at run time; the tokens available now carry over,
+    /// capped at the new burst. The algorithm and the shard count stay as made.
+    #[pyo3(signature = (rate, period=None, burst_size=None))]
     fn set_rate(
         &self,
         rate: &Bound<'_, PyAny>,
         period: Option<&Bound<'_, PyAny>>,
         burst_size: Option<&Bound<'_, PyAny>>,
-        shards: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<()> {
         let current = self.core.quota();
         let rate = args::number(Some(rate), "rate")?
@@ -233,7 +238,7 @@ impl PyShardedRateLimiter {
             args::number(period, "period")?.unwrap_or(current.period),
             args::number(burst_size, "burst_size")?,
             current.algorithm,
-            Some(self::shards(shards)?.unwrap_or(current.shards)),
+            Some(current.shards),
         )
         .map_err(to_py)?;
         self.core.set_quota(quota).map_err(to_py)
