@@ -141,6 +141,8 @@ struct Tuning {
     capacity: AtomicU64,
 }
 
+// One per limiter, so the size difference costs nothing; boxing would add a pointer chase.
+#[allow(clippy::large_enum_variant)]
 enum Budget {
     TokenBucket(ShardSet<GcraShard>),
     SlidingWindow(ShardSet<WindowShard>),
