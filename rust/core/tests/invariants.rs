@@ -758,3 +758,36 @@ fn eight_threads_with_a_frozen_clock_admit_exactly_the_burst() {
         }
     }
 }
+
+#[test]
+fn re_rating_while_threads_take_never_admits_more_than_the_budget() {
+    // Frozen clock, so the budget is exactly 100 tokens. Decisions racing with a re-rating
+    // are decided again; a stray take may stay charged (never the other way round).
+    for algorithm in ALGORITHMS {
+        for shards in SHARDS {
+            let (limiter, _manual) = per_second_100(algorithm, shards);
+            let quota = limiter.quota();
+            let admitted: u64 = std::thread::scope(|scope| {
+                let takers: Vec<_> = (0..4)
+                    .map(|t| {
+                        let limiter = &limiter;
+                        scope.spawn(move || {
+                            let key = format!("thread-{t}");
+                            (0..2_000)
+                                .filter(|_| acquire(limiter, &key, 1).allowed)
+                                .count() as u64
+                        })
+                    })
+                    .collect();
+                for _ in 0..200 {
+                    limiter.set_quota(quota).unwrap();
+                }
+                takers.into_iter().map(|h| h.join().unwrap()).sum()
+            });
+            let what = label(algorithm, shards);
+            assert!(admitted <= 100, "{what}: admitted {admitted}");
+            assert!(admitted > 0, "{what}");
+            assert!(limiter.peek() <= (100 - admitted) as f64, "{what}");
+        }
+    }
+}
