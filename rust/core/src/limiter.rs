@@ -229,11 +229,12 @@ impl RateLimiter {
         loop {
             let version = self.tuning.version.load(Ordering::SeqCst);
             if version & 1 == 0 {
-                let decision = self.decide(self.clock.now(), hash, count);
-                // Re-rating bumps the version before it reads any shard: a take that still
-                // sees the old version is in what it read; any other decides again (its
-                // stray take stays charged: conservative, and only while re-rating).
-                if self.tuning.version.load(Ordering::SeqCst) == version {
+                let now = self.clock.now();
+                let decided = match &self.budget {
+                    Budget::TokenBucket(set) => self.decide(set, version, now, hash, count),
+                    Budget::SlidingWindow(set) => self.decide(set, version, now, hash, count),
+                };
+                if let Some(decision) = decided {
                     return Ok(decision);
                 }
             }
@@ -241,39 +242,53 @@ impl RateLimiter {
         }
     }
 
+    /// One decision under `version`; `None` when the limiter was re-rated meanwhile, in which
+    /// case anything taken has been given back and the caller decides again.
     #[inline]
-    fn decide(&self, now: Nanos, hash: u64, count: u64) -> Decision {
+    fn decide<S: Shard>(
+        &self,
+        set: &ShardSet<S>,
+        version: u64,
+        now: Nanos,
+        hash: u64,
+        count: u64,
+    ) -> Option<Decision> {
         let unit = self.tuning.unit.load(Ordering::Relaxed);
         let units = count
             .checked_mul(unit)
             .filter(|&units| units <= self.tuning.capacity.load(Ordering::Relaxed));
-        let outcome = match (units, &self.budget) {
-            (None, Budget::TokenBucket(set)) => Err(set.candidates(hash).0),
-            (None, Budget::SlidingWindow(set)) => Err(set.candidates(hash).0),
-            (Some(units), Budget::TokenBucket(set)) => {
-                Ok(set.acquire(&self.clock, now, hash, units))
+        let outcome = units.map(|units| set.acquire(&self.clock, now, hash, units));
+        // Re-rating bumps the version before it reads any shard: a take that still sees the
+        // old version is in what it read; any other is undone and decided again.
+        if self.tuning.version.load(Ordering::SeqCst) != version {
+            if let Some(Outcome::Admitted { shard, taken }) = outcome {
+                set.give_back(taken, &self.clock);
+                set.count_served(shard, false);
             }
-            (Some(units), Budget::SlidingWindow(set)) => {
-                Ok(set.acquire(&self.clock, now, hash, units))
-            }
-        };
+            return None;
+        }
         let (allowed, reason, shard, retry_after) = match outcome {
-            Ok(Outcome::Admitted { shard }) => (true, None, shard, None),
-            Ok(Outcome::Refused { shard, wait }) => (
+            Some(Outcome::Admitted { shard, .. }) => (true, None, shard, None),
+            Some(Outcome::Refused { shard, wait }) => (
                 false,
                 Some(Refusal::RateLimited),
                 shard,
                 Some(wait as f64 / NANOS_PER_SEC),
             ),
-            Err(shard) => (false, Some(Refusal::ExceedsCapacity), shard, None),
+            None => (
+                false,
+                Some(Refusal::ExceedsCapacity),
+                set.candidates(hash).0,
+                None,
+            ),
         };
-        Decision {
+        Some(Decision {
             allowed,
             reason,
             shard,
             retry_after,
             at: now,
-        }
+        })
     }
 
     /// Like [`RateLimiter::try_acquire_hashed`], for a caller willing to wait up to

@@ -46,16 +46,24 @@ pub(crate) struct Slot<S> {
 }
 
 /// The outcome of one request against a shard set.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub(crate) enum Outcome {
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Outcome<R> {
     Admitted {
         shard: usize,
+        taken: Taken<R>,
     },
     /// Not enough now; `wait` nanoseconds until there will be.
     Refused {
         shard: usize,
         wait: Nanos,
     },
+}
+
+/// What an admission took, so that it can be given back if it must be undone.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Taken<R> {
+    One(usize, R),
+    Gathered(Vec<(usize, R)>),
 }
 
 /// Gathering retries when other threads drain shards between our read and our take.
@@ -123,10 +131,16 @@ impl<S: Shard> ShardSet<S> {
     /// Takes `units` for the key with `hash`, or refuses without writing anything.
     /// The caller has checked `units` against the total capacity.
     #[inline]
-    pub(crate) fn acquire(&self, clock: &Clock, now: Nanos, hash: u64, units: u64) -> Outcome {
+    pub(crate) fn acquire(
+        &self,
+        clock: &Clock,
+        now: Nanos,
+        hash: u64,
+        units: u64,
+    ) -> Outcome<S::Receipt> {
         if self.slots.len() == 1 {
             return match self.slots[0].shard.try_take(now, units) {
-                Some(_) => self.admitted(0),
+                Some(receipt) => self.admitted(0, Taken::One(0, receipt)),
                 None => Outcome::Refused {
                     shard: 0,
                     wait: S::wait_for(self, now, units),
@@ -142,8 +156,8 @@ impl<S: Shard> ShardSet<S> {
                 (b, a)
             };
         for index in [first, second] {
-            if self.slots[index].shard.try_take(now, units).is_some() {
-                return self.admitted(index);
+            if let Some(receipt) = self.slots[index].shard.try_take(now, units) {
+                return self.admitted(index, Taken::One(index, receipt));
             }
         }
         self.gather(clock, now, first, units)
@@ -151,7 +165,7 @@ impl<S: Shard> ShardSet<S> {
 
     /// Serves a request no single candidate can: takes from every shard, fullest
     /// candidate first, and gives everything back if other threads got there first.
-    fn gather(&self, clock: &Clock, now: Nanos, first: usize, units: u64) -> Outcome {
+    fn gather(&self, clock: &Clock, now: Nanos, first: usize, units: u64) -> Outcome<S::Receipt> {
         let n = self.slots.len();
         let mut receipts = Vec::new();
         for _ in 0..GATHER_ATTEMPTS {
@@ -166,13 +180,11 @@ impl<S: Shard> ShardSet<S> {
                     got += taken;
                     receipts.push((index, receipt));
                     if got == units {
-                        return self.admitted(first);
+                        return self.admitted(first, Taken::Gathered(receipts));
                     }
                 }
             }
-            for (index, receipt) in receipts.drain(..) {
-                S::give_back(self, index, receipt, clock);
-            }
+            self.give_back(Taken::Gathered(std::mem::take(&mut receipts)), clock);
         }
         Outcome::Refused {
             shard: first,
@@ -180,10 +192,32 @@ impl<S: Shard> ShardSet<S> {
         }
     }
 
+    /// Undoes a take (a lost gather race, or a decision that raced a re-rating).
+    pub(crate) fn give_back(&self, taken: Taken<S::Receipt>, clock: &Clock) {
+        match taken {
+            Taken::One(index, receipt) => S::give_back(self, index, receipt, clock),
+            Taken::Gathered(receipts) => {
+                for (index, receipt) in receipts {
+                    S::give_back(self, index, receipt, clock);
+                }
+            }
+        }
+    }
+
+    /// Counts an admission as served, or, for one being undone, no longer served.
+    pub(crate) fn count_served(&self, shard: usize, served: bool) {
+        let counter = &self.slots[shard].served;
+        if served {
+            counter.fetch_add(1, Ordering::Relaxed);
+        } else {
+            counter.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
     #[inline]
-    fn admitted(&self, shard: usize) -> Outcome {
-        self.slots[shard].served.fetch_add(1, Ordering::Relaxed);
-        Outcome::Admitted { shard }
+    fn admitted(&self, shard: usize, taken: Taken<S::Receipt>) -> Outcome<S::Receipt> {
+        self.count_served(shard, true);
+        Outcome::Admitted { shard, taken }
     }
 }
 
@@ -222,10 +256,10 @@ mod tests {
         let (a, b) = s.candidates(hash);
         s.shard(a).try_take(0, 60).unwrap();
         // b has 100 ticks, a has 40: the request goes to b even though a could serve it.
-        assert_eq!(
+        assert!(matches!(
             s.acquire(&clock, 0, hash, 30),
-            Outcome::Admitted { shard: b }
-        );
+            Outcome::Admitted { shard, .. } if shard == b
+        ));
         assert_eq!(s.shard(a).available(0), 40);
         assert_eq!(s.shard(b).available(0), 70);
     }
