@@ -9,6 +9,8 @@ pub enum Error {
         argument: &'static str,
         message: String,
     },
+    /// The limiter already keeps its maximum number of reservations.
+    TooManyReservations { max: usize },
 }
 
 impl Error {
@@ -28,6 +30,7 @@ impl Error {
     pub fn argument(&self) -> &'static str {
         match self {
             Error::InvalidArgument { argument, .. } => argument,
+            Error::TooManyReservations { .. } => "max_reservations",
         }
     }
 }
@@ -36,6 +39,11 @@ impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Error::InvalidArgument { argument, message } => write!(f, "{argument}: {message}"),
+            Error::TooManyReservations { max } => write!(
+                f,
+                "max_reservations: this limiter already keeps {max} reservations; execute or \
+                 cancel some, or let them expire"
+            ),
         }
     }
 }

@@ -250,6 +250,44 @@ impl Shard for GcraShard {
             horizon.compare_exchange(seen_horizon, earliest, Ordering::SeqCst, Ordering::Relaxed);
     }
 
+    /// Settled, the set is one bucket: simulate it through the queue.
+    fn plan(
+        set: &ShardSet<Self>,
+        now: Nanos,
+        queue: &mut dyn Iterator<Item = (Nanos, u64)>,
+        units: u64,
+    ) -> Nanos {
+        let n = set.len() as u64;
+        let capacity: u64 = set.slots.iter().map(|s| s.shard.capacity()).sum();
+        let mut at = ticks(now);
+        let mut available = Self::total_available(set, now);
+        for (slot, taken) in queue {
+            let slot = ticks(slot);
+            if slot > at {
+                available = capacity.min(available + n * (slot - at));
+                at = slot;
+            }
+            available = available.saturating_sub(taken);
+        }
+        (at + units.saturating_sub(available).div_ceil(n)).div_ceil(TICKS_PER_NANO)
+    }
+
+    /// A take of `units` at `at` has been refilled by `N` ticks per tick since; only the rest
+    /// can come back without lowering any shard below what later takes built on (the same
+    /// bound as `give_back`, summed over the shards). It goes to shards with room.
+    fn refund(set: &ShardSet<Self>, now: Nanos, at: Nanos, units: u64) {
+        let n = set.len() as u64;
+        let refilled = n * ticks(now).saturating_sub(ticks(at));
+        let mut owed = units.saturating_sub(refilled);
+        let now = ticks(now);
+        for slot in set.slots.iter() {
+            if owed == 0 {
+                break;
+            }
+            owed -= slot.shard.deposit(now, owed, &set.shared.horizon);
+        }
+    }
+
     /// Credit held now, plus the waste a settle would move into shards with room.
     fn total_available(set: &ShardSet<Self>, now: Nanos) -> u64 {
         let now = ticks(now);

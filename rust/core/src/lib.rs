@@ -6,10 +6,14 @@ mod error;
 mod gcra;
 mod limiter;
 mod quota;
+mod reservation;
 mod shard;
 mod sliding_window;
 
 pub use clock::{Clock, ManualClock, Nanos};
 pub use error::{Error, Result};
-pub use limiter::{validate_max_wait, Balance, Decision, RateLimiter, Refusal, MAX_KEY_LEN};
+pub use limiter::{
+    validate_max_wait, Balance, Booking, Decision, RateLimiter, Refusal, Reservation,
+    ReservationPolicy, MAX_KEY_LEN,
+};
 pub use quota::{auto_shards, Algorithm, Quota, MAX_SHARDS, MAX_WINDOW_LIMIT};

@@ -32,6 +32,16 @@ pub(crate) trait Shard: Send + Sync + Sized {
     /// Brings the shards up to date before a take, so that together they hold exactly
     /// what one unsharded budget would.
     fn settle(_set: &ShardSet<Self>, _now: Nanos) {}
+    /// The earliest slot, no earlier than `now` or the last queued slot, at which the set can
+    /// hand out `units` after every queued `(slot, units)` has taken its own.
+    fn plan(
+        set: &ShardSet<Self>,
+        now: Nanos,
+        queue: &mut dyn Iterator<Item = (Nanos, u64)>,
+        units: u64,
+    ) -> Nanos;
+    /// Returns what a reservation took at `at` and will not use, as far as is safe now.
+    fn refund(set: &ShardSet<Self>, now: Nanos, at: Nanos, units: u64);
     /// Units the whole set could hand out at `now`, counting what a settle would move.
     fn total_available(set: &ShardSet<Self>, now: Nanos) -> u64 {
         set.slots.iter().map(|s| s.shard.available(now)).sum()

@@ -119,6 +119,62 @@ impl Shard for WindowShard {
         entries.drain(start..end);
     }
 
+    /// Every admission in the logs and every queued one counts until its window passes; the
+    /// slot is the first time, from the end of the queue on, with room for `units` more.
+    fn plan(
+        set: &ShardSet<Self>,
+        now: Nanos,
+        queue: &mut dyn Iterator<Item = (Nanos, u64)>,
+        units: u64,
+    ) -> Nanos {
+        let mut stamps: Vec<(Nanos, u64)> = Vec::new();
+        let (mut limit, mut window) = (0, 0);
+        for slot in set.slots.iter() {
+            let mut log = slot.shard.log.lock();
+            log.expire(now);
+            limit += log.capacity;
+            window = log.window;
+            stamps.extend(log.entries.iter().map(|&ts| (ts, 1)));
+        }
+        let mut start = now;
+        for (slot, count) in queue {
+            start = start.max(slot);
+            stamps.push((slot, count));
+        }
+        stamps.sort_unstable();
+        let live = stamps
+            .iter()
+            .skip_while(|(ts, _)| ts.saturating_add(window) < start);
+        let in_window: u64 = live.clone().map(|(_, c)| c).sum();
+        let Some(mut excess) = (in_window + units).checked_sub(limit).filter(|&e| e > 0) else {
+            return start;
+        };
+        for &(ts, count) in live {
+            if count >= excess {
+                return ts.saturating_add(window) + 1;
+            }
+            excess -= count;
+        }
+        start
+    }
+
+    /// Removes the `units` admissions stamped `at` (what the reservation took).
+    fn refund(set: &ShardSet<Self>, _now: Nanos, at: Nanos, units: u64) {
+        let mut owed = units as usize;
+        for slot in set.slots.iter() {
+            if owed == 0 {
+                break;
+            }
+            let entries = &mut slot.shard.log.lock().entries;
+            let end = entries.partition_point(|&ts| ts <= at);
+            let start = entries
+                .partition_point(|&ts| ts < at)
+                .max(end.saturating_sub(owed));
+            owed -= end - start;
+            entries.drain(start..end);
+        }
+    }
+
     /// Free slots now, plus slots that open as the oldest admissions leave the window: the
     /// `units - free`-th earliest expiry over all shards is when the request fits.
     fn wait_for(set: &ShardSet<Self>, now: Nanos, units: u64) -> Nanos {

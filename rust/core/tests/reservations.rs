@@ -1,0 +1,302 @@
+//! Reservations (SPEC I4) against the public API, on a manual clock.
+
+use ratelimit_core::{
+    Algorithm, Booking, Clock, Error, ManualClock, Quota, RateLimiter, Refusal, Reservation,
+    ReservationPolicy,
+};
+use std::sync::Arc;
+
+const MS: u64 = 1_000_000;
+const SEC: u64 = 1_000_000_000;
+
+fn limiter(
+    algorithm: Algorithm,
+    rate: f64,
+    burst: Option<f64>,
+    shards: usize,
+) -> (RateLimiter, Arc<ManualClock>) {
+    let quota = Quota::new(rate, 1.0, burst, algorithm, Some(shards)).unwrap();
+    let manual = Arc::new(ManualClock::new(0.0));
+    (
+        RateLimiter::new(quota, Clock::Manual(manual.clone())).unwrap(),
+        manual,
+    )
+}
+
+/// 10 per second, burst 10.
+fn ten_per_second(shards: usize) -> (RateLimiter, Arc<ManualClock>) {
+    limiter(Algorithm::TokenBucket, 10.0, Some(10.0), shards)
+}
+
+fn reserve(limiter: &RateLimiter, key: u64, count: u64) -> Reservation {
+    match limiter.reserve(key, count, f64::INFINITY).unwrap() {
+        Booking::Reserved(reservation) => reservation,
+        Booking::Refused(decision) => panic!("refused: {decision:?}"),
+    }
+}
+
+#[test]
+fn reservations_made_together_get_successive_slots() {
+    for shards in [1, 4, 16] {
+        let (limiter, _manual) = ten_per_second(shards);
+        let slots: Vec<u64> = (0..15)
+            .map(|i| reserve(&limiter, i, 1).execute_at)
+            .collect();
+        // The burst now, then one every 100 ms, each after the one before it.
+        let expected: Vec<u64> = (0..15u64)
+            .map(|i| if i < 10 { 0 } else { (i - 9) * 100 * MS })
+            .collect();
+        assert_eq!(slots, expected, "shards={shards}");
+    }
+}
+
+#[test]
+fn held_tokens_count_against_the_budget_at_once() {
+    for shards in [1, 4] {
+        let (limiter, _manual) = ten_per_second(shards);
+        reserve(&limiter, 1, 10);
+        assert_eq!(limiter.peek(), 0.0);
+        let pending = reserve(&limiter, 2, 1);
+        assert_eq!(pending.execute_at, 100 * MS);
+        // Immediate requests queue behind the pending reservation.
+        let decision = limiter.try_acquire("k", 1).unwrap();
+        assert!(!decision.allowed);
+        assert_eq!(decision.reason, Some(Refusal::RateLimited));
+        assert!(
+            (decision.retry_after.unwrap() - 0.2).abs() < 1e-9,
+            "{decision:?}"
+        );
+    }
+}
+
+#[test]
+fn a_reservation_executes_once_when_its_slot_has_come() {
+    let (limiter, manual) = ten_per_second(4);
+    reserve(&limiter, 1, 10);
+    let r = reserve(&limiter, 2, 2);
+    assert_eq!(r.execute_at, 200 * MS);
+    let early = limiter.execute_reservation(&r.id);
+    assert_eq!(early.reason, Some(Refusal::NotReady));
+    assert!((early.retry_after.unwrap() - 0.2).abs() < 1e-9);
+    manual.advance(200 * MS);
+    let on_time = limiter.execute_reservation(&r.id);
+    assert!(on_time.allowed, "{on_time:?}");
+    // Charged nothing more: the budget is as the slot left it.
+    assert_eq!(limiter.peek(), 0.0);
+    let again = limiter.execute_reservation(&r.id);
+    assert_eq!(again.reason, Some(Refusal::AlreadyExecuted));
+    assert_eq!(
+        limiter.execute_reservation("0-0000000000000000").reason,
+        Some(Refusal::UnknownReservation)
+    );
+    let (other, _) = ten_per_second(4);
+    assert_eq!(
+        other.execute_reservation(&r.id).reason,
+        Some(Refusal::UnknownReservation)
+    );
+}
+
+#[test]
+fn cancelling_returns_the_tokens_once() {
+    for algorithm in [Algorithm::TokenBucket, Algorithm::SlidingWindow] {
+        for shards in [1, 4] {
+            let burst = (algorithm == Algorithm::TokenBucket).then_some(10.0);
+            let (limiter, _manual) = limiter(algorithm, 10.0, burst, shards);
+            let r = reserve(&limiter, 1, 10);
+            assert!(!limiter.try_acquire("k", 1).unwrap().allowed);
+            assert!(limiter.cancel_reservation(&r.id));
+            assert!(!limiter.cancel_reservation(&r.id));
+            assert_eq!(limiter.peek(), 10.0, "{algorithm:?} shards={shards}");
+            assert!(limiter.try_acquire("k", 10).unwrap().allowed);
+            assert_eq!(
+                limiter.execute_reservation(&r.id).reason,
+                Some(Refusal::Cancelled)
+            );
+        }
+    }
+}
+
+#[test]
+fn cancelled_pending_reservations_leave_the_budget_exactly_as_before() {
+    for shards in [1, 4, 16] {
+        let (limiter, _manual) = ten_per_second(shards);
+        assert!(limiter.try_acquire("k", 10).unwrap().allowed);
+        let before = limiter.peek();
+        let queued: Vec<Reservation> = (0..1000).map(|i| reserve(&limiter, i, 1)).collect();
+        assert_eq!(queued[999].execute_at, 1000 * 100 * MS);
+        // Cancel from the front, so later slots would have to move if anything did.
+        for r in &queued {
+            assert!(limiter.cancel_reservation(&r.id));
+        }
+        assert_eq!(limiter.peek(), before);
+        // Nobody is queued any more: the next token comes at 100 ms, as if nothing happened.
+        let decision = limiter.try_acquire("k", 1).unwrap();
+        assert!(
+            (decision.retry_after.unwrap() - 0.1).abs() < 1e-9,
+            "{decision:?}"
+        );
+    }
+}
+
+#[test]
+fn a_cancelled_slot_goes_to_the_next_reservation_and_no_later_slot_moves() {
+    let (limiter, manual) = ten_per_second(1);
+    reserve(&limiter, 0, 10);
+    let a = reserve(&limiter, 1, 1);
+    let b = reserve(&limiter, 2, 1);
+    assert_eq!((a.execute_at, b.execute_at), (100 * MS, 200 * MS));
+    assert!(limiter.cancel_reservation(&a.id));
+    // a's token was never taken: the next reservation may use it, after b.
+    let c = reserve(&limiter, 3, 1);
+    assert_eq!(c.execute_at, 200 * MS);
+    manual.set(100 * MS);
+    assert_eq!(
+        limiter.execute_reservation(&b.id).reason,
+        Some(Refusal::NotReady)
+    );
+    manual.set(200 * MS);
+    assert!(limiter.execute_reservation(&b.id).allowed);
+    assert!(limiter.execute_reservation(&c.id).allowed);
+    // 12 tokens by 200 ms: the burst and two refills, not one more.
+    assert!(!limiter.try_acquire("k", 1).unwrap().allowed);
+}
+
+#[test]
+fn expired_reservations_leave_by_themselves() {
+    let (limiter, manual) = ten_per_second(4);
+    let limiter = limiter
+        .with_reservations(ReservationPolicy { ttl: 1.0, max: 100 })
+        .unwrap();
+    let r = reserve(&limiter, 1, 3);
+    assert_eq!(limiter.reservations(), 1);
+    manual.advance(SEC);
+    assert_eq!(limiter.reservations(), 0);
+    assert_eq!(
+        limiter.execute_reservation(&r.id).reason,
+        Some(Refusal::Expired)
+    );
+    assert!(!limiter.cancel_reservation(&r.id));
+}
+
+#[test]
+fn the_reservation_cap_is_a_clear_error() {
+    let (limiter, _manual) = ten_per_second(1);
+    let limiter = limiter
+        .with_reservations(ReservationPolicy { ttl: 60.0, max: 3 })
+        .unwrap();
+    for i in 0..3 {
+        reserve(&limiter, i, 1);
+    }
+    let err = limiter.reserve(9, 1, f64::INFINITY).unwrap_err();
+    assert_eq!(err, Error::TooManyReservations { max: 3 });
+    assert!(err.to_string().starts_with("max_reservations: "));
+}
+
+#[test]
+fn a_slot_beyond_max_wait_is_refused_without_holding_anything() {
+    let (limiter, _manual) = ten_per_second(4);
+    reserve(&limiter, 0, 10);
+    match limiter.reserve(1, 5, 0.25).unwrap() {
+        Booking::Refused(decision) => {
+            assert_eq!(decision.reason, Some(Refusal::MaxWaitExceeded));
+            assert!((decision.retry_after.unwrap() - 0.5).abs() < 1e-9);
+        }
+        booked => panic!("{booked:?}"),
+    }
+    assert_eq!(limiter.reservations(), 1);
+    match limiter.reserve(1, 11, f64::INFINITY).unwrap() {
+        Booking::Refused(decision) => assert_eq!(decision.reason, Some(Refusal::ExceedsCapacity)),
+        booked => panic!("{booked:?}"),
+    }
+}
+
+#[test]
+fn the_sliding_window_gives_slots_as_admissions_leave_the_window() {
+    let (limiter, _manual) = limiter(Algorithm::SlidingWindow, 5.0, None, 2);
+    let slots: Vec<u64> = (0..8).map(|i| reserve(&limiter, i, 1).execute_at).collect();
+    assert_eq!(slots[..5], [0; 5]);
+    assert_eq!(slots[5..], [SEC + 1; 3]);
+}
+
+#[test]
+fn pending_reservations_take_their_slots_in_order_and_never_go_over() {
+    // A batch larger than the burst, executed as each slot comes: admissions are exactly
+    // the burst plus one per 100 ms.
+    for shards in [1, 4, 16] {
+        let (limiter, manual) = ten_per_second(shards);
+        let batch: Vec<Reservation> = (0..30).map(|i| reserve(&limiter, i, 1)).collect();
+        let mut admitted_at = Vec::new();
+        for r in &batch {
+            manual.set(r.execute_at);
+            let decision = limiter.execute_reservation(&r.id);
+            assert!(decision.allowed, "shards={shards}: {decision:?}");
+            admitted_at.push(manual.now());
+        }
+        for (i, &at) in admitted_at.iter().enumerate() {
+            let allowed = 10 + at / (100 * MS);
+            assert!((i as u64) < allowed, "shards={shards}: #{i} at {at}");
+        }
+        assert!(!limiter.try_acquire("k", 1).unwrap().allowed);
+    }
+}
+
+#[test]
+fn threads_waiting_in_acquire_are_admitted_in_the_order_they_queued() {
+    let (limiter, manual) = ten_per_second(4);
+    assert!(limiter.try_acquire("k", 10).unwrap().allowed);
+    // Reserve in a known order, then let threads wait for them concurrently.
+    let order: Vec<Reservation> = (0..20).map(|i| reserve(&limiter, i, 1)).collect();
+    let finished = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        for (i, r) in order.iter().enumerate() {
+            let (limiter, manual, finished) = (&limiter, &manual, &finished);
+            scope.spawn(move || {
+                while manual.now() < r.execute_at {
+                    std::thread::yield_now();
+                }
+                assert!(limiter.execute_reservation(&r.id).allowed);
+                finished.lock().unwrap().push((r.execute_at, i));
+            });
+        }
+        for _ in 0..20 {
+            manual.advance(100 * MS);
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+    });
+    let mut done = finished.into_inner().unwrap();
+    done.sort();
+    assert_eq!(
+        done.iter().map(|&(_, i)| i).collect::<Vec<_>>(),
+        (0..20).collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn acquire_blocking_waits_its_turn_and_cancels_when_told_to_stop() {
+    let (limiter, manual) = ten_per_second(4);
+    let hash = limiter.hash_key("k").unwrap();
+    let (decision, waited) = limiter
+        .acquire_blocking(hash, 10, f64::INFINITY, 50 * MS, || true)
+        .unwrap()
+        .unwrap();
+    assert!(decision.allowed && waited == 0.0);
+    let (decision, waited) = limiter
+        .acquire_blocking(hash, 2, f64::INFINITY, 50 * MS, || true)
+        .unwrap()
+        .unwrap();
+    assert!(decision.allowed);
+    assert!((waited - 0.2).abs() < 1e-9, "{waited}");
+    assert_eq!(manual.now(), 200 * MS);
+    // Interrupted while waiting: the reservation is cancelled and nothing stays held.
+    let before = limiter.peek();
+    assert!(limiter
+        .acquire_blocking(hash, 5, f64::INFINITY, 50 * MS, || false)
+        .unwrap()
+        .is_none());
+    // Three kept until they expire: two executed, one cancelled.
+    assert_eq!(limiter.reservations(), 3);
+    assert_eq!(limiter.peek(), before + 0.5);
+    // Nothing queued any more: the next token is served as soon as it has refilled.
+    manual.advance(50 * MS);
+    assert!(limiter.try_acquire("k", 1).unwrap().allowed);
+}
