@@ -18,7 +18,7 @@ import asyncio
 from collections.abc import Awaitable, Generator
 from typing import Any
 
-from flashcard_pipeline._native import ManualClock, RateLimitResult
+from flashcard_pipeline._native import ManualClock, RateLimitResult, TokenReservation
 from flashcard_pipeline._native import ShardedRateLimiter as _NativeLimiter
 from flashcard_pipeline.exceptions import RateLimitError
 
@@ -26,11 +26,12 @@ __all__ = [
     "ManualClock",
     "RateLimitError",
     "RateLimitResult",
+    "Reservation",
     "ShardedRateLimiter",
+    "TokenReservation",
 ]
 
-# A refusal with this reason means "wait retry_after, then ask again".
-_WAIT = "rate_limited"
+Reservation = TokenReservation
 
 
 class ShardedRateLimiter(_NativeLimiter):
@@ -44,8 +45,13 @@ class ShardedRateLimiter(_NativeLimiter):
             (at most ``floor(rate)`` in any window of ``period``).
         burst_size: Token-bucket capacity; defaults to ``rate`` (at least 1).
         scope: ``"global"``: one budget for all keys; keys only spread load over shards.
-        max_wait: Default bound in seconds for ``acquire``; ``None`` waits as long as needed.
+        max_wait: Default bound in seconds for ``acquire`` and ``reserve``; ``None`` waits as
+            long as needed.
         clock: A :class:`ManualClock` for tests; waits then advance it instead of sleeping.
+        reservation_ttl: Seconds after its slot that a reservation can still be executed or
+            cancelled (default 60); then it expires and leaves by itself.
+        max_reservations: Reservations kept at once (default 10,000); one more raises
+            :class:`RateLimitError`.
     """
 
     __slots__ = ()
@@ -53,57 +59,117 @@ class ShardedRateLimiter(_NativeLimiter):
     def acquire(
         self, key: str | None = None, count: int = 1, max_wait: float | None = None
     ) -> RateLimitResult | Awaitable[RateLimitResult]:
-        """Takes ``count`` tokens, waiting up to ``max_wait`` seconds for them.
+        """Takes ``count`` tokens, waiting its turn (FIFO) up to ``max_wait`` seconds.
 
         Returns a :class:`RateLimitResult`: allowed once admitted, or refused with reason
         ``exceeds_capacity`` (count above the burst) or ``max_wait_exceeded`` (with the
-        wait it would have needed in ``retry_after``). Inside a running event loop a call
-        that must wait returns an awaitable; ``await limiter.acquire()`` always works.
+        wait it would have needed in ``retry_after``), without waiting. A caller that must
+        wait holds the next slot in the reservation queue; if it gives up (its task is
+        cancelled, a timeout fires, Ctrl-C), the slot's tokens go back. From a thread the
+        call blocks with the GIL released; inside a running event loop it returns an
+        awaitable, so ``await limiter.acquire()`` always works.
         """
         budget = self._wait_budget(max_wait)
         if _running_loop() is None:
             return self._acquire_blocking(key, count, budget)
-        result = self._acquire_step(key, count, budget, 0.0)
-        if result.reason != _WAIT:
-            return result
-        return _Waiting(self._wait_async(key, count, budget, result))
+        booked = self._reserve(key, count, budget)
+        if isinstance(booked, RateLimitResult):
+            return booked
+        if booked.is_ready():
+            return self.execute_reservation(booked.id)
+        return _Waiting(self, booked)
 
-    async def _wait_async(
-        self, key: str | None, count: int, budget: float, result: RateLimitResult
-    ) -> RateLimitResult:
+    def reserve(
+        self, key: str | None = None, count: int = 1, max_wait: float | None = None
+    ) -> TokenReservation:
+        """Holds ``count`` tokens now for the next slot in the queue (awaitable or plain).
+
+        The tokens count against the budget at once; reservations made one after another get
+        successive slots. Execute it with :meth:`execute_reservation` once
+        ``reservation.is_ready()`` (at ``execute_at``), or give the tokens back with
+        :meth:`cancel_reservation`.
+
+        Raises:
+            RateLimitError: the slot is more than ``max_wait`` seconds away (``retry_after``
+                says how far), ``count`` exceeds the burst, or the limiter already keeps
+                ``max_reservations``.
+        """
+        booked = self._reserve(key, count, self._wait_budget(max_wait))
+        if isinstance(booked, RateLimitResult):
+            raise RateLimitError(
+                f"Cannot reserve {count} token(s): {booked.reason}",
+                retry_after=booked.retry_after,
+            )
+        return booked
+
+    def cancel_reservation(self, reservation_id: str) -> _Answer:
+        """Gives a reservation's tokens back: true once, false after that or for an id that
+        is unknown, expired or executed. Awaitable too."""
+        return _Answer(self._cancel(reservation_id))
+
+    async def _wait_for(self, reservation: TokenReservation) -> RateLimitResult:
         start = self._now()
         clock = self.clock
-        while result.reason == _WAIT:
-            if clock is None:
-                await asyncio.sleep(result.retry_after)
-            else:
-                await asyncio.sleep(0)
-                clock.advance(result.retry_after)
-            result = self._acquire_step(key, count, budget, self._now() - start)
-        return result
+        try:
+            while True:
+                if clock is None:
+                    await asyncio.sleep(reservation.wait_time())
+                else:
+                    await asyncio.sleep(0)
+                    clock.advance(reservation.wait_time())
+                result = self._execute(reservation.id, self._now() - start)
+                if result.reason != "not_ready":
+                    return result
+        except BaseException:
+            self._cancel(reservation.id)
+            raise
+
+
+class _Answer(int):
+    """``True`` or ``False`` that can also be awaited, for methods with both forms."""
+
+    def __repr__(self) -> str:
+        return repr(bool(self))
+
+    def __await__(self) -> Generator[Any, None, bool]:
+        return bool(self)
+        yield  # makes this a generator: awaiting it finishes at once
 
 
 class _Waiting:
     """An ``acquire`` that has to wait inside an event loop: await it.
 
-    Its truth value raises instead of being silently true, so ``if limiter.acquire():``
-    written without ``await`` fails loudly rather than letting every request through.
+    It already holds its slot in the queue. Its truth value raises instead of being silently
+    true, so ``if limiter.acquire():`` written without ``await`` fails loudly rather than
+    letting every request through; abandoned that way, or never awaited at all, it gives its
+    slot back.
     """
 
-    __slots__ = ("_coro",)
+    __slots__ = ("_limiter", "_reservation", "_awaited")
 
-    def __init__(self, coro: Any) -> None:
-        self._coro = coro
+    def __init__(self, limiter: ShardedRateLimiter, reservation: TokenReservation) -> None:
+        self._limiter = limiter
+        self._reservation = reservation
+        self._awaited = False
 
     def __await__(self) -> Generator[Any, None, RateLimitResult]:
-        return self._coro.__await__()
+        self._awaited = True
+        return self._limiter._wait_for(self._reservation).__await__()
 
     def __bool__(self) -> bool:
-        self._coro.close()
+        self._abandon()
         raise TypeError(
             "acquire() has to wait for tokens inside a running event loop: "
             "use `await limiter.acquire(...)`"
         )
+
+    def __del__(self) -> None:
+        self._abandon()
+
+    def _abandon(self) -> None:
+        if not self._awaited:
+            self._awaited = True
+            self._limiter._cancel(self._reservation.id)
 
 
 def _running_loop() -> asyncio.AbstractEventLoop | None:

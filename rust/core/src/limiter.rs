@@ -384,18 +384,6 @@ impl RateLimiter {
         })
     }
 
-    /// Like [`RateLimiter::try_acquire_hashed`], for a caller willing to wait up to
-    /// `max_wait` seconds: a refusal whose wait is longer says
-    /// [`Refusal::MaxWaitExceeded`] (with the wait it would have needed) instead of
-    /// [`Refusal::RateLimited`], which then means "wait `retry_after`, then ask again".
-    pub fn try_acquire_within(&self, hash: u64, count: u64, max_wait: f64) -> Result<Decision> {
-        let mut decision = self.try_acquire_hashed(hash, count)?;
-        if decision.retry_after.is_some_and(|wait| wait > max_wait) {
-            decision.reason = Some(Refusal::MaxWaitExceeded);
-        }
-        Ok(decision)
-    }
-
     /// Waits its turn: takes the next slot in the reservation queue (refused at once if that
     /// is more than `max_wait` seconds away, or if `count` exceeds the burst), sleeps on the
     /// limiter's clock until then, at most `slice` nanoseconds at a time, asking

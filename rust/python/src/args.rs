@@ -82,3 +82,15 @@ pub(crate) fn count(obj: Option<&Bound<'_, PyAny>>) -> PyResult<u64> {
         Err(_) => Err(to_py(Error::invalid_count(int))),
     }
 }
+
+/// A reservation id: the `str` a `TokenReservation` carries.
+pub(crate) fn reservation_id<'a, 'py>(
+    obj: &'a Bound<'py, PyAny>,
+) -> PyResult<&'a Bound<'py, PyString>> {
+    obj.cast::<PyString>().map_err(|_| {
+        PyTypeError::new_err(format!(
+            "reservation_id: must be a str (a TokenReservation's id), got {}",
+            type_name(obj)
+        ))
+    })
+}

@@ -7,6 +7,7 @@ mod args;
 mod clock;
 mod error;
 mod limiter;
+mod reservation;
 mod result;
 
 #[pymodule]
@@ -17,5 +18,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<clock::PyManualClock>()?;
     m.add_class::<limiter::PyShardedRateLimiter>()?;
     m.add_class::<result::PyRateLimitResult>()?;
+    m.add_class::<reservation::PyTokenReservation>()?;
     Ok(())
 }

@@ -5,12 +5,14 @@ use pyo3::exceptions::{PyNotImplementedError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString};
 use ratelimit_core::{
-    validate_max_wait, Algorithm, Balance, Clock, Quota, RateLimiter, MAX_SHARDS,
+    validate_max_wait, Algorithm, Balance, Booking, Clock, Quota, RateLimiter, ReservationPolicy,
+    MAX_SHARDS,
 };
 
 use crate::args;
 use crate::clock::PyManualClock;
 use crate::error::to_py;
+use crate::reservation::PyTokenReservation;
 use crate::result::PyRateLimitResult;
 
 /// How often a blocked thread wakes to check for signals.
@@ -69,10 +71,12 @@ impl PyShardedRateLimiter {
     #[pyo3(
         signature = (
             rate=None, period=None, shards=None, algorithm=None, burst_size=None,
-            *, scope=None, max_wait=None, clock=None,
+            *, scope=None, max_wait=None, clock=None, reservation_ttl=None,
+            max_reservations=None,
         ),
         text_signature = "(rate, period=60.0, shards=None, algorithm='token_bucket', \
-                          burst_size=None, *, scope='global', max_wait=None, clock=None)"
+                          burst_size=None, *, scope='global', max_wait=None, clock=None, \
+                          reservation_ttl=60.0, max_reservations=10000)"
     )]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -85,6 +89,8 @@ impl PyShardedRateLimiter {
         scope: Option<&Bound<'_, PyAny>>,
         max_wait: Option<&Bound<'_, PyAny>>,
         clock: Option<&Bound<'_, PyAny>>,
+        reservation_ttl: Option<&Bound<'_, PyAny>>,
+        max_reservations: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
         let rate = args::number(rate, "rate")?.ok_or_else(|| {
             PyTypeError::new_err("rate: required (tokens per period, a number > 0)")
@@ -130,8 +136,21 @@ impl PyShardedRateLimiter {
                 )
             }
         };
+        let defaults = ReservationPolicy::default();
+        let policy = ReservationPolicy {
+            ttl: args::number(reservation_ttl, "reservation_ttl")?.unwrap_or(defaults.ttl),
+            max: match args::integer(max_reservations, "max_reservations", ">= 1")? {
+                None => defaults.max,
+                Some(n) => usize::try_from(n).map_err(|_| {
+                    PyValueError::new_err(format!("max_reservations: must be an int >= 1, got {n}"))
+                })?,
+            },
+        };
+        let core = RateLimiter::new(quota, core_clock)
+            .and_then(|core| core.with_reservations(policy))
+            .map_err(to_py)?;
         Ok(Self {
-            core: RateLimiter::new(quota, core_clock).map_err(to_py)?,
+            core,
             default_hash: PyString::new(py, "default").hash()? as u64,
             max_wait,
             clock,
@@ -151,24 +170,6 @@ impl PyShardedRateLimiter {
             .try_acquire_hashed(this.hash(key)?, args::count(count)?)
             .map_err(to_py)?;
         Ok(PyRateLimitResult::new(slf, decision, 0.0))
-    }
-
-    /// One step of a waiting acquire: admitted, refused for good, or refused with
-    /// reason "rate_limited" and `retry_after` within `budget` seconds (wait, then ask again).
-    #[pyo3(signature = (key, count, budget, waited))]
-    fn _acquire_step(
-        slf: &Bound<'_, Self>,
-        key: Option<&Bound<'_, PyAny>>,
-        count: Option<&Bound<'_, PyAny>>,
-        budget: f64,
-        waited: f64,
-    ) -> PyResult<PyRateLimitResult> {
-        let this = slf.get();
-        let decision = this
-            .core
-            .try_acquire_within(this.hash(key)?, args::count(count)?, budget - waited)
-            .map_err(to_py)?;
-        Ok(PyRateLimitResult::new(slf, decision, waited))
     }
 
     /// A whole waiting acquire for a thread: decides and sleeps with the GIL released,
@@ -196,6 +197,63 @@ impl PyShardedRateLimiter {
             (None, Some(err)) => Err(err),
             (None, None) => unreachable!("a wait stops early only when interrupted"),
         }
+    }
+
+    /// Holds tokens for the next slot in the queue: a `TokenReservation`, or a refused
+    /// `RateLimitResult` (`exceeds_capacity`, or `max_wait_exceeded` with the wait needed).
+    #[pyo3(signature = (key, count, budget))]
+    fn _reserve<'py>(
+        slf: &Bound<'py, Self>,
+        key: Option<&Bound<'py, PyAny>>,
+        count: Option<&Bound<'py, PyAny>>,
+        budget: f64,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let py = slf.py();
+        let this = slf.get();
+        let booking = this
+            .core
+            .reserve(this.hash(key)?, args::count(count)?, budget)
+            .map_err(to_py)?;
+        match booking {
+            Booking::Reserved(reservation) => {
+                let key = match key.filter(|k| !k.is_none()) {
+                    Some(key) => key.clone().unbind(),
+                    None => PyString::new(py, "default").into_any().unbind(),
+                };
+                Bound::new(py, PyTokenReservation::new(slf, key, reservation)).map(Bound::into_any)
+            }
+            Booking::Refused(decision) => {
+                Bound::new(py, PyRateLimitResult::new(slf, decision, 0.0)).map(Bound::into_any)
+            }
+        }
+    }
+
+    /// Admits a reservation once its slot has come; charges nothing more. Refused with
+    /// `not_ready` (and `retry_after`), `expired`, `cancelled`, `already_executed` or
+    /// `unknown_reservation`.
+    fn execute_reservation(
+        slf: &Bound<'_, Self>,
+        reservation_id: &Bound<'_, PyAny>,
+    ) -> PyResult<PyRateLimitResult> {
+        Self::_execute(slf, reservation_id, 0.0)
+    }
+
+    /// `execute_reservation` for a caller that waited `waited` seconds for the slot.
+    fn _execute(
+        slf: &Bound<'_, Self>,
+        reservation_id: &Bound<'_, PyAny>,
+        waited: f64,
+    ) -> PyResult<PyRateLimitResult> {
+        let id = args::reservation_id(reservation_id)?;
+        let decision = slf.get().core.execute_reservation(id.to_str()?);
+        Ok(PyRateLimitResult::new(slf, decision, waited))
+    }
+
+    /// Gives a reservation's tokens back; `True` once, `False` after that or for an id that
+    /// is unknown, expired or executed.
+    fn _cancel(&self, reservation_id: &Bound<'_, PyAny>) -> PyResult<bool> {
+        let id = args::reservation_id(reservation_id)?;
+        Ok(self.core.cancel_reservation(id.to_str()?))
     }
 
     /// The wait bound for a call: its own `max_wait`, else the limiter's, checked.
@@ -298,6 +356,7 @@ impl PyShardedRateLimiter {
         status.set_item("tokens_remaining", self.core.peek())?;
         status.set_item("shard_tokens", self.core.shard_tokens())?;
         status.set_item("requests_allowed", self.core.served().iter().sum::<u64>())?;
+        status.set_item("reservations", self.core.reservations())?;
         Ok(status)
     }
 

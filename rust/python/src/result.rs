@@ -55,11 +55,20 @@ impl PyRateLimitResult {
     }
 }
 
-/// The iterator behind `await result`: it finishes at once with the result as its value,
-/// and is iterable too, so `asyncio.gather`, `wait_for` and `ensure_future` accept it.
+/// The iterator behind `await result` (and `await reservation`): it finishes at once with
+/// the object as its value, and is iterable too, so `asyncio.gather`, `wait_for` and
+/// `ensure_future` accept it.
 #[pyclass(frozen, freelist = 16, module = "flashcard_pipeline._native")]
 pub(crate) struct Ready {
-    result: Py<PyRateLimitResult>,
+    value: Py<PyAny>,
+}
+
+impl Ready {
+    pub(crate) fn new(value: Bound<'_, PyAny>) -> Self {
+        Self {
+            value: value.unbind(),
+        }
+    }
 }
 
 #[pymethods]
@@ -69,7 +78,7 @@ impl Ready {
     }
 
     fn __next__(&self, py: Python<'_>) -> PyResult<Option<()>> {
-        Err(PyStopIteration::new_err(self.result.clone_ref(py)))
+        Err(PyStopIteration::new_err(self.value.clone_ref(py)))
     }
 }
 
@@ -88,9 +97,7 @@ impl PyRateLimitResult {
     }
 
     fn __await__(slf: Bound<'_, Self>) -> Ready {
-        Ready {
-            result: slf.unbind(),
-        }
+        Ready::new(slf.into_any())
     }
 
     fn __repr__(&self) -> String {
