@@ -2,7 +2,10 @@
 //! threads that use different shards. Run with `make bench` (or `cargo bench -p ratelimit-core`).
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use ratelimit_core::{Algorithm, Clock, Quota, RateLimiter};
+use ratelimit_core::{
+    Algorithm, Booking, Clock, ManualClock, Quota, RateLimiter, ReservationPolicy,
+    RESERVATION_BYTES,
+};
 use std::hint::black_box;
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
@@ -86,9 +89,47 @@ fn threads(c: &mut Criterion) {
     }
 }
 
+/// A reservation's cost: reserve then execute, served at once, and queued for a later slot.
+fn reservations(c: &mut Criterion) {
+    println!("memory per reservation in the core: {RESERVATION_BYTES} bytes");
+    let limiter = limiter(1)
+        .with_reservations(ReservationPolicy {
+            ttl: 1e-3,
+            max: 1_000_000,
+        })
+        .unwrap();
+    c.bench_function("reserve+execute/served at once", |b| {
+        b.iter(|| {
+            let Booking::Reserved(r) = limiter.reserve(1, 1, 0.0).unwrap() else {
+                unreachable!("a huge budget serves at once")
+            };
+            black_box(limiter.execute_reservation(&r.id))
+        })
+    });
+    // 1000 tokens per second, burst 1: every reservation waits 1 ms for its slot.
+    let manual = Arc::new(ManualClock::new(0.0));
+    let quota = Quota::new(1000.0, 1.0, Some(1.0), Algorithm::TokenBucket, Some(1)).unwrap();
+    let queued = RateLimiter::new(quota, Clock::Manual(manual.clone()))
+        .unwrap()
+        .with_reservations(ReservationPolicy {
+            ttl: 1e-3,
+            max: 1_000_000,
+        })
+        .unwrap();
+    c.bench_function("reserve+execute/queued for its slot", |b| {
+        b.iter(|| {
+            let Booking::Reserved(r) = queued.reserve(1, 1, f64::INFINITY).unwrap() else {
+                unreachable!("no max_wait")
+            };
+            manual.set(r.execute_at);
+            black_box(queued.execute_reservation(&r.id))
+        })
+    });
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
-    targets = single_thread, threads
+    targets = single_thread, threads, reservations
 }
 criterion_main!(benches);

@@ -17,3 +17,4 @@ pub use limiter::{
     ReservationPolicy, MAX_KEY_LEN,
 };
 pub use quota::{auto_shards, Algorithm, Quota, MAX_SHARDS, MAX_WINDOW_LIMIT};
+pub use reservation::RESERVATION_BYTES;

@@ -210,6 +210,9 @@ struct Tuning {
     capacity: AtomicU64,
     /// Reservations waiting for their slot: while any is, others queue behind them.
     pending: AtomicU64,
+    /// Odd while a re-rating or reset rewrites the shards: a take that overlapped one must
+    /// stay charged rather than be given back into a state that may already count it.
+    retunes: AtomicU64,
 }
 
 // One per limiter, so the size difference costs nothing; boxing would add a pointer chase.
@@ -253,6 +256,7 @@ impl RateLimiter {
                 unit: AtomicU64::new(params.unit),
                 capacity: AtomicU64::new(params.capacity),
                 pending: AtomicU64::new(0),
+                retunes: AtomicU64::new(0),
             }),
             budget,
             quota: Mutex::new(quota),
@@ -325,7 +329,8 @@ impl RateLimiter {
                 let decided = if self.tuning.pending.load(Ordering::SeqCst) > 0 {
                     self.behind_the_queue(now, hash, count)
                 } else {
-                    on_set!(&self.budget, set => self.decide(set, version, now, hash, count))
+                    let retunes = self.tuning.retunes.load(Ordering::SeqCst);
+                    on_set!(&self.budget, set => self.decide(set, (version, retunes), now, hash, count))
                 };
                 if let Some(decision) = decided {
                     return Ok(decision);
@@ -335,13 +340,15 @@ impl RateLimiter {
         }
     }
 
-    /// One decision under `version`; `None` when the limiter was re-rated meanwhile, in which
-    /// case anything taken has been given back and the caller decides again.
+    /// One decision under `version`; `None` when a reservation was booked or the limiter
+    /// re-rated meanwhile, and the caller decides again. A take that raced a booking is given
+    /// back (the booking's plan may not have seen it); one that raced a re-rating stays
+    /// charged (the new shard state may already count it): never over, at worst a token lost.
     #[inline]
     fn decide<S: Shard>(
         &self,
         set: &ShardSet<S>,
-        version: u64,
+        (version, retunes): (u64, u64),
         now: Nanos,
         hash: u64,
         count: u64,
@@ -351,11 +358,13 @@ impl RateLimiter {
             .checked_mul(unit)
             .filter(|&units| units <= self.tuning.capacity.load(Ordering::Relaxed));
         let outcome = units.map(|units| set.acquire(&self.clock, now, hash, units));
-        // Re-rating bumps the version before it reads any shard: a take that still sees the
-        // old version is in what it read; any other is undone and decided again.
+        // Booking and re-rating bump the version before they read any shard: a take that
+        // still sees the old version is in what they read.
         if self.tuning.version.load(Ordering::SeqCst) != version {
             if let Some(Outcome::Admitted { shard, taken }) = outcome {
-                set.give_back(taken, &self.clock);
+                if retunes & 1 == 0 && self.tuning.retunes.load(Ordering::SeqCst) == retunes {
+                    set.give_back(taken, &self.clock);
+                }
                 set.count_served(shard, false);
             }
             return None;
@@ -719,6 +728,7 @@ impl RateLimiter {
     /// Applies `params` to every shard, carrying the current fill over unless `refill`.
     /// The caller holds the quota lock, so re-ratings take turns.
     fn retune(&self, params: Params, refill: bool) {
+        self.tuning.retunes.fetch_add(1, Ordering::SeqCst);
         self.tuning.version.fetch_add(1, Ordering::SeqCst);
         let now = self.clock.now();
         match &self.budget {

@@ -30,6 +30,9 @@ pub(crate) enum State {
     Cancelled,
 }
 
+/// Bytes one reservation takes in the book (its deque may hold up to twice as many slots).
+pub const RESERVATION_BYTES: usize = std::mem::size_of::<Entry>();
+
 /// One reservation: 40 bytes in the book.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Entry {
@@ -57,6 +60,9 @@ pub(crate) struct Book {
     /// Sequence number of `entries[0]`.
     first_seq: u64,
     pending: usize,
+    /// No entry before this index is pending: a reservation is only queued behind others
+    /// or behind nothing, so the pending ones are always among the newest.
+    pending_from: usize,
     tags: RandomState,
     pub(crate) ttl: Nanos,
     pub(crate) max: usize,
@@ -68,6 +74,7 @@ impl Book {
             entries: VecDeque::new(),
             first_seq: 0,
             pending: 0,
+            pending_from: 0,
             tags: RandomState::new(),
             ttl,
             max,
@@ -86,20 +93,22 @@ impl Book {
         &self.entries[index]
     }
 
+    fn pending_entries(&self) -> impl Iterator<Item = (usize, &Entry)> + '_ {
+        self.entries
+            .range(self.pending_from..)
+            .enumerate()
+            .map(|(i, e)| (self.pending_from + i, e))
+            .filter(|(_, e)| e.state == State::Pending)
+    }
+
     /// Slots and token counts of the pending reservations, in order.
     pub(crate) fn queue(&self) -> impl Iterator<Item = (Nanos, u64)> + '_ {
-        self.entries
-            .iter()
-            .filter(|e| e.state == State::Pending)
-            .map(|e| (e.slot, e.count))
+        self.pending_entries().map(|(_, e)| (e.slot, e.count))
     }
 
     /// The pending reservations whose slot is at or before `horizon`, oldest first.
     pub(crate) fn due(&self, horizon: Nanos) -> Vec<(usize, Entry)> {
-        self.entries
-            .iter()
-            .enumerate()
-            .filter(|(_, e)| e.state == State::Pending)
+        self.pending_entries()
             .take_while(|(_, e)| e.slot <= horizon)
             .map(|(i, e)| (i, *e))
             .collect()
@@ -113,15 +122,20 @@ impl Book {
 
     /// Moves an entry on (held, executed, cancelled); keeps the pending count.
     pub(crate) fn finish(&mut self, index: usize, state: State) {
-        let entry = &mut self.entries[index];
-        if entry.state == State::Pending {
+        if self.entries[index].state == State::Pending {
             self.pending -= 1;
+            if self.pending == 0 {
+                self.pending_from = self.entries.len();
+            }
         }
-        entry.state = state;
+        self.entries[index].state = state;
     }
 
     /// Adds an entry; returns its id.
     pub(crate) fn push(&mut self, entry: Entry) -> String {
+        if self.pending == 0 {
+            self.pending_from = self.entries.len();
+        }
         if entry.state == State::Pending {
             self.pending += 1;
         }
@@ -139,6 +153,7 @@ impl Book {
         {
             self.entries.pop_front();
             self.first_seq += 1;
+            self.pending_from = self.pending_from.saturating_sub(1);
         }
     }
 
@@ -185,7 +200,7 @@ mod tests {
 
     #[test]
     fn an_entry_is_forty_bytes() {
-        assert_eq!(std::mem::size_of::<Entry>(), 40);
+        assert_eq!(RESERVATION_BYTES, 40);
     }
 
     #[test]

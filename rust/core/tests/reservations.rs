@@ -300,3 +300,37 @@ fn acquire_blocking_waits_its_turn_and_cancels_when_told_to_stop() {
     manual.advance(50 * MS);
     assert!(limiter.try_acquire("k", 1).unwrap().allowed);
 }
+
+#[test]
+fn reservations_racing_immediate_requests_share_the_budget_exactly() {
+    // Frozen clock: 100 tokens, no refill. Four threads take while the main thread holds
+    // reservations it can have at once: together they get exactly the budget.
+    for shards in [1, 4, 16] {
+        let quota = Quota::new(100.0, 1.0, None, Algorithm::TokenBucket, Some(shards)).unwrap();
+        let manual = Arc::new(ManualClock::new(0.0));
+        let limiter = RateLimiter::new(quota, Clock::Manual(manual)).unwrap();
+        let (taken, held) = std::thread::scope(|scope| {
+            let takers: Vec<_> = (0..4)
+                .map(|t| {
+                    let limiter = &limiter;
+                    scope.spawn(move || {
+                        let key = format!("thread-{t}");
+                        (0..500)
+                            .filter(|_| limiter.try_acquire(&key, 1).unwrap().allowed)
+                            .count()
+                    })
+                })
+                .collect();
+            let held = (0..200)
+                .filter(|&i| matches!(limiter.reserve(i, 1, 0.0), Ok(Booking::Reserved(_))))
+                .count();
+            let taken: usize = takers.into_iter().map(|h| h.join().unwrap()).sum();
+            (taken, held)
+        });
+        assert_eq!(
+            taken + held,
+            100,
+            "shards={shards}: {taken} taken, {held} held"
+        );
+    }
+}
