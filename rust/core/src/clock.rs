@@ -16,11 +16,7 @@ pub enum Clock {
     /// The CPU's invariant time-stamp counter through `quanta` (half the cost of
     /// `Instant::now()`; quanta falls back to the OS monotonic clock where the TSC is not
     /// reliable), counted from when the clock was made.
-    Monotonic {
-        source: quanta::Clock,
-        origin: u64,
-        epoch_origin: f64,
-    },
+    Monotonic { source: quanta::Clock, origin: u64 },
     /// Time that moves only when a test says so.
     Manual(Arc<ManualClock>),
 }
@@ -31,7 +27,6 @@ impl Clock {
         Clock::Monotonic {
             origin: source.raw(),
             source,
-            epoch_origin: unix_now(),
         }
     }
 
@@ -53,10 +48,11 @@ impl Clock {
     }
 
     /// Converts a reading of this clock to seconds since the Unix epoch, comparable with
-    /// Python's `time.time()` for the monotonic clock.
+    /// Python's `time.time()`. For the monotonic clock it is anchored to the wall clock now,
+    /// so that `to_epoch(t) - time.time()` is `t - now()` however the two have drifted.
     pub fn to_epoch(&self, t: Nanos) -> f64 {
         match self {
-            Clock::Monotonic { epoch_origin, .. } => epoch_origin + t as f64 / NANOS_PER_SEC,
+            Clock::Monotonic { .. } => unix_now() + (t as f64 - self.now() as f64) / NANOS_PER_SEC,
             Clock::Manual(manual) => manual.epoch_origin + t as f64 / NANOS_PER_SEC,
         }
     }
@@ -132,6 +128,13 @@ mod tests {
         manual.set(10);
         assert_eq!(clock.now(), 1_500_000_000);
         assert_eq!(clock.to_epoch(clock.now()), 1001.5);
+    }
+
+    #[test]
+    fn monotonic_readings_convert_to_wall_clock_time() {
+        let clock = Clock::monotonic();
+        let in_a_second = clock.to_epoch(clock.now() + 1_000_000_000);
+        assert!((in_a_second - unix_now() - 1.0).abs() < 1e-3, "{in_a_second}");
     }
 
     #[test]
