@@ -72,7 +72,10 @@ class ShardedRateLimiter(_NativeLimiter):
         budget = self._wait_budget(max_wait)
         if _running_loop() is None:
             return self._acquire_blocking(key, count, budget)
-        booked = self._reserve(key, count, budget)
+        result = self.try_acquire(key, count)
+        if result.reason != "rate_limited":
+            return result
+        booked = self._reserve(key, count, budget, True)
         if isinstance(booked, RateLimitResult):
             return booked
         if booked.is_ready():

@@ -134,7 +134,10 @@ mod tests {
     fn monotonic_readings_convert_to_wall_clock_time() {
         let clock = Clock::monotonic();
         let in_a_second = clock.to_epoch(clock.now() + 1_000_000_000);
-        assert!((in_a_second - unix_now() - 1.0).abs() < 1e-3, "{in_a_second}");
+        assert!(
+            (in_a_second - unix_now() - 1.0).abs() < 1e-3,
+            "{in_a_second}"
+        );
     }
 
     #[test]

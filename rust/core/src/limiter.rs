@@ -408,7 +408,11 @@ impl RateLimiter {
         mut keep_waiting: impl FnMut() -> bool,
     ) -> Result<Option<(Decision, f64)>> {
         let start = self.clock.now();
-        let reservation = match self.reserve(hash, count, max_wait)? {
+        let now = self.try_acquire_hashed(hash, count)?;
+        if now.reason != Some(Refusal::RateLimited) {
+            return Ok(Some((now, 0.0)));
+        }
+        let reservation = match self.reserve_turn(hash, count, max_wait)? {
             Booking::Refused(decision) => return Ok(Some((decision, 0.0))),
             Booking::Reserved(reservation) => reservation,
         };
@@ -461,6 +465,16 @@ impl RateLimiter {
         })
     }
 
+    /// Lets due reservations take their tokens before the budget is read, so that a reading
+    /// does not depend on what was called before it.
+    fn settle_reservations(&self) {
+        if self.tuning.pending.load(Ordering::SeqCst) > 0 {
+            let mut book = self.book.lock();
+            let now = self.clock.now();
+            on_set!(&self.budget, set => self.take_due(set, &mut book, now));
+        }
+    }
+
     /// Pending reservations whose slot has come take their tokens, in order, at their slots.
     fn take_due<S: Shard>(&self, set: &ShardSet<S>, book: &mut Book, horizon: Nanos) {
         let unit = self.tuning.unit.load(Ordering::Relaxed);
@@ -481,14 +495,25 @@ impl RateLimiter {
     /// the burst or the slot is more than `max_wait` seconds away (`retry_after` says how far).
     /// Fails when the limiter already keeps `max_reservations`.
     pub fn reserve(&self, hash: u64, count: u64, max_wait: f64) -> Result<Booking> {
+        self.book(hash, count, max_wait, false)
+    }
+
+    /// A turn in the queue for a waiting `acquire`: a reservation that leaves the book as
+    /// soon as it is executed or cancelled (its id is nobody else's business).
+    pub fn reserve_turn(&self, hash: u64, count: u64, max_wait: f64) -> Result<Booking> {
+        self.book(hash, count, max_wait, true)
+    }
+
+    fn book(&self, hash: u64, count: u64, max_wait: f64, turn: bool) -> Result<Booking> {
         if count == 0 {
             return Err(Error::invalid_count(&count));
         }
         let mut book = self.book.lock();
         // Odd while booking: a decision racing this one gives its take back and queues.
         self.tuning.version.fetch_add(1, Ordering::SeqCst);
-        let booked =
-            on_set!(&self.budget, set => self.book_on(set, &mut book, hash, count, max_wait));
+        let booked = on_set!(&self.budget, set => {
+            self.book_on(set, &mut book, hash, count, max_wait, turn)
+        });
         self.tuning
             .pending
             .store(book.pending() as u64, Ordering::SeqCst);
@@ -503,6 +528,7 @@ impl RateLimiter {
         hash: u64,
         count: u64,
         max_wait: f64,
+        turn: bool,
     ) -> Result<Booking> {
         let now = self.clock.now();
         self.take_due(set, book, now);
@@ -554,6 +580,7 @@ impl RateLimiter {
             count,
             shard: shard as u32,
             state,
+            turn,
         });
         Ok(Booking::Reserved(Reservation {
             id,
@@ -590,9 +617,9 @@ impl RateLimiter {
         let entry = *book.entry(index);
         let shard = entry.shard as usize;
         match entry.state {
-            _ if entry.expires <= now => refused(Refusal::Expired, shard, None),
             State::Executed => refused(Refusal::AlreadyExecuted, shard, None),
             State::Cancelled => refused(Refusal::Cancelled, shard, None),
+            _ if entry.expires <= now => refused(Refusal::Expired, shard, None),
             State::Pending => refused(
                 Refusal::NotReady,
                 shard,
@@ -631,7 +658,7 @@ impl RateLimiter {
             State::Held => on_set!(&self.budget, set => refund(set, now, entry)),
             State::Executed | State::Cancelled => return false,
         }
-        book.finish(index, State::Cancelled);
+        book.cancel(index, now);
         self.tuning
             .pending
             .store(book.pending() as u64, Ordering::SeqCst);
@@ -655,6 +682,7 @@ impl RateLimiter {
     /// Tokens the whole budget holds at `at` (a decision's time, or now), counting every
     /// take made so far.
     pub fn remaining_at(&self, at: Nanos) -> f64 {
+        self.settle_reservations();
         let units = match &self.budget {
             Budget::TokenBucket(set) => set.available(at),
             Budget::SlidingWindow(set) => set.available(at),
@@ -664,6 +692,7 @@ impl RateLimiter {
 
     /// Tokens available in each shard now.
     pub fn shard_tokens(&self) -> Vec<f64> {
+        self.settle_reservations();
         let now = self.clock.now();
         let unit = self.tuning.unit.load(Ordering::Relaxed) as f64;
         match &self.budget {

@@ -43,6 +43,9 @@ pub(crate) struct Entry {
     pub(crate) count: u64,
     pub(crate) shard: u32,
     pub(crate) state: State,
+    /// Booked by a waiting `acquire`: nobody else knows its id, so it leaves the book as
+    /// soon as it is executed or cancelled.
+    pub(crate) turn: bool,
 }
 
 /// What an id refers to.
@@ -120,6 +123,15 @@ impl Book {
         self.entries[index].units = units;
     }
 
+    /// Cancels an entry. A pending one expires at once: its slot may be later than a newer
+    /// entry's, and it must not hold the expiry order up.
+    pub(crate) fn cancel(&mut self, index: usize, now: Nanos) {
+        if self.entries[index].state == State::Pending {
+            self.entries[index].expires = now;
+        }
+        self.finish(index, State::Cancelled);
+    }
+
     /// Moves an entry on (held, executed, cancelled); keeps the pending count.
     pub(crate) fn finish(&mut self, index: usize, state: State) {
         if self.entries[index].state == State::Pending {
@@ -144,13 +156,16 @@ impl Book {
         format!("{seq:x}-{:016x}", self.tag(seq))
     }
 
-    /// Drops entries whose time to live has passed (they leave in slot order).
+    /// Drops entries whose time to live has passed, and finished turns, from the front.
+    /// Entries stand in slot order, hence in expiry order: a cancelled pending entry, the
+    /// only one whose slot can be later than a newer entry's, expires when cancelled.
     pub(crate) fn purge(&mut self, now: Nanos) {
-        while self
-            .entries
-            .front()
-            .is_some_and(|e| e.expires <= now && e.state != State::Pending)
-        {
+        let leaves = |e: &Entry| match e.state {
+            State::Pending => false,
+            State::Held => e.expires <= now,
+            State::Executed | State::Cancelled => e.turn || e.expires <= now,
+        };
+        while self.entries.front().is_some_and(leaves) {
             self.entries.pop_front();
             self.first_seq += 1;
             self.pending_from = self.pending_from.saturating_sub(1);
@@ -195,6 +210,7 @@ mod tests {
             count: 1,
             shard: 0,
             state,
+            turn: false,
         }
     }
 

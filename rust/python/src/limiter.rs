@@ -201,19 +201,25 @@ impl PyShardedRateLimiter {
 
     /// Holds tokens for the next slot in the queue: a `TokenReservation`, or a refused
     /// `RateLimitResult` (`exceeds_capacity`, or `max_wait_exceeded` with the wait needed).
-    #[pyo3(signature = (key, count, budget))]
+    /// With `turn`, it is a waiting `acquire`'s place in the queue, which leaves the book as
+    /// soon as it is executed or cancelled.
+    #[pyo3(signature = (key, count, budget, turn=false))]
     fn _reserve<'py>(
         slf: &Bound<'py, Self>,
         key: Option<&Bound<'py, PyAny>>,
         count: Option<&Bound<'py, PyAny>>,
         budget: f64,
+        turn: bool,
     ) -> PyResult<Bound<'py, PyAny>> {
         let py = slf.py();
         let this = slf.get();
-        let booking = this
-            .core
-            .reserve(this.hash(key)?, args::count(count)?, budget)
-            .map_err(to_py)?;
+        let (hash, count) = (this.hash(key)?, args::count(count)?);
+        let booking = if turn {
+            this.core.reserve_turn(hash, count, budget)
+        } else {
+            this.core.reserve(hash, count, budget)
+        }
+        .map_err(to_py)?;
         match booking {
             Booking::Reserved(reservation) => {
                 let key = match key.filter(|k| !k.is_none()) {
