@@ -481,7 +481,7 @@ impl RateLimiter {
         for (index, entry) in book.due(horizon) {
             let units = entry.count * unit;
             // The queue kept everyone else off these tokens, so the take succeeds.
-            let _ = set.acquire(&self.clock, entry.slot, entry.slot, units);
+            let _ = set.acquire(&self.clock, entry.slot, entry.hash, units);
             book.hold(index, units);
         }
         self.tuning
@@ -578,7 +578,7 @@ impl RateLimiter {
             expires,
             units: if state == State::Held { units } else { 0 },
             count,
-            shard: shard as u32,
+            hash,
             state,
             turn,
         });
@@ -615,7 +615,7 @@ impl RateLimiter {
             Lookup::Unknown => return refused(Refusal::UnknownReservation, 0, None),
         };
         let entry = *book.entry(index);
-        let shard = entry.shard as usize;
+        let shard = on_set!(&self.budget, set => set.candidates(entry.hash).0);
         match entry.state {
             State::Executed => refused(Refusal::AlreadyExecuted, shard, None),
             State::Cancelled => refused(Refusal::Cancelled, shard, None),

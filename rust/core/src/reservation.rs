@@ -33,7 +33,7 @@ pub(crate) enum State {
 /// Bytes one reservation takes in the book (its deque may hold up to twice as many slots).
 pub const RESERVATION_BYTES: usize = std::mem::size_of::<Entry>();
 
-/// One reservation: 40 bytes in the book.
+/// One reservation: 48 bytes in the book.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Entry {
     pub(crate) slot: Nanos,
@@ -41,7 +41,8 @@ pub(crate) struct Entry {
     /// Budget units held (what the count cost when reserved).
     pub(crate) units: u64,
     pub(crate) count: u64,
-    pub(crate) shard: u32,
+    /// The key's hash: the shards it is served from.
+    pub(crate) hash: u64,
     pub(crate) state: State,
     /// Booked by a waiting `acquire`: nobody else knows its id, so it leaves the book as
     /// soon as it is executed or cancelled.
@@ -208,15 +209,15 @@ mod tests {
             expires: slot + 100,
             units: 1,
             count: 1,
-            shard: 0,
+            hash: 0,
             state,
             turn: false,
         }
     }
 
     #[test]
-    fn an_entry_is_forty_bytes() {
-        assert_eq!(RESERVATION_BYTES, 40);
+    fn an_entry_is_48_bytes() {
+        assert_eq!(RESERVATION_BYTES, 48);
     }
 
     #[test]
