@@ -5,7 +5,9 @@
 
 use proptest::prelude::*;
 use proptest::test_runner::Config as ProptestConfig;
-use ratelimit_core::{Algorithm, Clock, ManualClock, Quota, RateLimiter, Refusal};
+use ratelimit_core::{
+    Algorithm, Booking, Clock, ManualClock, Quota, RateLimiter, Refusal, Reservation,
+};
 use std::collections::VecDeque;
 use std::sync::Arc;
 
@@ -738,5 +740,69 @@ proptest! {
         burst in 1u32..=200,
     ) {
         fresh_bucket_admits_whole_burst(shards, rate, period, burst)?;
+    }
+}
+
+proptest! {
+    // Cheap cases, and the queue's bugs need many of them to show: 512.
+    #![proptest_config(cases(512))]
+
+    /// I1 with reservations in the mix: immediate requests count when admitted,
+    /// reservations at their slots (where their tokens are charged; executing later charges
+    /// nothing), with cancellations and executions in any order along the way.
+    #[test]
+    fn i1_holds_with_reservations_in_the_mix(
+        config in prop_oneof![config(Algorithm::TokenBucket, 1), config(Algorithm::SlidingWindow, 1)],
+        keys in keys(),
+        ops in prop::collection::vec((0u8..4, 0.0f64..1.0, 0.0f64..1.0, 0.0f64..1.0), 1..200),
+    ) {
+        let (limiter, manual) = config.limiter();
+        let largest = config.capacity().floor().max(1.0) as u64;
+        let mut admissions = Vec::new();
+        let mut held: Vec<Reservation> = Vec::new();
+        for (kind, advance, size, pick) in ops {
+            manual.advance((advance * advance * config.period_ns() * 0.3) as u64);
+            let count = (1 + (size * 4.0) as u64).min(largest);
+            let hash = key_hash(keys, pick);
+            match kind {
+                0 => {
+                    if limiter.try_acquire_hashed(hash, count).unwrap().allowed {
+                        admissions.push((manual.now(), count));
+                    }
+                }
+                1 => {
+                    let max_wait = pick * config.period * 3.0;
+                    if let Booking::Reserved(r) = limiter.reserve(hash, count, max_wait).unwrap() {
+                        held.push(r);
+                    }
+                }
+                _ if held.is_empty() => {}
+                2 => {
+                    let r = held.remove((pick * held.len() as f64) as usize % held.len());
+                    let decision = limiter.execute_reservation(&r.id);
+                    if decision.allowed {
+                        admissions.push((r.execute_at, r.count));
+                    } else if decision.reason == Some(Refusal::NotReady) {
+                        held.push(r);
+                    }
+                }
+                _ => {
+                    let r = held.remove((pick * held.len() as f64) as usize % held.len());
+                    let expired = r.expires_at <= manual.now();
+                    prop_assert_eq!(limiter.cancel_reservation(&r.id), !expired);
+                }
+            }
+        }
+        for r in held {
+            manual.set(r.execute_at);
+            if limiter.execute_reservation(&r.id).allowed {
+                admissions.push((r.execute_at, r.count));
+            }
+        }
+        admissions.sort_unstable();
+        match config.algorithm {
+            Algorithm::TokenBucket => check_token_bucket(&config, &admissions)?,
+            Algorithm::SlidingWindow => check_sliding_window(&config, &admissions)?,
+        }
     }
 }
