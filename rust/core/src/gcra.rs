@@ -68,29 +68,6 @@ impl GcraShard {
     fn credit(&self, tat: u64, now: u64) -> u64 {
         self.capacity().saturating_sub(tat.saturating_sub(now))
     }
-
-    /// One CAS loop for both kinds of take: `want(credit)` says how much to take.
-    #[inline]
-    fn take(&self, now: Nanos, want: impl Fn(u64) -> u64) -> Option<(u64, Receipt)> {
-        let now = ticks(now);
-        let mut current = self.tat.load(Ordering::Relaxed);
-        loop {
-            let taken = want(self.credit(current, now));
-            if taken == 0 {
-                return None;
-            }
-            let end = current.max(now) + taken;
-            // SeqCst: a limiter being replaced (set_rate, reset) must see every take that
-            // raced with its snapshot; on x86 a locked CAS costs the same either way.
-            match self
-                .tat
-                .compare_exchange_weak(current, end, Ordering::SeqCst, Ordering::Relaxed)
-            {
-                Ok(_) => return Some((taken, Receipt { taken, end })),
-                Err(actual) => current = actual,
-            }
-        }
-    }
 }
 
 impl GcraShard {
@@ -159,14 +136,27 @@ impl Shard for GcraShard {
         self.credit(self.tat.load(Ordering::Relaxed), ticks(now))
     }
 
+    /// One CAS loop for every kind of take: `want(credit)` says how much to take.
     #[inline]
-    fn try_take(&self, now: Nanos, units: u64) -> Option<Receipt> {
-        self.take(now, |credit| if credit >= units { units } else { 0 })
-            .map(|(_, receipt)| receipt)
-    }
-
-    fn take_up_to(&self, now: Nanos, units: u64) -> Option<(u64, Receipt)> {
-        self.take(now, |credit| credit.min(units))
+    fn take(&self, now: Nanos, want: impl Fn(u64) -> u64) -> Option<(u64, Receipt)> {
+        let now = ticks(now);
+        let mut current = self.tat.load(Ordering::Relaxed);
+        loop {
+            let taken = want(self.credit(current, now));
+            if taken == 0 {
+                return None;
+            }
+            let end = current.max(now) + taken;
+            // SeqCst: a limiter being re-rated or booking must see every take that raced
+            // with it; on x86 a locked CAS costs the same either way.
+            match self
+                .tat
+                .compare_exchange_weak(current, end, Ordering::SeqCst, Ordering::Relaxed)
+            {
+                Ok(_) => return Some((taken, Receipt { taken, end })),
+                Err(actual) => current = actual,
+            }
+        }
     }
 
     /// Gives back only what no later take can have built on. A later take at time `s` may

@@ -20,10 +20,18 @@ pub(crate) trait Shard: Send + Sync + Sized {
     type Shared: Send + Sync + std::fmt::Debug;
 
     fn available(&self, now: Nanos) -> u64;
+    /// Takes what `want` says, given what is available now; `None` when that is nothing.
+    fn take(&self, now: Nanos, want: impl Fn(u64) -> u64) -> Option<(u64, Self::Receipt)>;
     /// Takes all of `units` or nothing.
-    fn try_take(&self, now: Nanos, units: u64) -> Option<Self::Receipt>;
+    #[inline]
+    fn try_take(&self, now: Nanos, units: u64) -> Option<Self::Receipt> {
+        self.take(now, |available| if available >= units { units } else { 0 })
+            .map(|(_, receipt)| receipt)
+    }
     /// Takes as much of `units` as is available now; `None` when it took nothing.
-    fn take_up_to(&self, now: Nanos, units: u64) -> Option<(u64, Self::Receipt)>;
+    fn take_up_to(&self, now: Nanos, units: u64) -> Option<(u64, Self::Receipt)> {
+        self.take(now, |available| available.min(units))
+    }
     /// Returns a take that turned out not to be needed.
     fn give_back(set: &ShardSet<Self>, index: usize, receipt: Self::Receipt, clock: &Clock);
     /// Nanoseconds from `now` until `units` can be gathered over the whole set

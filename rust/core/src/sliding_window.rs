@@ -26,6 +26,18 @@ pub(crate) struct Log {
 }
 
 impl Log {
+    /// Removes up to `count` entries stamped exactly `stamp` (entries with equal stamps are
+    /// interchangeable); returns how many it removed.
+    fn remove_stamped(&mut self, stamp: Nanos, count: usize) -> usize {
+        let end = self.entries.partition_point(|&ts| ts <= stamp);
+        let start = self
+            .entries
+            .partition_point(|&ts| ts < stamp)
+            .max(end.saturating_sub(count));
+        self.entries.drain(start..end);
+        end - start
+    }
+
     /// Drops admissions that no window ending at `now` or later can contain.
     fn expire(&mut self, now: Nanos) {
         while self
@@ -74,6 +86,17 @@ impl WindowShard {
         log.expire(now);
         log.entries.iter().copied().collect()
     }
+}
+
+impl Shard for WindowShard {
+    type Receipt = Receipt;
+    type Shared = ();
+
+    fn available(&self, now: Nanos) -> u64 {
+        let mut log = self.log.lock();
+        log.expire(now);
+        log.free()
+    }
 
     fn take(&self, now: Nanos, want: impl Fn(u64) -> u64) -> Option<(u64, Receipt)> {
         let mut log = self.log.lock();
@@ -87,36 +110,12 @@ impl WindowShard {
             .extend(std::iter::repeat_n(stamp, count as usize));
         Some((count, Receipt { count, stamp }))
     }
-}
-
-impl Shard for WindowShard {
-    type Receipt = Receipt;
-    type Shared = ();
-
-    fn available(&self, now: Nanos) -> u64 {
-        let mut log = self.log.lock();
-        log.expire(now);
-        log.free()
-    }
-
-    fn try_take(&self, now: Nanos, units: u64) -> Option<Receipt> {
-        self.take(now, |free| if free >= units { units } else { 0 })
-            .map(|(_, receipt)| receipt)
-    }
-
-    fn take_up_to(&self, now: Nanos, units: u64) -> Option<(u64, Receipt)> {
-        self.take(now, |free| free.min(units))
-    }
 
     /// Removes `count` entries stamped exactly `stamp` (entries with equal stamps are
     /// interchangeable); any that already expired are gone anyway.
     fn give_back(set: &ShardSet<Self>, index: usize, receipt: Receipt, _clock: &Clock) {
-        let entries = &mut set.shard(index).log.lock().entries;
-        let end = entries.partition_point(|&ts| ts <= receipt.stamp);
-        let start = entries
-            .partition_point(|&ts| ts < receipt.stamp)
-            .max(end.saturating_sub(receipt.count as usize));
-        entries.drain(start..end);
+        let mut log = set.shard(index).log.lock();
+        log.remove_stamped(receipt.stamp, receipt.count as usize);
     }
 
     /// Every admission in the logs and every queued one counts until its window passes; the
@@ -165,13 +164,7 @@ impl Shard for WindowShard {
             if owed == 0 {
                 break;
             }
-            let entries = &mut slot.shard.log.lock().entries;
-            let end = entries.partition_point(|&ts| ts <= at);
-            let start = entries
-                .partition_point(|&ts| ts < at)
-                .max(end.saturating_sub(owed));
-            owed -= end - start;
-            entries.drain(start..end);
+            owed -= slot.shard.log.lock().remove_stamped(at, owed);
         }
     }
 
