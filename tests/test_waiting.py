@@ -80,6 +80,31 @@ def test_acquire_in_threads_admits_everyone_within_the_budget(clock, make_limite
     assert limiter.get_status()["requests_allowed"] == 30
 
 
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+@pytest.mark.parametrize("shards", [1, 4, 16])
+def test_threads_deciding_with_the_gil_released_admit_exactly_the_budget(
+    clock, make_limiter, algorithm, shards
+):
+    # A thread's acquire decides in Rust with the GIL released, so these 4 x 250 decisions
+    # really run side by side. The clock stands still and max_wait=0: exactly 100.
+    limiter = make_limiter(100, 1.0, shards=shards, algorithm=algorithm)
+    admitted = [0] * 4
+
+    def worker(index: int) -> None:
+        for _ in range(250):
+            admitted[index] += bool(limiter.acquire(f"thread-{index}", max_wait=0))
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+        assert not thread.is_alive()
+    assert sum(admitted) == 100
+    assert limiter.get_status()["requests_allowed"] == 100
+    assert clock.monotonic() == 0.0
+
+
 # --- asyncio --------------------------------------------------------------------------
 
 
