@@ -17,7 +17,7 @@ use crossbeam_utils::CachePadded;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::clock::{Clock, Nanos};
-use crate::shard::{Shard, ShardSet};
+use crate::shard::{Shard, ShardSet, Taken, Undo};
 
 pub(crate) const TICK_SHIFT: u32 = 5;
 pub(crate) const TICKS_PER_NANO: u64 = 1 << TICK_SHIFT;
@@ -130,6 +130,10 @@ impl Settlement {
 impl Shard for GcraShard {
     type Receipt = Receipt;
     type Shared = Settlement;
+
+    fn undo(taken: Taken<Receipt>) -> Undo {
+        Undo::Bucket(taken)
+    }
 
     #[inline]
     fn available(&self, now: Nanos) -> u64 {

@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 use crate::gcra::{self, GcraShard, Settlement};
 use crate::quota::{Algorithm, Quota};
 use crate::reservation::Book;
-use crate::shard::{Outcome, Shard, ShardSet};
+use crate::shard::{Outcome, Shard, ShardSet, Undo};
 use crate::sliding_window::WindowShard;
 
 /// Keys longer than this (in bytes; in characters from Python) are refused: a key is an
@@ -114,6 +114,13 @@ macro_rules! on_set {
     };
 }
 pub(crate) use on_set;
+
+/// An admission kept for undoing, with the limiter state it was made in.
+pub(crate) struct Taken {
+    retunes: u64,
+    shard: usize,
+    undo: Undo,
+}
 
 /// What every decision reads, on one read-mostly cache line.
 #[derive(Debug)]
@@ -236,6 +243,36 @@ impl RateLimiter {
     /// cached string hash). Only shard choice depends on the hash.
     #[inline]
     pub fn try_acquire_hashed(&self, hash: u64, count: u64) -> Result<Decision> {
+        self.take(hash, count).map(|(decision, _)| decision)
+    }
+
+    /// Takes from every limiter or from none: each part is `(limiter, key hash, count)`.
+    /// Returns `Ok` with every admission, or `Err` with the index and the refusal of the
+    /// first part that refused, after giving back what the parts before it took.
+    pub fn try_acquire_all(
+        parts: &[(&RateLimiter, u64, u64)],
+    ) -> Result<std::result::Result<Vec<Decision>, (usize, Decision)>> {
+        let mut admitted: Vec<(Decision, Option<Taken>)> = Vec::with_capacity(parts.len());
+        for (index, &(limiter, hash, count)) in parts.iter().enumerate() {
+            let (decision, taken) = limiter.take(hash, count)?;
+            if !decision.allowed {
+                for (&(earlier, ..), (_, taken)) in parts.iter().zip(admitted).rev() {
+                    if let Some(taken) = taken {
+                        earlier.undo(taken);
+                    }
+                }
+                return Ok(Err((index, decision)));
+            }
+            admitted.push((decision, taken));
+        }
+        Ok(Ok(admitted
+            .into_iter()
+            .map(|(decision, _)| decision)
+            .collect()))
+    }
+
+    /// A decision that keeps what it took, so that it can be undone.
+    fn take(&self, hash: u64, count: u64) -> Result<(Decision, Option<Taken>)> {
         if count == 0 {
             return Err(Error::invalid_count(&count));
         }
@@ -244,13 +281,16 @@ impl RateLimiter {
             if version & 1 == 0 {
                 let now = self.clock.now();
                 let decided = if self.tuning.pending.load(Ordering::SeqCst) > 0 {
-                    self.behind_the_queue(now, hash, count)
+                    self.behind_the_queue(now, hash, count).map(|d| (d, None))
                 } else {
                     let retunes = self.tuning.retunes.load(Ordering::SeqCst);
-                    on_set!(&self.budget, set => self.decide(set, (version, retunes), now, hash, count))
+                    on_set!(&self.budget, set => {
+                        self.decide(set, (version, retunes), now, hash, count)
+                            .map(|(d, undo)| (d, undo.map(|(shard, undo)| Taken { retunes, shard, undo })))
+                    })
                 };
-                if let Some(decision) = decided {
-                    return Ok(decision);
+                if let Some(decided) = decided {
+                    return Ok(decided);
                 }
             }
             std::thread::yield_now();
@@ -269,7 +309,7 @@ impl RateLimiter {
         now: Nanos,
         hash: u64,
         count: u64,
-    ) -> Option<Decision> {
+    ) -> Option<(Decision, Option<(usize, Undo)>)> {
         let unit = self.tuning.unit.load(Ordering::Relaxed);
         let units = count
             .checked_mul(unit)
@@ -286,8 +326,12 @@ impl RateLimiter {
             }
             return None;
         }
+        let mut undo = None;
         let (allowed, reason, shard, retry_after) = match outcome {
-            Some(Outcome::Admitted { shard, .. }) => (true, None, shard, None),
+            Some(Outcome::Admitted { shard, taken }) => {
+                undo = Some((shard, S::undo(taken)));
+                (true, None, shard, None)
+            }
             Some(Outcome::Refused { shard, wait }) => (
                 false,
                 Some(Refusal::RateLimited),
@@ -301,13 +345,36 @@ impl RateLimiter {
                 None,
             ),
         };
-        Some(Decision {
-            allowed,
-            reason,
-            shard,
-            retry_after,
-            at: now,
-        })
+        Some((
+            Decision {
+                allowed,
+                reason,
+                shard,
+                retry_after,
+                at: now,
+            },
+            undo,
+        ))
+    }
+
+    /// Gives back an admission, unless the limiter was re-rated since (then the new state
+    /// may already count it, and it stays charged: never over).
+    fn undo(&self, taken: Taken) {
+        let retunes = self.tuning.retunes.load(Ordering::SeqCst);
+        if retunes != taken.retunes || retunes & 1 == 1 {
+            return;
+        }
+        match (taken.undo, &self.budget) {
+            (Undo::Bucket(t), Budget::TokenBucket(set)) => {
+                set.give_back(t, &self.clock);
+                set.count_served(taken.shard, false);
+            }
+            (Undo::Window(t), Budget::SlidingWindow(set)) => {
+                set.give_back(t, &self.clock);
+                set.count_served(taken.shard, false);
+            }
+            _ => unreachable!("a take is undone on the limiter that made it"),
+        }
     }
 
     /// Tokens available in the whole budget now, without taking any.

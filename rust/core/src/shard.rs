@@ -50,6 +50,8 @@ pub(crate) trait Shard: Send + Sync + Sized {
     ) -> Nanos;
     /// Returns what a reservation took at `at` and will not use, as far as is safe now.
     fn refund(set: &ShardSet<Self>, now: Nanos, at: Nanos, units: u64);
+    /// Wraps a take so that a limiter of either kind can hold it for undoing.
+    fn undo(taken: Taken<Self::Receipt>) -> Undo;
     /// Units the whole set could hand out at `now`, counting what a settle would move.
     fn total_available(set: &ShardSet<Self>, now: Nanos) -> u64 {
         set.slots.iter().map(|s| s.shard.available(now)).sum()
@@ -75,6 +77,13 @@ pub(crate) enum Outcome<R> {
         shard: usize,
         wait: Nanos,
     },
+}
+
+/// A take of either kind of shard, kept to be undone (see `RateLimiter::try_acquire_all`).
+#[derive(Debug)]
+pub(crate) enum Undo {
+    Bucket(Taken<crate::gcra::Receipt>),
+    Window(Taken<crate::sliding_window::Receipt>),
 }
 
 /// What an admission took, so that it can be given back if it must be undone.

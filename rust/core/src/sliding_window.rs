@@ -9,7 +9,7 @@ use parking_lot::Mutex;
 use std::collections::VecDeque;
 
 use crate::clock::{Clock, Nanos};
-use crate::shard::{Shard, ShardSet};
+use crate::shard::{Shard, ShardSet, Taken, Undo};
 
 #[derive(Debug)]
 pub(crate) struct WindowShard {
@@ -91,6 +91,10 @@ impl WindowShard {
 impl Shard for WindowShard {
     type Receipt = Receipt;
     type Shared = ();
+
+    fn undo(taken: Taken<Receipt>) -> Undo {
+        Undo::Window(taken)
+    }
 
     fn available(&self, now: Nanos) -> u64 {
         let mut log = self.log.lock();

@@ -791,3 +791,40 @@ fn re_rating_while_threads_take_never_admits_more_than_the_budget() {
         }
     }
 }
+
+#[test]
+fn try_acquire_all_takes_from_every_limiter_or_from_none() {
+    // A bucket of 10 and an exact window of 5 per second, as the old limiter's minute
+    // bucket and hourly window: together they admit 5, and a refusal by the window leaves
+    // the bucket untouched.
+    for shards in SHARDS {
+        let (bucket, manual) = new_limiter(Algorithm::TokenBucket, 10.0, 1.0, Some(10.0), shards);
+        let window = RateLimiter::new(
+            quota(Algorithm::SlidingWindow, 5.0, None, shards),
+            Clock::Manual(manual.clone()),
+        )
+        .unwrap();
+        let both = |count| {
+            RateLimiter::try_acquire_all(&[(&bucket, 1, count), (&window, 1, count)]).unwrap()
+        };
+        for _ in 0..5 {
+            assert!(both(1).is_ok());
+        }
+        let (index, refusal) = both(1).unwrap_err();
+        assert_eq!(index, 1, "shards={shards}");
+        assert_eq!(refusal.reason, Some(Refusal::RateLimited));
+        assert_eq!(
+            bucket.peek(),
+            5.0,
+            "shards={shards}: the bucket was given back its token"
+        );
+        assert_eq!(window.peek(), 0.0);
+        assert_eq!(bucket.served().iter().sum::<u64>(), 5);
+        // A refusal by the first part takes nothing from the second.
+        assert!(bucket.try_acquire("k", 5).unwrap().allowed);
+        manual.advance(SEC + 1);
+        let (index, _) = both(11).unwrap_err();
+        assert_eq!(index, 0);
+        assert_eq!(window.peek(), 5.0);
+    }
+}
