@@ -81,7 +81,7 @@ def _counting_async(run: Run, make_call: Callable[[], Callable[[], Any]]) -> Run
 
 def ours_sync(shards: int = 1, algorithm: str = "token_bucket", key: str | None = None) -> Run:
     if algorithm == "sliding_window":
-        # its maximum, 1e7 per 1 s window; a fresh limiter takes 1.5 M calls in well under 1 s
+        # 1e7 per 1 s window; a fresh limiter takes 1.5 M calls in well under 1 s
         limiter = ShardedRateLimiter(rate=1e7, period=1.0, shards=shards, algorithm=algorithm)
     else:
         # ours refuses rate > 3.2e6/s per shard (clock resolution); the burst never runs out

@@ -5,7 +5,7 @@ use crate::error::{Error, Result};
 /// Largest shard count accepted.
 pub const MAX_SHARDS: usize = 1024;
 /// Largest sliding-window limit: the window keeps one timestamp per admission.
-pub const MAX_WINDOW_LIMIT: u64 = 10_000_000;
+pub const MAX_WINDOW_LIMIT: u64 = 36_000_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Algorithm {

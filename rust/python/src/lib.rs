@@ -19,5 +19,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<limiter::PyShardedRateLimiter>()?;
     m.add_class::<result::PyRateLimitResult>()?;
     m.add_class::<reservation::PyTokenReservation>()?;
+    m.add_function(wrap_pyfunction!(limiter::try_acquire_all, m)?)?;
     Ok(())
 }

@@ -392,3 +392,37 @@ impl PyShardedRateLimiter {
         )
     }
 }
+
+/// Takes from every `(limiter, key, count)` part or from none (the compatibility shim's
+/// minute bucket and hourly window, and its composite limiter). Returns the refusal of the
+/// first part that refused, after giving back what the others took, or the last admission.
+#[pyfunction]
+pub(crate) fn try_acquire_all(
+    parts: Vec<(
+        Bound<'_, PyShardedRateLimiter>,
+        Option<Bound<'_, PyAny>>,
+        Option<Bound<'_, PyAny>>,
+    )>,
+) -> PyResult<PyRateLimitResult> {
+    let Some(last) = parts.last() else {
+        return Err(PyValueError::new_err(
+            "parts: must name at least one limiter",
+        ));
+    };
+    let mut checked = Vec::with_capacity(parts.len());
+    for (limiter, key, count) in &parts {
+        let this = limiter.get();
+        checked.push((
+            this.core(),
+            this.hash(key.as_ref())?,
+            args::count(count.as_ref())?,
+        ));
+    }
+    match RateLimiter::try_acquire_all(&checked).map_err(to_py)? {
+        Ok(admitted) => {
+            let decision = *admitted.last().expect("one decision per part");
+            Ok(PyRateLimitResult::new(&last.0, decision, 0.0))
+        }
+        Err((index, refusal)) => Ok(PyRateLimitResult::new(&parts[index].0, refusal, 0.0)),
+    }
+}

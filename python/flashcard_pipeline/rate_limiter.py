@@ -1,0 +1,360 @@
+"""The old rate limiter's API on the new engine, for code that has not migrated yet.
+
+``RateLimiter`` keeps its old meaning: a token bucket of ``burst_size`` refilled at
+``requests_per_minute / 60`` per second, and an exact sliding window of
+``requests_per_hour`` per hour, checked and consumed together (all or nothing), now
+thread-safe. ``AdaptiveRateLimiter`` and ``CompositeLimiter`` come along. What differs from
+the old module is listed in ``docs/MIGRATION.md``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+
+from flashcard_pipeline._native import ManualClock, RateLimitResult, try_acquire_all
+from flashcard_pipeline.exceptions import RateLimitError
+from flashcard_pipeline.rate_limiter_v2 import ShardedRateLimiter
+
+__all__ = [
+    "AdaptiveRateLimiter",
+    "CompositeLimiter",
+    "MAX_REQUESTS_PER_MINUTE",
+    "RateLimitError",
+    "RateLimiter",
+]
+
+# The old module's caps and the adaptive limiter's bounds.
+MAX_RPM = 600_000
+MAX_RPH = 36_000_000
+MAX_BURST = 10_000
+MAX_REQUESTS_PER_MINUTE = 1200
+MIN_REQUESTS_PER_MINUTE = 10
+
+
+def env_number(name: str, default: float) -> float:
+    """An environment variable as a number, or ``default`` when unset.
+
+    Raises:
+        ValueError: the variable is set but is not a number (the message names it).
+    """
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise ValueError(f"{name}: must be a number, got {raw!r}") from None
+
+
+class RateLimiter:
+    """The old limiter: a minute bucket and an hourly window, enforced together.
+
+    Args:
+        requests_per_minute: Refill of the bucket (per minute); default ``REQUESTS_PER_MINUTE``
+            or 600, capped at 600,000.
+        requests_per_hour: Exact sliding-window limit per hour; default ``REQUESTS_PER_HOUR``
+            or 36,000, capped at 36,000,000.
+        burst_size: Bucket capacity; default ``BURST_SIZE`` or 20, capped at 10,000.
+        clock: A :class:`ManualClock` for tests (new; the old module had none).
+    """
+
+    def __init__(
+        self,
+        requests_per_minute: float | None = None,
+        requests_per_hour: float | None = None,
+        burst_size: int | None = None,
+        *,
+        clock: ManualClock | None = None,
+    ) -> None:
+        rpm = _given_or_env(requests_per_minute, "REQUESTS_PER_MINUTE", 600)
+        rph = _given_or_env(requests_per_hour, "REQUESTS_PER_HOUR", 36000)
+        burst = _given_or_env(burst_size, "BURST_SIZE", 20)
+        if not rpm > 0:
+            raise ValueError(f"requests_per_minute: must be > 0, got {rpm}")
+        if not rph > 0:
+            raise ValueError(f"requests_per_hour: must be > 0, got {rph}")
+        self.requests_per_minute = min(rpm, MAX_RPM)
+        self.requests_per_hour = min(rph, MAX_RPH)
+        self.burst_size = int(min(burst, MAX_BURST))
+        self._clock = clock
+        self._minute = ShardedRateLimiter(
+            self.requests_per_minute, 60.0, shards=1, burst_size=self.burst_size, clock=clock
+        )
+        self._hour = ShardedRateLimiter(
+            self.requests_per_hour, 3600.0, shards=1, algorithm="sliding_window", clock=clock
+        )
+        self.requests_allowed = 0
+        self.requests_denied = 0
+
+    # --- decisions -----------------------------------------------------------------------
+
+    def _parts(self, tokens: int) -> tuple[tuple[ShardedRateLimiter, None, int], ...]:
+        return ((self._minute, None, tokens), (self._hour, None, tokens))
+
+    def _decide(self, tokens: int) -> RateLimitResult | _Silenced:
+        result = try_acquire_all(self._parts(tokens))
+        self._count(result)
+        return result
+
+    def _count(self, result: RateLimitResult | _Silenced) -> None:
+        # Statistics only; a lost increment under races would be harmless, but the GIL makes
+        # each += atomic here anyway.
+        if result.allowed:
+            self.requests_allowed += 1
+        else:
+            self.requests_denied += 1
+
+    def try_acquire(self, tokens: int = 1) -> bool:
+        """Takes ``tokens`` from both the bucket and the hourly window, or from neither."""
+        return self._decide(tokens).allowed
+
+    async def acquire(self, tokens: int = 1) -> None:
+        """Takes ``tokens`` now or raises.
+
+        Raises:
+            RateLimitError: limited; ``retry_after`` is whole seconds (``int(wait) + 1``), as
+                in the old module.
+        """
+        _raise_if_refused(self._decide(tokens))
+
+    async def acquire_async(self, timeout: float | None = None) -> bool:
+        """Waits for one token up to ``timeout`` seconds (``None``: as long as it takes).
+
+        Returns ``True`` once admitted, ``False`` when the wait would exceed ``timeout``.
+        """
+        return await self._wait(1, timeout)
+
+    async def wait_if_needed(self, tokens: int = 1) -> None:
+        """Waits until ``tokens`` are taken.
+
+        Raises:
+            ValueError: ``tokens`` exceeds ``burst_size``, so waiting could never end.
+        """
+        if tokens > self.burst_size:
+            raise ValueError(
+                f"tokens: {tokens} exceeds burst_size {self.burst_size}; it can never be served"
+            )
+        await self._wait(tokens, None)
+
+    async def _wait(self, tokens: int, timeout: float | None) -> bool:
+        waited = 0.0
+        while True:
+            result = self._decide(tokens)
+            if result.allowed:
+                return True
+            wait = result.retry_after
+            if wait is None or (timeout is not None and waited + wait > timeout):
+                return False
+            if self._clock is None:
+                await asyncio.sleep(wait)
+            else:
+                await asyncio.sleep(0)
+                self._clock.advance(wait)
+            waited += wait
+
+    # --- configuration and views ---------------------------------------------------------
+
+    def set_rate(self, requests_per_minute: float) -> None:
+        """Changes the minute rate; the bucket's capacity becomes ``max(1, int(rpm / 60))``."""
+        if not requests_per_minute > 0:
+            raise ValueError(f"requests_per_minute: must be > 0, got {requests_per_minute}")
+        rpm = min(requests_per_minute, MAX_RPM)
+        self.burst_size = max(1, int(rpm / 60))
+        self.requests_per_minute = rpm
+        self._minute.set_rate(rpm, burst_size=self.burst_size)
+
+    @property
+    def tokens(self) -> float:
+        """Tokens in the bucket now."""
+        return self._minute.peek()
+
+    @property
+    def rate(self) -> float:
+        """The bucket's refill in tokens per second."""
+        return self.requests_per_minute / 60.0
+
+    def get_stats(self) -> dict[str, float]:
+        tokens = self.tokens
+        return {
+            "requests_allowed": self.requests_allowed,
+            "requests_denied": self.requests_denied,
+            "capacity_utilization": 1.0 - tokens / self.burst_size,
+            "current_tokens": tokens,
+            "capacity": self.burst_size,
+        }
+
+    def get_status(self) -> dict[str, object]:
+        return {
+            "minute_tokens_available": self.tokens,
+            "minute_limit": self.requests_per_minute,
+            "hour_requests_made": int(self._hour.rate) - int(self._hour.peek()),
+            "hour_limit": self.requests_per_hour,
+            "burst_size": self.burst_size,
+        }
+
+    def reset(self) -> None:
+        """Refills the bucket and empties the hourly window."""
+        self._minute.reset()
+        self._hour.reset()
+
+    def reset_stats(self) -> None:
+        self.requests_allowed = 0
+        self.requests_denied = 0
+
+
+class AdaptiveRateLimiter(RateLimiter):
+    """A :class:`RateLimiter` whose minute rate follows the upstream's answers.
+
+    ``on_rate_limit`` lowers the rate by 10 % (not below 10 per minute) and, given a
+    ``retry_after``, takes nothing for that long; ``on_success`` raises it by 5 % after 10
+    successes in a row (not above ``MAX_REQUESTS_PER_MINUTE``).
+    """
+
+    def __init__(
+        self,
+        initial_requests_per_minute: float | None = None,
+        requests_per_hour: float | None = None,
+        burst_size: int | None = None,
+        *,
+        clock: ManualClock | None = None,
+    ) -> None:
+        super().__init__(initial_requests_per_minute, requests_per_hour, burst_size, clock=clock)
+        self.consecutive_successes = 0
+        self.consecutive_failures = 0
+        self._silent_until = 0.0
+
+    def _now(self) -> float:
+        return self._clock.monotonic() if self._clock is not None else time.monotonic()
+
+    def _silence(self) -> _Silenced | None:
+        left = self._silent_until - self._now()
+        return _Silenced(left) if left > 0 else None
+
+    def _decide(self, tokens: int) -> RateLimitResult | _Silenced:
+        silenced = self._silence()
+        if silenced is not None:
+            self._count(silenced)
+            return silenced
+        return super()._decide(tokens)
+
+    def on_success(self) -> None:
+        self.consecutive_failures = 0
+        self.consecutive_successes += 1
+        if self.consecutive_successes >= 10:
+            self.consecutive_successes = 0
+            self.set_rate(min(self.requests_per_minute * 1.05, MAX_REQUESTS_PER_MINUTE))
+
+    def on_rate_limit(self, retry_after: float | None = None) -> None:
+        self.consecutive_successes = 0
+        self.consecutive_failures += 1
+        self.set_rate(max(self.requests_per_minute * 0.9, MIN_REQUESTS_PER_MINUTE))
+        if retry_after is not None and retry_after > 0:
+            self._silent_until = max(self._silent_until, self._now() + retry_after)
+
+    def get_status(self) -> dict[str, object]:
+        status = super().get_status()
+        status.update(
+            adaptive_enabled=True,
+            consecutive_successes=self.consecutive_successes,
+            consecutive_failures=self.consecutive_failures,
+            current_requests_per_minute=self.requests_per_minute,
+        )
+        return status
+
+
+class _Silenced:
+    """A refusal while an adaptive limiter is silenced: ``retry_after`` is the silence left."""
+
+    allowed = False
+    reason = "rate_limited"
+
+    def __init__(self, retry_after: float) -> None:
+        self.retry_after = retry_after
+
+    def __bool__(self) -> bool:
+        return False
+
+
+class CompositeLimiter:
+    """The pipeline's limiters, consulted together, all or nothing.
+
+    ``api_limiter`` (adaptive; ``REQUESTS_PER_MINUTE``/``REQUESTS_PER_HOUR``/``BURST_SIZE``,
+    600/36000/20), ``cost_limiter`` (``COST_*``, 300/1000/10; consulted only when
+    ``estimated_tokens > 1000``), ``stage1_limiter`` and ``stage2_limiter`` (``STAGE1_*`` and
+    ``STAGE2_*``, 300/18000/10 each).
+    """
+
+    def __init__(self, *, clock: ManualClock | None = None) -> None:
+        self.api_limiter = AdaptiveRateLimiter(clock=clock)
+        self.cost_limiter = RateLimiter(*_env_triple("COST_", (300, 1000, 10)), clock=clock)
+        self.stage1_limiter = RateLimiter(*_env_triple("STAGE1_", (300, 18000, 10)), clock=clock)
+        self.stage2_limiter = RateLimiter(*_env_triple("STAGE2_", (300, 18000, 10)), clock=clock)
+
+    def _stage_limiter(self, stage: int | str) -> RateLimiter:
+        number = _STAGES.get(stage)
+        if number is None:
+            raise ValueError(f"stage: must be 1, 2, 'stage1' or 'stage2', got {stage!r}")
+        return self.stage1_limiter if number == 1 else self.stage2_limiter
+
+    async def acquire_for_stage(self, stage: int | str, estimated_tokens: int = 350) -> None:
+        """Takes one request from every limiter that applies, or from none.
+
+        Raises:
+            RateLimitError: one of them is limited (``retry_after`` in whole seconds); the
+                others are left untouched.
+            ValueError: unknown ``stage``.
+        """
+        limiters = [self.api_limiter, self._stage_limiter(stage)]
+        if estimated_tokens > 1000:
+            limiters.insert(1, self.cost_limiter)
+        silenced = self.api_limiter._silence()
+        if silenced is not None:
+            self.api_limiter._count(silenced)
+            _raise_if_refused(silenced)
+        parts = tuple(part for limiter in limiters for part in limiter._parts(1))
+        result = try_acquire_all(parts)
+        for limiter in limiters:
+            limiter._count(result)
+        _raise_if_refused(result)
+
+    def on_success(self) -> None:
+        self.api_limiter.on_success()
+
+    def on_rate_limit(self, retry_after: float | None = None) -> None:
+        self.api_limiter.on_rate_limit(retry_after)
+
+    def get_status(self) -> dict[str, dict[str, object]]:
+        return {
+            "api": self.api_limiter.get_status(),
+            "cost": self.cost_limiter.get_status(),
+            "stage1": self.stage1_limiter.get_status(),
+            "stage2": self.stage2_limiter.get_status(),
+        }
+
+
+_STAGES: dict[int | str, int] = {1: 1, 2: 2, "stage1": 1, "stage2": 2}
+
+
+def _given_or_env(given: float | None, variable: str, default: float) -> float:
+    return given if given is not None else env_number(variable, default)
+
+
+def _env_triple(prefix: str, defaults: tuple[int, int, int]) -> tuple[float, float, float]:
+    rpm, rph, burst = defaults
+    return (
+        env_number(prefix + "REQUESTS_PER_MINUTE", rpm),
+        env_number(prefix + "REQUESTS_PER_HOUR", rph),
+        env_number(prefix + "BURST_SIZE", burst),
+    )
+
+
+def _raise_if_refused(result: RateLimitResult | _Silenced) -> None:
+    if result.allowed:
+        return
+    wait = result.retry_after
+    raise RateLimitError(
+        f"Rate limit exceeded ({result.reason})",
+        retry_after=None if wait is None else int(wait) + 1,
+    )
