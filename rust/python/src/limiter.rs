@@ -393,6 +393,13 @@ impl PyShardedRateLimiter {
     }
 }
 
+/// One part of `try_acquire_all`: `(limiter, key, count)`.
+type Part<'py> = (
+    Bound<'py, PyShardedRateLimiter>,
+    Option<Bound<'py, PyAny>>,
+    Option<Bound<'py, PyAny>>,
+);
+
 /// Takes from every `(limiter, key, count)` part or from none (the compatibility shim's
 /// minute bucket and hourly window, and its composite limiter). Returns the refusal of the
 /// first part that refused, after giving back what the others took, or the last admission.
