@@ -404,13 +404,7 @@ type Part<'py> = (
 /// minute bucket and hourly window, and its composite limiter). Returns the refusal of the
 /// first part that refused, after giving back what the others took, or the last admission.
 #[pyfunction]
-pub(crate) fn try_acquire_all(
-    parts: Vec<(
-        Bound<'_, PyShardedRateLimiter>,
-        Option<Bound<'_, PyAny>>,
-        Option<Bound<'_, PyAny>>,
-    )>,
-) -> PyResult<PyRateLimitResult> {
+pub(crate) fn try_acquire_all(parts: Vec<Part<'_>>) -> PyResult<PyRateLimitResult> {
     let Some(last) = parts.last() else {
         return Err(PyValueError::new_err(
             "parts: must name at least one limiter",
