@@ -109,4 +109,5 @@ class ShardedRateLimiter:
 def try_acquire_all(
     parts: list[tuple[ShardedRateLimiter, str | None, int | None]]
     | tuple[tuple[ShardedRateLimiter, str | None, int | None], ...],
+    max_wait: float = ...,
 ) -> RateLimitResult: ...

@@ -10,10 +10,10 @@ the old module is listed in ``docs/MIGRATION.md``.
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 
 from flashcard_pipeline._native import ManualClock, RateLimitResult, try_acquire_all
+from flashcard_pipeline.config import env_number
 from flashcard_pipeline.exceptions import RateLimitError
 from flashcard_pipeline.rate_limiter_v2 import ShardedRateLimiter
 
@@ -33,21 +33,6 @@ MAX_REQUESTS_PER_MINUTE = 1200
 MIN_REQUESTS_PER_MINUTE = 10
 
 
-def env_number(name: str, default: float) -> float:
-    """An environment variable as a number, or ``default`` when unset.
-
-    Raises:
-        ValueError: the variable is set but is not a number (the message names it).
-    """
-    raw = os.environ.get(name)
-    if raw is None or raw.strip() == "":
-        return default
-    try:
-        return float(raw)
-    except ValueError:
-        raise ValueError(f"{name}: must be a number, got {raw!r}") from None
-
-
 class RateLimiter:
     """The old limiter: a minute bucket and an hourly window, enforced together.
 
@@ -64,7 +49,7 @@ class RateLimiter:
         self,
         requests_per_minute: float | None = None,
         requests_per_hour: float | None = None,
-        burst_size: int | None = None,
+        burst_size: float | None = None,
         *,
         clock: ManualClock | None = None,
     ) -> None:
@@ -338,15 +323,19 @@ _STAGES: dict[int | str, int] = {1: 1, 2: 2, "stage1": 1, "stage2": 2}
 
 
 def _given_or_env(given: float | None, variable: str, default: float) -> float:
-    return given if given is not None else env_number(variable, default)
+    if given is not None:
+        return given
+    value = env_number(variable, default)
+    assert value is not None  # a default was given
+    return value
 
 
-def _env_triple(prefix: str, defaults: tuple[int, int, int]) -> tuple[float, float, float]:
+def _env_triple(prefix: str, defaults: tuple[int, int, int]) -> tuple[float, float, int]:
     rpm, rph, burst = defaults
     return (
-        env_number(prefix + "REQUESTS_PER_MINUTE", rpm),
-        env_number(prefix + "REQUESTS_PER_HOUR", rph),
-        env_number(prefix + "BURST_SIZE", burst),
+        _given_or_env(None, prefix + "REQUESTS_PER_MINUTE", rpm),
+        _given_or_env(None, prefix + "REQUESTS_PER_HOUR", rph),
+        int(_given_or_env(None, prefix + "BURST_SIZE", burst)),
     )
 
 

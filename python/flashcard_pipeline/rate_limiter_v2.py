@@ -15,11 +15,19 @@ the GIL released.
 from __future__ import annotations
 
 import asyncio
+import math
+import time
 from collections.abc import Awaitable, Generator
 from typing import Any
 
-from flashcard_pipeline._native import ManualClock, RateLimitResult, TokenReservation
+from flashcard_pipeline._native import (
+    ManualClock,
+    RateLimitResult,
+    TokenReservation,
+    try_acquire_all,
+)
 from flashcard_pipeline._native import ShardedRateLimiter as _NativeLimiter
+from flashcard_pipeline.config import env_int, env_number
 from flashcard_pipeline.exceptions import RateLimitError
 
 __all__ = [
@@ -52,9 +60,79 @@ class ShardedRateLimiter(_NativeLimiter):
             cancelled (default 60); then it expires and leaves by itself.
         max_reservations: Reservations kept at once (default 10,000); one more raises
             :class:`RateLimitError`.
+        requests_per_minute, requests_per_hour: The old limiter's keywords, for code that
+            imports ``ShardedRateLimiter as RateLimiter``: instead of ``rate``/``period``.
+            Given both, the hourly limit is enforced too, as an exact sliding window taken
+            together with the minute budget. ``burst_size`` then defaults to the old 20.
     """
 
     __slots__ = ()
+
+    def __new__(
+        cls,
+        rate: float | None = None,
+        period: float = 60.0,
+        shards: int | None = None,
+        algorithm: str = "token_bucket",
+        burst_size: float | None = None,
+        *,
+        requests_per_minute: float | None = None,
+        requests_per_hour: float | None = None,
+        **options: Any,
+    ) -> ShardedRateLimiter:
+        if requests_per_minute is None and requests_per_hour is None:
+            return super().__new__(cls, rate, period, shards, algorithm, burst_size, **options)
+        if rate is not None:
+            raise TypeError(
+                "rate: give either rate (and period) or requests_per_minute/requests_per_hour"
+            )
+        if burst_size is None:
+            burst_size = env_number("BURST_SIZE", 20)
+        if requests_per_minute is None:
+            return super().__new__(
+                cls, requests_per_hour, 3600.0, shards, algorithm, burst_size, **options
+            )
+        if requests_per_hour is None:
+            return super().__new__(
+                cls, requests_per_minute, 60.0, shards, algorithm, burst_size, **options
+            )
+        limiter = super().__new__(
+            _WithHourlyLimit, requests_per_minute, 60.0, shards, algorithm, burst_size, **options
+        )
+        limiter._hourly = ShardedRateLimiter(
+            requests_per_hour,
+            3600.0,
+            shards=1,
+            algorithm="sliding_window",
+            clock=options.get("clock"),
+        )
+        return limiter
+
+    @classmethod
+    def from_env(cls, **options: Any) -> ShardedRateLimiter:
+        """A limiter configured by the environment.
+
+        ``RATE_LIMIT_RATE``, ``RATE_LIMIT_PERIOD`` (default 60) and ``RATE_LIMIT_SHARDS``
+        (default automatic); without ``RATE_LIMIT_RATE``, the old ``REQUESTS_PER_MINUTE``,
+        ``REQUESTS_PER_HOUR`` (defaults 600 and 36000) as the old limiter read them.
+        ``BURST_SIZE`` sets the burst either way. Keyword ``options`` go to the constructor.
+
+        Raises:
+            ValueError: a variable is set but malformed (the message names it), or out of
+                range.
+        """
+        options.setdefault("shards", env_int("RATE_LIMIT_SHARDS", None))
+        burst = env_number("BURST_SIZE", None)
+        if burst is not None:
+            options.setdefault("burst_size", burst)
+        rate = env_number("RATE_LIMIT_RATE", None)
+        if rate is not None:
+            return cls(rate, env_number("RATE_LIMIT_PERIOD", 60.0), **options)
+        return cls(
+            requests_per_minute=env_number("REQUESTS_PER_MINUTE", 600),
+            requests_per_hour=env_number("REQUESTS_PER_HOUR", 36000),
+            **options,
+        )
 
     def acquire(
         self, key: str | None = None, count: int = 1, max_wait: float | None = None
@@ -126,6 +204,62 @@ class ShardedRateLimiter(_NativeLimiter):
         except BaseException:
             self._cancel(reservation.id)
             raise
+
+
+class _WithHourlyLimit(ShardedRateLimiter):
+    """A limiter made with both ``requests_per_minute`` and ``requests_per_hour``: every
+    admission is taken from the minute budget and the exact hourly window together.
+
+    Reservations are not offered on this combination (``reserve`` raises
+    ``NotImplementedError``); ``acquire`` waits by asking again after ``retry_after``.
+    """
+
+    __slots__ = ("_hourly",)
+
+    def try_acquire(self, key: str | None = None, count: int = 1) -> RateLimitResult:
+        return self._try_both(key, count)
+
+    def _try_both(self, key: str | None, count: int, max_wait: float = math.inf) -> RateLimitResult:
+        return try_acquire_all(((self, key, count), (self._hourly, key, count)), max_wait)
+
+    def acquire(
+        self, key: str | None = None, count: int = 1, max_wait: float | None = None
+    ) -> RateLimitResult | Awaitable[RateLimitResult]:
+        budget = self._wait_budget(max_wait)
+        if _running_loop() is not None:
+            return self._wait_async(key, count, budget)
+        result = self._try_both(key, count, budget)
+        waited = 0.0
+        while result.reason == "rate_limited":
+            if self.clock is None:
+                time.sleep(result.retry_after)  # releases the GIL; Ctrl-C interrupts it
+            else:
+                self.clock.advance(result.retry_after)
+            waited += result.retry_after
+            result = self._try_both(key, count, budget - waited)
+        return result
+
+    async def _wait_async(self, key: str | None, count: int, budget: float) -> RateLimitResult:
+        result = self._try_both(key, count, budget)
+        waited = 0.0
+        while result.reason == "rate_limited":
+            if self.clock is None:
+                await asyncio.sleep(result.retry_after)
+            else:
+                await asyncio.sleep(0)
+                self.clock.advance(result.retry_after)
+            waited += result.retry_after
+            result = self._try_both(key, count, budget - waited)
+        return result
+
+    def reserve(self, *args: Any, **kwargs: Any) -> TokenReservation:
+        raise NotImplementedError(
+            "reserve: not available on a limiter with both requests_per_minute and "
+            "requests_per_hour; use rate/period, or acquire()"
+        )
+
+    def peek(self, key: str | None = None) -> float:
+        return min(super().peek(key), self._hourly.peek(key))
 
 
 class _Answer(int):

@@ -5,8 +5,8 @@ use pyo3::exceptions::{PyNotImplementedError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString};
 use ratelimit_core::{
-    validate_max_wait, Algorithm, Balance, Booking, Clock, Quota, RateLimiter, ReservationPolicy,
-    MAX_SHARDS,
+    validate_max_wait, Algorithm, Balance, Booking, Clock, Quota, RateLimiter, Refusal,
+    ReservationPolicy, MAX_SHARDS,
 };
 
 use crate::args;
@@ -403,8 +403,10 @@ type Part<'py> = (
 /// Takes from every `(limiter, key, count)` part or from none (the compatibility shim's
 /// minute bucket and hourly window, and its composite limiter). Returns the refusal of the
 /// first part that refused, after giving back what the others took, or the last admission.
+/// A refusal whose wait exceeds `max_wait` says `max_wait_exceeded`.
 #[pyfunction]
-pub(crate) fn try_acquire_all(parts: Vec<Part<'_>>) -> PyResult<PyRateLimitResult> {
+#[pyo3(signature = (parts, max_wait=f64::INFINITY))]
+pub(crate) fn try_acquire_all(parts: Vec<Part<'_>>, max_wait: f64) -> PyResult<PyRateLimitResult> {
     let Some(last) = parts.last() else {
         return Err(PyValueError::new_err(
             "parts: must name at least one limiter",
@@ -424,6 +426,11 @@ pub(crate) fn try_acquire_all(parts: Vec<Part<'_>>) -> PyResult<PyRateLimitResul
             let decision = *admitted.last().expect("one decision per part");
             Ok(PyRateLimitResult::new(&last.0, decision, 0.0))
         }
-        Err((index, refusal)) => Ok(PyRateLimitResult::new(&parts[index].0, refusal, 0.0)),
+        Err((index, mut refusal)) => {
+            if refusal.retry_after.is_some_and(|wait| wait > max_wait) {
+                refusal.reason = Some(Refusal::MaxWaitExceeded);
+            }
+            Ok(PyRateLimitResult::new(&parts[index].0, refusal, 0.0))
+        }
     }
 }
