@@ -15,6 +15,7 @@ the GIL released.
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import time
 from collections.abc import Awaitable, Generator
@@ -31,6 +32,7 @@ from flashcard_pipeline.config import env_int, env_number
 from flashcard_pipeline.exceptions import RateLimitError
 
 __all__ = [
+    "AdaptiveShardedRateLimiter",
     "ManualClock",
     "RateLimitError",
     "RateLimitResult",
@@ -40,6 +42,10 @@ __all__ = [
 ]
 
 Reservation = TokenReservation
+
+# Debug messages only, and none on the hot path (decisions are made in Rust and not logged):
+# logging.getLogger("flashcard_pipeline.rate_limiter_v2").setLevel(logging.DEBUG).
+logger = logging.getLogger(__name__)
 
 
 class ShardedRateLimiter(_NativeLimiter):
@@ -81,7 +87,9 @@ class ShardedRateLimiter(_NativeLimiter):
         **options: Any,
     ) -> ShardedRateLimiter:
         if requests_per_minute is None and requests_per_hour is None:
-            return super().__new__(cls, rate, period, shards, algorithm, burst_size, **options)
+            limiter = super().__new__(cls, rate, period, shards, algorithm, burst_size, **options)
+            logger.debug("created %r", limiter)
+            return limiter
         if rate is not None:
             raise TypeError(
                 "rate: give either rate (and period) or requests_per_minute/requests_per_hour"
@@ -107,6 +115,19 @@ class ShardedRateLimiter(_NativeLimiter):
             clock=options.get("clock"),
         )
         return limiter
+
+    def set_rate(
+        self, rate: float, period: float | None = None, burst_size: float | None = None
+    ) -> None:
+        """Changes rate, period and burst at run time; the tokens available carry over,
+        capped at the new burst. The algorithm and the shard count stay as made."""
+        super().set_rate(rate, period, burst_size)
+        logger.debug("set_rate: now %r", self)
+
+    def reset(self) -> None:
+        """Refills the budget, clears the counters and forgets every reservation."""
+        super().reset()
+        logger.debug("reset %r", self)
 
     @classmethod
     def from_env(cls, **options: Any) -> ShardedRateLimiter:
@@ -177,6 +198,7 @@ class ShardedRateLimiter(_NativeLimiter):
         """
         booked = self._reserve(key, count, self._wait_budget(max_wait))
         if isinstance(booked, RateLimitResult):
+            logger.debug("reserve(%r, %d) refused: %r", key, count, booked)
             raise RateLimitError(
                 f"Cannot reserve {count} token(s): {booked.reason}",
                 retry_after=booked.retry_after,
@@ -201,9 +223,53 @@ class ShardedRateLimiter(_NativeLimiter):
                 result = self._execute(reservation.id, self._now() - start)
                 if result.reason != "not_ready":
                     return result
-        except BaseException:
+        except BaseException as stop:
             self._cancel(reservation.id)
+            logger.debug("acquire(%r) gave its turn back: %r", reservation.key, stop)
             raise
+
+
+class AdaptiveShardedRateLimiter(ShardedRateLimiter):
+    """A :class:`ShardedRateLimiter` that keeps capacity where the demand is.
+
+    Capacity already follows demand on every call: before a take, refill that idle (full)
+    shards cannot hold moves into shards with room, so busy shards get it and the total stays
+    exactly ``rate``, with no background task and nothing spawned per call. What this class
+    adds is the guide's constructor: ``initial_shards`` is the shard count,
+    ``rebalance_threshold`` is the imbalance above which :meth:`get_shard_balance` reports
+    ``balanced: False``, and ``rebalance_interval`` is accepted for compatibility (there is
+    no periodic pass to schedule).
+    """
+
+    __slots__ = ("_rebalance_threshold", "rebalance_interval")
+
+    def __new__(
+        cls,
+        rate: float | None = None,
+        period: float = 60.0,
+        initial_shards: int | None = None,
+        rebalance_threshold: float = 0.3,
+        rebalance_interval: float = 300.0,
+        **options: Any,
+    ) -> AdaptiveShardedRateLimiter:
+        if not (isinstance(rebalance_threshold, (int, float)) and rebalance_threshold > 0):
+            raise ValueError(f"rebalance_threshold: must be a number > 0, got {rebalance_threshold!r}")
+        if not (isinstance(rebalance_interval, (int, float)) and rebalance_interval > 0):
+            raise ValueError(f"rebalance_interval: must be a number > 0, got {rebalance_interval!r}")
+        limiter = super().__new__(cls, rate, period, initial_shards, **options)
+        limiter._rebalance_threshold = float(rebalance_threshold)
+        limiter.rebalance_interval = float(rebalance_interval)
+        return limiter
+
+    @property
+    def rebalance_threshold(self) -> float:
+        return self._rebalance_threshold
+
+    def get_shard_balance(self) -> dict[str, Any]:
+        balance = super().get_shard_balance()
+        balance["threshold"] = self._rebalance_threshold
+        balance["balanced"] = balance["imbalance_ratio"] <= self._rebalance_threshold
+        return balance
 
 
 class _WithHourlyLimit(ShardedRateLimiter):
@@ -307,6 +373,7 @@ class _Waiting:
         if not self._awaited:
             self._awaited = True
             self._limiter._cancel(self._reservation.id)
+            logger.debug("acquire(%r) abandoned unawaited: turn given back", self._reservation.key)
 
 
 def _running_loop() -> asyncio.AbstractEventLoop | None:
