@@ -93,7 +93,11 @@ class RateLimiter:
 
     def try_acquire(self, tokens: int = 1) -> bool:
         """Takes ``tokens`` from both the bucket and the hourly window, or from neither."""
-        return self._decide(tokens).allowed
+        if self._minute._admit_with(self._hour, tokens):
+            self.requests_allowed += 1
+            return True
+        self.requests_denied += 1
+        return False
 
     async def acquire(self, tokens: int = 1) -> None:
         """Takes ``tokens`` now or raises.
@@ -223,6 +227,12 @@ class AdaptiveRateLimiter(RateLimiter):
             self._count(silenced)
             return silenced
         return super()._decide(tokens)
+
+    def try_acquire(self, tokens: int = 1) -> bool:
+        if self._silent_until > self._now():
+            self.requests_denied += 1
+            return False
+        return super().try_acquire(tokens)
 
     def on_success(self) -> None:
         self.consecutive_failures = 0

@@ -262,6 +262,23 @@ impl PyShardedRateLimiter {
         Ok(self.core.cancel_reservation(id.to_str()?))
     }
 
+    /// Whether `count` tokens were taken from this limiter and `other` together (or from
+    /// neither), on the default key: the compatibility shim's hot path, without a result.
+    #[pyo3(signature = (other, count=None))]
+    fn _admit_with(
+        &self,
+        other: &Bound<'_, PyShardedRateLimiter>,
+        count: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<bool> {
+        let count = args::count(count)?;
+        let other = other.get();
+        let parts = [
+            (&self.core, self.default_hash, count),
+            (&other.core, other.default_hash, count),
+        ];
+        Ok(RateLimiter::try_acquire_all(&parts).map_err(to_py)?.is_ok())
+    }
+
     /// The wait bound for a call: its own `max_wait`, else the limiter's, checked.
     #[pyo3(signature = (max_wait=None))]
     fn _wait_budget(&self, max_wait: Option<&Bound<'_, PyAny>>) -> PyResult<f64> {
