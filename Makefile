@@ -37,9 +37,10 @@ test-rust: ## Rust unit, integration and property tests
 test-python: build ## pytest against the built extension
 	$(PY) -m pytest
 
-lint: ## rustfmt and clippy, warnings as errors
+lint: $(DEPS) ## rustfmt, clippy (warnings as errors) and ruff
 	cargo fmt --all --check
 	cargo clippy --workspace --all-targets -- -D warnings
+	$(VENV)/bin/ruff check --select F python tests benches examples
 
 fmt: ## Format the Rust code
 	cargo fmt --all

@@ -5,15 +5,14 @@ helper honours retry_after, and debug logging goes to the guide's logger."""
 from __future__ import annotations
 
 import asyncio
-import importlib
 import logging
-import os
 import time
 from typing import List
 
 import pytest
 
 import flashcard_pipeline.retry as retry_module
+import guide_strategy_3
 from flashcard_pipeline.exceptions import RateLimitError
 from flashcard_pipeline.rate_limiter import AdaptiveRateLimiter, CompositeLimiter, RateLimiter
 from flashcard_pipeline.rate_limiter_v2 import (
@@ -91,48 +90,8 @@ async def test_strategy_3_old_api_client():
     assert caught.value.retry_after == 1  # whole seconds, as the old module said
 
 
-# Strategy 3, "New implementation with full features", verbatim (the guide's limiter too).
-class APIClient:
-    def __init__(self):
-        self.rate_limiter = ShardedRateLimiter(
-            rate=600,
-            period=60.0,
-            shards=8,  # Better performance
-            algorithm="token_bucket"
-        )
-    
-    async def make_request(self, user_id: str):
-        # Use sharding with user_id as key
-        result = await self.rate_limiter.acquire(user_id)
-        if not result.allowed:
-            raise RateLimitError(
-                f"Rate limited",
-                retry_after=result.retry_after
-            )
-        return await self._call_api()
-    
-    async def make_batch_request(self, user_ids: List[str]):
-        # Use reservations for batch processing
-        reservations = []
-        for user_id in user_ids:
-            reservation = await self.rate_limiter.reserve(
-                user_id,
-                max_wait=30.0
-            )
-            reservations.append(reservation)
-        
-        # Process when ready
-        results = []
-        for reservation in sorted(reservations, key=lambda r: r.execute_at):
-            wait_time = reservation.execute_at - time.time()
-            if wait_time > 0:
-                await asyncio.sleep(wait_time)
-            
-            result = await self.rate_limiter.execute_reservation(reservation.id)
-            if result.allowed:
-                results.append(await self._call_api())
-        
-        return results
+class APIClient(guide_strategy_3.APIClient):
+    """The guide's Strategy 3 client, verbatim (its own limiter too), with a stub API."""
 
     _call_api = staticmethod(_call_api_stub)
 
@@ -238,8 +197,8 @@ def test_old_try_acquire_is_still_a_plain_bool():
 
 # --- "Testing Your Migration", as written --------------------------------------------------
 
-from flashcard_pipeline.rate_limiter import RateLimiter  # noqa: E402
-from flashcard_pipeline.rate_limiter_v2 import ShardedRateLimiter  # noqa: E402
+from flashcard_pipeline.rate_limiter import RateLimiter  # noqa: E402, F811
+from flashcard_pipeline.rate_limiter_v2 import ShardedRateLimiter  # noqa: E402, F811
 
 
 @pytest.mark.asyncio

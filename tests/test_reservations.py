@@ -12,9 +12,10 @@ import asyncio
 import math
 import threading
 import time
-from typing import List
 
 import pytest
+
+import guide_strategy_3
 
 from flashcard_pipeline.exceptions import RateLimitError
 from flashcard_pipeline.rate_limiter_v2 import (
@@ -99,58 +100,18 @@ async def test_strategy_2_step_3_waits_for_its_slot_and_respects_max_wait(clock,
     assert clock.monotonic() == pytest.approx(0.1, abs=1e-9)
 
 
-# Strategy 3: Full Migration, "New implementation with full features", verbatim except the
-# limiter's numbers: 600 per second with a burst of 10 (instead of 600 per minute), so that
-# a batch larger than the burst finishes in about 50 ms on the real clock.
-class APIClient:
-    def __init__(self):
-        self.rate_limiter = ShardedRateLimiter(
-            rate=600,
-            period=1.0,
-            shards=8,  # Better performance
-            algorithm="token_bucket",
-            burst_size=10,
-        )
-    
-    async def make_request(self, user_id: str):
-        # Use sharding with user_id as key
-        result = await self.rate_limiter.acquire(user_id)
-        if not result.allowed:
-            raise RateLimitError(
-                f"Rate limited",
-                retry_after=result.retry_after
-            )
-        return await self._call_api()
-    
-    async def make_batch_request(self, user_ids: List[str]):
-        # Use reservations for batch processing
-        reservations = []
-        for user_id in user_ids:
-            reservation = await self.rate_limiter.reserve(
-                user_id,
-                max_wait=30.0
-            )
-            reservations.append(reservation)
-        
-        # Process when ready
-        results = []
-        for reservation in sorted(reservations, key=lambda r: r.execute_at):
-            wait_time = reservation.execute_at - time.time()
-            if wait_time > 0:
-                await asyncio.sleep(wait_time)
-            
-            result = await self.rate_limiter.execute_reservation(reservation.id)
-            if result.allowed:
-                results.append(await self._call_api())
-        
-        return results
-
-
-class StubbedAPIClient(APIClient):
+# Strategy 3: Full Migration, "New implementation with full features" (the guide's client,
+# verbatim, in guide_strategy_3.py), with its limiter's numbers changed after construction:
+# 600 per second with a burst of 10 (instead of 600 per minute), so that a batch larger than
+# the burst finishes in about 50 ms on the real clock.
+class StubbedAPIClient(guide_strategy_3.APIClient):
     """The guide's client with a stub `_call_api` that records when each call got through."""
 
     def __init__(self):
         super().__init__()
+        self.rate_limiter = ShardedRateLimiter(
+            rate=600, period=1.0, shards=8, algorithm="token_bucket", burst_size=10
+        )
         self.api_calls: list[float] = []
 
     async def _call_api(self):

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from flashcard_pipeline.rate_limiter_v2 import ManualClock, RateLimitResult, ShardedRateLimiter
+from flashcard_pipeline.rate_limiter_v2 import RateLimitResult, ShardedRateLimiter
 
 ALGORITHMS = ("token_bucket", "sliding_window")
 
