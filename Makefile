@@ -34,7 +34,9 @@ test: test-rust test-python ## Build everything and run every test
 test-rust: ## Rust unit, integration and property tests
 	cargo test --workspace
 
-test-python: build ## pytest against the built extension
+test-python: build ## Type checks (mypy, stubtest) and pytest against the built extension
+	$(PY) -m mypy python/flashcard_pipeline
+	$(PY) -m mypy.stubtest flashcard_pipeline._native
 	$(PY) -m pytest
 
 lint: $(DEPS) ## rustfmt, clippy (warnings as errors) and ruff

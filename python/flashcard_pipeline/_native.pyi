@@ -1,6 +1,19 @@
 """Type stubs for the Rust extension `flashcard_pipeline._native`."""
 
-from typing import Any, Generator, final
+from typing import Any, Generator, Self, final
+
+from typing_extensions import disjoint_base
+
+__all__ = [
+    "__version__",
+    "MAX_KEY_LEN",
+    "ALGORITHMS",
+    "ManualClock",
+    "ShardedRateLimiter",
+    "RateLimitResult",
+    "TokenReservation",
+    "try_acquire_all",
+]
 
 __version__: str
 MAX_KEY_LEN: int
@@ -10,7 +23,7 @@ ALGORITHMS: list[str]
 class ManualClock:
     """A clock that stands still until advanced, for tests that must not sleep."""
 
-    def __init__(self, start: float = 0.0) -> None: ...
+    def __new__(cls, start: float = 0.0) -> Self: ...
     def monotonic(self) -> float: ...
     def time(self) -> float: ...
     def advance(self, seconds: float) -> None: ...
@@ -57,10 +70,11 @@ class TokenReservation:
     def wait_time(self) -> float: ...
     def __await__(self) -> Generator[Any, None, TokenReservation]: ...
 
+@disjoint_base
 class ShardedRateLimiter:
-    def __init__(
-        self,
-        rate: float | None = None,
+    def __new__(
+        cls,
+        rate: float | None,
         period: float = 60.0,
         shards: int | None = None,
         algorithm: str = "token_bucket",
@@ -71,8 +85,8 @@ class ShardedRateLimiter:
         clock: ManualClock | None = None,
         reservation_ttl: float = 60.0,
         max_reservations: int = 10000,
-    ) -> None: ...
-    def try_acquire(self, key: str | None = None, count: int = 1) -> RateLimitResult: ...
+    ) -> Self: ...
+    def try_acquire(self, key: str | None = "default", count: int = 1) -> RateLimitResult: ...
     def _acquire_blocking(self, key: str | None, count: int, budget: float) -> RateLimitResult: ...
     def _reserve(
         self, key: str | None, count: int, budget: float, turn: bool = False

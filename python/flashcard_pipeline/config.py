@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import overload
 
 __all__ = ["env_int", "env_number"]
 
@@ -12,6 +13,10 @@ def _raw(name: str) -> str | None:
     return None if raw is None or raw.strip() == "" else raw.strip()
 
 
+@overload
+def env_number(name: str, default: float) -> float: ...
+@overload
+def env_number(name: str, default: None) -> float | None: ...
 def env_number(name: str, default: float | None) -> float | None:
     """An environment variable as a number, or ``default`` when unset or empty.
 
@@ -27,6 +32,10 @@ def env_number(name: str, default: float | None) -> float | None:
         raise ValueError(f"{name}: must be a number, got {raw!r}") from None
 
 
+@overload
+def env_int(name: str, default: int) -> int: ...
+@overload
+def env_int(name: str, default: None) -> int | None: ...
 def env_int(name: str, default: int | None) -> int | None:
     """An environment variable as a whole number, or ``default`` when unset or empty.
 

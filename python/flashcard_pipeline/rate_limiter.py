@@ -333,11 +333,7 @@ _STAGES: dict[int | str, int] = {1: 1, 2: 2, "stage1": 1, "stage2": 2}
 
 
 def _given_or_env(given: float | None, variable: str, default: float) -> float:
-    if given is not None:
-        return given
-    value = env_number(variable, default)
-    assert value is not None  # a default was given
-    return value
+    return given if given is not None else env_number(variable, default)
 
 
 def _env_triple(prefix: str, defaults: tuple[int, int, int]) -> tuple[float, float, int]:

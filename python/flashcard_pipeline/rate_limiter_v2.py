@@ -19,7 +19,7 @@ import logging
 import math
 import time
 from collections.abc import Awaitable, Generator
-from typing import Any
+from typing import Any, cast
 
 from flashcard_pipeline._native import (
     ManualClock,
@@ -104,8 +104,11 @@ class ShardedRateLimiter(_NativeLimiter):
             return super().__new__(
                 cls, requests_per_minute, 60.0, shards, algorithm, burst_size, **options
             )
-        limiter = super().__new__(
-            _WithHourlyLimit, requests_per_minute, 60.0, shards, algorithm, burst_size, **options
+        limiter = cast(
+            _WithHourlyLimit,
+            super().__new__(
+                _WithHourlyLimit, requests_per_minute, 60.0, shards, algorithm, burst_size, **options
+            ),
         )
         limiter._hourly = ShardedRateLimiter(
             requests_per_hour,
@@ -242,6 +245,8 @@ class AdaptiveShardedRateLimiter(ShardedRateLimiter):
     """
 
     __slots__ = ("_rebalance_threshold", "rebalance_interval")
+    _rebalance_threshold: float
+    rebalance_interval: float
 
     def __new__(
         cls,
@@ -256,7 +261,9 @@ class AdaptiveShardedRateLimiter(ShardedRateLimiter):
             raise ValueError(f"rebalance_threshold: must be a number > 0, got {rebalance_threshold!r}")
         if not (isinstance(rebalance_interval, (int, float)) and rebalance_interval > 0):
             raise ValueError(f"rebalance_interval: must be a number > 0, got {rebalance_interval!r}")
-        limiter = super().__new__(cls, rate, period, initial_shards, **options)
+        limiter = cast(
+            AdaptiveShardedRateLimiter, super().__new__(cls, rate, period, initial_shards, **options)
+        )
         limiter._rebalance_threshold = float(rebalance_threshold)
         limiter.rebalance_interval = float(rebalance_interval)
         return limiter
@@ -281,6 +288,7 @@ class _WithHourlyLimit(ShardedRateLimiter):
     """
 
     __slots__ = ("_hourly",)
+    _hourly: ShardedRateLimiter
 
     def try_acquire(self, key: str | None = None, count: int = 1) -> RateLimitResult:
         return self._try_both(key, count)
@@ -296,25 +304,25 @@ class _WithHourlyLimit(ShardedRateLimiter):
             return self._wait_async(key, count, budget)
         result = self._try_both(key, count, budget)
         waited = 0.0
-        while result.reason == "rate_limited":
+        while (wait := _wait_for_retry(result)) is not None:
             if self.clock is None:
-                time.sleep(result.retry_after)  # releases the GIL; Ctrl-C interrupts it
+                time.sleep(wait)  # releases the GIL; Ctrl-C interrupts it
             else:
-                self.clock.advance(result.retry_after)
-            waited += result.retry_after
+                self.clock.advance(wait)
+            waited += wait
             result = self._try_both(key, count, budget - waited)
         return result
 
     async def _wait_async(self, key: str | None, count: int, budget: float) -> RateLimitResult:
         result = self._try_both(key, count, budget)
         waited = 0.0
-        while result.reason == "rate_limited":
+        while (wait := _wait_for_retry(result)) is not None:
             if self.clock is None:
-                await asyncio.sleep(result.retry_after)
+                await asyncio.sleep(wait)
             else:
                 await asyncio.sleep(0)
-                self.clock.advance(result.retry_after)
-            waited += result.retry_after
+                self.clock.advance(wait)
+            waited += wait
             result = self._try_both(key, count, budget - waited)
         return result
 
@@ -326,6 +334,11 @@ class _WithHourlyLimit(ShardedRateLimiter):
 
     def peek(self, key: str | None = None) -> float:
         return min(super().peek(key), self._hourly.peek(key))
+
+
+def _wait_for_retry(result: RateLimitResult) -> float | None:
+    """The wait after which a refusal is worth asking again, or ``None`` when it is final."""
+    return result.retry_after if result.reason == "rate_limited" else None
 
 
 class _Answer(int):

@@ -158,7 +158,7 @@ impl PyShardedRateLimiter {
     }
 
     /// Takes `count` tokens for `key` now, or says when to retry. Never waits.
-    #[pyo3(signature = (key=None, count=None), text_signature = "(key='default', count=1)")]
+    #[pyo3(signature = (key=None, count=None), text_signature = "($self, key='default', count=1)")]
     fn try_acquire(
         slf: &Bound<'_, Self>,
         key: Option<&Bound<'_, PyAny>>,
