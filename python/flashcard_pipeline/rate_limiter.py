@@ -80,24 +80,20 @@ class RateLimiter:
 
     def _decide(self, tokens: int) -> RateLimitResult | _Silenced:
         result = try_acquire_all(self._parts(tokens))
-        self._count(result)
+        self._count(result.allowed)
         return result
 
-    def _count(self, result: RateLimitResult | _Silenced) -> None:
-        # Statistics only; a lost increment under races would be harmless, but the GIL makes
-        # each += atomic here anyway.
-        if result.allowed:
+    def _count(self, allowed: bool) -> bool:
+        # Statistics only; the GIL makes each += atomic here.
+        if allowed:
             self.requests_allowed += 1
         else:
             self.requests_denied += 1
+        return allowed
 
     def try_acquire(self, tokens: int = 1) -> bool:
         """Takes ``tokens`` from both the bucket and the hourly window, or from neither."""
-        if self._minute._admit_with(self._hour, tokens):
-            self.requests_allowed += 1
-            return True
-        self.requests_denied += 1
-        return False
+        return self._count(self._minute._admit_with(self._hour, tokens))
 
     async def acquire(self, tokens: int = 1) -> None:
         """Takes ``tokens`` now or raises.
@@ -224,14 +220,13 @@ class AdaptiveRateLimiter(RateLimiter):
     def _decide(self, tokens: int) -> RateLimitResult | _Silenced:
         silenced = self._silence()
         if silenced is not None:
-            self._count(silenced)
+            self._count(False)
             return silenced
         return super()._decide(tokens)
 
     def try_acquire(self, tokens: int = 1) -> bool:
         if self._silent_until > self._now():
-            self.requests_denied += 1
-            return False
+            return self._count(False)
         return super().try_acquire(tokens)
 
     def on_success(self) -> None:
@@ -306,12 +301,12 @@ class CompositeLimiter:
             limiters.insert(1, self.cost_limiter)
         silenced = self.api_limiter._silence()
         if silenced is not None:
-            self.api_limiter._count(silenced)
+            self.api_limiter._count(False)
             _raise_if_refused(silenced)
         parts = tuple(part for limiter in limiters for part in limiter._parts(1))
         result = try_acquire_all(parts)
         for limiter in limiters:
-            limiter._count(result)
+            limiter._count(result.allowed)
         _raise_if_refused(result)
 
     def on_success(self) -> None:
