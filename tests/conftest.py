@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -43,3 +44,37 @@ def drain() -> Callable[..., int]:
     """``drain(limiter, key=None)``: ``try_acquire`` until the first refusal; returns the
     number admitted (meant for a ManualClock, where time stands still meanwhile)."""
     return _drain
+
+
+RATE_ENV = [
+    "RATE_LIMIT_RATE",
+    "RATE_LIMIT_PERIOD",
+    "RATE_LIMIT_SHARDS",
+    "USE_NEW_RATE_LIMITER",
+] + [
+    f"{prefix}{name}"
+    for prefix in ("", "COST_", "STAGE1_", "STAGE2_")
+    for name in ("REQUESTS_PER_MINUTE", "REQUESTS_PER_HOUR", "BURST_SIZE")
+]
+
+
+@pytest.fixture
+def clean_rate_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No rate-limit environment variable from the machine leaks into the test."""
+    for name in RATE_ENV:
+        monkeypatch.delenv(name, raising=False)
+
+
+def _run_threads(worker: Callable[[int], None], count: int = 4) -> None:
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+        assert not thread.is_alive()
+
+
+@pytest.fixture
+def run_threads() -> Callable[..., None]:
+    """``run_threads(worker, count=4)``: ``worker(i)`` on ``count`` threads, all joined."""
+    return _run_threads

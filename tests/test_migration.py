@@ -22,22 +22,7 @@ from flashcard_pipeline.rate_limiter_v2 import (
 )
 from flashcard_pipeline.retry import retry_on_rate_limit
 
-ENV = [
-    "RATE_LIMIT_RATE",
-    "RATE_LIMIT_PERIOD",
-    "RATE_LIMIT_SHARDS",
-    "USE_NEW_RATE_LIMITER",
-] + [
-    f"{prefix}{name}"
-    for prefix in ("", "COST_", "STAGE1_", "STAGE2_")
-    for name in ("REQUESTS_PER_MINUTE", "REQUESTS_PER_HOUR", "BURST_SIZE")
-]
-
-
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch):
-    for name in ENV:
-        monkeypatch.delenv(name, raising=False)
+pytestmark = pytest.mark.usefixtures("clean_rate_env")
 
 
 calls: list[str] = []

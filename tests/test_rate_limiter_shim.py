@@ -3,7 +3,6 @@ on the new engine. Time is a ManualClock; nothing sleeps."""
 
 from __future__ import annotations
 
-import threading
 
 import pytest
 
@@ -16,17 +15,7 @@ from flashcard_pipeline.rate_limiter import (
 )
 from flashcard_pipeline.rate_limiter_v2 import ManualClock
 
-OLD_ENV = [
-    f"{prefix}{name}"
-    for prefix in ("", "COST_", "STAGE1_", "STAGE2_")
-    for name in ("REQUESTS_PER_MINUTE", "REQUESTS_PER_HOUR", "BURST_SIZE")
-]
-
-
-@pytest.fixture(autouse=True)
-def _no_rate_env(monkeypatch):
-    for name in OLD_ENV:
-        monkeypatch.delenv(name, raising=False)
+pytestmark = pytest.mark.usefixtures("clean_rate_env")
 
 
 @pytest.fixture
@@ -181,7 +170,7 @@ def test_stats_and_status_keep_their_old_keys(clock):
     assert limiter.tokens == 4.0 and limiter.get_status()["hour_requests_made"] == 0
 
 
-def test_threads_share_the_budget_exactly(clock):
+def test_threads_share_the_budget_exactly(clock, run_threads):
     limiter = RateLimiter(requests_per_minute=60, requests_per_hour=1000, burst_size=100, clock=clock)
     admitted = [0] * 4
 
@@ -189,11 +178,7 @@ def test_threads_share_the_budget_exactly(clock):
         for _ in range(250):
             admitted[index] += limiter.try_acquire()
 
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    run_threads(worker)
     assert sum(admitted) == 100
     assert limiter.get_stats()["requests_allowed"] == 100
 

@@ -103,7 +103,7 @@ def test_token_bucket_below_burst_refills_at_the_full_rate(clock, make_limiter, 
 
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
 @pytest.mark.parametrize("shards", SHARDS)
-def test_four_threads_of_250_calls_admit_exactly_100(make_limiter, shards, algorithm):
+def test_four_threads_of_250_calls_admit_exactly_100(make_limiter, run_threads, shards, algorithm):
     burst = {"burst_size": 100} if algorithm == "token_bucket" else {}
     limiter = make_limiter(100, 1.0, shards=shards, algorithm=algorithm, **burst)
     start = threading.Barrier(4)
@@ -114,12 +114,7 @@ def test_four_threads_of_250_calls_admit_exactly_100(make_limiter, shards, algor
         for call in range(250):
             admitted[index] += bool(limiter.try_acquire(f"t{index}-{call % 7}"))
 
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=30)
-        assert not thread.is_alive()
+    run_threads(worker)
     assert sum(admitted) == 100
     assert sum(limiter.get_shard_balance()["distribution"]) == 100
     assert limiter.get_status()["requests_allowed"] == 100

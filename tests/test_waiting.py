@@ -54,7 +54,9 @@ def test_acquire_without_waiting_returns_at_once(clock, make_limiter):
     assert clock.monotonic() == 0
 
 
-def test_acquire_in_threads_admits_everyone_within_the_budget(clock, make_limiter, drain):
+def test_acquire_in_threads_admits_everyone_within_the_budget(
+    clock, make_limiter, drain, run_threads
+):
     limiter = make_limiter(10, 1.0, shards=4)
     assert drain(limiter) == 10
     results: list[RateLimitResult] = []
@@ -66,12 +68,7 @@ def test_acquire_in_threads_admits_everyone_within_the_budget(clock, make_limite
             with lock:
                 results.append(result)
 
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=30)
-        assert not thread.is_alive()
+    run_threads(worker)
     assert len(results) == 20
     assert all(r.allowed for r in results)
     assert all(r.waited >= 0 for r in results)
@@ -83,7 +80,7 @@ def test_acquire_in_threads_admits_everyone_within_the_budget(clock, make_limite
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
 @pytest.mark.parametrize("shards", [1, 4, 16])
 def test_threads_deciding_with_the_gil_released_admit_exactly_the_budget(
-    clock, make_limiter, algorithm, shards
+    clock, make_limiter, run_threads, algorithm, shards
 ):
     # A thread's acquire decides in Rust with the GIL released, so these 4 x 250 decisions
     # really run side by side. The clock stands still and max_wait=0: exactly 100.
@@ -94,12 +91,7 @@ def test_threads_deciding_with_the_gil_released_admit_exactly_the_budget(
         for _ in range(250):
             admitted[index] += bool(limiter.acquire(f"thread-{index}", max_wait=0))
 
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=30)
-        assert not thread.is_alive()
+    run_threads(worker)
     assert sum(admitted) == 100
     assert limiter.get_status()["requests_allowed"] == 100
     assert clock.monotonic() == 0.0
