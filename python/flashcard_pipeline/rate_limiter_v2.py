@@ -8,8 +8,9 @@ Example:
 
 Every method works as a plain call (from any thread) and with ``await``: results of
 ``try_acquire`` are awaitable, and ``acquire`` returns an awaitable when it has to wait
-inside a running event loop, and blocks anywhere else, deciding and sleeping in Rust with
-the GIL released.
+inside a running event loop, and blocks anywhere else, sleeping with the GIL released.
+Either way the caller waits in one loop (``ShardedRateLimiter._turns``) that holds its turn
+in the engine's FIFO queue and asks the engine when it is admitted.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Awaitable, Generator
+from collections.abc import Awaitable, Coroutine, Generator
 from typing import Any, cast
 
 from flashcard_pipeline._native import (
@@ -171,18 +172,60 @@ class ShardedRateLimiter(_NativeLimiter):
         call blocks with the GIL released; inside a running event loop it returns an
         awaitable, so ``await limiter.acquire()`` always works.
         """
-        budget = self._wait_budget(max_wait)
-        if _running_loop() is None:
-            return self._acquire_blocking(key, count, budget)
+        return _wait(self._turns(key, count, self._wait_budget(max_wait)), self.clock)
+
+    def _turns(
+        self, key: str | None, count: int, budget: float
+    ) -> Generator[float, None, RateLimitResult]:
+        """The one waiting loop: yields the seconds to wait before asking again, and returns
+        the result. A caller that must wait books a turn in the queue; if it stops waiting
+        (the generator is closed or an exception is thrown in), the turn is cancelled and
+        what it held goes to the next in line."""
         result = self.try_acquire(key, count)
         if result.reason != "rate_limited":
             return result
         booked = self._reserve(key, count, budget, True)
         if isinstance(booked, RateLimitResult):
             return booked
-        if booked.is_ready():
-            return self.execute_reservation(booked.id)
-        return _Waiting(self, booked)
+        start = self._now()
+        try:
+            while True:
+                result = self._execute(booked.id, self._now() - start)
+                if result.reason != "not_ready":
+                    return result
+                yield result.retry_after or 0.0
+        except BaseException as stop:
+            self._cancel(booked.id)
+            logger.debug("acquire(%r) gave its turn back: %r", key, stop)
+            raise
+
+    def execute_reservation(self, reservation_id: str) -> RateLimitResult:
+        """Admits a reservation once its slot has come (awaitable or plain).
+
+        Called a moment early on the real clock (up to :data:`EARLY` seconds: a timer that
+        rounds, epoch floats), it waits out the rest, with the GIL released, instead of
+        refusing: the admission still happens when the engine says so. Earlier than that, it is refused
+        ``not_ready`` with ``retry_after``; also ``expired``, ``cancelled``,
+        ``already_executed`` or ``unknown_reservation``.
+        """
+        turns = self._on_time(reservation_id)
+        try:
+            wait = next(turns)
+        except StopIteration as done:
+            return cast(RateLimitResult, done.value)
+        return _wait_blocking(turns, wait, self.clock)
+
+    def _on_time(self, reservation_id: str) -> Turns:
+        result = self._execute(reservation_id, 0.0)
+        waited = 0.0
+        # A manual clock is exact: nothing to wait out.
+        early = EARLY if self.clock is None else 0.0
+        while result.reason == "not_ready" and waited + (result.retry_after or 0.0) <= early:
+            wait = result.retry_after or 0.0
+            yield wait
+            waited += wait
+            result = self._execute(reservation_id, 0.0)
+        return result
 
     def reserve(
         self, key: str | None = None, count: int = 1, max_wait: float | None = None
@@ -212,24 +255,6 @@ class ShardedRateLimiter(_NativeLimiter):
         """Gives a reservation's tokens back: true once, false after that or for an id that
         is unknown, expired or executed. Awaitable too."""
         return _Answer(self._cancel(reservation_id))
-
-    async def _wait_for(self, reservation: TokenReservation) -> RateLimitResult:
-        start = self._now()
-        clock = self.clock
-        try:
-            while True:
-                if clock is None:
-                    await asyncio.sleep(reservation.wait_time())
-                else:
-                    await asyncio.sleep(0)
-                    clock.advance(reservation.wait_time())
-                result = self._execute(reservation.id, self._now() - start)
-                if result.reason != "not_ready":
-                    return result
-        except BaseException as stop:
-            self._cancel(reservation.id)
-            logger.debug("acquire(%r) gave its turn back: %r", reservation.key, stop)
-            raise
 
 
 class AdaptiveShardedRateLimiter(ShardedRateLimiter):
@@ -299,29 +324,16 @@ class _WithHourlyLimit(ShardedRateLimiter):
     def acquire(
         self, key: str | None = None, count: int = 1, max_wait: float | None = None
     ) -> RateLimitResult | Awaitable[RateLimitResult]:
-        budget = self._wait_budget(max_wait)
-        if _running_loop() is not None:
-            return self._wait_async(key, count, budget)
-        result = self._try_both(key, count, budget)
-        waited = 0.0
-        while (wait := _wait_for_retry(result)) is not None:
-            if self.clock is None:
-                time.sleep(wait)  # releases the GIL; Ctrl-C interrupts it
-            else:
-                self.clock.advance(wait)
-            waited += wait
-            result = self._try_both(key, count, budget - waited)
-        return result
+        return _wait(self._retries(key, count, self._wait_budget(max_wait)), self.clock)
 
-    async def _wait_async(self, key: str | None, count: int, budget: float) -> RateLimitResult:
+    def _retries(
+        self, key: str | None, count: int, budget: float
+    ) -> Generator[float, None, RateLimitResult]:
+        """Waiting without a turn: asks both budgets again after each ``retry_after``."""
         result = self._try_both(key, count, budget)
         waited = 0.0
         while (wait := _wait_for_retry(result)) is not None:
-            if self.clock is None:
-                await asyncio.sleep(wait)
-            else:
-                await asyncio.sleep(0)
-                self.clock.advance(wait)
+            yield wait
             waited += wait
             result = self._try_both(key, count, budget - waited)
         return result
@@ -352,41 +364,114 @@ class _Answer(int):
         yield  # makes this a generator: awaiting it finishes at once
 
 
-class _Waiting:
-    """An ``acquire`` that has to wait inside an event loop: await it.
+#: A waiter on the real clock asks again at least this often (seconds), so that capacity
+#: given back by a cancel or an expiry reaches it soon.
+RECHECK = 0.05
 
-    It already holds its slot in the queue. Its truth value raises instead of being silently
-    true, so ``if limiter.acquire():`` written without ``await`` fails loudly rather than
-    letting every request through; abandoned that way, or never awaited at all, it gives its
-    slot back.
+
+#: How early (seconds) ``execute_reservation`` may be called and still wait for its slot.
+EARLY = 0.002
+
+Turns = Generator[float, None, RateLimitResult]
+
+
+def _wait(turns: Turns, clock: ManualClock | None) -> RateLimitResult | Awaitable[RateLimitResult]:
+    """Runs a waiting loop's first step now; if it must wait, blocks this thread, or, inside
+    a running event loop, returns an awaitable that waits in the task."""
+    try:
+        wait = next(turns)
+    except StopIteration as done:
+        return cast(RateLimitResult, done.value)
+    if _running_loop() is None:
+        return _wait_blocking(turns, wait, clock)
+    return _Waiting(turns, wait, clock)
+
+
+def _wait_blocking(turns: Turns, wait: float, clock: ManualClock | None) -> RateLimitResult:
+    """Drives a waiting loop on this thread: ``time.sleep`` releases the GIL, and Ctrl-C
+    interrupts it (closing the loop gives its turn back). A manual clock is advanced instead
+    of sleeping."""
+    try:
+        while True:
+            if clock is None:
+                time.sleep(min(wait, RECHECK))
+            else:
+                clock.advance(wait)
+            wait = turns.send(None)
+    except StopIteration as done:
+        return cast(RateLimitResult, done.value)
+    finally:
+        turns.close()
+
+
+async def _wait_async(turns: Turns, wait: float, clock: ManualClock | None) -> RateLimitResult:
+    """Drives a waiting loop in a task; cancelling the task gives the turn back."""
+    try:
+        while True:
+            if clock is None:
+                await asyncio.sleep(min(wait, RECHECK))
+            else:
+                # Other tasks may have moved the shared clock meanwhile: ask again first.
+                await asyncio.sleep(0)
+                clock.advance(turns.send(None))
+            wait = turns.send(None)
+    except StopIteration as done:
+        return cast(RateLimitResult, done.value)
+    finally:
+        turns.close()
+
+
+class _Waiting(Coroutine[Any, None, RateLimitResult]):
+    """An ``acquire`` inside an event loop: await it, or hand it to ``asyncio.create_task``.
+
+    It has already asked once and holds its turn in the queue. Its truth value raises
+    instead of being silently true, so ``if limiter.acquire():`` written without ``await``
+    fails loudly rather than letting every request through; abandoned that way, or never
+    awaited at all, it gives its turn back.
     """
 
-    __slots__ = ("_limiter", "_reservation", "_awaited")
+    __slots__ = ("_turns", "_wait", "_clock", "_running")
 
-    def __init__(self, limiter: ShardedRateLimiter, reservation: TokenReservation) -> None:
-        self._limiter = limiter
-        self._reservation = reservation
-        self._awaited = False
+    def __init__(self, turns: Turns, wait: float, clock: ManualClock | None) -> None:
+        self._turns = turns
+        self._wait = wait
+        self._clock = clock
+        self._running: Coroutine[Any, None, RateLimitResult] | None = None
+
+    def _started(self) -> Coroutine[Any, None, RateLimitResult]:
+        if self._running is None:
+            self._running = _wait_async(self._turns, self._wait, self._clock)
+        return self._running
 
     def __await__(self) -> Generator[Any, None, RateLimitResult]:
-        self._awaited = True
-        return self._limiter._wait_for(self._reservation).__await__()
+        return self._started().__await__()
+
+    def send(self, value: None) -> Any:
+        return self._started().send(value)
+
+    def throw(self, *error: Any) -> Any:
+        if self._running is None:
+            # Thrown into before it ever ran (a task cancelled at once): the body's
+            # clean-up will not run, so give the turn back here.
+            self._turns.close()
+        return self._started().throw(*error)
+
+    def close(self) -> None:
+        if self._running is None:
+            self._turns.close()
+        else:
+            self._running.close()
 
     def __bool__(self) -> bool:
-        self._abandon()
+        self.close()
         raise TypeError(
             "acquire() has to wait for tokens inside a running event loop: "
             "use `await limiter.acquire(...)`"
         )
 
     def __del__(self) -> None:
-        self._abandon()
-
-    def _abandon(self) -> None:
-        if not self._awaited:
-            self._awaited = True
-            self._limiter._cancel(self._reservation.id)
-            logger.debug("acquire(%r) abandoned unawaited: turn given back", self._reservation.key)
+        if self._running is None:
+            self._turns.close()
 
 
 def _running_loop() -> asyncio.AbstractEventLoop | None:

@@ -4,7 +4,6 @@
 use criterion::{criterion_group, criterion_main, Criterion};
 use ratelimit_core::{
     Algorithm, Booking, Clock, ManualClock, Quota, RateLimiter, ReservationPolicy,
-    RESERVATION_BYTES,
 };
 use std::hint::black_box;
 use std::sync::{Arc, Barrier};
@@ -89,15 +88,17 @@ fn threads(c: &mut Criterion) {
     }
 }
 
+fn policy() -> ReservationPolicy {
+    ReservationPolicy {
+        ttl: 1e-3,
+        max: 1_000_000,
+    }
+}
+
 /// A reservation's cost: reserve then execute, served at once, and queued for a later slot.
 fn reservations(c: &mut Criterion) {
-    println!("memory per reservation in the core: {RESERVATION_BYTES} bytes");
-    let limiter = limiter(1)
-        .with_reservations(ReservationPolicy {
-            ttl: 1e-3,
-            max: 1_000_000,
-        })
-        .unwrap();
+    let quota = Quota::new(3e6, 1.0, Some(1e11), Algorithm::TokenBucket, Some(1)).unwrap();
+    let limiter = RateLimiter::with_reservations(quota, Clock::monotonic(), policy()).unwrap();
     c.bench_function("reserve+execute/served at once", |b| {
         b.iter(|| {
             let Booking::Reserved(r) = limiter.reserve(1, 1, 0.0).unwrap() else {
@@ -109,13 +110,8 @@ fn reservations(c: &mut Criterion) {
     // 1000 tokens per second, burst 1: every reservation waits 1 ms for its slot.
     let manual = Arc::new(ManualClock::new(0.0));
     let quota = Quota::new(1000.0, 1.0, Some(1.0), Algorithm::TokenBucket, Some(1)).unwrap();
-    let queued = RateLimiter::new(quota, Clock::Manual(manual.clone()))
-        .unwrap()
-        .with_reservations(ReservationPolicy {
-            ttl: 1e-3,
-            max: 1_000_000,
-        })
-        .unwrap();
+    let queued =
+        RateLimiter::with_reservations(quota, Clock::Manual(manual.clone()), policy()).unwrap();
     c.bench_function("reserve+execute/queued for its slot", |b| {
         b.iter(|| {
             let Booking::Reserved(r) = queued.reserve(1, 1, f64::INFINITY).unwrap() else {

@@ -12,12 +12,19 @@
 //! and deposited into shards with room; only what no shard has room for is lost, exactly as
 //! one unsharded bucket loses refill only when full. Takes settle first, so waste from a
 //! time when the whole budget was full is discarded before anything makes room for it.
+//!
+//! Escrow (see `budget.rs`) is capacity: holding `u` ticks lowers the capacities of shards
+//! with credit by `u` in all (their TATs stay, so the credit falls by `u` and cannot refill
+//! back); releasing raises capacities back towards their shares; consuming raises them and
+//! takes as much at once, so the spent tokens refill like any other take.
 
 use crossbeam_utils::CachePadded;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::budget::{Budget, Outcome, Promises};
 use crate::clock::{Clock, Nanos};
-use crate::shard::{Shard, ShardSet, Taken, Undo};
+use crate::params::{share, Params};
+use crate::shard::{Shard, ShardSet, Taken};
 
 pub(crate) const TICK_SHIFT: u32 = 5;
 pub(crate) const TICKS_PER_NANO: u64 = 1 << TICK_SHIFT;
@@ -62,6 +69,21 @@ impl GcraShard {
     pub(crate) fn reconfigure(&self, capacity: u64, tat: u64) {
         self.capacity.store(capacity, Ordering::SeqCst);
         self.tat.store(tat, Ordering::SeqCst);
+    }
+
+    /// Re-sizes the shard, TAT unchanged: its credit moves by the same amount (escrow).
+    fn set_capacity(&self, capacity: u64) {
+        self.capacity.store(capacity, Ordering::SeqCst);
+    }
+
+    /// Takes `taken` ticks whatever the credit (escrow being spent: its capacity was just
+    /// raised by as much).
+    fn force_take(&self, now: u64, taken: u64) {
+        let _ = self
+            .tat
+            .fetch_update(Ordering::SeqCst, Ordering::Relaxed, |tat| {
+                Some(tat.max(now) + taken)
+            });
     }
 
     #[inline]
@@ -130,10 +152,6 @@ impl Settlement {
 impl Shard for GcraShard {
     type Receipt = Receipt;
     type Shared = Settlement;
-
-    fn undo(taken: Taken<Receipt>) -> Undo {
-        Undo::Bucket(taken)
-    }
 
     #[inline]
     fn available(&self, now: Nanos) -> u64 {
@@ -244,44 +262,6 @@ impl Shard for GcraShard {
             horizon.compare_exchange(seen_horizon, earliest, Ordering::SeqCst, Ordering::Relaxed);
     }
 
-    /// Settled, the set is one bucket: simulate it through the queue.
-    fn plan(
-        set: &ShardSet<Self>,
-        now: Nanos,
-        queue: &mut dyn Iterator<Item = (Nanos, u64)>,
-        units: u64,
-    ) -> Nanos {
-        let n = set.len() as u64;
-        let capacity: u64 = set.slots.iter().map(|s| s.shard.capacity()).sum();
-        let mut at = ticks(now);
-        let mut available = Self::total_available(set, now);
-        for (slot, taken) in queue {
-            let slot = ticks(slot);
-            if slot > at {
-                available = capacity.min(available + n * (slot - at));
-                at = slot;
-            }
-            available = available.saturating_sub(taken);
-        }
-        (at + units.saturating_sub(available).div_ceil(n)).div_ceil(TICKS_PER_NANO)
-    }
-
-    /// A take of `units` at `at` has been refilled by `N` ticks per tick since; only the rest
-    /// can come back without lowering any shard below what later takes built on (the same
-    /// bound as `give_back`, summed over the shards). It goes to shards with room.
-    fn refund(set: &ShardSet<Self>, now: Nanos, at: Nanos, units: u64) {
-        let n = set.len() as u64;
-        let refilled = n * ticks(now).saturating_sub(ticks(at));
-        let mut owed = units.saturating_sub(refilled);
-        let now = ticks(now);
-        for slot in set.slots.iter() {
-            if owed == 0 {
-                break;
-            }
-            owed -= slot.shard.deposit(now, owed, &set.shared.horizon);
-        }
-    }
-
     /// Credit held now, plus the waste a settle would move into shards with room.
     fn total_available(set: &ShardSet<Self>, now: Nanos) -> u64 {
         let now = ticks(now);
@@ -295,6 +275,179 @@ impl Shard for GcraShard {
             room += tat.saturating_sub(now).min(shard.capacity());
         }
         credit + waste.min(room)
+    }
+}
+
+/// The token bucket: GCRA shards that refill like one bucket.
+#[derive(Debug)]
+pub(crate) struct TokenBucket {
+    set: ShardSet<GcraShard>,
+    /// Escrow no shard's capacity could hold (after `set_rate` lowered the burst below
+    /// it); paid back first. Touched only while the limiter's account is locked.
+    overheld: AtomicU64,
+}
+
+impl TokenBucket {
+    /// Pays `units` of escrow back at `now`: what no capacity held first, then shard by shard up to
+    /// each shard's share of the burst, telling `restored` what each shard got back.
+    fn restore(
+        &self,
+        now: Nanos,
+        params: &Params,
+        units: u64,
+        mut restored: impl FnMut(&GcraShard, u64),
+    ) {
+        // Refill wasted while the budget was full must not flow into the room made now.
+        GcraShard::settle(&self.set, now);
+        let overheld = self.overheld.load(Ordering::Relaxed);
+        let paid = overheld.min(units);
+        self.overheld.store(overheld - paid, Ordering::Relaxed);
+        let mut rest = units - paid;
+        let n = self.set.len();
+        for (i, slot) in self.set.slots.iter().enumerate() {
+            if rest == 0 {
+                break;
+            }
+            let shard = &slot.shard;
+            let capacity = shard.capacity();
+            let added = share(params.capacity, n, i)
+                .saturating_sub(capacity)
+                .min(rest);
+            if added > 0 {
+                shard.set_capacity(capacity + added);
+                restored(shard, added);
+                rest -= added;
+            }
+        }
+        debug_assert_eq!(rest, 0, "escrow is never more than the shards gave up");
+    }
+}
+
+impl Budget for TokenBucket {
+    type Receipt = Taken<Receipt>;
+
+    fn new(params: &Params, now: Nanos) -> Self {
+        let n = params.shards;
+        Self {
+            // Every shard starts full: its TAT is now.
+            set: ShardSet::new(
+                (0..n).map(|i| GcraShard::new(share(params.capacity, n, i), ticks(now))),
+                Settlement::new(ticks(now)),
+            ),
+            overheld: AtomicU64::new(0),
+        }
+    }
+
+    #[inline]
+    fn candidates(&self, hash: u64) -> (usize, usize) {
+        self.set.candidates(hash)
+    }
+
+    #[inline]
+    fn acquire(&self, clock: &Clock, now: Nanos, hash: u64, units: u64) -> Outcome<Self::Receipt> {
+        self.set.acquire(clock, now, hash, units)
+    }
+
+    fn give_back(&self, receipt: Self::Receipt, clock: &Clock) {
+        self.set.give_back(receipt, clock);
+    }
+
+    #[inline]
+    fn available(&self, now: Nanos) -> u64 {
+        GcraShard::total_available(&self.set, now)
+    }
+
+    fn shard_available(&self, now: Nanos) -> Vec<u64> {
+        self.set
+            .slots
+            .iter()
+            .map(|s| s.shard.available(now))
+            .collect()
+    }
+
+    fn served(&self) -> Vec<u64> {
+        self.set.served()
+    }
+
+    fn count_served(&self, shard: usize, served: bool) {
+        self.set.count_served(shard, served);
+    }
+
+    fn clear_served(&self) {
+        self.set.clear_served();
+    }
+
+    fn wait(&self, now: Nanos, _params: &Params, units: u64) -> Nanos {
+        GcraShard::wait_for(&self.set, now, units)
+    }
+
+    /// Settled, the set refills `N` ticks per tick: the slot is when the free credit has
+    /// grown by what every queued booking and this one need.
+    fn slot(&self, now: Nanos, params: &Params, promises: &Promises<'_>, units: u64) -> Nanos {
+        let needed = promises
+            .queued
+            .saturating_mul(params.unit)
+            .saturating_add(units);
+        let short = needed.saturating_sub(self.available(now));
+        let n = self.set.len() as u64;
+        now.saturating_add(short.div_ceil(n).div_ceil(TICKS_PER_NANO))
+            .max(promises.tail)
+    }
+
+    fn hold(&self, now: Nanos, _params: &Params, units: u64) {
+        GcraShard::settle(&self.set, now);
+        let mut rest = units;
+        for slot in self.set.slots.iter() {
+            let shard = &slot.shard;
+            let lowered = shard.available(now).min(rest);
+            shard.set_capacity(shard.capacity() - lowered);
+            rest -= lowered;
+        }
+        // Only a take racing the first booking (and given back) can have left credit
+        // short: lower capacity below the debt, so that the give-back cannot free it.
+        for slot in self.set.slots.iter() {
+            let shard = &slot.shard;
+            let lowered = shard.capacity().min(rest);
+            shard.set_capacity(shard.capacity() - lowered);
+            rest -= lowered;
+        }
+        self.overheld.fetch_add(rest, Ordering::Relaxed);
+    }
+
+    fn release(&self, now: Nanos, params: &Params, units: u64) {
+        self.restore(now, params, units, |_, _| {});
+    }
+
+    fn consume(&self, now: Nanos, params: &Params, hash: u64, units: u64) -> usize {
+        self.restore(now, params, units, |shard, added| {
+            shard.force_take(ticks(now), added)
+        });
+        let shard = self.set.candidates(hash).0;
+        self.set.count_served(shard, true);
+        shard
+    }
+
+    /// Shares the new capacity, less the escrow, among the shards, and the credit (scaled
+    /// to the new token cost, capped) the same way.
+    fn retune(&self, now: Nanos, old: &Params, new: &Params, held: u64, refill: bool) {
+        let held = held.saturating_mul(new.unit);
+        let capacity = new.capacity.saturating_sub(held);
+        self.overheld
+            .store(held.saturating_sub(new.capacity), Ordering::Relaxed);
+        let credit = if refill {
+            capacity
+        } else {
+            let scaled = self.available(now) as u128 * new.unit as u128 / old.unit as u128;
+            scaled.min(capacity as u128) as u64
+        };
+        let n = self.set.len();
+        let now = ticks(now);
+        for (i, slot) in self.set.slots.iter().enumerate() {
+            let (capacity, credit) = (share(capacity, n, i), share(credit, n, i));
+            slot.shard.reconfigure(capacity, now + (capacity - credit));
+        }
+        let earliest = self.set.slots.iter().map(|s| s.shard.tat()).min();
+        self.set.shared.restart(now, earliest.unwrap_or(now));
     }
 }
 

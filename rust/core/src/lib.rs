@@ -1,21 +1,26 @@
-//! Exact, sharded rate limiting: token bucket (GCRA) and sliding window over one budget
-//! split across cache-line-padded shards. No Python here; `rust/python` binds it.
+//! Exact, sharded rate limiting: token bucket (GCRA) and sliding window, with reservations
+//! and waiting turns on one account of admission. No Python here; `rust/python` binds it.
 
+mod backend;
 mod balance;
-mod booking;
+mod book;
+mod budget;
 mod clock;
+mod decision;
 mod error;
 mod gcra;
 mod limiter;
+mod params;
+mod queue;
 mod quota;
-mod reservation;
 mod shard;
 mod sliding_window;
 
+pub use backend::{Backend, RateLimiter, Undo, MAX_KEY_LEN};
 pub use balance::Balance;
-pub use booking::{Booking, Reservation, ReservationPolicy};
 pub use clock::{Clock, ManualClock, Nanos};
+pub use decision::{
+    validate_max_wait, Booking, Decision, Holder, Refusal, Reservation, ReservationPolicy,
+};
 pub use error::{Error, Result};
-pub use limiter::{validate_max_wait, Decision, RateLimiter, Refusal, MAX_KEY_LEN};
 pub use quota::{auto_shards, Algorithm, Quota, MAX_SHARDS, MAX_WINDOW_LIMIT};
-pub use reservation::RESERVATION_BYTES;

@@ -9,6 +9,7 @@
 use crossbeam_utils::CachePadded;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::budget::Outcome;
 use crate::clock::{Clock, Nanos};
 
 /// One shard's bucket. Capacity and amounts are in the algorithm's own units
@@ -40,18 +41,6 @@ pub(crate) trait Shard: Send + Sync + Sized {
     /// Brings the shards up to date before a take, so that together they hold exactly
     /// what one unsharded budget would.
     fn settle(_set: &ShardSet<Self>, _now: Nanos) {}
-    /// The earliest slot, no earlier than `now` or the last queued slot, at which the set can
-    /// hand out `units` after every queued `(slot, units)` has taken its own.
-    fn plan(
-        set: &ShardSet<Self>,
-        now: Nanos,
-        queue: &mut dyn Iterator<Item = (Nanos, u64)>,
-        units: u64,
-    ) -> Nanos;
-    /// Returns what a reservation took at `at` and will not use, as far as is safe now.
-    fn refund(set: &ShardSet<Self>, now: Nanos, at: Nanos, units: u64);
-    /// Wraps a take so that a limiter of either kind can hold it for undoing.
-    fn undo(taken: Taken<Self::Receipt>) -> Undo;
     /// Units the whole set could hand out at `now`, counting what a settle would move.
     fn total_available(set: &ShardSet<Self>, now: Nanos) -> u64 {
         set.slots.iter().map(|s| s.shard.available(now)).sum()
@@ -63,27 +52,6 @@ pub(crate) trait Shard: Send + Sync + Sized {
 pub(crate) struct Slot<S> {
     pub(crate) shard: S,
     served: AtomicU64,
-}
-
-/// The outcome of one request against a shard set.
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) enum Outcome<R> {
-    Admitted {
-        shard: usize,
-        taken: Taken<R>,
-    },
-    /// Not enough now; `wait` nanoseconds until there will be.
-    Refused {
-        shard: usize,
-        wait: Nanos,
-    },
-}
-
-/// A take of either kind of shard, kept to be undone (see `RateLimiter::try_acquire_all`).
-#[derive(Debug)]
-pub(crate) enum Undo {
-    Bucket(Taken<crate::gcra::Receipt>),
-    Window(Taken<crate::sliding_window::Receipt>),
 }
 
 /// What an admission took, so that it can be given back if it must be undone.
@@ -142,17 +110,10 @@ impl<S: Shard> ShardSet<S> {
         }
     }
 
-    /// The key's two candidate shards, from independent halves of its hash.
+    /// The key's two candidate shards.
     #[inline]
     pub(crate) fn candidates(&self, hash: u64) -> (usize, usize) {
-        let n = self.slots.len() as u64;
-        let a = reduce(hash, n);
-        let b = reduce(hash.rotate_left(32) ^ 0x9E37_79B9_7F4A_7C15, n);
-        if a == b && n > 1 {
-            (a as usize, ((a + 1) % n) as usize)
-        } else {
-            (a as usize, b as usize)
-        }
+        candidates(hash, self.slots.len())
     }
 
     /// Takes `units` for the key with `hash`, or refuses without writing anything.
@@ -164,7 +125,7 @@ impl<S: Shard> ShardSet<S> {
         now: Nanos,
         hash: u64,
         units: u64,
-    ) -> Outcome<S::Receipt> {
+    ) -> Outcome<Taken<S::Receipt>> {
         if self.slots.len() == 1 {
             return match self.slots[0].shard.try_take(now, units) {
                 Some(receipt) => self.admitted(0, Taken::One(0, receipt)),
@@ -192,7 +153,13 @@ impl<S: Shard> ShardSet<S> {
 
     /// Serves a request no single candidate can: takes from every shard, fullest
     /// candidate first, and gives everything back if other threads got there first.
-    fn gather(&self, clock: &Clock, now: Nanos, first: usize, units: u64) -> Outcome<S::Receipt> {
+    fn gather(
+        &self,
+        clock: &Clock,
+        now: Nanos,
+        first: usize,
+        units: u64,
+    ) -> Outcome<Taken<S::Receipt>> {
         let n = self.slots.len();
         let mut receipts = Vec::new();
         for _ in 0..GATHER_ATTEMPTS {
@@ -219,7 +186,7 @@ impl<S: Shard> ShardSet<S> {
         }
     }
 
-    /// Undoes a take (a lost gather race, or a decision that raced a re-rating).
+    /// Undoes a take (a lost gather race, or a decision that must not stand).
     pub(crate) fn give_back(&self, taken: Taken<S::Receipt>, clock: &Clock) {
         match taken {
             Taken::One(index, receipt) => S::give_back(self, index, receipt, clock),
@@ -242,9 +209,22 @@ impl<S: Shard> ShardSet<S> {
     }
 
     #[inline]
-    fn admitted(&self, shard: usize, taken: Taken<S::Receipt>) -> Outcome<S::Receipt> {
+    fn admitted(&self, shard: usize, receipt: Taken<S::Receipt>) -> Outcome<Taken<S::Receipt>> {
         self.count_served(shard, true);
-        Outcome::Admitted { shard, taken }
+        Outcome::Admitted { shard, receipt }
+    }
+}
+
+/// A key's two candidate shards out of `n`, from independent halves of its hash.
+#[inline]
+pub(crate) fn candidates(hash: u64, n: usize) -> (usize, usize) {
+    let n = n as u64;
+    let a = reduce(hash, n);
+    let b = reduce(hash.rotate_left(32) ^ 0x9E37_79B9_7F4A_7C15, n);
+    if a == b && n > 1 {
+        (a as usize, ((a + 1) % n) as usize)
+    } else {
+        (a as usize, b as usize)
     }
 }
 

@@ -1,43 +1,41 @@
-//! Sliding window shard: an exact log of admission times.
+//! Sliding window: one exact log of admission times.
 //!
-//! A shard of capacity `C` admits at most `C` requests in any closed window of `window`
-//! nanoseconds: an admission at `ts` counts until `ts + window` inclusive. The log is kept
-//! in non-decreasing order (a late writer stamps `max(now, newest)`, which is conservative),
-//! so expiry pops from the front.
+//! At most `limit` admissions in any closed window of `window` nanoseconds: an admission
+//! at `ts` counts until `ts + window` inclusive. The log is one sorted deque under one lock
+//! (a late writer stamps `max(now, newest)`, which is conservative), so expiry pops from
+//! the front and the time at which the `k`-th oldest admission leaves is an index, never a
+//! scan. Shards only spread the served-request statistics: a log split over shards could
+//! not answer "when is there room" without merging them.
+//!
+//! Escrow is a count: held units take room in the window until they are spent (stamped at
+//! the moment they are admitted) or released.
 
+use crossbeam_utils::CachePadded;
 use parking_lot::Mutex;
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::budget::{Budget, Outcome, Promises};
 use crate::clock::{Clock, Nanos};
-use crate::shard::{Shard, ShardSet, Taken, Undo};
+use crate::params::{share, Params};
+use crate::shard::candidates;
 
 #[derive(Debug)]
-pub(crate) struct WindowShard {
+pub(crate) struct SlidingWindow {
     log: Mutex<Log>,
+    served: Box<[CachePadded<AtomicU64>]>,
 }
 
-/// A shard's admissions, oldest first, with the limits they are judged by (which change
-/// only while the limiter is being re-rated).
 #[derive(Debug)]
-pub(crate) struct Log {
-    pub(crate) entries: VecDeque<Nanos>,
-    pub(crate) capacity: u64,
-    pub(crate) window: Nanos,
+struct Log {
+    entries: VecDeque<Nanos>,
+    limit: u64,
+    window: Nanos,
+    /// Units in escrow.
+    held: u64,
 }
 
 impl Log {
-    /// Removes up to `count` entries stamped exactly `stamp` (entries with equal stamps are
-    /// interchangeable); returns how many it removed.
-    fn remove_stamped(&mut self, stamp: Nanos, count: usize) -> usize {
-        let end = self.entries.partition_point(|&ts| ts <= stamp);
-        let start = self
-            .entries
-            .partition_point(|&ts| ts < stamp)
-            .max(end.saturating_sub(count));
-        self.entries.drain(start..end);
-        end - start
-    }
-
     /// Drops admissions that no window ending at `now` or later can contain.
     fn expire(&mut self, now: Nanos) {
         while self
@@ -50,7 +48,40 @@ impl Log {
     }
 
     fn free(&self) -> u64 {
-        self.capacity.saturating_sub(self.entries.len() as u64)
+        self.limit
+            .saturating_sub(self.held + self.entries.len() as u64)
+    }
+
+    /// Units beyond the limit if `units` more were counted after `promised` others.
+    fn excess(&self, promised: u64, units: u64) -> u64 {
+        (self.entries.len() as u64 + promised + units).saturating_sub(self.limit)
+    }
+
+    /// The first instant the `k`-th oldest admission (1-based) no longer counts.
+    fn opening(&self, k: u64) -> Option<Nanos> {
+        let index = usize::try_from(k).ok()?.checked_sub(1)?;
+        self.entries
+            .get(index)
+            .map(|&ts| ts.saturating_add(self.window) + 1)
+    }
+
+    fn stamp(&mut self, now: Nanos, units: u64) -> Nanos {
+        let stamp = self.entries.back().map_or(now, |&newest| newest.max(now));
+        self.entries
+            .extend(std::iter::repeat_n(stamp, units as usize));
+        stamp
+    }
+
+    /// Nanoseconds from `now` until `units` fit beside the log and the escrow.
+    fn wait(&self, now: Nanos, units: u64) -> Nanos {
+        let excess = self.excess(self.held, units);
+        if excess == 0 {
+            return 0;
+        }
+        // Past the log, only escrow being spent or released makes room: look again after
+        // a window.
+        self.opening(excess)
+            .map_or(self.window, |at| at.saturating_sub(now))
     }
 }
 
@@ -61,39 +92,66 @@ pub(crate) struct Receipt {
     stamp: Nanos,
 }
 
-impl WindowShard {
-    /// A shard whose log already holds `entries` (sorted, at most `capacity`).
-    pub(crate) fn new(capacity: u64, window: Nanos, entries: VecDeque<Nanos>) -> Self {
-        debug_assert!(entries.len() as u64 <= capacity);
-        Self {
-            log: Mutex::new(Log {
-                entries,
-                capacity,
-                window,
-            }),
-        }
-    }
-
-    /// The log, locked: for re-rating and resetting the limiter.
-    pub(crate) fn lock(&self) -> parking_lot::MutexGuard<'_, Log> {
-        self.log.lock()
-    }
-
-    /// The admissions still inside the window at `now`, oldest first.
-    #[cfg(test)]
-    pub(crate) fn live(&self, now: Nanos) -> Vec<Nanos> {
-        let mut log = self.log.lock();
-        log.expire(now);
-        log.entries.iter().copied().collect()
+impl SlidingWindow {
+    fn served_by(&self, hash: u64) -> usize {
+        let shard = candidates(hash, self.served.len()).0;
+        self.count_served(shard, true);
+        shard
     }
 }
 
-impl Shard for WindowShard {
+impl Budget for SlidingWindow {
     type Receipt = Receipt;
-    type Shared = ();
 
-    fn undo(taken: Taken<Receipt>) -> Undo {
-        Undo::Window(taken)
+    fn new(params: &Params, _now: Nanos) -> Self {
+        Self {
+            log: Mutex::new(Log {
+                entries: VecDeque::new(),
+                limit: params.capacity,
+                window: params.window,
+                held: 0,
+            }),
+            served: (0..params.shards)
+                .map(|_| CachePadded::new(AtomicU64::new(0)))
+                .collect(),
+        }
+    }
+
+    fn candidates(&self, hash: u64) -> (usize, usize) {
+        candidates(hash, self.served.len())
+    }
+
+    fn acquire(&self, _clock: &Clock, now: Nanos, hash: u64, units: u64) -> Outcome<Receipt> {
+        let mut log = self.log.lock();
+        log.expire(now);
+        if log.free() < units {
+            let wait = log.wait(now, units);
+            return Outcome::Refused {
+                shard: self.candidates(hash).0,
+                wait,
+            };
+        }
+        let stamp = log.stamp(now, units);
+        drop(log);
+        Outcome::Admitted {
+            shard: self.served_by(hash),
+            receipt: Receipt {
+                count: units,
+                stamp,
+            },
+        }
+    }
+
+    /// Removes `count` entries stamped exactly `stamp` (entries with equal stamps are
+    /// interchangeable); any that already expired are gone anyway.
+    fn give_back(&self, receipt: Receipt, _clock: &Clock) {
+        let mut log = self.log.lock();
+        let end = log.entries.partition_point(|&ts| ts <= receipt.stamp);
+        let start = log
+            .entries
+            .partition_point(|&ts| ts < receipt.stamp)
+            .max(end.saturating_sub(receipt.count as usize));
+        log.entries.drain(start..end);
     }
 
     fn available(&self, now: Nanos) -> u64 {
@@ -102,157 +160,165 @@ impl Shard for WindowShard {
         log.free()
     }
 
-    fn take(&self, now: Nanos, want: impl Fn(u64) -> u64) -> Option<(u64, Receipt)> {
+    fn shard_available(&self, now: Nanos) -> Vec<u64> {
+        let free = self.available(now);
+        let n = self.served.len();
+        (0..n).map(|i| share(free, n, i)).collect()
+    }
+
+    fn served(&self) -> Vec<u64> {
+        self.served
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .collect()
+    }
+
+    fn count_served(&self, shard: usize, served: bool) {
+        let counter = &self.served[shard];
+        if served {
+            counter.fetch_add(1, Ordering::Relaxed);
+        } else {
+            counter.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    fn clear_served(&self) {
+        for counter in self.served.iter() {
+            counter.store(0, Ordering::Relaxed);
+        }
+    }
+
+    fn wait(&self, now: Nanos, _params: &Params, units: u64) -> Nanos {
         let mut log = self.log.lock();
         log.expire(now);
-        let count = want(log.free());
-        if count == 0 {
-            return None;
-        }
-        let stamp = log.entries.back().map_or(now, |&newest| newest.max(now));
-        log.entries
-            .extend(std::iter::repeat_n(stamp, count as usize));
-        Some((count, Receipt { count, stamp }))
+        log.wait(now, units)
     }
 
-    /// Removes `count` entries stamped exactly `stamp` (entries with equal stamps are
-    /// interchangeable); any that already expired are gone anyway.
-    fn give_back(set: &ShardSet<Self>, index: usize, receipt: Receipt, _clock: &Clock) {
-        let mut log = set.shard(index).log.lock();
-        log.remove_stamped(receipt.stamp, receipt.count as usize);
-    }
-
-    /// Every admission in the logs and every queued one counts until its window passes; the
-    /// slot is the first time, from the end of the queue on, with room for `units` more.
-    fn plan(
-        set: &ShardSet<Self>,
-        now: Nanos,
-        queue: &mut dyn Iterator<Item = (Nanos, u64)>,
-        units: u64,
-    ) -> Nanos {
-        let mut stamps: Vec<(Nanos, u64)> = Vec::new();
-        let (mut limit, mut window) = (0, 0);
-        for slot in set.slots.iter() {
-            let mut log = slot.shard.log.lock();
-            log.expire(now);
-            limit += log.capacity;
-            window = log.window;
-            stamps.extend(log.entries.iter().map(|&ts| (ts, 1)));
-        }
-        let mut start = now;
-        for (slot, count) in queue {
-            start = start.max(slot);
-            stamps.push((slot, count));
-        }
-        stamps.sort_unstable();
-        let live = stamps
-            .iter()
-            .skip_while(|(ts, _)| ts.saturating_add(window) < start);
-        let in_window: u64 = live.clone().map(|(_, c)| c).sum();
-        let Some(mut excess) = (in_window + units).checked_sub(limit).filter(|&e| e > 0) else {
-            return start;
+    /// Counted in order: the log, then every promise at its slot; the slot is when the
+    /// unit that makes room for `units` leaves the window (an index into the log, or a
+    /// binary search in the promises).
+    fn slot(&self, now: Nanos, _params: &Params, promises: &Promises<'_>, units: u64) -> Nanos {
+        let mut log = self.log.lock();
+        log.expire(now);
+        let excess = log.excess(promises.tokens(), units);
+        let logged = log.entries.len() as u64;
+        let at = if excess == 0 {
+            now
+        } else if excess <= logged {
+            log.opening(excess).unwrap_or(now)
+        } else {
+            let slot = promises.slot_of(excess - logged).max(now);
+            slot.saturating_add(log.window) + 1
         };
-        for &(ts, count) in live {
-            if count >= excess {
-                return ts.saturating_add(window) + 1;
-            }
-            excess -= count;
-        }
-        start
+        at.max(now).max(promises.tail)
     }
 
-    /// Removes the `units` admissions stamped `at` (what the reservation took).
-    fn refund(set: &ShardSet<Self>, _now: Nanos, at: Nanos, units: u64) {
-        let mut owed = units as usize;
-        for slot in set.slots.iter() {
-            if owed == 0 {
-                break;
-            }
-            owed -= slot.shard.log.lock().remove_stamped(at, owed);
-        }
+    fn hold(&self, _now: Nanos, _params: &Params, units: u64) {
+        self.log.lock().held += units;
     }
 
-    /// Free slots now, plus slots that open as the oldest admissions leave the window: the
-    /// `units - free`-th earliest expiry over all shards is when the request fits.
-    fn wait_for(set: &ShardSet<Self>, now: Nanos, units: u64) -> Nanos {
-        let mut free = 0u64;
-        let mut openings = Vec::new();
-        for slot in set.slots.iter() {
-            let mut log = slot.shard.log.lock();
-            log.expire(now);
-            free += log.free();
-            let window = log.window;
-            openings.extend(
-                log.entries
-                    .iter()
-                    .take(units as usize)
-                    .map(|&ts| ts.saturating_add(window) + 1),
-            );
+    fn release(&self, _now: Nanos, _params: &Params, units: u64) {
+        let mut log = self.log.lock();
+        log.held = log.held.saturating_sub(units);
+    }
+
+    fn consume(&self, now: Nanos, _params: &Params, hash: u64, units: u64) -> usize {
+        let mut log = self.log.lock();
+        log.held = log.held.saturating_sub(units);
+        log.stamp(now, units);
+        drop(log);
+        self.served_by(hash)
+    }
+
+    /// The log stays: a lower limit refuses until the window has room.
+    fn retune(&self, _now: Nanos, _old: &Params, new: &Params, held: u64, refill: bool) {
+        let mut log = self.log.lock();
+        log.limit = new.capacity;
+        log.window = new.window;
+        log.held = held;
+        if refill {
+            log.entries.clear();
         }
-        let Some(needed) = units.checked_sub(free).filter(|&n| n > 0) else {
-            return 0;
-        };
-        openings.sort_unstable();
-        openings
-            .get(needed as usize - 1)
-            .map_or(0, |&at| at.saturating_sub(now))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::shard::ShardSet;
+    use crate::quota::{Algorithm, Quota};
 
     const SECOND: Nanos = 1_000_000_000;
 
-    fn clock() -> Clock {
-        Clock::Manual(Default::default())
+    fn window(limit: f64) -> (SlidingWindow, Params, Clock) {
+        let quota = Quota::new(limit, 1.0, None, Algorithm::SlidingWindow, Some(1)).unwrap();
+        let params = Params::new(&quota).unwrap();
+        (
+            SlidingWindow::new(&params, 0),
+            params,
+            Clock::Manual(Default::default()),
+        )
+    }
+
+    fn admitted(outcome: Outcome<Receipt>) -> Option<Receipt> {
+        match outcome {
+            Outcome::Admitted { receipt, .. } => Some(receipt),
+            Outcome::Refused { .. } => None,
+        }
     }
 
     #[test]
-    fn admits_capacity_per_closed_window() {
-        let shard = WindowShard::new(3, SECOND, VecDeque::new());
+    fn admits_the_limit_per_closed_window() {
+        let (w, _, clock) = window(3.0);
         for _ in 0..3 {
-            assert!(shard.try_take(0, 1).is_some());
+            assert!(admitted(w.acquire(&clock, 0, 1, 1)).is_some());
         }
-        assert!(shard.try_take(0, 1).is_none());
+        assert!(admitted(w.acquire(&clock, 0, 1, 1)).is_none());
         // Still inside [0, 1 s] at exactly one second.
-        assert!(shard.try_take(SECOND, 1).is_none());
-        assert!(shard.try_take(SECOND + 1, 3).is_some());
+        assert!(admitted(w.acquire(&clock, SECOND, 1, 1)).is_none());
+        assert!(admitted(w.acquire(&clock, SECOND + 1, 1, 3)).is_some());
     }
 
     #[test]
     fn give_back_removes_exactly_its_own_entries() {
-        let set = ShardSet::new([WindowShard::new(10, SECOND, VecDeque::new())], ());
-        let shard = set.shard(0);
-        shard.try_take(0, 2).unwrap();
-        let receipt = shard.try_take(5, 3).unwrap();
-        shard.try_take(7, 1).unwrap();
-        WindowShard::give_back(&set, 0, receipt, &clock());
-        assert_eq!(shard.live(7), vec![0, 0, 7]);
+        let (w, _, clock) = window(10.0);
+        w.acquire(&clock, 0, 1, 2);
+        let receipt = admitted(w.acquire(&clock, 5, 1, 3)).unwrap();
+        w.acquire(&clock, 7, 1, 1);
+        w.give_back(receipt, &clock);
+        assert_eq!(Vec::from(w.log.lock().entries.clone()), vec![0, 0, 7]);
     }
 
     #[test]
-    fn late_writers_stamp_no_earlier_than_the_newest_entry() {
-        let shard = WindowShard::new(10, SECOND, VecDeque::new());
-        shard.try_take(50, 1).unwrap();
-        shard.try_take(40, 1).unwrap();
-        assert_eq!(shard.live(50), vec![50, 50]);
+    fn the_wait_is_the_expiry_that_makes_room() {
+        let (w, params, clock) = window(3.0);
+        w.acquire(&clock, 10, 1, 1);
+        w.acquire(&clock, 20, 1, 1);
+        assert_eq!(w.wait(100, &params, 1), 0);
+        assert_eq!(w.wait(100, &params, 2), SECOND + 10 + 1 - 100);
+        assert_eq!(w.wait(100, &params, 3), SECOND + 20 + 1 - 100);
     }
 
     #[test]
-    fn wait_for_is_the_earliest_expiry_that_makes_room() {
-        let set = ShardSet::new(
-            [
-                WindowShard::new(2, SECOND, VecDeque::from([10, 20])),
-                WindowShard::new(2, SECOND, VecDeque::from([15])),
-            ],
-            (),
-        );
-        // One free slot; a second opens when 10 leaves the window, at 10 + 1 s + 1 ns.
-        assert_eq!(WindowShard::wait_for(&set, 100, 2), SECOND + 10 + 1 - 100);
-        assert_eq!(WindowShard::wait_for(&set, 100, 1), 0);
-        assert_eq!(WindowShard::wait_for(&set, 100, 4), SECOND + 20 + 1 - 100);
+    fn escrow_takes_room_until_spent_and_a_spent_unit_counts_from_then() {
+        let (w, params, clock) = window(2.0);
+        w.hold(0, &params, 1);
+        w.acquire(&clock, 0, 1, 1);
+        assert_eq!(w.available(0), 0);
+        w.consume(SECOND / 2, &params, 1, 1);
+        assert_eq!(w.available(SECOND + 1), 1);
+        assert_eq!(w.available(SECOND / 2 + SECOND + 1), 2);
+    }
+
+    #[test]
+    fn retuning_keeps_the_log() {
+        let (w, params, clock) = window(10.0);
+        w.acquire(&clock, 0, 1, 10);
+        let lower = Params {
+            capacity: 5,
+            ..params
+        };
+        w.retune(0, &params, &lower, 0, false);
+        w.retune(0, &lower, &params, 0, false);
+        assert_eq!(w.available(0), 0);
     }
 }

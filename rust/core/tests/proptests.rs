@@ -747,9 +747,9 @@ proptest! {
     // Cheap cases, and the queue's bugs need many of them to show: 512.
     #![proptest_config(cases(512))]
 
-    /// I1 with reservations in the mix: immediate requests count when admitted,
-    /// reservations at their slots (where their tokens are charged; executing later charges
-    /// nothing), with cancellations and executions in any order along the way.
+    /// I1 with reservations in the mix: every admission counts when the caller may
+    /// proceed (a reservation when it is executed), with cancellations and executions in
+    /// any order along the way. `account.rs` drives every operation.
     #[test]
     fn i1_holds_with_reservations_in_the_mix(
         config in prop_oneof![config(Algorithm::TokenBucket, 1), config(Algorithm::SlidingWindow, 1)],
@@ -781,7 +781,7 @@ proptest! {
                     let r = held.remove((pick * held.len() as f64) as usize % held.len());
                     let decision = limiter.execute_reservation(&r.id);
                     if decision.allowed {
-                        admissions.push((r.execute_at, r.count));
+                        admissions.push((manual.now(), r.count));
                     } else if decision.reason == Some(Refusal::NotReady) {
                         held.push(r);
                     }
@@ -794,9 +794,9 @@ proptest! {
             }
         }
         for r in held {
-            manual.set(r.execute_at);
+            manual.set(r.execute_at.max(manual.now()));
             if limiter.execute_reservation(&r.id).allowed {
-                admissions.push((r.execute_at, r.count));
+                admissions.push((manual.now(), r.count));
             }
         }
         admissions.sort_unstable();

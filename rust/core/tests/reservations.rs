@@ -28,6 +28,17 @@ fn ten_per_second(shards: usize) -> (RateLimiter, Arc<ManualClock>) {
     limiter(Algorithm::TokenBucket, 10.0, Some(10.0), shards)
 }
 
+/// [`ten_per_second`] with its own reservation policy.
+fn with_policy(shards: usize, policy: ReservationPolicy) -> (RateLimiter, Arc<ManualClock>) {
+    let quota = Quota::new(10.0, 1.0, Some(10.0), Algorithm::TokenBucket, Some(shards)).unwrap();
+    let manual = Arc::new(ManualClock::new(0.0));
+    let clock = Clock::Manual(manual.clone());
+    (
+        RateLimiter::with_reservations(quota, clock, policy).unwrap(),
+        manual,
+    )
+}
+
 fn reserve(limiter: &RateLimiter, key: u64, count: u64) -> Reservation {
     match limiter.reserve(key, count, f64::INFINITY).unwrap() {
         Booking::Reserved(reservation) => reservation,
@@ -72,7 +83,8 @@ fn held_tokens_count_against_the_budget_at_once() {
 #[test]
 fn a_reservation_executes_once_when_its_slot_has_come() {
     let (limiter, manual) = ten_per_second(4);
-    reserve(&limiter, 1, 10);
+    let first = reserve(&limiter, 1, 10);
+    assert!(limiter.execute_reservation(&first.id).allowed);
     let r = reserve(&limiter, 2, 2);
     assert_eq!(r.execute_at, 200 * MS);
     let early = limiter.execute_reservation(&r.id);
@@ -139,23 +151,24 @@ fn cancelled_pending_reservations_leave_the_budget_exactly_as_before() {
 }
 
 #[test]
-fn a_cancelled_slot_goes_to_the_next_reservation_and_no_later_slot_moves() {
+fn a_cancelled_slot_goes_to_the_next_in_line_and_no_later_slot_moves() {
     let (limiter, manual) = ten_per_second(1);
-    reserve(&limiter, 0, 10);
+    let first = reserve(&limiter, 0, 10);
+    assert!(limiter.execute_reservation(&first.id).allowed);
     let a = reserve(&limiter, 1, 1);
     let b = reserve(&limiter, 2, 1);
     assert_eq!((a.execute_at, b.execute_at), (100 * MS, 200 * MS));
     assert!(limiter.cancel_reservation(&a.id));
-    // a's token was never taken: the next reservation may use it, after b.
+    // a's token was never taken: b, next in line, gets it at 100 ms; c comes after b.
     let c = reserve(&limiter, 3, 1);
     assert_eq!(c.execute_at, 200 * MS);
     manual.set(100 * MS);
+    assert!(limiter.execute_reservation(&b.id).allowed);
     assert_eq!(
-        limiter.execute_reservation(&b.id).reason,
+        limiter.execute_reservation(&c.id).reason,
         Some(Refusal::NotReady)
     );
     manual.set(200 * MS);
-    assert!(limiter.execute_reservation(&b.id).allowed);
     assert!(limiter.execute_reservation(&c.id).allowed);
     // 12 tokens by 200 ms: the burst and two refills, not one more.
     assert!(!limiter.try_acquire("k", 1).unwrap().allowed);
@@ -163,10 +176,7 @@ fn a_cancelled_slot_goes_to_the_next_reservation_and_no_later_slot_moves() {
 
 #[test]
 fn expired_reservations_leave_by_themselves() {
-    let (limiter, manual) = ten_per_second(4);
-    let limiter = limiter
-        .with_reservations(ReservationPolicy { ttl: 1.0, max: 100 })
-        .unwrap();
+    let (limiter, manual) = with_policy(4, ReservationPolicy { ttl: 1.0, max: 100 });
     let r = reserve(&limiter, 1, 3);
     assert_eq!(limiter.reservations(), 1);
     manual.advance(SEC);
@@ -180,10 +190,7 @@ fn expired_reservations_leave_by_themselves() {
 
 #[test]
 fn the_reservation_cap_is_a_clear_error() {
-    let (limiter, _manual) = ten_per_second(1);
-    let limiter = limiter
-        .with_reservations(ReservationPolicy { ttl: 60.0, max: 3 })
-        .unwrap();
+    let (limiter, _manual) = with_policy(1, ReservationPolicy { ttl: 60.0, max: 3 });
     for i in 0..3 {
         reserve(&limiter, i, 1);
     }
@@ -272,33 +279,30 @@ fn threads_waiting_in_acquire_are_admitted_in_the_order_they_queued() {
 }
 
 #[test]
-fn acquire_blocking_waits_its_turn_and_cancels_when_told_to_stop() {
+fn a_waiters_turn_is_admitted_once_funded_and_leaves_the_book() {
     let (limiter, manual) = ten_per_second(4);
     let hash = limiter.hash_key("k").unwrap();
-    let (decision, waited) = limiter
-        .acquire_blocking(hash, 10, f64::INFINITY, 50 * MS, || true)
-        .unwrap()
-        .unwrap();
-    assert!(decision.allowed && waited == 0.0);
-    let (decision, waited) = limiter
-        .acquire_blocking(hash, 2, f64::INFINITY, 50 * MS, || true)
-        .unwrap()
-        .unwrap();
-    assert!(decision.allowed);
-    assert!((waited - 0.2).abs() < 1e-9, "{waited}");
-    assert_eq!(manual.now(), 200 * MS);
-    // Interrupted while waiting: the reservation is cancelled and nothing stays held.
-    let before = limiter.peek();
-    assert!(limiter
-        .acquire_blocking(hash, 5, f64::INFINITY, 50 * MS, || false)
-        .unwrap()
-        .is_none());
-    // A waiting acquire's turn leaves the book once done: nothing is kept.
+    assert!(limiter.try_acquire("k", 10).unwrap().allowed);
+    let Booking::Reserved(turn) = limiter.reserve_turn(hash, 2, f64::INFINITY).unwrap() else {
+        panic!("a turn within max_wait is booked");
+    };
+    assert_eq!(turn.execute_at, 200 * MS);
+    manual.set(150 * MS);
+    let early = limiter.execute_reservation(&turn.id);
+    assert_eq!(early.reason, Some(Refusal::NotReady));
+    assert!((early.retry_after.unwrap() - 0.05).abs() < 1e-9);
+    manual.set(200 * MS);
+    assert!(limiter.execute_reservation(&turn.id).allowed);
     assert_eq!(limiter.reservations(), 0);
-    assert_eq!(limiter.peek(), before + 0.5);
-    // Nothing queued any more: the next token is served as soon as it has refilled.
-    manual.advance(50 * MS);
-    assert!(limiter.try_acquire("k", 1).unwrap().allowed);
+    // A waiter that gives up: its turn is cancelled and what it held goes back.
+    let Booking::Reserved(turn) = limiter.reserve_turn(hash, 5, f64::INFINITY).unwrap() else {
+        panic!("a turn within max_wait is booked");
+    };
+    manual.set(700 * MS);
+    assert_eq!(limiter.peek(), 0.0);
+    assert!(limiter.cancel_reservation(&turn.id));
+    assert_eq!(limiter.reservations(), 0);
+    assert_eq!(limiter.peek(), 5.0);
 }
 
 #[test]

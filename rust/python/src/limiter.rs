@@ -1,5 +1,6 @@
 //! `ShardedRateLimiter`'s native base: construction, the non-blocking calls and the
-//! status views. Waiting (asyncio or threads) is done by the Python subclass.
+//! status views. Waiting (asyncio or threads) is done by the Python subclass, by polling
+//! its turn.
 
 use pyo3::exceptions::{PyNotImplementedError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
@@ -14,9 +15,6 @@ use crate::clock::PyManualClock;
 use crate::error::to_py;
 use crate::reservation::PyTokenReservation;
 use crate::result::PyRateLimitResult;
-
-/// How often a blocked thread wakes to check for signals.
-const SIGNAL_CHECK_NANOS: u64 = 50_000_000;
 
 #[pyclass(
     frozen,
@@ -146,9 +144,7 @@ impl PyShardedRateLimiter {
                 })?,
             },
         };
-        let core = RateLimiter::new(quota, core_clock)
-            .and_then(|core| core.with_reservations(policy))
-            .map_err(to_py)?;
+        let core = RateLimiter::with_reservations(quota, core_clock, policy).map_err(to_py)?;
         Ok(Self {
             core,
             default_hash: PyString::new(py, "default").hash()? as u64,
@@ -169,40 +165,9 @@ impl PyShardedRateLimiter {
             .core
             .try_acquire_hashed(this.hash(key)?, args::count(count)?)
             .map_err(to_py)?;
-        Ok(PyRateLimitResult::new(slf, decision, 0.0))
+        Ok(PyRateLimitResult::new(decision, 0.0))
     }
 
-    /// A whole waiting acquire for a thread: decides and sleeps with the GIL released,
-    /// waking every 50 ms to let Ctrl-C (or any signal handler's exception) through.
-    #[pyo3(signature = (key, count, budget))]
-    fn _acquire_blocking(
-        slf: &Bound<'_, Self>,
-        key: Option<&Bound<'_, PyAny>>,
-        count: Option<&Bound<'_, PyAny>>,
-        budget: f64,
-    ) -> PyResult<PyRateLimitResult> {
-        let this = slf.get();
-        let (hash, count) = (this.hash(key)?, args::count(count)?);
-        let mut interrupted = None;
-        let outcome = slf.py().detach(|| {
-            this.core
-                .acquire_blocking(hash, count, budget, SIGNAL_CHECK_NANOS, || {
-                    Python::attach(|py| py.check_signals())
-                        .map_err(|err| interrupted = Some(err))
-                        .is_ok()
-                })
-        });
-        match (outcome.map_err(to_py)?, interrupted) {
-            (Some((decision, waited)), _) => Ok(PyRateLimitResult::new(slf, decision, waited)),
-            (None, Some(err)) => Err(err),
-            (None, None) => unreachable!("a wait stops early only when interrupted"),
-        }
-    }
-
-    /// Holds tokens for the next slot in the queue: a `TokenReservation`, or a refused
-    /// `RateLimitResult` (`exceeds_capacity`, or `max_wait_exceeded` with the wait needed).
-    /// With `turn`, it is a waiting `acquire`'s place in the queue, which leaves the book as
-    /// soon as it is executed or cancelled.
     #[pyo3(signature = (key, count, budget, turn=false))]
     fn _reserve<'py>(
         slf: &Bound<'py, Self>,
@@ -229,7 +194,7 @@ impl PyShardedRateLimiter {
                 Bound::new(py, PyTokenReservation::new(slf, key, reservation)).map(Bound::into_any)
             }
             Booking::Refused(decision) => {
-                Bound::new(py, PyRateLimitResult::new(slf, decision, 0.0)).map(Bound::into_any)
+                Bound::new(py, PyRateLimitResult::new(decision, 0.0)).map(Bound::into_any)
             }
         }
     }
@@ -252,7 +217,7 @@ impl PyShardedRateLimiter {
     ) -> PyResult<PyRateLimitResult> {
         let id = args::reservation_id(reservation_id)?;
         let decision = slf.get().core.execute_reservation(id.to_str()?);
-        Ok(PyRateLimitResult::new(slf, decision, waited))
+        Ok(PyRateLimitResult::new(decision, waited))
     }
 
     /// Gives a reservation's tokens back; `True` once, `False` after that or for an id that
@@ -424,11 +389,11 @@ type Part<'py> = (
 #[pyfunction]
 #[pyo3(signature = (parts, max_wait=f64::INFINITY))]
 pub(crate) fn try_acquire_all(parts: Vec<Part<'_>>, max_wait: f64) -> PyResult<PyRateLimitResult> {
-    let Some(last) = parts.last() else {
+    if parts.is_empty() {
         return Err(PyValueError::new_err(
             "parts: must name at least one limiter",
         ));
-    };
+    }
     let mut checked = Vec::with_capacity(parts.len());
     for (limiter, key, count) in &parts {
         let this = limiter.get();
@@ -441,13 +406,13 @@ pub(crate) fn try_acquire_all(parts: Vec<Part<'_>>, max_wait: f64) -> PyResult<P
     match RateLimiter::try_acquire_all(&checked).map_err(to_py)? {
         Ok(admitted) => {
             let decision = *admitted.last().expect("one decision per part");
-            Ok(PyRateLimitResult::new(&last.0, decision, 0.0))
+            Ok(PyRateLimitResult::new(decision, 0.0))
         }
-        Err((index, mut refusal)) => {
+        Err((_, mut refusal)) => {
             if refusal.retry_after.is_some_and(|wait| wait > max_wait) {
                 refusal.reason = Some(Refusal::MaxWaitExceeded);
             }
-            Ok(PyRateLimitResult::new(&parts[index].0, refusal, 0.0))
+            Ok(PyRateLimitResult::new(refusal, 0.0))
         }
     }
 }

@@ -2,10 +2,7 @@
 
 use pyo3::exceptions::PyStopIteration;
 use pyo3::prelude::*;
-use ratelimit_core::{Decision, Nanos};
-use std::sync::OnceLock;
-
-use crate::limiter::PyShardedRateLimiter;
+use ratelimit_core::Decision;
 
 /// The answer to one request.
 ///
@@ -20,11 +17,9 @@ use crate::limiter::PyShardedRateLimiter;
 pub(crate) struct PyRateLimitResult {
     #[pyo3(get)]
     allowed: bool,
-    /// The limiter that decided, and when: `tokens_remaining` is read from it on first use,
-    /// so that a decision itself touches only the shards that serve it.
-    limiter: Py<PyShardedRateLimiter>,
-    at: Nanos,
-    tokens_remaining: OnceLock<f64>,
+    /// Tokens a `try_acquire` could take right after the decision, computed with it.
+    #[pyo3(get)]
+    tokens_remaining: f64,
     #[pyo3(get)]
     retry_after: Option<f64>,
     #[pyo3(get)]
@@ -37,16 +32,10 @@ pub(crate) struct PyRateLimitResult {
 }
 
 impl PyRateLimitResult {
-    pub(crate) fn new(
-        limiter: &Bound<'_, PyShardedRateLimiter>,
-        decision: Decision,
-        waited: f64,
-    ) -> Self {
+    pub(crate) fn new(decision: Decision, waited: f64) -> Self {
         Self {
             allowed: decision.allowed,
-            limiter: limiter.clone().unbind(),
-            at: decision.at,
-            tokens_remaining: OnceLock::new(),
+            tokens_remaining: decision.remaining,
             retry_after: decision.retry_after,
             shard_id: decision.shard,
             reason: decision.reason.map(|r| r.code()),
@@ -88,14 +77,6 @@ impl PyRateLimitResult {
         self.allowed
     }
 
-    /// Tokens left in the whole budget as of this decision (counting takes made since).
-    #[getter]
-    fn tokens_remaining(&self) -> f64 {
-        *self
-            .tokens_remaining
-            .get_or_init(|| self.limiter.get().core().remaining_at(self.at))
-    }
-
     fn __await__(slf: Bound<'_, Self>) -> Ready {
         Ready::new(slf.into_any())
     }
@@ -106,7 +87,7 @@ impl PyRateLimitResult {
             "RateLimitResult(allowed={}, tokens_remaining={:?}, retry_after={}, shard_id={}, \
              reason={}, waited={:?})",
             if self.allowed { "True" } else { "False" },
-            self.tokens_remaining(),
+            self.tokens_remaining,
             opt(self.retry_after.map(|r| format!("{r:?}"))),
             self.shard_id,
             opt(self.reason.map(|r| format!("'{r}'"))),

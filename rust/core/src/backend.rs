@@ -1,0 +1,227 @@
+//! The limiter-level seam: what a Python limiter asks of whatever holds its budget.
+//!
+//! The in-memory limiter (`limiter.rs`, one budget per algorithm) is the first backend;
+//! a per-key store or a Redis backend implements the same trait. Every call returns a
+//! fully computed answer, so nothing above it reads the budget again later.
+
+use std::any::Any;
+use std::fmt;
+use std::ops::Deref;
+
+use crate::balance::Balance;
+use crate::budget::Budget;
+use crate::clock::Clock;
+use crate::decision::{Booking, Decision, Holder, ReservationPolicy};
+use crate::error::{Error, Result};
+use crate::gcra::TokenBucket;
+use crate::limiter::{Limiter, Taken};
+use crate::quota::{Algorithm, Quota};
+use crate::sliding_window::SlidingWindow;
+
+/// Keys longer than this (in bytes; in characters from Python) are refused: a key is an
+/// identifier, and an unbounded one is almost always a bug.
+pub const MAX_KEY_LEN: usize = 1024;
+
+/// An admission that can still be given back (see [`RateLimiter::try_acquire_all`]).
+pub struct Undo(Box<dyn Any + Send>);
+
+impl fmt::Debug for Undo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Undo")
+    }
+}
+
+/// A rate limiter's budget, wherever it lives.
+pub trait Backend: Send + Sync + fmt::Debug {
+    fn clock(&self) -> &Clock;
+    fn quota(&self) -> Quota;
+    /// The two shards that serve a key's hash first.
+    fn candidates(&self, hash: u64) -> (usize, usize);
+    /// Takes `count` tokens for the key with `hash` now, or refuses without waiting.
+    fn try_acquire_hashed(&self, hash: u64, count: u64) -> Result<Decision> {
+        self.take(hash, count).map(|(decision, _)| decision)
+    }
+    /// [`Backend::try_acquire_hashed`], keeping what it took so that it can be undone.
+    fn take(&self, hash: u64, count: u64) -> Result<(Decision, Option<Undo>)>;
+    fn undo(&self, undo: Undo);
+    /// Books `count` tokens for a caller's reservation or a waiter's turn.
+    fn book(&self, hash: u64, count: u64, max_wait: f64, holder: Holder) -> Result<Booking>;
+    fn execute_reservation(&self, id: &str) -> Decision;
+    fn cancel_reservation(&self, id: &str) -> bool;
+    /// Live bookings.
+    fn reservations(&self) -> usize;
+    fn peek(&self) -> f64;
+    fn shard_tokens(&self) -> Vec<f64>;
+    /// Admissions served by each shard since the limiter was made or reset.
+    fn served(&self) -> Vec<u64>;
+    fn set_quota(&self, quota: Quota) -> Result<()>;
+    fn reset(&self);
+}
+
+impl<B: Budget + fmt::Debug + 'static> Backend for Limiter<B> {
+    fn clock(&self) -> &Clock {
+        Limiter::clock(self)
+    }
+
+    fn quota(&self) -> Quota {
+        Limiter::quota(self)
+    }
+
+    fn candidates(&self, hash: u64) -> (usize, usize) {
+        Limiter::candidates(self, hash)
+    }
+
+    #[inline]
+    fn try_acquire_hashed(&self, hash: u64, count: u64) -> Result<Decision> {
+        Limiter::take(self, hash, count).map(|(decision, _)| decision)
+    }
+
+    fn take(&self, hash: u64, count: u64) -> Result<(Decision, Option<Undo>)> {
+        let (decision, taken) = Limiter::take(self, hash, count)?;
+        Ok((decision, taken.map(|t| Undo(Box::new(t)))))
+    }
+
+    fn undo(&self, undo: Undo) {
+        let taken = undo
+            .0
+            .downcast::<Taken<B::Receipt>>()
+            .expect("a take is undone on the limiter that made it");
+        Limiter::undo(self, *taken);
+    }
+
+    fn book(&self, hash: u64, count: u64, max_wait: f64, holder: Holder) -> Result<Booking> {
+        Limiter::book(self, hash, count, max_wait, holder)
+    }
+
+    fn execute_reservation(&self, id: &str) -> Decision {
+        self.execute(id)
+    }
+
+    fn cancel_reservation(&self, id: &str) -> bool {
+        self.cancel(id)
+    }
+
+    fn reservations(&self) -> usize {
+        Limiter::reservations(self)
+    }
+
+    fn peek(&self) -> f64 {
+        Limiter::peek(self)
+    }
+
+    fn shard_tokens(&self) -> Vec<f64> {
+        Limiter::shard_tokens(self)
+    }
+
+    fn served(&self) -> Vec<u64> {
+        Limiter::served(self)
+    }
+
+    fn set_quota(&self, quota: Quota) -> Result<()> {
+        Limiter::set_quota(self, quota)
+    }
+
+    fn reset(&self) {
+        Limiter::reset(self)
+    }
+}
+
+/// A sharded rate limiter over one shared budget (SPEC `scope="global"`), in memory.
+///
+/// The algorithm and the shard count are fixed for the limiter's life; rate, period and
+/// burst can change at run time ([`Backend::set_quota`]).
+pub struct RateLimiter {
+    backend: Box<dyn Backend>,
+    hasher: ahash::RandomState,
+}
+
+impl fmt::Debug for RateLimiter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.backend.fmt(f)
+    }
+}
+
+impl Deref for RateLimiter {
+    type Target = dyn Backend;
+
+    fn deref(&self) -> &Self::Target {
+        &*self.backend
+    }
+}
+
+impl RateLimiter {
+    pub fn new(quota: Quota, clock: Clock) -> Result<Self> {
+        Self::with_reservations(quota, clock, ReservationPolicy::default())
+    }
+
+    /// A limiter whose reservations live and number as `policy` says.
+    pub fn with_reservations(
+        quota: Quota,
+        clock: Clock,
+        policy: ReservationPolicy,
+    ) -> Result<Self> {
+        let backend: Box<dyn Backend> = match quota.algorithm {
+            Algorithm::TokenBucket => Box::new(Limiter::<TokenBucket>::new(quota, clock, policy)?),
+            Algorithm::SlidingWindow => {
+                Box::new(Limiter::<SlidingWindow>::new(quota, clock, policy)?)
+            }
+        };
+        Ok(Self {
+            backend,
+            hasher: ahash::RandomState::new(),
+        })
+    }
+
+    /// Hashes a key as [`RateLimiter::try_acquire`] does.
+    pub fn hash_key(&self, key: &str) -> Result<u64> {
+        if key.len() > MAX_KEY_LEN {
+            return Err(Error::invalid(
+                "key",
+                format!("must be at most {MAX_KEY_LEN} bytes, got {}", key.len()),
+            ));
+        }
+        Ok(self.hasher.hash_one(key))
+    }
+
+    /// Takes `count` tokens for `key` now, or refuses without waiting.
+    pub fn try_acquire(&self, key: &str, count: u64) -> Result<Decision> {
+        self.backend.try_acquire_hashed(self.hash_key(key)?, count)
+    }
+
+    /// Books a caller's reservation (see [`Backend::book`]).
+    pub fn reserve(&self, hash: u64, count: u64, max_wait: f64) -> Result<Booking> {
+        self.backend.book(hash, count, max_wait, Holder::Caller)
+    }
+
+    /// Books a waiting `acquire`'s turn.
+    pub fn reserve_turn(&self, hash: u64, count: u64, max_wait: f64) -> Result<Booking> {
+        self.backend.book(hash, count, max_wait, Holder::Waiter)
+    }
+
+    /// How evenly the shards have served requests (see [`Balance`]).
+    pub fn balance(&self) -> Balance {
+        Balance::of(self.backend.served())
+    }
+
+    /// Takes from every limiter or from none: each part is `(limiter, key hash, count)`.
+    /// Returns `Ok` with every admission, or `Err` with the index and the refusal of the
+    /// first part that refused, after giving back what the parts before it took.
+    pub fn try_acquire_all(
+        parts: &[(&RateLimiter, u64, u64)],
+    ) -> Result<std::result::Result<Vec<Decision>, (usize, Decision)>> {
+        let mut admitted: Vec<(Decision, Option<Undo>)> = Vec::with_capacity(parts.len());
+        for (index, &(limiter, hash, count)) in parts.iter().enumerate() {
+            let (decision, undo) = limiter.backend.take(hash, count)?;
+            if !decision.allowed {
+                for (&(earlier, ..), (_, undo)) in parts.iter().zip(admitted).rev() {
+                    if let Some(undo) = undo {
+                        earlier.backend.undo(undo);
+                    }
+                }
+                return Ok(Err((index, decision)));
+            }
+            admitted.push((decision, undo));
+        }
+        Ok(Ok(admitted.into_iter().map(|(d, _)| d).collect()))
+    }
+}

@@ -1,0 +1,321 @@
+//! The reservation book: live bookings only, each operation O(log n).
+//!
+//! A booking is *queued* (waiting for the budget to hold its tokens; funded strictly in
+//! booking order) or *held* (its tokens are in escrow). It leaves the book the moment it is
+//! executed, cancelled or expires; a bounded record of recently finished callers' ids
+//! answers repeats, and older ids are unknown. Ids carry their sequence number and a keyed
+//! tag, so a guessed id or one from another limiter does not verify.
+
+use std::collections::hash_map::RandomState;
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::hash::BuildHasher;
+
+use crate::budget::{Promise, Promises};
+use crate::clock::Nanos;
+use crate::decision::{Holder, Refusal};
+use crate::queue::Queue;
+
+/// Finished callers' ids remembered, so that a repeat says what became of the reservation.
+const REMEMBERED: usize = 65_536;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum State {
+    Queued,
+    Held,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Entry {
+    pub(crate) hash: u64,
+    pub(crate) count: u64,
+    pub(crate) slot: Nanos,
+    pub(crate) expires: Nanos,
+    pub(crate) state: State,
+    pub(crate) holder: Holder,
+}
+
+pub(crate) enum Lookup {
+    Live(u64, Entry),
+    Finished(Refusal),
+    Unknown,
+}
+
+#[derive(Debug)]
+pub(crate) struct Book {
+    live: HashMap<u64, Entry>,
+    /// Queued bookings, in booking order.
+    queue: Queue,
+    expiry: BTreeSet<(Nanos, u64)>,
+    promises: VecDeque<Promise>,
+    /// Tokens ever promised, and those promised by bookings that left the front.
+    through: u64,
+    base: u64,
+    queued: u64,
+    held: u64,
+    tail: Nanos,
+    finished: HashMap<u64, Refusal>,
+    finished_order: VecDeque<u64>,
+    next_seq: u64,
+    tags: RandomState,
+    pub(crate) ttl: Nanos,
+    pub(crate) max: usize,
+}
+
+impl Book {
+    pub(crate) fn new(ttl: Nanos, max: usize) -> Self {
+        Self {
+            live: HashMap::new(),
+            queue: Queue::default(),
+            expiry: BTreeSet::new(),
+            promises: VecDeque::new(),
+            through: 0,
+            base: 0,
+            queued: 0,
+            held: 0,
+            tail: 0,
+            finished: HashMap::new(),
+            finished_order: VecDeque::new(),
+            next_seq: 0,
+            tags: RandomState::new(),
+            ttl,
+            max,
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.live.len()
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.live.is_empty()
+    }
+
+    pub(crate) fn has_queued(&self) -> bool {
+        !self.queue.is_empty()
+    }
+
+    /// Tokens in escrow.
+    pub(crate) fn held(&self) -> u64 {
+        self.held
+    }
+
+    pub(crate) fn promises(&self) -> Promises<'_> {
+        Promises {
+            queued: self.queued,
+            list: &self.promises,
+            base: self.base,
+            tail: self.tail,
+        }
+    }
+
+    /// The first queued booking.
+    pub(crate) fn head(&self) -> Option<(u64, Entry)> {
+        let seq = self.queue.first()?;
+        Some((seq, self.live[&seq]))
+    }
+
+    /// Tokens queued by bookings ahead of the queued booking `seq`.
+    pub(crate) fn queued_ahead(&self, seq: u64) -> u64 {
+        self.queue.ahead(seq)
+    }
+
+    /// The booking whose time to live ends first, if it has ended by `now`.
+    pub(crate) fn expired(&self, now: Nanos) -> Option<u64> {
+        self.expiry
+            .first()
+            .filter(|&&(expires, _)| expires <= now)
+            .map(|&(_, seq)| seq)
+    }
+
+    /// When the first time to live ends.
+    pub(crate) fn next_expiry(&self) -> Option<Nanos> {
+        self.expiry.first().map(|&(expires, _)| expires)
+    }
+
+    /// Adds a booking; returns its id.
+    pub(crate) fn push(&mut self, entry: Entry) -> String {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.insert(seq, entry);
+        self.id(seq)
+    }
+
+    fn insert(&mut self, seq: u64, entry: Entry) {
+        match entry.state {
+            State::Queued => {
+                self.queue.push(seq, entry.count);
+                self.queued += entry.count;
+            }
+            State::Held => self.held += entry.count,
+        }
+        self.expiry.insert((entry.expires, seq));
+        self.through += entry.count;
+        self.promises.push_back(Promise {
+            seq,
+            slot: entry.slot,
+            through: self.through,
+        });
+        self.tail = self.tail.max(entry.slot);
+        self.live.insert(seq, entry);
+    }
+
+    /// The budget now holds a queued booking's tokens.
+    pub(crate) fn fund(&mut self, seq: u64) {
+        let entry = self.live.get_mut(&seq).expect("a queued booking is live");
+        debug_assert_eq!(entry.state, State::Queued);
+        entry.state = State::Held;
+        self.queue.remove(seq);
+        self.queued -= entry.count;
+        self.held += entry.count;
+    }
+
+    /// Takes a booking out of the book; a caller's id is remembered as `outcome`.
+    pub(crate) fn finish(&mut self, seq: u64, outcome: Refusal) -> Entry {
+        let entry = self.live.remove(&seq).expect("a finished booking was live");
+        match entry.state {
+            State::Queued => {
+                self.queue.remove(seq);
+                self.queued -= entry.count;
+            }
+            State::Held => self.held -= entry.count,
+        }
+        self.expiry.remove(&(entry.expires, seq));
+        while let Some(front) = self.promises.front() {
+            if self.live.contains_key(&front.seq) {
+                break;
+            }
+            self.base = front.through;
+            self.promises.pop_front();
+        }
+        if entry.holder == Holder::Caller {
+            if self.finished_order.len() == REMEMBERED {
+                let oldest = self.finished_order.pop_front().expect("full");
+                self.finished.remove(&oldest);
+            }
+            self.finished.insert(seq, outcome);
+            self.finished_order.push_back(seq);
+        }
+        entry
+    }
+
+    /// Empties the book for `reset()`, returning the waiters' turns in order: callers'
+    /// reservations are forgotten (their ids become unknown).
+    pub(crate) fn take_waiters(&mut self) -> Vec<(u64, Entry)> {
+        let mut waiters: Vec<(u64, Entry)> = self
+            .live
+            .drain()
+            .filter(|(_, e)| e.holder == Holder::Waiter)
+            .collect();
+        waiters.sort_unstable_by_key(|&(seq, _)| seq);
+        let fresh = Book::new(self.ttl, self.max);
+        *self = Book {
+            next_seq: self.next_seq,
+            tags: std::mem::take(&mut self.tags),
+            ..fresh
+        };
+        waiters
+    }
+
+    /// Puts a waiter's turn back under its old id (after `reset()`).
+    pub(crate) fn requeue(&mut self, seq: u64, entry: Entry) {
+        self.insert(seq, entry);
+    }
+
+    pub(crate) fn lookup(&self, id: &str) -> Lookup {
+        let parsed = id.split_once('-').and_then(|(seq, tag)| {
+            Some((
+                u64::from_str_radix(seq, 16).ok()?,
+                u64::from_str_radix(tag, 16).ok()?,
+            ))
+        });
+        match parsed {
+            Some((seq, tag)) if tag == self.tag(seq) => {
+                if let Some(entry) = self.live.get(&seq) {
+                    Lookup::Live(seq, *entry)
+                } else if let Some(&outcome) = self.finished.get(&seq) {
+                    Lookup::Finished(outcome)
+                } else {
+                    Lookup::Unknown
+                }
+            }
+            _ => Lookup::Unknown,
+        }
+    }
+
+    fn id(&self, seq: u64) -> String {
+        format!("{seq:x}-{:016x}", self.tag(seq))
+    }
+
+    fn tag(&self, seq: u64) -> u64 {
+        self.tags.hash_one(seq)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(slot: Nanos, state: State) -> Entry {
+        Entry {
+            hash: 0,
+            count: 1,
+            slot,
+            expires: slot + 100,
+            state,
+            holder: Holder::Caller,
+        }
+    }
+
+    #[test]
+    fn ids_verify_only_in_their_own_book() {
+        let mut book = Book::new(100, 10);
+        let mut other = Book::new(100, 10);
+        let id = book.push(entry(0, State::Held));
+        other.push(entry(0, State::Held));
+        assert!(matches!(book.lookup(&id), Lookup::Live(0, _)));
+        assert!(matches!(other.lookup(&id), Lookup::Unknown));
+        assert!(matches!(book.lookup("0-0000000000000000"), Lookup::Unknown));
+        assert!(matches!(book.lookup("not an id"), Lookup::Unknown));
+    }
+
+    #[test]
+    fn a_finished_booking_leaves_at_once_and_its_id_says_why() {
+        let mut book = Book::new(100, 10);
+        let id = book.push(entry(0, State::Held));
+        book.finish(0, Refusal::AlreadyExecuted);
+        assert!(book.is_empty());
+        assert!(matches!(
+            book.lookup(&id),
+            Lookup::Finished(Refusal::AlreadyExecuted)
+        ));
+    }
+
+    #[test]
+    fn the_queue_is_funded_in_order_and_promises_leave_from_the_front() {
+        let mut book = Book::new(100, 10);
+        book.push(entry(0, State::Held));
+        book.push(entry(10, State::Queued));
+        book.push(entry(20, State::Queued));
+        assert_eq!(book.head().map(|(seq, _)| seq), Some(1));
+        assert_eq!(book.promises().tokens(), 3);
+        book.finish(1, Refusal::Cancelled);
+        // The middle one left, the first still counts: promises stay conservative.
+        assert_eq!(book.promises().tokens(), 3);
+        book.finish(0, Refusal::AlreadyExecuted);
+        assert_eq!(book.promises().tokens(), 1);
+        assert_eq!(book.promises().slot_of(1), 20);
+        book.fund(2);
+        assert!(!book.has_queued());
+        assert_eq!(book.held(), 1);
+    }
+
+    #[test]
+    fn expiry_comes_in_time_order() {
+        let mut book = Book::new(100, 10);
+        book.push(entry(50, State::Queued));
+        book.push(entry(10, State::Held));
+        assert_eq!(book.expired(109), None);
+        assert_eq!(book.expired(110), Some(1));
+        assert_eq!(book.next_expiry(), Some(110));
+    }
+}

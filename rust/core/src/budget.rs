@@ -1,0 +1,102 @@
+//! The seam between the limiter and an algorithm.
+//!
+//! A budget is the algorithm's state and every rule that reads it: deciding a take, giving
+//! one back, how long until units are free, the slot a new booking gets, re-rating, and the
+//! escrow of held reservations. The limiter (`limiter.rs`) owns the gate and the book and
+//! knows no algorithm; each algorithm (`gcra.rs`, `sliding_window.rs`) knows no booking.
+//!
+//! Escrow: `hold(u)` moves `u` units out of the free credit so that they neither refill
+//! nor can be taken; `release(u)` gives them back to the free credit (a cancel, an expiry);
+//! `consume(u)` spends them (an execution: that is its admission). So the free credit plus
+//! the escrow never exceeds the burst, and I1 holds over admission times by construction.
+
+use std::collections::VecDeque;
+
+use crate::clock::{Clock, Nanos};
+use crate::params::Params;
+
+/// The outcome of one take.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Outcome<R> {
+    Admitted {
+        shard: usize,
+        receipt: R,
+    },
+    /// Not enough now; `wait` nanoseconds until there will be.
+    Refused {
+        shard: usize,
+        wait: Nanos,
+    },
+}
+
+/// One booking's promise, in booking order: its slot and the tokens promised up to and
+/// including it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Promise {
+    pub(crate) seq: u64,
+    pub(crate) slot: Nanos,
+    pub(crate) through: u64,
+}
+
+/// What the book has promised and not yet delivered.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Promises<'a> {
+    /// Tokens booked and not yet held (funded).
+    pub(crate) queued: u64,
+    /// Live bookings in order, oldest first; finished ones in the middle stay until they
+    /// reach the front, so the counts here are never low.
+    pub(crate) list: &'a VecDeque<Promise>,
+    /// `through` of the last promise that left the front.
+    pub(crate) base: u64,
+    /// The latest slot promised so far.
+    pub(crate) tail: Nanos,
+}
+
+impl Promises<'_> {
+    /// Tokens promised (held or queued).
+    pub(crate) fn tokens(&self) -> u64 {
+        self.list.back().map_or(0, |p| p.through - self.base)
+    }
+
+    /// The slot of the promise that holds the `k`-th promised token (1-based).
+    pub(crate) fn slot_of(&self, k: u64) -> Nanos {
+        let index = self.list.partition_point(|p| p.through - self.base < k);
+        self.list.get(index).map_or(self.tail, |p| p.slot)
+    }
+}
+
+/// An algorithm's state and rules (see the module comment).
+pub(crate) trait Budget: Send + Sync + Sized {
+    /// What a take records so that it can be given back exactly.
+    type Receipt: Send + 'static;
+
+    fn new(params: &Params, now: Nanos) -> Self;
+    /// The key's two candidate shards (the fuller one serves, where shards are real).
+    fn candidates(&self, hash: u64) -> (usize, usize);
+    /// Takes `units` now or refuses without writing; lock-free where the algorithm can be.
+    fn acquire(&self, clock: &Clock, now: Nanos, hash: u64, units: u64) -> Outcome<Self::Receipt>;
+    /// Undoes a take that turned out not to be an admission.
+    fn give_back(&self, receipt: Self::Receipt, clock: &Clock);
+    /// Units free now (escrow excluded).
+    fn available(&self, now: Nanos) -> u64;
+    /// Units free now in each shard.
+    fn shard_available(&self, now: Nanos) -> Vec<u64>;
+    /// Admissions served by each shard since the limiter was made or reset.
+    fn served(&self) -> Vec<u64>;
+    fn count_served(&self, shard: usize, served: bool);
+    fn clear_served(&self);
+    /// Nanoseconds from `now` until `units` are free, if nothing else is taken.
+    fn wait(&self, now: Nanos, params: &Params, units: u64) -> Nanos;
+    /// The earliest slot at which `units` can be held after every promise, if everyone
+    /// ahead executes on time.
+    fn slot(&self, now: Nanos, params: &Params, promises: &Promises<'_>, units: u64) -> Nanos;
+    /// Moves `units` (no more than are free) from the free credit into escrow.
+    fn hold(&self, now: Nanos, params: &Params, units: u64);
+    /// Gives `units` of escrow back to the free credit.
+    fn release(&self, now: Nanos, params: &Params, units: u64);
+    /// Spends `units` of escrow at `now` for the key with `hash`; returns the serving shard.
+    fn consume(&self, now: Nanos, params: &Params, hash: u64, units: u64) -> usize;
+    /// Applies `new` params, keeping the free credit (capped) unless `refill`, with
+    /// `held` tokens in escrow. Runs while no take can start.
+    fn retune(&self, now: Nanos, old: &Params, new: &Params, held: u64, refill: bool);
+}

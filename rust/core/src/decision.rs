@@ -1,0 +1,151 @@
+//! What a limiter answers: decisions, refusals, reservations.
+
+use crate::clock::Nanos;
+use crate::error::{Error, Result};
+
+/// Why a request was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// Not enough tokens now; `retry_after` says when there will be.
+    RateLimited,
+    /// More tokens than the burst: it can never succeed.
+    ExceedsCapacity,
+    /// Admission would need a longer wait than the caller allows.
+    MaxWaitExceeded,
+    /// A reservation whose tokens the budget does not hold yet.
+    NotReady,
+    /// A reservation past its time to live.
+    Expired,
+    /// A reservation that was cancelled.
+    Cancelled,
+    /// A reservation executed before: it admits once.
+    AlreadyExecuted,
+    /// An id this limiter never issued, or one it no longer remembers.
+    UnknownReservation,
+}
+
+impl Refusal {
+    /// The stable short code of SPEC §2.
+    pub fn code(self) -> &'static str {
+        match self {
+            Refusal::RateLimited => "rate_limited",
+            Refusal::ExceedsCapacity => "exceeds_capacity",
+            Refusal::MaxWaitExceeded => "max_wait_exceeded",
+            Refusal::NotReady => "not_ready",
+            Refusal::Expired => "expired",
+            Refusal::Cancelled => "cancelled",
+            Refusal::AlreadyExecuted => "already_executed",
+            Refusal::UnknownReservation => "unknown_reservation",
+        }
+    }
+}
+
+/// The answer to one request, fully computed when it is made.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Decision {
+    pub allowed: bool,
+    pub reason: Option<Refusal>,
+    /// The shard that served (or would have served) the request.
+    pub shard: usize,
+    /// Seconds until the request could be admitted; `None` when admitted or never.
+    pub retry_after: Option<f64>,
+    /// When it was decided, on the limiter's clock.
+    pub at: Nanos,
+    /// Tokens a `try_acquire` could take right after this decision.
+    pub remaining: f64,
+}
+
+/// Tokens held for a slot (see [`crate::Backend::reserve`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reservation {
+    /// Opaque; valid only with the limiter that issued it.
+    pub id: String,
+    pub count: u64,
+    pub shard: usize,
+    /// Times on the limiter's clock.
+    pub reserved_at: Nanos,
+    pub execute_at: Nanos,
+    pub expires_at: Nanos,
+}
+
+/// The answer to a reservation request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Booking {
+    Reserved(Reservation),
+    /// `exceeds_capacity`, or `max_wait_exceeded` with the wait the slot would have needed.
+    Refused(Decision),
+}
+
+/// Who a booking is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Holder {
+    /// A caller's reservation: `reset()` forgets it.
+    Caller,
+    /// A waiting `acquire`'s turn: `reset()` keeps it in line on the fresh budget.
+    Waiter,
+}
+
+/// How long reservations live and how many a limiter keeps.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ReservationPolicy {
+    /// Seconds after its slot during which a reservation can be executed or cancelled.
+    pub ttl: f64,
+    /// Live reservations (queued or held) kept at once.
+    pub max: usize,
+}
+
+impl Default for ReservationPolicy {
+    fn default() -> Self {
+        Self {
+            ttl: 60.0,
+            max: 10_000,
+        }
+    }
+}
+
+impl ReservationPolicy {
+    pub(crate) fn validate(self) -> Result<Self> {
+        if !(self.ttl.is_finite() && self.ttl > 0.0) {
+            return Err(Error::invalid(
+                "reservation_ttl",
+                format!("must be a finite number of seconds > 0, got {}", self.ttl),
+            ));
+        }
+        if self.max == 0 {
+            return Err(Error::invalid(
+                "max_reservations",
+                "must be an int >= 1, got 0".to_string(),
+            ));
+        }
+        Ok(self)
+    }
+}
+
+/// Checks a wait bound in seconds: `None` or infinity waits as long as it takes.
+pub fn validate_max_wait(max_wait: Option<f64>) -> Result<f64> {
+    match max_wait {
+        None => Ok(f64::INFINITY),
+        Some(wait) if wait >= 0.0 => Ok(wait),
+        Some(wait) => Err(Error::invalid(
+            "max_wait",
+            format!("must be None or a number of seconds >= 0, got {wait}"),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn max_wait_must_be_a_non_negative_number() {
+        assert_eq!(validate_max_wait(None), Ok(f64::INFINITY));
+        assert_eq!(validate_max_wait(Some(0.0)), Ok(0.0));
+        for bad in [-1.0, f64::NAN, f64::NEG_INFINITY] {
+            assert_eq!(
+                validate_max_wait(Some(bad)).unwrap_err().argument(),
+                "max_wait"
+            );
+        }
+    }
+}
