@@ -208,19 +208,19 @@ class ShardedRateLimiter(_NativeLimiter):
         ``not_ready`` with ``retry_after``; also ``expired``, ``cancelled``,
         ``already_executed`` or ``unknown_reservation``.
         """
-        turns = self._on_time(reservation_id)
+        result = self._execute(reservation_id, 0.0)
+        if result.reason != "not_ready" or self.clock is not None:
+            return result  # the hot path; a manual clock is exact, nothing to wait out
+        turns = self._on_time(reservation_id, result)
         try:
             wait = next(turns)
         except StopIteration as done:
             return cast(RateLimitResult, done.value)
         return _wait_blocking(turns, wait, self.clock)
 
-    def _on_time(self, reservation_id: str) -> Turns:
-        result = self._execute(reservation_id, 0.0)
+    def _on_time(self, reservation_id: str, result: RateLimitResult) -> Turns:
         waited = 0.0
-        # A manual clock is exact: nothing to wait out.
-        early = EARLY if self.clock is None else 0.0
-        while result.reason == "not_ready" and waited + (result.retry_after or 0.0) <= early:
+        while result.reason == "not_ready" and waited + (result.retry_after or 0.0) <= EARLY:
             wait = result.retry_after or 0.0
             yield wait
             waited += wait

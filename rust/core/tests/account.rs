@@ -1,0 +1,423 @@
+//! The one account of admission: random interleavings of every operation (try_acquire,
+//! waiting turns, reserve, execute early / on time / late / never, cancel, expiry,
+//! set_quota, reset) on a manual clock, at 1, 3 and 16 shards, for both algorithms.
+//!
+//! An admission happens when the caller may proceed: `try_acquire` returns allowed, or
+//! `execute_reservation` admits. Every interval (token bucket) or window (sliding window)
+//! of those times is checked against I1 by brute force, per reset (a reset refills), with
+//! the largest rate and burst that were in force.
+
+use proptest::prelude::*;
+use proptest::sample::Index;
+use proptest::test_runner::Config as ProptestConfig;
+use ratelimit_core::{
+    Algorithm, Booking, Clock, Holder, ManualClock, Quota, RateLimiter, Refusal, ReservationPolicy,
+};
+use std::sync::Arc;
+
+const PERIOD: f64 = 1.0;
+const PERIOD_NS: u64 = 1_000_000_000;
+const TTL: f64 = 0.25;
+
+/// `n` cases, or `PROPTEST_CASES` from the environment for a longer soak.
+fn cases(n: u32) -> ProptestConfig {
+    ProptestConfig {
+        cases: std::env::var("PROPTEST_CASES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(n),
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Setup {
+    algorithm: Algorithm,
+    shards: usize,
+    rate: f64,
+    /// Token bucket: the burst as a multiple of the rate (the sliding window's is floor(rate)).
+    burst: f64,
+}
+
+impl Setup {
+    fn quota(&self, rate: f64) -> Quota {
+        let burst = match self.algorithm {
+            Algorithm::TokenBucket => Some((rate * self.burst).max(1.0)),
+            Algorithm::SlidingWindow => None,
+        };
+        Quota::new(rate, PERIOD, burst, self.algorithm, Some(self.shards)).unwrap()
+    }
+}
+
+fn setup(algorithm: Algorithm) -> impl Strategy<Value = Setup> {
+    (
+        prop::sample::select(vec![1usize, 3, 16]),
+        prop_oneof![(1u32..=20).prop_map(f64::from), 1.0f64..200.0],
+        prop_oneof![Just(0.0), 0.0f64..0.5],
+    )
+        .prop_map(move |(shards, rate, burst)| Setup {
+            algorithm,
+            shards,
+            rate,
+            burst,
+        })
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    /// Moves the clock by this many emission intervals (negative: past every time to live).
+    Advance(f64),
+    Try {
+        key: u64,
+        count: u64,
+    },
+    Reserve {
+        key: u64,
+        count: u64,
+        max_wait: Option<f64>,
+    },
+    /// A waiting `acquire`'s turn.
+    Turn {
+        key: u64,
+        count: u64,
+    },
+    /// Executes a booking now: early, on time or late, whatever the clock says.
+    Execute(Index),
+    /// Waits for a booking's slot, then executes it as a waiter would: asking again after
+    /// each `retry_after`, a few times.
+    ExecuteOnTime(Index),
+    Cancel(Index),
+    /// Re-rates to this multiple of the first rate.
+    SetRate(f64),
+    Reset,
+}
+
+fn ops() -> impl Strategy<Value = Vec<Op>> {
+    let key = 0u64..4;
+    let count = prop_oneof![4 => Just(1u64), 1 => 1u64..=3];
+    let op = prop_oneof![
+        6 => prop_oneof![
+            3 => Just(0.0),
+            4 => 0.0f64..1.5,
+            2 => 0.0f64..6.0,
+            1 => Just(-1.0),
+        ]
+        .prop_map(Op::Advance),
+        5 => (key.clone(), count.clone()).prop_map(|(key, count)| Op::Try { key, count }),
+        3 => (
+            key.clone(),
+            count.clone(),
+            prop_oneof![2 => Just(None), 1 => (0.0f64..0.2).prop_map(Some)]
+        )
+            .prop_map(|(key, count, max_wait)| Op::Reserve { key, count, max_wait }),
+        2 => (key, count).prop_map(|(key, count)| Op::Turn { key, count }),
+        3 => any::<Index>().prop_map(Op::Execute),
+        4 => any::<Index>().prop_map(Op::ExecuteOnTime),
+        2 => any::<Index>().prop_map(Op::Cancel),
+        1 => prop_oneof![Just(0.5), Just(2.0), 0.25f64..4.0].prop_map(Op::SetRate),
+        1 => Just(Op::Reset),
+    ];
+    prop::collection::vec(op, 1..160)
+}
+
+/// A booking the test still holds, as its caller knows it.
+#[derive(Debug, Clone)]
+struct Booked {
+    id: String,
+    count: u64,
+    execute_at: u64,
+    /// Unknown (`None`) once a reset has put a waiter's turn back in line.
+    expires_at: Option<u64>,
+    holder: Holder,
+}
+
+/// Admissions between two resets, and the largest quota in force meanwhile.
+#[derive(Debug, Default)]
+struct Epoch {
+    admissions: Vec<(u64, u64)>,
+    rate: f64,
+    burst: f64,
+}
+
+struct Run {
+    setup: Setup,
+    limiter: RateLimiter,
+    clock: Arc<ManualClock>,
+    rate: f64,
+    booked: Vec<Booked>,
+    epochs: Vec<Epoch>,
+}
+
+impl Run {
+    fn new(setup: Setup) -> Self {
+        let clock = Arc::new(ManualClock::new(0.0));
+        let policy = ReservationPolicy {
+            ttl: TTL,
+            max: 10_000,
+        };
+        let limiter = RateLimiter::with_reservations(
+            setup.quota(setup.rate),
+            Clock::Manual(clock.clone()),
+            policy,
+        )
+        .unwrap();
+        let mut run = Self {
+            setup,
+            limiter,
+            clock,
+            rate: setup.rate,
+            booked: Vec::new(),
+            epochs: Vec::new(),
+        };
+        run.open_epoch();
+        run
+    }
+
+    fn open_epoch(&mut self) {
+        let quota = self.limiter.quota();
+        self.epochs.push(Epoch {
+            admissions: Vec::new(),
+            rate: quota.rate,
+            burst: quota.burst,
+        });
+    }
+
+    fn admitted(&mut self, count: u64) {
+        let now = self.clock.now();
+        self.epochs
+            .last_mut()
+            .unwrap()
+            .admissions
+            .push((now, count));
+    }
+
+    fn pick(&self, index: &Index) -> Option<usize> {
+        (!self.booked.is_empty()).then(|| index.index(self.booked.len()))
+    }
+
+    /// Executes booking `i` now; forgets it unless it is not ready yet.
+    fn execute(&mut self, i: usize) -> Result<Option<f64>, TestCaseError> {
+        let booked = self.booked[i].clone();
+        let decision = self.limiter.execute_reservation(&booked.id);
+        if decision.allowed {
+            self.admitted(booked.count);
+            self.booked.swap_remove(i);
+            return Ok(None);
+        }
+        match decision.reason {
+            Some(Refusal::NotReady) => {
+                let wait = decision.retry_after.unwrap();
+                prop_assert!(wait > 0.0, "not ready with no wait: {:?}", decision);
+                Ok(Some(wait))
+            }
+            Some(Refusal::Expired) => {
+                self.booked.swap_remove(i);
+                Ok(None)
+            }
+            Some(Refusal::UnknownReservation) => {
+                // A caller's reservation after a reset, or a turn whose time to live ran out.
+                self.booked.swap_remove(i);
+                Ok(None)
+            }
+            other => Err(TestCaseError::fail(format!(
+                "execute of a live booking refused {other:?}: {decision:?}"
+            ))),
+        }
+    }
+
+    fn step(&mut self, op: &Op) -> Result<(), TestCaseError> {
+        match *op {
+            Op::Advance(intervals) => {
+                let by = if intervals < 0.0 {
+                    (TTL * 1.2 * 1e9) as u64
+                } else {
+                    (intervals * PERIOD_NS as f64 / self.rate) as u64
+                };
+                self.clock.advance(by);
+            }
+            Op::Try { key, count } => {
+                let decision = self.limiter.try_acquire_hashed(key, count).unwrap();
+                if decision.allowed {
+                    self.admitted(count);
+                } else {
+                    prop_assert!(decision.remaining >= 0.0);
+                }
+            }
+            Op::Reserve {
+                key,
+                count,
+                max_wait,
+            } => {
+                let max_wait = max_wait.unwrap_or(f64::INFINITY);
+                if let Booking::Reserved(r) = self.limiter.reserve(key, count, max_wait).unwrap() {
+                    prop_assert!(r.execute_at >= r.reserved_at);
+                    self.booked.push(Booked {
+                        id: r.id,
+                        count,
+                        execute_at: r.execute_at,
+                        expires_at: Some(r.expires_at),
+                        holder: Holder::Caller,
+                    });
+                }
+            }
+            Op::Turn { key, count } => {
+                let booking = self
+                    .limiter
+                    .reserve_turn(key, count, f64::INFINITY)
+                    .unwrap();
+                if let Booking::Reserved(r) = booking {
+                    self.booked.push(Booked {
+                        id: r.id,
+                        count,
+                        execute_at: r.execute_at,
+                        expires_at: Some(r.expires_at),
+                        holder: Holder::Waiter,
+                    });
+                }
+            }
+            Op::Execute(ref index) => {
+                if let Some(i) = self.pick(index) {
+                    self.execute(i)?;
+                }
+            }
+            Op::ExecuteOnTime(ref index) => {
+                if let Some(i) = self.pick(index) {
+                    let at = self.booked[i].execute_at;
+                    self.clock.set(self.clock.now().max(at));
+                    let id = self.booked[i].id.clone();
+                    for _ in 0..3 {
+                        let Some(i) = self.booked.iter().position(|b| b.id == id) else {
+                            break;
+                        };
+                        match self.execute(i)? {
+                            Some(wait) => self.clock.advance((wait * 1e9).ceil() as u64),
+                            None => break,
+                        }
+                    }
+                }
+            }
+            Op::Cancel(ref index) => {
+                if let Some(i) = self.pick(index) {
+                    let booked = self.booked.swap_remove(i);
+                    self.limiter.cancel_reservation(&booked.id);
+                }
+            }
+            Op::SetRate(factor) => {
+                let rate = (self.setup.rate * factor).max(1.0);
+                self.limiter.set_quota(self.setup.quota(rate)).unwrap();
+                self.rate = rate;
+                let quota = self.limiter.quota();
+                let epoch = self.epochs.last_mut().unwrap();
+                epoch.rate = epoch.rate.max(quota.rate);
+                epoch.burst = epoch.burst.max(quota.burst);
+            }
+            Op::Reset => {
+                self.limiter.reset();
+                self.open_epoch();
+                // Callers' reservations are forgotten; waiters keep their turns.
+                self.booked.retain(|b| b.holder == Holder::Waiter);
+                let mut i = 0;
+                while i < self.booked.len() {
+                    let decision = self.limiter.execute_reservation(&self.booked[i].id);
+                    let booked = &mut self.booked[i];
+                    let live = booked.expires_at.is_some_and(|at| at > self.clock.now());
+                    if decision.allowed {
+                        let count = booked.count;
+                        self.admitted(count);
+                        self.booked.swap_remove(i);
+                    } else if decision.reason == Some(Refusal::NotReady) {
+                        booked.expires_at = None;
+                        i += 1;
+                    } else {
+                        // Only a turn that may have outlived its time to live is gone.
+                        prop_assert!(!live, "a waiter's turn after reset: {:?}", decision);
+                        self.booked.swap_remove(i);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Token bucket: the tokens admitted in every [a, b] are at most burst + rate * (b - a).
+fn check_token_bucket(epoch: &Epoch) -> Result<(), TestCaseError> {
+    let admissions = &epoch.admissions;
+    for i in 0..admissions.len() {
+        let mut tokens = 0u64;
+        for &(at, count) in &admissions[i..] {
+            tokens += count;
+            let elapsed = (at - admissions[i].0) as f64 / PERIOD_NS as f64;
+            let bound = epoch.burst + epoch.rate * elapsed / PERIOD;
+            prop_assert!(
+                tokens as f64 <= bound + 1e-6,
+                "{} tokens in [{} ns, {} ns], bound {} (burst {}, rate {})",
+                tokens,
+                admissions[i].0,
+                at,
+                bound,
+                epoch.burst,
+                epoch.rate
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Sliding window: every closed window [a, a + period] holds at most floor(rate); it is
+/// enough to start windows at admissions (the first of those at an instant counts them all).
+fn check_sliding_window(epoch: &Epoch) -> Result<(), TestCaseError> {
+    let admissions = &epoch.admissions;
+    let limit = epoch.rate.floor() as u64;
+    for (i, &(start, _)) in admissions.iter().enumerate() {
+        let inside: u64 = admissions[i..]
+            .iter()
+            .take_while(|&&(at, _)| at - start <= PERIOD_NS)
+            .map(|&(_, count)| count)
+            .sum();
+        prop_assert!(
+            inside <= limit,
+            "{} admissions in [{} ns, {} ns + period], limit {}",
+            inside,
+            start,
+            start,
+            limit
+        );
+    }
+    Ok(())
+}
+
+fn play(setup: Setup, ops: &[Op]) -> Result<(), TestCaseError> {
+    let mut run = Run::new(setup);
+    for op in ops {
+        run.step(op)?;
+    }
+    for epoch in &run.epochs {
+        match setup.algorithm {
+            Algorithm::TokenBucket => check_token_bucket(epoch)?,
+            Algorithm::SlidingWindow => check_sliding_window(epoch)?,
+        }
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(cases(256))]
+
+    #[test]
+    fn i1_token_bucket_holds_over_every_admission_time(
+        setup in setup(Algorithm::TokenBucket),
+        ops in ops(),
+    ) {
+        play(setup, &ops)?;
+    }
+
+    #[test]
+    fn i1_sliding_window_holds_over_every_admission_time(
+        setup in setup(Algorithm::SlidingWindow),
+        ops in ops(),
+    ) {
+        play(setup, &ops)?;
+    }
+}
