@@ -263,8 +263,14 @@ impl Shard for GcraShard {
     }
 
     /// Credit held now, plus the waste a settle would move into shards with room.
+    #[inline]
     fn total_available(set: &ShardSet<Self>, now: Nanos) -> u64 {
         let now = ticks(now);
+        let shards = set.slots.iter().map(|s| &s.shard);
+        if now < set.shared.horizon.load(Ordering::Relaxed) {
+            // No shard is full, so none has wasted anything: the credits are the answer.
+            return shards.map(|s| s.credit(s.tat(), now)).sum();
+        }
         let settled = set.shared.settled.load(Ordering::SeqCst);
         let (mut credit, mut waste, mut room) = (0u64, 0u64, 0u64);
         for slot in set.slots.iter() {

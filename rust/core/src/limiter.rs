@@ -122,7 +122,8 @@ impl<B: Budget> Limiter<B> {
             shard,
             retry_after: refusal.and_then(|(_, wait)| wait.map(seconds)),
             at: now,
-            remaining: self.tokens(self.budget.available(now)),
+            remaining_units: self.budget.available(now),
+            unit: self.tuning.unit.load(Ordering::Relaxed),
         }
     }
 
@@ -228,7 +229,7 @@ impl<B: Budget> Limiter<B> {
                 let shard = self.budget.candidates(hash).0;
                 let mut decision =
                     self.decision(now, shard, Some((Refusal::RateLimited, Some(slot - now))));
-                decision.remaining = 0.0;
+                decision.remaining_units = 0;
                 (decision, None)
             }
             _ => {

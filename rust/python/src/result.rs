@@ -17,9 +17,9 @@ use ratelimit_core::Decision;
 pub(crate) struct PyRateLimitResult {
     #[pyo3(get)]
     allowed: bool,
-    /// Tokens a `try_acquire` could take right after the decision, computed with it.
-    #[pyo3(get)]
-    tokens_remaining: f64,
+    /// The decision's free units and units per token (`tokens_remaining`), fixed with it.
+    remaining_units: u64,
+    unit: u64,
     #[pyo3(get)]
     retry_after: Option<f64>,
     #[pyo3(get)]
@@ -35,7 +35,8 @@ impl PyRateLimitResult {
     pub(crate) fn new(decision: Decision, waited: f64) -> Self {
         Self {
             allowed: decision.allowed,
-            tokens_remaining: decision.remaining,
+            remaining_units: decision.remaining_units,
+            unit: decision.unit,
             retry_after: decision.retry_after,
             shard_id: decision.shard,
             reason: decision.reason.map(|r| r.code()),
@@ -73,6 +74,12 @@ impl Ready {
 
 #[pymethods]
 impl PyRateLimitResult {
+    /// Tokens a `try_acquire` could take right after the decision, fixed with it.
+    #[getter]
+    fn tokens_remaining(&self) -> f64 {
+        self.remaining_units as f64 / self.unit as f64
+    }
+
     fn __bool__(&self) -> bool {
         self.allowed
     }
@@ -87,7 +94,7 @@ impl PyRateLimitResult {
             "RateLimitResult(allowed={}, tokens_remaining={:?}, retry_after={}, shard_id={}, \
              reason={}, waited={:?})",
             if self.allowed { "True" } else { "False" },
-            self.tokens_remaining,
+            self.tokens_remaining(),
             opt(self.retry_after.map(|r| format!("{r:?}"))),
             self.shard_id,
             opt(self.reason.map(|r| format!("'{r}'"))),
