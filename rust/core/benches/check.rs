@@ -1,5 +1,6 @@
-//! The core check: one `try_acquire` including the clock read, on one thread and on two
-//! threads that use different shards. Run with `make bench` (or `cargo bench -p ratelimit-core`).
+//! The core check: one decision (`check_hashed`: allowed or not) including the clock read,
+//! on one thread and on two threads that use different shards; and `try_acquire_hashed`,
+//! which also tells the tokens left (a look at every shard). Run with `make bench` (or `cargo bench -p ratelimit-core`).
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use ratelimit_core::{
@@ -38,11 +39,17 @@ fn single_thread(c: &mut Criterion) {
     });
     let limiter = limiter(1);
     let hash = limiter.hash_key("default").unwrap();
-    c.bench_function("try_acquire/1 thread", |b| {
+    c.bench_function("check/1 thread", |b| {
+        b.iter(|| black_box(limiter.check_hashed(black_box(hash), 1).unwrap()))
+    });
+    c.bench_function("try_acquire (with tokens left)/1 thread", |b| {
         b.iter(|| black_box(limiter.try_acquire_hashed(black_box(hash), 1).unwrap()))
     });
     let limiter16 = self::limiter(16);
-    c.bench_function("try_acquire/1 thread, 16 shards", |b| {
+    c.bench_function("check/1 thread, 16 shards", |b| {
+        b.iter(|| black_box(limiter16.check_hashed(black_box(hash), 1).unwrap()))
+    });
+    c.bench_function("try_acquire (with tokens left)/1 thread, 16 shards", |b| {
         b.iter(|| black_box(limiter16.try_acquire_hashed(black_box(hash), 1).unwrap()))
     });
 }
@@ -54,37 +61,34 @@ fn threads(c: &mut Criterion) {
     let limiter = Arc::new(limiter(4));
     let hashes = hashes_on_separate_shards(&limiter);
     for threads in [1usize, 2] {
-        c.bench_function(
-            &format!("try_acquire/{threads} threads, separate shards"),
-            |b| {
-                b.iter_custom(|iters| {
-                    let barrier = Arc::new(Barrier::new(threads + 1));
-                    let workers: Vec<_> = (0..threads)
-                        .map(|t| {
-                            let (limiter, barrier) = (limiter.clone(), barrier.clone());
-                            // Alone, a thread takes turns with both keys; in pairs, one each.
-                            let mine: Vec<u64> = if threads == 1 {
-                                hashes.to_vec()
-                            } else {
-                                vec![hashes[t]]
-                            };
-                            std::thread::spawn(move || {
-                                barrier.wait();
-                                for hash in mine.iter().cycle().take(iters as usize) {
-                                    black_box(limiter.try_acquire_hashed(*hash, 1).unwrap());
-                                }
-                            })
+        c.bench_function(&format!("check/{threads} threads, separate shards"), |b| {
+            b.iter_custom(|iters| {
+                let barrier = Arc::new(Barrier::new(threads + 1));
+                let workers: Vec<_> = (0..threads)
+                    .map(|t| {
+                        let (limiter, barrier) = (limiter.clone(), barrier.clone());
+                        // Alone, a thread takes turns with both keys; in pairs, one each.
+                        let mine: Vec<u64> = if threads == 1 {
+                            hashes.to_vec()
+                        } else {
+                            vec![hashes[t]]
+                        };
+                        std::thread::spawn(move || {
+                            barrier.wait();
+                            for hash in mine.iter().cycle().take(iters as usize) {
+                                black_box(limiter.check_hashed(*hash, 1).unwrap());
+                            }
                         })
-                        .collect();
-                    barrier.wait();
-                    let start = Instant::now();
-                    for w in workers {
-                        w.join().unwrap();
-                    }
-                    start.elapsed() / threads as u32
-                })
-            },
-        );
+                    })
+                    .collect();
+                barrier.wait();
+                let start = Instant::now();
+                for w in workers {
+                    w.join().unwrap();
+                }
+                start.elapsed() / threads as u32
+            })
+        });
     }
 }
 

@@ -37,9 +37,15 @@ pub trait Backend: Send + Sync + fmt::Debug {
     fn quota(&self) -> Quota;
     /// The two shards that serve a key's hash first.
     fn candidates(&self, hash: u64) -> (usize, usize);
-    /// Takes `count` tokens for the key with `hash` now, or refuses without waiting.
+    /// Takes `count` tokens for the key with `hash` now, or refuses without waiting; the
+    /// decision tells the tokens left right after it.
     fn try_acquire_hashed(&self, hash: u64, count: u64) -> Result<Decision> {
         self.take(hash, count).map(|(decision, _)| decision)
+    }
+    /// [`Backend::try_acquire_hashed`] without the tokens left (`remaining_units` is
+    /// `None`): the cheapest decision, for callers that only need allowed or not.
+    fn check_hashed(&self, hash: u64, count: u64) -> Result<Decision> {
+        self.try_acquire_hashed(hash, count)
     }
     /// [`Backend::try_acquire_hashed`], keeping what it took so that it can be undone.
     fn take(&self, hash: u64, count: u64) -> Result<(Decision, Option<Undo>)>;
@@ -73,11 +79,16 @@ impl<B: Budget + fmt::Debug + 'static> Backend for Limiter<B> {
 
     #[inline]
     fn try_acquire_hashed(&self, hash: u64, count: u64) -> Result<Decision> {
-        Limiter::take(self, hash, count).map(|(decision, _)| decision)
+        Limiter::take(self, hash, count, true).map(|(decision, _)| decision)
+    }
+
+    #[inline]
+    fn check_hashed(&self, hash: u64, count: u64) -> Result<Decision> {
+        Limiter::take(self, hash, count, false).map(|(decision, _)| decision)
     }
 
     fn take(&self, hash: u64, count: u64) -> Result<(Decision, Option<Undo>)> {
-        let (decision, taken) = Limiter::take(self, hash, count)?;
+        let (decision, taken) = Limiter::take(self, hash, count, true)?;
         Ok((decision, taken.map(|t| Undo(Box::new(t)))))
     }
 

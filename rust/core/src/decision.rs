@@ -51,16 +51,18 @@ pub struct Decision {
     pub retry_after: Option<f64>,
     /// When it was decided, on the limiter's clock.
     pub at: Nanos,
-    /// Units a `try_acquire` could take right after this decision, and units per token:
-    /// kept as integers so the decision costs no division (see [`Decision::remaining`]).
-    pub remaining_units: u64,
+    /// Units a `try_acquire` could take right after this decision (`None` from
+    /// [`crate::Backend::check_hashed`], which does not look), and units per token: kept
+    /// as integers so the decision costs no division (see [`Decision::remaining`]).
+    pub remaining_units: Option<u64>,
     pub unit: u64,
 }
 
 impl Decision {
     /// Tokens a `try_acquire` could take right after this decision.
-    pub fn remaining(&self) -> f64 {
-        self.remaining_units as f64 / self.unit as f64
+    pub fn remaining(&self) -> Option<f64> {
+        self.remaining_units
+            .map(|units| units as f64 / self.unit as f64)
     }
 }
 

@@ -116,23 +116,38 @@ impl<B: Budget> Limiter<B> {
         shard: usize,
         refusal: Option<(Refusal, Option<Nanos>)>,
     ) -> Decision {
+        self.tallied(now, shard, refusal, true)
+    }
+
+    /// A decision, with the budget left right after it when `tally` (reading it costs a
+    /// look at every shard, which threads on separate shards would otherwise not share).
+    #[inline]
+    fn tallied(
+        &self,
+        now: Nanos,
+        shard: usize,
+        refusal: Option<(Refusal, Option<Nanos>)>,
+        tally: bool,
+    ) -> Decision {
         Decision {
             allowed: refusal.is_none(),
             reason: refusal.map(|(reason, _)| reason),
             shard,
             retry_after: refusal.and_then(|(_, wait)| wait.map(seconds)),
             at: now,
-            remaining_units: self.budget.available(now),
+            remaining_units: tally.then(|| self.budget.available(now)),
             unit: self.tuning.unit.load(Ordering::Relaxed),
         }
     }
 
-    /// A decision that keeps what it took, so that it can be undone.
+    /// A decision that keeps what it took, so that it can be undone; with the budget left
+    /// after it when `tally`.
     #[inline]
     pub(crate) fn take(
         &self,
         hash: u64,
         count: u64,
+        tally: bool,
     ) -> Result<(Decision, Option<Taken<B::Receipt>>)> {
         if count == 0 {
             return Err(Error::invalid_count(&count));
@@ -143,7 +158,7 @@ impl<B: Budget> Limiter<B> {
                 if self.tuning.busy.load(Ordering::SeqCst) {
                     return Ok(self.take_in_account(hash, count));
                 }
-                if let Some(decided) = self.take_quietly(version, hash, count) {
+                if let Some(decided) = self.take_quietly(version, hash, count, tally) {
                     return Ok(decided);
                 }
             }
@@ -161,6 +176,7 @@ impl<B: Budget> Limiter<B> {
         version: u64,
         hash: u64,
         count: u64,
+        tally: bool,
     ) -> Option<(Decision, Option<Taken<B::Receipt>>)> {
         let retunes = self.tuning.retunes.load(Ordering::SeqCst);
         let now = self.clock.now();
@@ -179,7 +195,7 @@ impl<B: Budget> Limiter<B> {
             }
             return None;
         }
-        Some(self.outcome(now, hash, outcome, retunes))
+        Some(self.outcome(now, hash, outcome, retunes, tally))
     }
 
     fn outcome(
@@ -188,10 +204,11 @@ impl<B: Budget> Limiter<B> {
         hash: u64,
         outcome: Option<Outcome<B::Receipt>>,
         retunes: u64,
+        tally: bool,
     ) -> (Decision, Option<Taken<B::Receipt>>) {
         match outcome {
             Some(Outcome::Admitted { shard, receipt }) => (
-                self.decision(now, shard, None),
+                self.tallied(now, shard, None, tally),
                 Some(Taken {
                     retunes,
                     shard,
@@ -199,14 +216,15 @@ impl<B: Budget> Limiter<B> {
                 }),
             ),
             Some(Outcome::Refused { shard, wait }) => (
-                self.decision(now, shard, Some((Refusal::RateLimited, Some(wait)))),
+                self.tallied(now, shard, Some((Refusal::RateLimited, Some(wait))), tally),
                 None,
             ),
             None => (
-                self.decision(
+                self.tallied(
                     now,
                     self.budget.candidates(hash).0,
                     Some((Refusal::ExceedsCapacity, None)),
+                    tally,
                 ),
                 None,
             ),
@@ -229,12 +247,12 @@ impl<B: Budget> Limiter<B> {
                 let shard = self.budget.candidates(hash).0;
                 let mut decision =
                     self.decision(now, shard, Some((Refusal::RateLimited, Some(slot - now))));
-                decision.remaining_units = 0;
+                decision.remaining_units = Some(0);
                 (decision, None)
             }
             _ => {
                 let outcome = units.map(|units| self.budget.acquire(&self.clock, now, hash, units));
-                self.outcome(now, hash, outcome, retunes)
+                self.outcome(now, hash, outcome, retunes, true)
             }
         }
     }

@@ -241,7 +241,7 @@ impl Run {
                 if decision.allowed {
                     self.admitted(count);
                 } else {
-                    prop_assert!(decision.remaining() >= 0.0);
+                    prop_assert!(decision.remaining().unwrap() >= 0.0);
                 }
             }
             Op::Reserve {

@@ -35,7 +35,8 @@ impl PyRateLimitResult {
     pub(crate) fn new(decision: Decision, waited: f64) -> Self {
         Self {
             allowed: decision.allowed,
-            remaining_units: decision.remaining_units,
+            // Every decision the binding asks for is tallied; a check would say 0 here.
+            remaining_units: decision.remaining_units.unwrap_or(0),
             unit: decision.unit,
             retry_after: decision.retry_after,
             shard_id: decision.shard,
