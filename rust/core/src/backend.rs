@@ -142,13 +142,34 @@ impl<B: Budget + fmt::Debug + 'static> Backend for Limiter<B> {
 /// The algorithm and the shard count are fixed for the limiter's life; rate, period and
 /// burst can change at run time ([`Backend::set_quota`]).
 pub struct RateLimiter {
-    backend: Box<dyn Backend>,
+    engine: Engine,
     hasher: ahash::RandomState,
+}
+
+/// The backend a limiter stands on. Named rather than boxed so that a decision is a
+/// static call that inlines: through a `dyn Backend` the core check cost 37 ns instead of
+/// 19 ns (`cargo bench -p ratelimit-core --bench check`). A new backend is a new variant
+/// here and a `Backend` implementation of its own.
+// One per limiter, so the size difference costs nothing; boxing would add a pointer chase.
+#[allow(clippy::large_enum_variant)]
+enum Engine {
+    TokenBucket(Limiter<TokenBucket>),
+    SlidingWindow(Limiter<SlidingWindow>),
+}
+
+/// Runs `$body` with `$backend` bound to the limiter's backend, statically typed.
+macro_rules! on_engine {
+    ($engine:expr, $backend:ident => $body:expr) => {
+        match $engine {
+            Engine::TokenBucket($backend) => $body,
+            Engine::SlidingWindow($backend) => $body,
+        }
+    };
 }
 
 impl fmt::Debug for RateLimiter {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.backend.fmt(f)
+        on_engine!(&self.engine, backend => backend.fmt(f))
     }
 }
 
@@ -156,7 +177,7 @@ impl Deref for RateLimiter {
     type Target = dyn Backend;
 
     fn deref(&self) -> &Self::Target {
-        &*self.backend
+        on_engine!(&self.engine, backend => backend)
     }
 }
 
@@ -171,16 +192,26 @@ impl RateLimiter {
         clock: Clock,
         policy: ReservationPolicy,
     ) -> Result<Self> {
-        let backend: Box<dyn Backend> = match quota.algorithm {
-            Algorithm::TokenBucket => Box::new(Limiter::<TokenBucket>::new(quota, clock, policy)?),
-            Algorithm::SlidingWindow => {
-                Box::new(Limiter::<SlidingWindow>::new(quota, clock, policy)?)
-            }
+        let engine = match quota.algorithm {
+            Algorithm::TokenBucket => Engine::TokenBucket(Limiter::new(quota, clock, policy)?),
+            Algorithm::SlidingWindow => Engine::SlidingWindow(Limiter::new(quota, clock, policy)?),
         };
         Ok(Self {
-            backend,
+            engine,
             hasher: ahash::RandomState::new(),
         })
+    }
+
+    /// [`Backend::try_acquire_hashed`], statically dispatched (the hot path).
+    #[inline]
+    pub fn try_acquire_hashed(&self, hash: u64, count: u64) -> Result<Decision> {
+        on_engine!(&self.engine, backend => backend.try_acquire_hashed(hash, count))
+    }
+
+    /// [`Backend::check_hashed`], statically dispatched (the hot path).
+    #[inline]
+    pub fn check_hashed(&self, hash: u64, count: u64) -> Result<Decision> {
+        on_engine!(&self.engine, backend => backend.check_hashed(hash, count))
     }
 
     /// Hashes a key as [`RateLimiter::try_acquire`] does.
@@ -196,22 +227,22 @@ impl RateLimiter {
 
     /// Takes `count` tokens for `key` now, or refuses without waiting.
     pub fn try_acquire(&self, key: &str, count: u64) -> Result<Decision> {
-        self.backend.try_acquire_hashed(self.hash_key(key)?, count)
+        self.try_acquire_hashed(self.hash_key(key)?, count)
     }
 
     /// Books a caller's reservation (see [`Backend::book`]).
     pub fn reserve(&self, hash: u64, count: u64, max_wait: f64) -> Result<Booking> {
-        self.backend.book(hash, count, max_wait, Holder::Caller)
+        self.book(hash, count, max_wait, Holder::Caller)
     }
 
     /// Books a waiting `acquire`'s turn.
     pub fn reserve_turn(&self, hash: u64, count: u64, max_wait: f64) -> Result<Booking> {
-        self.backend.book(hash, count, max_wait, Holder::Waiter)
+        self.book(hash, count, max_wait, Holder::Waiter)
     }
 
     /// How evenly the shards have served requests (see [`Balance`]).
     pub fn balance(&self) -> Balance {
-        Balance::of(self.backend.served())
+        Balance::of(self.served())
     }
 
     /// Takes from every limiter or from none: each part is `(limiter, key hash, count)`.
@@ -222,11 +253,11 @@ impl RateLimiter {
     ) -> Result<std::result::Result<Vec<Decision>, (usize, Decision)>> {
         let mut admitted: Vec<(Decision, Option<Undo>)> = Vec::with_capacity(parts.len());
         for (index, &(limiter, hash, count)) in parts.iter().enumerate() {
-            let (decision, undo) = limiter.backend.take(hash, count)?;
+            let (decision, undo) = limiter.take(hash, count)?;
             if !decision.allowed {
                 for (&(earlier, ..), (_, undo)) in parts.iter().zip(admitted).rev() {
                     if let Some(undo) = undo {
-                        earlier.backend.undo(undo);
+                        earlier.undo(undo);
                     }
                 }
                 return Ok(Err((index, decision)));

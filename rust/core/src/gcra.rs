@@ -349,7 +349,7 @@ impl Budget for TokenBucket {
         self.set.candidates(hash)
     }
 
-    #[inline]
+    #[inline(always)]
     fn acquire(&self, clock: &Clock, now: Nanos, hash: u64, units: u64) -> Outcome<Self::Receipt> {
         self.set.acquire(clock, now, hash, units)
     }

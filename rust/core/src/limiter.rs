@@ -121,7 +121,7 @@ impl<B: Budget> Limiter<B> {
 
     /// A decision, with the budget left right after it when `tally` (reading it costs a
     /// look at every shard, which threads on separate shards would otherwise not share).
-    #[inline]
+    #[inline(always)]
     fn tallied(
         &self,
         now: Nanos,
@@ -142,7 +142,7 @@ impl<B: Budget> Limiter<B> {
 
     /// A decision that keeps what it took, so that it can be undone; with the budget left
     /// after it when `tally`.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn take(
         &self,
         hash: u64,
@@ -170,7 +170,7 @@ impl<B: Budget> Limiter<B> {
     /// meanwhile, and the caller decides again. A take that raced a booking is given back
     /// (the account may not have seen it); one that raced a re-rating stays charged (the
     /// new state may already count it): never over, at worst a token lost.
-    #[inline]
+    #[inline(always)]
     fn take_quietly(
         &self,
         version: u64,
@@ -198,6 +198,7 @@ impl<B: Budget> Limiter<B> {
         Some(self.outcome(now, hash, outcome, retunes, tally))
     }
 
+    #[inline(always)]
     fn outcome(
         &self,
         now: Nanos,

@@ -118,7 +118,7 @@ impl<S: Shard> ShardSet<S> {
 
     /// Takes `units` for the key with `hash`, or refuses without writing anything.
     /// The caller has checked `units` against the total capacity.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn acquire(
         &self,
         clock: &Clock,
@@ -153,6 +153,7 @@ impl<S: Shard> ShardSet<S> {
 
     /// Serves a request no single candidate can: takes from every shard, fullest
     /// candidate first, and gives everything back if other threads got there first.
+    #[cold]
     fn gather(
         &self,
         clock: &Clock,
