@@ -170,7 +170,7 @@ def time_engine_parts(single: bool) -> float:
         if single:
             f, arg = shim._minute.try_acquire, ()
         else:
-            f, arg = shim._minute._admit_with, (shim._hour, 1)
+            f, arg = shim._minute.admit_with, (shim._hour, 1)
         r = None
         t0 = perf_counter()
         for _ in repeat(None, N_SYNC):

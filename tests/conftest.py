@@ -30,7 +30,7 @@ def make_limiter(clock: ManualClock) -> Callable[..., ShardedRateLimiter]:
     return make
 
 
-def _drain(limiter: ShardedRateLimiter, key: str | None = None, calls: int = 10_000) -> int:
+def _drain(limiter: ShardedRateLimiter, key: str = "default", calls: int = 10_000) -> int:
     admitted = 0
     for _ in range(calls):
         if not limiter.try_acquire(key):
@@ -41,7 +41,7 @@ def _drain(limiter: ShardedRateLimiter, key: str | None = None, calls: int = 10_
 
 @pytest.fixture
 def drain() -> Callable[..., int]:
-    """``drain(limiter, key=None)``: ``try_acquire`` until the first refusal; returns the
+    """``drain(limiter, key="default")``: ``try_acquire`` until the first refusal; returns the
     number admitted (meant for a ManualClock, where time stands still meanwhile)."""
     return _drain
 

@@ -47,6 +47,7 @@ CASES = [
     case(lambda lim, c: L("10"), Raises(TypeError, "rate"), "rate=str"),
     case(lambda lim, c: lim.set_rate(0), Raises(ValueError, "rate"), "set_rate(rate=0)"),
     case(lambda lim, c: lim.set_rate(math.nan), Raises(ValueError, "rate"), "set_rate(rate=nan)"),
+    case(lambda lim, c: L(True), Raises(TypeError, "rate"), "rate=True"),
     # period
     case(lambda lim, c: L(10, 0), Raises(ValueError, "period"), "period=0"),
     case(lambda lim, c: L(10, -1.0), Raises(ValueError, "period"), "period<0"),
@@ -86,6 +87,10 @@ CASES = [
         Raises(TypeError, "count"),
         "acquire(count=2.0)",
     ),
+    case(lambda lim, c: lim.try_acquire(count=True), Raises(TypeError, "count"), "count=True"),
+    case(lambda lim, c: L(10, shards=True), Raises(TypeError, "shards"), "shards=True"),
+    case(lambda lim, c: L(10, burst_size=True), Raises(TypeError, "burst_size"), "burst=True"),
+    case(lambda lim, c: c.advance(2e10), Raises(ValueError, "seconds"), "advance past 2**64 ns"),
     # count above the burst: refused at once, never an exception, never a wait
     case(lambda lim, c: lim.try_acquire(count=11), Refused("exceeds_capacity"), "count>burst"),
     case(lambda lim, c: lim.acquire(count=11), Refused("exceeds_capacity"), "acquire(count>burst)"),
@@ -111,7 +116,11 @@ CASES = [
         Raises(ValueError, "max_wait"),
         "acquire(mw=nan)",
     ),
-    # keys: strings (or None = "default") only, at most 1024 characters
+    # keys: strings only (left out, the key is "default"), at most 1024 characters
+    case(lambda lim, c: lim.try_acquire(None), Raises(TypeError, "key"), "key=None"),
+    case(lambda lim, c: lim.acquire(None), Raises(TypeError, "key"), "acquire(key=None)"),
+    case(lambda lim, c: lim.reserve(None), Raises(TypeError, "key"), "reserve(key=None)"),
+    case(lambda lim, c: lim.peek(None), Raises(TypeError, "key"), "peek(key=None)"),
     case(
         lambda lim, c: lim.try_acquire(42),
         Raises(TypeError, "key"),
@@ -221,7 +230,7 @@ def test_bad_input_messages_state_the_allowed_values():
 def test_allowed_edge_values_are_accepted():
     clock = ManualClock()
     limiter = L(10, 1.0, shards=2, clock=clock, max_wait=0)
-    assert limiter.try_acquire(None)  # None is the default key
+    assert limiter.try_acquire()  # the default key
     assert limiter.try_acquire("k" * 1024)  # exactly at the limit
     assert limiter.try_acquire("")
     assert limiter.try_acquire("ключ-🔑")

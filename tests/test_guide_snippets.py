@@ -33,7 +33,7 @@ def _clear_processed():
     processed.clear()
 
 
-def tight_loop(limiter: ShardedRateLimiter, calls: int, key: str | None = None) -> tuple[int, float]:
+def tight_loop(limiter: ShardedRateLimiter, calls: int, key: str = "default") -> tuple[int, float]:
     started = time.perf_counter()
     admitted = sum(bool(limiter.try_acquire(key)) for _ in range(calls))
     return admitted, time.perf_counter() - started

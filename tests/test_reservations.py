@@ -128,7 +128,7 @@ class RecordingLimiter:
         self.reserved: list[TokenReservation] = []
         self.executed: list[tuple[str, RateLimitResult]] = []
 
-    def reserve(self, key=None, count=1, max_wait=None):
+    def reserve(self, key="default", count=1, max_wait=None):
         reservation = self.limiter.reserve(key, count=count, max_wait=max_wait)
         self.reserved.append(reservation)
         return reservation

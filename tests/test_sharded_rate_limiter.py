@@ -432,7 +432,7 @@ ops = st.lists(
         # nanoseconds to advance before the call: none, a little, about a period
         st.one_of(st.just(0), st.integers(0, 5_000_000), st.integers(0, 3_000_000_000)),
         st.integers(1, 12),  # count
-        st.sampled_from([None, "a", "b", "c", "d", "e"]),  # key
+        st.sampled_from(["default", "a", "b", "c", "d", "e"]),  # key
     ),
     min_size=1,
     max_size=120,

@@ -9,13 +9,12 @@ the old module is listed in ``docs/MIGRATION.md``.
 
 from __future__ import annotations
 
-import asyncio
 import time
 
-from flashcard_pipeline._native import ManualClock, RateLimitResult, try_acquire_all
+from flashcard_pipeline._native import Engine, ManualClock, RateLimitResult, try_acquire_all
+from flashcard_pipeline._waiting import Steps, wait_async
 from flashcard_pipeline.config import env_number
 from flashcard_pipeline.exceptions import RateLimitError
-from flashcard_pipeline.rate_limiter_v2 import ShardedRateLimiter
 
 __all__ = [
     "AdaptiveRateLimiter",
@@ -64,10 +63,10 @@ class RateLimiter:
         self.requests_per_hour = min(rph, MAX_RPH)
         self.burst_size = int(min(burst, MAX_BURST))
         self._clock = clock
-        self._minute = ShardedRateLimiter(
+        self._minute = Engine(
             self.requests_per_minute, 60.0, shards=1, burst_size=self.burst_size, clock=clock
         )
-        self._hour = ShardedRateLimiter(
+        self._hour = Engine(
             self.requests_per_hour, 3600.0, shards=1, algorithm="sliding_window", clock=clock
         )
         self.requests_allowed = 0
@@ -75,8 +74,8 @@ class RateLimiter:
 
     # --- decisions -----------------------------------------------------------------------
 
-    def _parts(self, tokens: int) -> tuple[tuple[ShardedRateLimiter, None, int], ...]:
-        return ((self._minute, None, tokens), (self._hour, None, tokens))
+    def _parts(self, tokens: int) -> tuple[tuple[Engine, str, int], ...]:
+        return ((self._minute, "default", tokens), (self._hour, "default", tokens))
 
     def _decide(self, tokens: int) -> RateLimitResult | _Silenced:
         result = try_acquire_all(self._parts(tokens))
@@ -94,7 +93,7 @@ class RateLimiter:
     def try_acquire(self, tokens: int = 1) -> bool:
         """Takes ``tokens`` from both the bucket and the hourly window, or from neither."""
         # The hot path: counted inline, a method call would cost a sixth of the whole call.
-        if self._minute._admit_with(self._hour, tokens):
+        if self._minute.admit_with(self._hour, tokens):
             self.requests_allowed += 1
             return True
         self.requests_denied += 1
@@ -129,20 +128,21 @@ class RateLimiter:
         await self._wait(tokens, None)
 
     async def _wait(self, tokens: int, timeout: float | None) -> bool:
-        waited = 0.0
+        return await wait_async(self._retries(tokens, timeout), self._clock)
+
+    def _retries(self, tokens: int, timeout: float | None) -> Steps[bool]:
+        """Asks again after each ``retry_after`` until admitted, or until the next wait
+        would run past ``timeout``."""
+        start = self._minute.now()
         while True:
             result = self._decide(tokens)
             if result.allowed:
                 return True
             wait = result.retry_after
+            waited = self._minute.now() - start
             if wait is None or (timeout is not None and waited + wait > timeout):
                 return False
-            if self._clock is None:
-                await asyncio.sleep(wait)
-            else:
-                await asyncio.sleep(0)
-                self._clock.advance(wait)
-            waited += wait
+            yield wait
 
     # --- configuration and views ---------------------------------------------------------
 

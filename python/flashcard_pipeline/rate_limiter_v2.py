@@ -10,25 +10,24 @@ Every method works as a plain call (from any thread) and with ``await``: results
 ``try_acquire`` are awaitable, and ``acquire`` returns an awaitable when it has to wait
 inside a running event loop, and blocks anywhere else, sleeping with the GIL released.
 Either way the caller waits in one loop (``ShardedRateLimiter._turns``) that holds its turn
-in the engine's FIFO queue and asks the engine when it is admitted.
+in the engine's FIFO queue and asks the engine when it is admitted; the drivers in
+``_waiting`` sleep (or advance a manual clock) between the questions.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import math
-import time
-from collections.abc import Awaitable, Coroutine, Generator
-from typing import Any, cast
+from collections.abc import Awaitable, Generator
+from typing import Any
 
 from flashcard_pipeline._native import (
+    Engine,
     ManualClock,
     RateLimitResult,
     TokenReservation,
     try_acquire_all,
 )
-from flashcard_pipeline._native import ShardedRateLimiter as _NativeLimiter
+from flashcard_pipeline._waiting import Steps, wait, wait_blocking
 from flashcard_pipeline.config import env_int, env_number
 from flashcard_pipeline.exceptions import RateLimitError
 
@@ -49,7 +48,7 @@ Reservation = TokenReservation
 logger = logging.getLogger(__name__)
 
 
-class ShardedRateLimiter(_NativeLimiter):
+class ShardedRateLimiter:
     """One budget of ``rate`` tokens per ``period`` seconds, split over shards.
 
     Args:
@@ -71,12 +70,22 @@ class ShardedRateLimiter(_NativeLimiter):
             imports ``ShardedRateLimiter as RateLimiter``: instead of ``rate``/``period``.
             Given both, the hourly limit is enforced too, as an exact sliding window taken
             together with the minute budget. ``burst_size`` then defaults to the old 20.
+
+    The budget is an :class:`~flashcard_pipeline._native.Engine` (``self._engine``): every
+    decision is the engine's; this class adds waiting (threads and asyncio) on top.
     """
 
-    __slots__ = ()
+    _engine: Engine
 
-    def __new__(
-        cls,
+    def __new__(cls, *args: Any, **kwargs: Any) -> ShardedRateLimiter:
+        both = (
+            kwargs.get("requests_per_minute") is not None
+            and kwargs.get("requests_per_hour") is not None
+        )
+        return object.__new__(_WithHourlyLimit if both and cls is ShardedRateLimiter else cls)
+
+    def __init__(
+        self,
         rate: float | None = None,
         period: float = 60.0,
         shards: int | None = None,
@@ -86,52 +95,89 @@ class ShardedRateLimiter(_NativeLimiter):
         requests_per_minute: float | None = None,
         requests_per_hour: float | None = None,
         **options: Any,
-    ) -> ShardedRateLimiter:
-        if requests_per_minute is None and requests_per_hour is None:
-            limiter = super().__new__(cls, rate, period, shards, algorithm, burst_size, **options)
-            logger.debug("created %r", limiter)
-            return limiter
-        if rate is not None:
-            raise TypeError(
-                "rate: give either rate (and period) or requests_per_minute/requests_per_hour"
+    ) -> None:
+        if requests_per_minute is not None or requests_per_hour is not None:
+            if rate is not None:
+                raise TypeError(
+                    "rate: give either rate (and period) or requests_per_minute/requests_per_hour"
+                )
+            if burst_size is None:
+                burst_size = env_number("BURST_SIZE", 20)
+            rate, period = (
+                (requests_per_hour, 3600.0)
+                if requests_per_minute is None
+                else (requests_per_minute, 60.0)
             )
-        if burst_size is None:
-            burst_size = env_number("BURST_SIZE", 20)
-        if requests_per_minute is None:
-            return super().__new__(
-                cls, requests_per_hour, 3600.0, shards, algorithm, burst_size, **options
-            )
-        if requests_per_hour is None:
-            return super().__new__(
-                cls, requests_per_minute, 60.0, shards, algorithm, burst_size, **options
-            )
-        limiter = cast(
-            _WithHourlyLimit,
-            super().__new__(
-                _WithHourlyLimit, requests_per_minute, 60.0, shards, algorithm, burst_size, **options
-            ),
-        )
-        limiter._hourly = ShardedRateLimiter(
-            requests_per_hour,
-            3600.0,
-            shards=1,
-            algorithm="sliding_window",
-            clock=options.get("clock"),
-        )
-        return limiter
+        self._engine = Engine(rate, period, shards, algorithm, burst_size, **options)
+        if type(self).try_acquire is ShardedRateLimiter.try_acquire:
+            # The hot path: the engine's method itself, with no Python frame in between.
+            self.__dict__["try_acquire"] = self._engine.try_acquire
+        logger.debug("created %r", self)
+
+    def try_acquire(self, key: str = "default", count: int = 1) -> RateLimitResult:
+        """Takes ``count`` tokens for ``key`` now, or says when to retry. Never waits."""
+        return self._engine.try_acquire(key, count)
+
+    def peek(self, key: str = "default") -> float:
+        """Tokens available now in the budget ``key`` draws on, without taking any."""
+        return self._engine.peek(key)
 
     def set_rate(
         self, rate: float, period: float | None = None, burst_size: float | None = None
     ) -> None:
         """Changes rate, period and burst at run time; the tokens available carry over,
         capped at the new burst. The algorithm and the shard count stay as made."""
-        super().set_rate(rate, period, burst_size)
+        self._engine.set_rate(rate, period, burst_size)
         logger.debug("set_rate: now %r", self)
 
     def reset(self) -> None:
-        """Refills the budget, clears the counters and forgets every reservation."""
-        super().reset()
+        """Refills the budget, clears the counters and forgets every reservation; callers
+        waiting in ``acquire`` keep their place in line on the fresh budget."""
+        self._engine.reset()
         logger.debug("reset %r", self)
+
+    @property
+    def rate(self) -> float:
+        return self._engine.rate
+
+    @property
+    def period(self) -> float:
+        return self._engine.period
+
+    @property
+    def burst_size(self) -> float:
+        return self._engine.burst_size
+
+    @property
+    def shards(self) -> int:
+        return self._engine.shards
+
+    @property
+    def algorithm(self) -> str:
+        return self._engine.algorithm
+
+    @property
+    def scope(self) -> str:
+        return self._engine.scope
+
+    @property
+    def max_wait(self) -> float | None:
+        return self._engine.max_wait
+
+    @property
+    def clock(self) -> ManualClock | None:
+        return self._engine.clock
+
+    def get_status(self) -> dict[str, Any]:
+        """Configuration and live state of the budget."""
+        return self._engine.get_status()
+
+    def get_shard_balance(self) -> dict[str, Any]:
+        """How evenly the shards serve: always the same keys, traffic or not."""
+        return self._engine.get_shard_balance()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self._engine!r})"
 
     @classmethod
     def from_env(cls, **options: Any) -> ShardedRateLimiter:
@@ -160,7 +206,7 @@ class ShardedRateLimiter(_NativeLimiter):
         )
 
     def acquire(
-        self, key: str | None = None, count: int = 1, max_wait: float | None = None
+        self, key: str = "default", count: int = 1, max_wait: float | None = None
     ) -> RateLimitResult | Awaitable[RateLimitResult]:
         """Takes ``count`` tokens, waiting its turn (FIFO) up to ``max_wait`` seconds.
 
@@ -172,30 +218,30 @@ class ShardedRateLimiter(_NativeLimiter):
         call blocks with the GIL released; inside a running event loop it returns an
         awaitable, so ``await limiter.acquire()`` always works.
         """
-        return _wait(self._turns(key, count, self._wait_budget(max_wait)), self.clock)
+        budget = self._engine.wait_budget(max_wait)
+        return wait(self._turns(key, count, budget), self._engine.clock)
 
-    def _turns(
-        self, key: str | None, count: int, budget: float
-    ) -> Generator[float, None, RateLimitResult]:
-        """The one waiting loop: yields the seconds to wait before asking again, and returns
-        the result. A caller that must wait books a turn in the queue; if it stops waiting
-        (the generator is closed or an exception is thrown in), the turn is cancelled and
-        what it held goes to the next in line."""
-        result = self.try_acquire(key, count)
+    def _turns(self, key: str, count: int, budget: float) -> Steps[RateLimitResult]:
+        """The waiting loop of ``acquire``: yields the seconds to wait before asking again,
+        and returns the result. A caller that must wait books a turn in the queue; if it
+        stops waiting (the loop is closed or an exception is thrown in), the turn is
+        cancelled and what it held goes to the next in line."""
+        engine = self._engine
+        result = engine.try_acquire(key, count)
         if result.reason != "rate_limited":
             return result
-        booked = self._reserve(key, count, budget, True)
+        booked = engine.book_turn(key, count, budget)
         if isinstance(booked, RateLimitResult):
             return booked
-        start = self._now()
+        start = engine.now()
         try:
             while True:
-                result = self._execute(booked.id, self._now() - start)
+                result = engine.execute_reservation(booked.id, engine.now() - start)
                 if result.reason != "not_ready":
                     return result
                 yield result.retry_after or 0.0
         except BaseException as stop:
-            self._cancel(booked.id)
+            engine.cancel_reservation(booked.id)
             logger.debug("acquire(%r) gave its turn back: %r", key, stop)
             raise
 
@@ -204,31 +250,26 @@ class ShardedRateLimiter(_NativeLimiter):
 
         Called a moment early on the real clock (up to :data:`EARLY` seconds: a timer that
         rounds, epoch floats), it waits out the rest, with the GIL released, instead of
-        refusing: the admission still happens when the engine says so. Earlier than that, it is refused
-        ``not_ready`` with ``retry_after``; also ``expired``, ``cancelled``,
+        refusing: the admission still happens when the engine says so. Earlier than that, it
+        is refused ``not_ready`` with ``retry_after``; also ``expired``, ``cancelled``,
         ``already_executed`` or ``unknown_reservation``.
         """
-        result = self._execute(reservation_id, 0.0)
-        if result.reason != "not_ready" or self.clock is not None:
+        result = self._engine.execute_reservation(reservation_id)
+        if result.reason != "not_ready" or self._engine.clock is not None:
             return result  # the hot path; a manual clock is exact, nothing to wait out
-        turns = self._on_time(reservation_id, result)
-        try:
-            wait = next(turns)
-        except StopIteration as done:
-            return cast(RateLimitResult, done.value)
-        return _wait_blocking(turns, wait, self.clock)
+        return wait_blocking(self._on_time(reservation_id, result), None)
 
-    def _on_time(self, reservation_id: str, result: RateLimitResult) -> Turns:
+    def _on_time(self, reservation_id: str, result: RateLimitResult) -> Steps[RateLimitResult]:
         waited = 0.0
         while result.reason == "not_ready" and waited + (result.retry_after or 0.0) <= EARLY:
             wait = result.retry_after or 0.0
             yield wait
             waited += wait
-            result = self._execute(reservation_id, 0.0)
+            result = self._engine.execute_reservation(reservation_id)
         return result
 
     def reserve(
-        self, key: str | None = None, count: int = 1, max_wait: float | None = None
+        self, key: str = "default", count: int = 1, max_wait: float | None = None
     ) -> TokenReservation:
         """Holds ``count`` tokens now for the next slot in the queue (awaitable or plain).
 
@@ -242,7 +283,7 @@ class ShardedRateLimiter(_NativeLimiter):
                 says how far), ``count`` exceeds the burst, or the limiter already keeps
                 ``max_reservations``.
         """
-        booked = self._reserve(key, count, self._wait_budget(max_wait))
+        booked = self._engine.reserve(key, count, max_wait)
         if isinstance(booked, RateLimitResult):
             logger.debug("reserve(%r, %d) refused: %r", key, count, booked)
             raise RateLimitError(
@@ -254,7 +295,7 @@ class ShardedRateLimiter(_NativeLimiter):
     def cancel_reservation(self, reservation_id: str) -> _Answer:
         """Gives a reservation's tokens back: true once, false after that or for an id that
         is unknown, expired or executed. Awaitable too."""
-        return _Answer(self._cancel(reservation_id))
+        return _Answer(self._engine.cancel_reservation(reservation_id))
 
 
 class AdaptiveShardedRateLimiter(ShardedRateLimiter):
@@ -269,29 +310,22 @@ class AdaptiveShardedRateLimiter(ShardedRateLimiter):
     no periodic pass to schedule).
     """
 
-    __slots__ = ("_rebalance_threshold", "rebalance_interval")
-    _rebalance_threshold: float
-    rebalance_interval: float
-
-    def __new__(
-        cls,
+    def __init__(
+        self,
         rate: float | None = None,
         period: float = 60.0,
         initial_shards: int | None = None,
         rebalance_threshold: float = 0.3,
         rebalance_interval: float = 300.0,
         **options: Any,
-    ) -> AdaptiveShardedRateLimiter:
+    ) -> None:
         if not (isinstance(rebalance_threshold, (int, float)) and rebalance_threshold > 0):
             raise ValueError(f"rebalance_threshold: must be a number > 0, got {rebalance_threshold!r}")
         if not (isinstance(rebalance_interval, (int, float)) and rebalance_interval > 0):
             raise ValueError(f"rebalance_interval: must be a number > 0, got {rebalance_interval!r}")
-        limiter = cast(
-            AdaptiveShardedRateLimiter, super().__new__(cls, rate, period, initial_shards, **options)
-        )
-        limiter._rebalance_threshold = float(rebalance_threshold)
-        limiter.rebalance_interval = float(rebalance_interval)
-        return limiter
+        super().__init__(rate, period, initial_shards, **options)
+        self._rebalance_threshold = float(rebalance_threshold)
+        self.rebalance_interval = float(rebalance_interval)
 
     @property
     def rebalance_threshold(self) -> float:
@@ -312,30 +346,51 @@ class _WithHourlyLimit(ShardedRateLimiter):
     ``NotImplementedError``); ``acquire`` waits by asking again after ``retry_after``.
     """
 
-    __slots__ = ("_hourly",)
-    _hourly: ShardedRateLimiter
+    def __init__(
+        self,
+        rate: float | None = None,
+        period: float = 60.0,
+        shards: int | None = None,
+        algorithm: str = "token_bucket",
+        burst_size: float | None = None,
+        *,
+        requests_per_minute: float | None = None,
+        requests_per_hour: float | None = None,
+        **options: Any,
+    ) -> None:
+        super().__init__(
+            rate,
+            period,
+            shards,
+            algorithm,
+            burst_size,
+            requests_per_minute=requests_per_minute,
+            **options,
+        )
+        self._hourly = Engine(
+            requests_per_hour, 3600.0, 1, "sliding_window", clock=options.get("clock")
+        )
 
-    def try_acquire(self, key: str | None = None, count: int = 1) -> RateLimitResult:
+    def try_acquire(self, key: str = "default", count: int = 1) -> RateLimitResult:
         return self._try_both(key, count)
 
-    def _try_both(self, key: str | None, count: int, max_wait: float = math.inf) -> RateLimitResult:
-        return try_acquire_all(((self, key, count), (self._hourly, key, count)), max_wait)
+    def _try_both(self, key: str, count: int, max_wait: float | None = None) -> RateLimitResult:
+        return try_acquire_all(((self._engine, key, count), (self._hourly, key, count)), max_wait)
 
     def acquire(
-        self, key: str | None = None, count: int = 1, max_wait: float | None = None
+        self, key: str = "default", count: int = 1, max_wait: float | None = None
     ) -> RateLimitResult | Awaitable[RateLimitResult]:
-        return _wait(self._retries(key, count, self._wait_budget(max_wait)), self.clock)
+        budget = self._engine.wait_budget(max_wait)
+        return wait(self._retries(key, count, budget), self._engine.clock)
 
-    def _retries(
-        self, key: str | None, count: int, budget: float
-    ) -> Generator[float, None, RateLimitResult]:
+    def _retries(self, key: str, count: int, budget: float) -> Steps[RateLimitResult]:
         """Waiting without a turn: asks both budgets again after each ``retry_after``."""
+        start = self._engine.now()
         result = self._try_both(key, count, budget)
-        waited = 0.0
         while (wait := _wait_for_retry(result)) is not None:
             yield wait
-            waited += wait
-            result = self._try_both(key, count, budget - waited)
+            waited = self._engine.now() - start
+            result = self._try_both(key, count, max(budget - waited, 0.0))
         return result
 
     def reserve(self, *args: Any, **kwargs: Any) -> TokenReservation:
@@ -344,7 +399,7 @@ class _WithHourlyLimit(ShardedRateLimiter):
             "requests_per_hour; use rate/period, or acquire()"
         )
 
-    def peek(self, key: str | None = None) -> float:
+    def peek(self, key: str = "default") -> float:
         return min(super().peek(key), self._hourly.peek(key))
 
 
@@ -364,118 +419,5 @@ class _Answer(int):
         yield  # makes this a generator: awaiting it finishes at once
 
 
-#: A waiter on the real clock asks again at least this often (seconds), so that capacity
-#: given back by a cancel or an expiry reaches it soon.
-RECHECK = 0.05
-
-
 #: How early (seconds) ``execute_reservation`` may be called and still wait for its slot.
 EARLY = 0.002
-
-Turns = Generator[float, None, RateLimitResult]
-
-
-def _wait(turns: Turns, clock: ManualClock | None) -> RateLimitResult | Awaitable[RateLimitResult]:
-    """Runs a waiting loop's first step now; if it must wait, blocks this thread, or, inside
-    a running event loop, returns an awaitable that waits in the task."""
-    try:
-        wait = next(turns)
-    except StopIteration as done:
-        return cast(RateLimitResult, done.value)
-    if _running_loop() is None:
-        return _wait_blocking(turns, wait, clock)
-    return _Waiting(turns, wait, clock)
-
-
-def _wait_blocking(turns: Turns, wait: float, clock: ManualClock | None) -> RateLimitResult:
-    """Drives a waiting loop on this thread: ``time.sleep`` releases the GIL, and Ctrl-C
-    interrupts it (closing the loop gives its turn back). A manual clock is advanced instead
-    of sleeping."""
-    try:
-        while True:
-            if clock is None:
-                time.sleep(min(wait, RECHECK))
-            else:
-                clock.advance(wait)
-            wait = turns.send(None)
-    except StopIteration as done:
-        return cast(RateLimitResult, done.value)
-    finally:
-        turns.close()
-
-
-async def _wait_async(turns: Turns, wait: float, clock: ManualClock | None) -> RateLimitResult:
-    """Drives a waiting loop in a task; cancelling the task gives the turn back."""
-    try:
-        while True:
-            if clock is None:
-                await asyncio.sleep(min(wait, RECHECK))
-            else:
-                # Other tasks may have moved the shared clock meanwhile: ask again first.
-                await asyncio.sleep(0)
-                clock.advance(turns.send(None))
-            wait = turns.send(None)
-    except StopIteration as done:
-        return cast(RateLimitResult, done.value)
-    finally:
-        turns.close()
-
-
-class _Waiting(Coroutine[Any, None, RateLimitResult]):
-    """An ``acquire`` inside an event loop: await it, or hand it to ``asyncio.create_task``.
-
-    It has already asked once and holds its turn in the queue. Its truth value raises
-    instead of being silently true, so ``if limiter.acquire():`` written without ``await``
-    fails loudly rather than letting every request through; abandoned that way, or never
-    awaited at all, it gives its turn back.
-    """
-
-    __slots__ = ("_turns", "_wait", "_clock", "_running")
-
-    def __init__(self, turns: Turns, wait: float, clock: ManualClock | None) -> None:
-        self._turns = turns
-        self._wait = wait
-        self._clock = clock
-        self._running: Coroutine[Any, None, RateLimitResult] | None = None
-
-    def _started(self) -> Coroutine[Any, None, RateLimitResult]:
-        if self._running is None:
-            self._running = _wait_async(self._turns, self._wait, self._clock)
-        return self._running
-
-    def __await__(self) -> Generator[Any, None, RateLimitResult]:
-        return self._started().__await__()
-
-    def send(self, value: None) -> Any:
-        return self._started().send(value)
-
-    def throw(self, *error: Any) -> Any:
-        if self._running is None:
-            # Thrown into before it ever ran (a task cancelled at once): the body's
-            # clean-up will not run, so give the turn back here.
-            self._turns.close()
-        return self._started().throw(*error)
-
-    def close(self) -> None:
-        if self._running is None:
-            self._turns.close()
-        else:
-            self._running.close()
-
-    def __bool__(self) -> bool:
-        self.close()
-        raise TypeError(
-            "acquire() has to wait for tokens inside a running event loop: "
-            "use `await limiter.acquire(...)`"
-        )
-
-    def __del__(self) -> None:
-        if self._running is None:
-            self._turns.close()
-
-
-def _running_loop() -> asyncio.AbstractEventLoop | None:
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:
-        return None

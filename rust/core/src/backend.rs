@@ -11,7 +11,7 @@ use std::ops::Deref;
 use crate::balance::Balance;
 use crate::budget::Budget;
 use crate::clock::Clock;
-use crate::decision::{Booking, Decision, Holder, ReservationPolicy};
+use crate::decision::{validate_max_wait, Booking, Decision, Holder, Refusal, ReservationPolicy};
 use crate::error::{Error, Result};
 use crate::gcra::TokenBucket;
 use crate::limiter::{Limiter, Taken};
@@ -144,6 +144,7 @@ impl<B: Budget + fmt::Debug + 'static> Backend for Limiter<B> {
 pub struct RateLimiter {
     engine: Engine,
     hasher: ahash::RandomState,
+    max_wait: Option<f64>,
 }
 
 /// The backend a limiter stands on. Named rather than boxed so that a decision is a
@@ -200,7 +201,18 @@ impl RateLimiter {
         Ok(Self {
             engine,
             hasher: ahash::RandomState::new(),
+            max_wait: policy.max_wait,
         })
+    }
+
+    /// The wait bound of calls that give none (`None`: as long as it takes).
+    pub fn max_wait(&self) -> Option<f64> {
+        self.max_wait
+    }
+
+    /// The wait bound in seconds for a call: its own `max_wait`, else the limiter's, checked.
+    pub fn wait_budget(&self, max_wait: Option<f64>) -> Result<f64> {
+        validate_max_wait(max_wait.or(self.max_wait))
     }
 
     /// [`Backend::try_acquire_hashed`], statically dispatched (the hot path).
@@ -247,24 +259,32 @@ impl RateLimiter {
     }
 
     /// Takes from every limiter or from none: each part is `(limiter, key hash, count)`.
-    /// Returns `Ok` with every admission, or `Err` with the index and the refusal of the
-    /// first part that refused, after giving back what the parts before it took.
-    pub fn try_acquire_all(
-        parts: &[(&RateLimiter, u64, u64)],
-    ) -> Result<std::result::Result<Vec<Decision>, (usize, Decision)>> {
-        let mut admitted: Vec<(Decision, Option<Undo>)> = Vec::with_capacity(parts.len());
+    /// Returns the last part's admission, or the refusal of the first part that refused,
+    /// after giving back what the parts before it took. A refusal whose wait exceeds
+    /// `max_wait` seconds says `max_wait_exceeded`.
+    pub fn try_acquire_all(parts: &[(&RateLimiter, u64, u64)], max_wait: f64) -> Result<Decision> {
+        let Some(last) = parts.len().checked_sub(1) else {
+            return Err(Error::invalid("parts", "must name at least one limiter"));
+        };
+        let mut undos: Vec<Option<Undo>> = Vec::with_capacity(last);
         for (index, &(limiter, hash, count)) in parts.iter().enumerate() {
-            let (decision, undo) = limiter.take(hash, count)?;
+            let (mut decision, undo) = limiter.take(hash, count)?;
             if !decision.allowed {
-                for (&(earlier, ..), (_, undo)) in parts.iter().zip(admitted).rev() {
+                for (&(earlier, ..), undo) in parts.iter().zip(undos).rev() {
                     if let Some(undo) = undo {
                         earlier.undo(undo);
                     }
                 }
-                return Ok(Err((index, decision)));
+                if decision.retry_after.is_some_and(|wait| wait > max_wait) {
+                    decision.reason = Some(Refusal::MaxWaitExceeded);
+                }
+                return Ok(decision);
             }
-            admitted.push((decision, undo));
+            if index == last {
+                return Ok(decision);
+            }
+            undos.push(undo);
         }
-        Ok(Ok(admitted.into_iter().map(|(d, _)| d).collect()))
+        unreachable!("the last part returns")
     }
 }

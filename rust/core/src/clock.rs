@@ -5,6 +5,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use crate::error::{Error, Result};
+
 /// Nanoseconds since the clock's origin.
 pub type Nanos = u64;
 
@@ -95,6 +97,43 @@ impl ManualClock {
         self.now.fetch_max(to, Ordering::AcqRel);
     }
 
+    /// A clock at zero whose zero is `start` epoch seconds, checked.
+    pub fn starting_at(start: f64) -> Result<Self> {
+        if !start.is_finite() {
+            return Err(Error::invalid(
+                "start",
+                format!("must be a finite number of seconds, got {start}"),
+            ));
+        }
+        Ok(Self::new(start))
+    }
+
+    /// Moves time forward by `seconds`, rounded up to a nanosecond; refuses a negative or
+    /// non-finite step, or one that would run the clock past `u64::MAX` nanoseconds.
+    pub fn advance_seconds(&self, seconds: f64) -> Result<()> {
+        let refuse = || {
+            Error::invalid(
+                "seconds",
+                format!(
+                    "must be a finite number >= 0 that keeps the clock in range, got {seconds}"
+                ),
+            )
+        };
+        if !(seconds.is_finite() && seconds >= 0.0) {
+            return Err(refuse());
+        }
+        let step = (seconds * 1e9).ceil();
+        if step >= u64::MAX as f64 {
+            return Err(refuse());
+        }
+        self.now
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |now| {
+                now.checked_add(step as Nanos)
+            })
+            .map(drop)
+            .map_err(|_| refuse())
+    }
+
     pub fn epoch_origin(&self) -> f64 {
         self.epoch_origin
     }
@@ -128,6 +167,29 @@ mod tests {
         manual.set(10);
         assert_eq!(clock.now(), 1_500_000_000);
         assert_eq!(clock.to_epoch(clock.now()), 1001.5);
+    }
+
+    #[test]
+    fn manual_clock_refuses_steps_and_origins_out_of_range() {
+        assert_eq!(
+            ManualClock::starting_at(f64::NAN).unwrap_err().argument(),
+            "start"
+        );
+        let manual = ManualClock::starting_at(5.0).unwrap();
+        manual.advance_seconds(0.25).unwrap();
+        assert_eq!(manual.now(), 250_000_000);
+        for bad in [-1.0, f64::NAN, f64::INFINITY, 2e10] {
+            assert_eq!(
+                manual.advance_seconds(bad).unwrap_err().argument(),
+                "seconds",
+                "{bad}"
+            );
+        }
+        // Two steps that each fit, but not together: the second is refused, not wrapped.
+        manual.advance_seconds(9e9).unwrap();
+        let before = manual.now();
+        assert!(manual.advance_seconds(9.5e9).is_err());
+        assert_eq!(manual.now(), before);
     }
 
     #[test]

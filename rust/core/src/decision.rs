@@ -96,13 +96,15 @@ pub enum Holder {
     Waiter,
 }
 
-/// How long reservations live and how many a limiter keeps.
+/// How long reservations live, how many a limiter keeps, and how long a call waits by default.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ReservationPolicy {
     /// Seconds after its slot during which a reservation can be executed or cancelled.
     pub ttl: f64,
     /// Live reservations (queued or held) kept at once.
     pub max: usize,
+    /// The wait bound in seconds for a call that gives none; `None` waits as long as it takes.
+    pub max_wait: Option<f64>,
 }
 
 impl Default for ReservationPolicy {
@@ -110,6 +112,7 @@ impl Default for ReservationPolicy {
         Self {
             ttl: 60.0,
             max: 10_000,
+            max_wait: None,
         }
     }
 }
@@ -128,6 +131,7 @@ impl ReservationPolicy {
                 "must be an int >= 1, got 0".to_string(),
             ));
         }
+        validate_max_wait(self.max_wait)?;
         Ok(self)
     }
 }

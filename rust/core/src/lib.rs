@@ -23,4 +23,4 @@ pub use decision::{
     validate_max_wait, Booking, Decision, Holder, Refusal, Reservation, ReservationPolicy,
 };
 pub use error::{Error, Result};
-pub use quota::{auto_shards, Algorithm, Quota, MAX_SHARDS, MAX_WINDOW_LIMIT};
+pub use quota::{auto_shards, Algorithm, Quota, Scope, MAX_SHARDS, MAX_WINDOW_LIMIT};

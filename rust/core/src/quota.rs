@@ -40,6 +40,37 @@ impl Algorithm {
     }
 }
 
+/// Which requests share a budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// One budget for every key; keys only spread the load over shards.
+    Global,
+}
+
+impl Scope {
+    pub fn parse(name: &str) -> Result<Self> {
+        match name {
+            "global" => Ok(Scope::Global),
+            "key" => Err(Error::Unsupported {
+                argument: "scope",
+                message: "\"key\" (one budget per key) is not available yet; use \"global\" \
+                          (one budget shared by all keys)"
+                    .into(),
+            }),
+            other => Err(Error::invalid(
+                "scope",
+                format!("must be \"global\" or \"key\", got {other:?}"),
+            )),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Scope::Global => "global",
+        }
+    }
+}
+
 /// A validated configuration.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Quota {

@@ -155,6 +155,7 @@ impl Run {
         let policy = ReservationPolicy {
             ttl: TTL,
             max: 10_000,
+            max_wait: None,
         };
         let limiter = RateLimiter::with_reservations(
             setup.quota(setup.rate),

@@ -800,14 +800,14 @@ fn try_acquire_all_takes_from_every_limiter_or_from_none() {
             Clock::Manual(manual.clone()),
         )
         .unwrap();
-        let both = |count| {
-            RateLimiter::try_acquire_all(&[(&bucket, 1, count), (&window, 1, count)]).unwrap()
+        let both = |count, max_wait| {
+            RateLimiter::try_acquire_all(&[(&bucket, 1, count), (&window, 1, count)], max_wait)
+                .unwrap()
         };
         for _ in 0..5 {
-            assert!(both(1).is_ok());
+            assert!(both(1, f64::INFINITY).allowed);
         }
-        let (index, refusal) = both(1).unwrap_err();
-        assert_eq!(index, 1, "shards={shards}");
+        let refusal = both(1, f64::INFINITY);
         assert_eq!(refusal.reason, Some(Refusal::RateLimited));
         assert_eq!(
             bucket.peek(),
@@ -816,11 +816,18 @@ fn try_acquire_all_takes_from_every_limiter_or_from_none() {
         );
         assert_eq!(window.peek(), 0.0);
         assert_eq!(bucket.served().iter().sum::<u64>(), 5);
+        // A wait longer than max_wait is named as such; nothing is taken either way.
+        let refusal = both(1, 0.5);
+        assert_eq!(refusal.reason, Some(Refusal::MaxWaitExceeded));
+        assert!(refusal.retry_after.unwrap() > 0.5);
+        assert_eq!(bucket.peek(), 5.0);
         // A refusal by the first part takes nothing from the second.
         assert!(bucket.try_acquire("k", 5).unwrap().allowed);
         manual.advance(SEC + 1);
-        let (index, _) = both(11).unwrap_err();
-        assert_eq!(index, 0);
+        assert_eq!(
+            both(11, f64::INFINITY).reason,
+            Some(Refusal::ExceedsCapacity)
+        );
         assert_eq!(window.peek(), 5.0);
     }
 }

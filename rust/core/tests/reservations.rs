@@ -176,7 +176,14 @@ fn a_cancelled_slot_goes_to_the_next_in_line_and_no_later_slot_moves() {
 
 #[test]
 fn expired_reservations_leave_by_themselves() {
-    let (limiter, manual) = with_policy(4, ReservationPolicy { ttl: 1.0, max: 100 });
+    let (limiter, manual) = with_policy(
+        4,
+        ReservationPolicy {
+            ttl: 1.0,
+            max: 100,
+            ..Default::default()
+        },
+    );
     let r = reserve(&limiter, 1, 3);
     assert_eq!(limiter.reservations(), 1);
     manual.advance(SEC);
@@ -190,7 +197,14 @@ fn expired_reservations_leave_by_themselves() {
 
 #[test]
 fn the_reservation_cap_is_a_clear_error() {
-    let (limiter, _manual) = with_policy(1, ReservationPolicy { ttl: 60.0, max: 3 });
+    let (limiter, _manual) = with_policy(
+        1,
+        ReservationPolicy {
+            ttl: 60.0,
+            max: 3,
+            ..Default::default()
+        },
+    );
     for i in 0..3 {
         reserve(&limiter, i, 1);
     }

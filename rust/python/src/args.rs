@@ -1,96 +1,209 @@
-//! Argument conversion with errors that name the argument and say what it accepts.
+//! Arguments as typed values: each newtype converts one argument and, when it cannot,
+//! raises an error that names the argument and says what it accepts.
 
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyInt, PyString};
-use ratelimit_core::{Error, MAX_KEY_LEN};
+use pyo3::types::{PyBool, PyInt, PyString};
+use ratelimit_core::{Algorithm, Error, Scope, MAX_KEY_LEN, MAX_SHARDS};
 
-use crate::error::to_py;
+use crate::clock::PyManualClock;
+use crate::error::Failure;
 
-fn type_name(obj: &Bound<'_, PyAny>) -> String {
+fn type_name(obj: &Borrowed<'_, '_, PyAny>) -> String {
     obj.get_type()
         .name()
         .map_or_else(|_| "?".into(), |n| n.to_string())
 }
 
-/// A real number (int, float or anything with `__float__`); `None` stays `None`.
-pub(crate) fn number(obj: Option<&Bound<'_, PyAny>>, name: &str) -> PyResult<Option<f64>> {
-    match obj {
-        Some(obj) if !obj.is_none() => obj.extract::<f64>().map(Some).map_err(|_| {
-            PyTypeError::new_err(format!("{name}: must be a number, got {}", type_name(obj)))
-        }),
-        _ => Ok(None),
-    }
+fn wrong_type(argument: &str, accepts: &str, obj: &Borrowed<'_, '_, PyAny>) -> PyErr {
+    PyTypeError::new_err(format!(
+        "{argument}: must be {accepts}, got {}",
+        type_name(obj)
+    ))
 }
 
-/// An int (no floats); `None` stays `None`. Out-of-range values are a `ValueError` that
-/// states `range`.
-pub(crate) fn integer(
-    obj: Option<&Bound<'_, PyAny>>,
-    name: &str,
+/// A real number (int, float or anything with `__float__`), not a bool.
+fn number(obj: Borrowed<'_, '_, PyAny>, argument: &str) -> PyResult<f64> {
+    if obj.is_instance_of::<PyBool>() {
+        return Err(wrong_type(argument, "a number", &obj));
+    }
+    obj.extract::<f64>()
+        .map_err(|_| wrong_type(argument, "a number", &obj))
+}
+
+/// An int (not a bool, not a float) that fits `T`; `range` says which values are allowed.
+fn integer<T: TryFrom<i64>>(
+    obj: Borrowed<'_, '_, PyAny>,
+    argument: &str,
     range: &str,
-) -> PyResult<Option<i64>> {
-    let Some(obj) = obj.filter(|o| !o.is_none()) else {
-        return Ok(None);
-    };
-    if !obj.is_instance_of::<PyInt>() {
-        return Err(PyTypeError::new_err(format!(
-            "{name}: must be an int {range}, got {}",
-            type_name(obj)
-        )));
+) -> PyResult<T> {
+    if !obj.is_instance_of::<PyInt>() || obj.is_instance_of::<PyBool>() {
+        return Err(wrong_type(argument, &format!("an int {range}"), &obj));
     }
     obj.extract::<i64>()
-        .map(Some)
-        .map_err(|_| PyValueError::new_err(format!("{name}: must be an int {range}, got {obj}")))
+        .ok()
+        .and_then(|n| T::try_from(n).ok())
+        .ok_or_else(|| {
+            PyValueError::new_err(format!("{argument}: must be an int {range}, got {}", &*obj))
+        })
 }
 
-/// A key: a `str` of at most `MAX_KEY_LEN` characters; `None` is the default key.
-#[inline]
-pub(crate) fn key<'a, 'py>(
-    obj: Option<&'a Bound<'py, PyAny>>,
-) -> PyResult<Option<&'a Bound<'py, PyString>>> {
-    let Some(obj) = obj.filter(|o| !o.is_none()) else {
-        return Ok(None);
-    };
-    let key = obj
-        .cast::<PyString>()
-        .map_err(|_| PyTypeError::new_err(format!("key: must be a str, got {}", type_name(obj))))?;
-    let len = key.len()?;
-    if len > MAX_KEY_LEN {
-        return Err(PyValueError::new_err(format!(
-            "key: must be at most {MAX_KEY_LEN} characters, got {len}"
-        )));
+/// A `str` argument.
+fn string<'a, 'py>(
+    obj: Borrowed<'a, 'py, PyAny>,
+    argument: &str,
+) -> PyResult<Borrowed<'a, 'py, PyString>> {
+    obj.cast::<PyString>()
+        .map_err(|_| wrong_type(argument, "a str", &obj))
+}
+
+/// Newtypes over `f64` for arguments that take a number; the core checks the range.
+macro_rules! numbers {
+    ($($name:ident = $argument:literal),* $(,)?) => {$(
+        #[doc = concat!("`", $argument, "`: a number.")]
+        pub(crate) struct $name(pub(crate) f64);
+
+        impl<'a, 'py> FromPyObject<'a, 'py> for $name {
+            type Error = PyErr;
+
+            fn extract(obj: Borrowed<'a, 'py, PyAny>) -> PyResult<Self> {
+                number(obj, $argument).map(Self)
+            }
+        }
+    )*};
+}
+
+numbers!(
+    Rate = "rate",
+    Period = "period",
+    BurstSize = "burst_size",
+    MaxWait = "max_wait",
+    ReservationTtl = "reservation_ttl",
+    Waited = "waited",
+    Seconds = "seconds",
+    Start = "start",
+);
+
+/// `shards`: an int from 1 to `MAX_SHARDS`.
+pub(crate) struct Shards(pub(crate) usize);
+
+impl<'a, 'py> FromPyObject<'a, 'py> for Shards {
+    type Error = PyErr;
+
+    fn extract(obj: Borrowed<'a, 'py, PyAny>) -> PyResult<Self> {
+        integer(obj, "shards", &format!("between 1 and {MAX_SHARDS}")).map(Self)
     }
-    Ok(Some(key))
 }
 
-/// A token count: an int >= 1. Counts too large for 64 bits exceed any burst, so they
-/// become `u64::MAX` and are refused as `exceeds_capacity` like any count above the burst.
-#[inline]
-pub(crate) fn count(obj: Option<&Bound<'_, PyAny>>) -> PyResult<u64> {
-    let Some(obj) = obj else { return Ok(1) };
-    let int = obj.cast::<PyInt>().map_err(|_| {
-        PyTypeError::new_err(format!(
-            "count: must be an int >= 1, got {}",
-            type_name(obj)
-        ))
-    })?;
-    match int.extract::<i64>() {
-        Ok(n) if n >= 1 => Ok(n as u64),
-        Ok(n) => Err(to_py(Error::invalid_count(&n))),
-        Err(_) if int.gt(0)? => Ok(u64::MAX),
-        Err(_) => Err(to_py(Error::invalid_count(int))),
+/// `max_reservations`: an int >= 1.
+pub(crate) struct MaxReservations(pub(crate) usize);
+
+impl<'a, 'py> FromPyObject<'a, 'py> for MaxReservations {
+    type Error = PyErr;
+
+    fn extract(obj: Borrowed<'a, 'py, PyAny>) -> PyResult<Self> {
+        integer(obj, "max_reservations", ">= 1").map(Self)
     }
 }
 
-/// A reservation id: the `str` a `TokenReservation` carries.
-pub(crate) fn reservation_id<'a, 'py>(
-    obj: &'a Bound<'py, PyAny>,
-) -> PyResult<&'a Bound<'py, PyString>> {
-    obj.cast::<PyString>().map_err(|_| {
-        PyTypeError::new_err(format!(
-            "reservation_id: must be a str (a TokenReservation's id), got {}",
-            type_name(obj)
+/// `count`: a token count, an int >= 1. Counts too large for 64 bits exceed any burst, so
+/// they become `u64::MAX` and are refused as `exceeds_capacity` like any count above it.
+#[derive(Clone, Copy)]
+pub(crate) struct Count(pub(crate) u64);
+
+impl Count {
+    pub(crate) const ONE: Count = Count(1);
+}
+
+impl<'a, 'py> FromPyObject<'a, 'py> for Count {
+    type Error = PyErr;
+
+    #[inline]
+    fn extract(obj: Borrowed<'a, 'py, PyAny>) -> PyResult<Self> {
+        let int = obj
+            .cast::<PyInt>()
+            .ok()
+            .filter(|_| !obj.is_instance_of::<PyBool>())
+            .ok_or_else(|| wrong_type("count", "an int >= 1", &obj))?;
+        match int.extract::<i64>() {
+            Ok(n) if n >= 1 => Ok(Count(n as u64)),
+            Ok(n) => Err(Failure::from(Error::invalid_count(&n)).into()),
+            Err(_) if int.gt(0)? => Ok(Count(u64::MAX)),
+            Err(_) => Err(Failure::from(Error::invalid_count(&*int)).into()),
+        }
+    }
+}
+
+/// `key`: a `str` of at most `MAX_KEY_LEN` characters; when left out, the default key.
+pub(crate) enum Key<'py> {
+    Default,
+    Given(Bound<'py, PyString>),
+}
+
+impl<'a, 'py> FromPyObject<'a, 'py> for Key<'py> {
+    type Error = PyErr;
+
+    #[inline]
+    fn extract(obj: Borrowed<'a, 'py, PyAny>) -> PyResult<Self> {
+        let key = string(obj, "key")?;
+        let len = key.len()?;
+        if len > MAX_KEY_LEN {
+            return Err(PyValueError::new_err(format!(
+                "key: must be at most {MAX_KEY_LEN} characters, got {len}"
+            )));
+        }
+        Ok(Key::Given(key.to_owned()))
+    }
+}
+
+/// `algorithm`: one of `ALGORITHMS`.
+pub(crate) struct AlgorithmArg(pub(crate) Algorithm);
+
+impl<'a, 'py> FromPyObject<'a, 'py> for AlgorithmArg {
+    type Error = PyErr;
+
+    fn extract(obj: Borrowed<'a, 'py, PyAny>) -> PyResult<Self> {
+        let name = string(obj, "algorithm")?;
+        Ok(Self(
+            Algorithm::parse(name.to_str()?).map_err(Failure::from)?,
         ))
-    })
+    }
+}
+
+/// `scope`: `"global"` (or `"key"`, not yet available).
+pub(crate) struct ScopeArg(pub(crate) Scope);
+
+impl<'a, 'py> FromPyObject<'a, 'py> for ScopeArg {
+    type Error = PyErr;
+
+    fn extract(obj: Borrowed<'a, 'py, PyAny>) -> PyResult<Self> {
+        let name = string(obj, "scope")?;
+        Ok(Self(Scope::parse(name.to_str()?).map_err(Failure::from)?))
+    }
+}
+
+/// `clock`: a `ManualClock`.
+pub(crate) struct ClockArg<'py>(pub(crate) Bound<'py, PyManualClock>);
+
+impl<'a, 'py> FromPyObject<'a, 'py> for ClockArg<'py> {
+    type Error = PyErr;
+
+    fn extract(obj: Borrowed<'a, 'py, PyAny>) -> PyResult<Self> {
+        obj.cast::<PyManualClock>()
+            .map(|clock| Self(clock.to_owned()))
+            .map_err(|_| wrong_type("clock", "None or a ManualClock", &obj))
+    }
+}
+
+/// `reservation_id`: the `str` a `TokenReservation` carries.
+pub(crate) struct ReservationId<'a, 'py>(pub(crate) Borrowed<'a, 'py, PyString>);
+
+impl<'a, 'py> FromPyObject<'a, 'py> for ReservationId<'a, 'py> {
+    type Error = PyErr;
+
+    fn extract(obj: Borrowed<'a, 'py, PyAny>) -> PyResult<Self> {
+        string(obj, "reservation_id")
+            .map(Self)
+            .map_err(|_| wrong_type("reservation_id", "a str (a TokenReservation's id)", &obj))
+    }
 }

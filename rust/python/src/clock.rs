@@ -1,9 +1,11 @@
 //! `ManualClock`: time that tests move by hand.
 
-use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use ratelimit_core::{Clock, ManualClock};
 use std::sync::Arc;
+
+use crate::args::{Seconds, Start};
+use crate::error::Result;
 
 /// A clock that stands still until advanced, for tests that must not sleep.
 ///
@@ -18,15 +20,10 @@ pub(crate) struct PyManualClock {
 impl PyManualClock {
     /// `start` is the epoch time (as `time.time()` counts) that the clock's zero stands for.
     #[new]
-    #[pyo3(signature = (start=0.0))]
-    fn new(start: f64) -> PyResult<Self> {
-        if !start.is_finite() {
-            return Err(PyValueError::new_err(format!(
-                "start: must be a finite number of seconds, got {start}"
-            )));
-        }
+    #[pyo3(signature = (start=Start(0.0)), text_signature = "(start=0.0)")]
+    fn new(start: Start) -> Result<Self> {
         Ok(Self {
-            inner: Arc::new(ManualClock::new(start)),
+            inner: Arc::new(ManualClock::starting_at(start.0)?),
         })
     }
 
@@ -41,14 +38,8 @@ impl PyManualClock {
     }
 
     /// Moves the clock forward by `seconds` (rounded up to a nanosecond).
-    fn advance(&self, seconds: f64) -> PyResult<()> {
-        if !(seconds.is_finite() && seconds >= 0.0) {
-            return Err(PyValueError::new_err(format!(
-                "seconds: must be a finite number >= 0, got {seconds}"
-            )));
-        }
-        self.inner.advance((seconds * 1e9).ceil() as u64);
-        Ok(())
+    fn advance(&self, seconds: Seconds) -> Result<()> {
+        Ok(self.inner.advance_seconds(seconds.0)?)
     }
 
     fn __repr__(&self) -> String {

@@ -1,19 +1,52 @@
-//! The one mapping from core errors to Python exceptions.
+//! The one mapping from errors to Python exceptions.
 
-use pyo3::exceptions::PyValueError;
+use pyo3::exceptions::{PyNotImplementedError, PyValueError};
 use pyo3::PyErr;
 use ratelimit_core::Error;
 
 pyo3::import_exception!(flashcard_pipeline.exceptions, RateLimitError);
 
-/// A bad argument is `ValueError("<argument>: <what is allowed>")`; a full reservation book
-/// is the package's `RateLimitError`, like any other refusal that raises.
-pub(crate) fn to_py(err: Error) -> PyErr {
-    match err {
-        Error::InvalidArgument { .. } => PyValueError::new_err(err.to_string()),
-        Error::TooManyReservations { .. } => RateLimitError::new_err((err.to_string(),)),
+/// Why a call failed: the core refused an argument or a request, or Python raised.
+/// Every binding call returns it, so `?` works on both and Python sees one mapping.
+#[derive(Debug)]
+pub(crate) enum Failure {
+    Core(Error),
+    Py(PyErr),
+}
+
+impl From<Error> for Failure {
+    fn from(err: Error) -> Self {
+        Failure::Core(err)
     }
 }
+
+impl From<PyErr> for Failure {
+    fn from(err: PyErr) -> Self {
+        Failure::Py(err)
+    }
+}
+
+/// A bad argument is `ValueError("<argument>: <what is allowed>")`, a value not yet
+/// supported is `NotImplementedError`, and a full reservation book is the package's
+/// `RateLimitError`, like any other refusal that raises.
+impl From<Failure> for PyErr {
+    fn from(failure: Failure) -> Self {
+        match failure {
+            Failure::Py(err) => err,
+            Failure::Core(err @ Error::InvalidArgument { .. }) => {
+                PyValueError::new_err(err.to_string())
+            }
+            Failure::Core(err @ Error::Unsupported { .. }) => {
+                PyNotImplementedError::new_err(err.to_string())
+            }
+            Failure::Core(err @ Error::TooManyReservations { .. }) => {
+                RateLimitError::new_err((err.to_string(),))
+            }
+        }
+    }
+}
+
+pub(crate) type Result<T> = std::result::Result<T, Failure>;
 
 #[cfg(test)]
 mod tests {
@@ -33,7 +66,9 @@ mod tests {
     fn invalid_argument_is_a_value_error_naming_the_argument() {
         Python::initialize();
         Python::attach(|py| {
-            let err = to_py(ratelimit_core::validate_max_wait(Some(-1.0)).unwrap_err());
+            let err = PyErr::from(Failure::from(
+                ratelimit_core::validate_max_wait(Some(-1.0)).unwrap_err(),
+            ));
             assert!(err.is_instance_of::<PyValueError>(py));
             assert!(
                 err.to_string().starts_with("ValueError: max_wait: "),
@@ -47,7 +82,7 @@ mod tests {
         Python::initialize();
         Python::attach(|py| {
             with_package(py);
-            let err = to_py(Error::TooManyReservations { max: 3 });
+            let err = PyErr::from(Failure::from(Error::TooManyReservations { max: 3 }));
             assert!(err.is_instance_of::<RateLimitError>(py), "{err}");
             assert!(err.to_string().contains("max_reservations"), "{err}");
         });

@@ -5,8 +5,8 @@ use pyo3::prelude::*;
 
 mod args;
 mod clock;
+mod engine;
 mod error;
-mod limiter;
 mod reservation;
 mod result;
 
@@ -16,9 +16,9 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("MAX_KEY_LEN", ratelimit_core::MAX_KEY_LEN)?;
     m.add("ALGORITHMS", ratelimit_core::Algorithm::NAMES.to_vec())?;
     m.add_class::<clock::PyManualClock>()?;
-    m.add_class::<limiter::PyShardedRateLimiter>()?;
+    m.add_class::<engine::PyEngine>()?;
     m.add_class::<result::PyRateLimitResult>()?;
     m.add_class::<reservation::PyTokenReservation>()?;
-    m.add_function(wrap_pyfunction!(limiter::try_acquire_all, m)?)?;
+    m.add_function(wrap_pyfunction!(engine::try_acquire_all, m)?)?;
     Ok(())
 }

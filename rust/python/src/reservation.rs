@@ -3,7 +3,7 @@
 use pyo3::prelude::*;
 use ratelimit_core::{Clock, Nanos, Reservation};
 
-use crate::limiter::PyShardedRateLimiter;
+use crate::engine::PyEngine;
 use crate::result::Ready;
 
 /// Tokens held now for a slot at `execute_at`.
@@ -31,14 +31,14 @@ pub(crate) struct PyTokenReservation {
     execute_at: f64,
     #[pyo3(get)]
     expires_at: f64,
-    limiter: Py<PyShardedRateLimiter>,
+    limiter: Py<PyEngine>,
     slot: Nanos,
     expires: Nanos,
 }
 
 impl PyTokenReservation {
     pub(crate) fn new(
-        limiter: &Bound<'_, PyShardedRateLimiter>,
+        limiter: &Bound<'_, PyEngine>,
         key: Py<PyAny>,
         reservation: Reservation,
     ) -> Self {

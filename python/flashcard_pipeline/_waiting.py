@@ -1,0 +1,144 @@
+"""Drivers for waiting loops: the one place that sleeps, and the one manual-clock rule.
+
+A waiting loop is a generator that yields the seconds to wait before it asks again and
+returns its answer. A driver runs it: on this thread (``time.sleep``, GIL released) or in
+an asyncio task (``asyncio.sleep``). On a :class:`ManualClock` nothing sleeps: the driver
+advances the clock by the wait instead. Closing the generator (Ctrl-C, a cancelled task, an
+abandoned awaitable) runs its clean-up, which gives back whatever it held.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Coroutine, Generator
+from typing import Any, TypeVar, cast
+
+from flashcard_pipeline._native import ManualClock
+
+T = TypeVar("T")
+Steps = Generator[float, None, T]
+
+#: A waiter on the real clock asks again at least this often (seconds), so that capacity
+#: given back by a cancel or an expiry reaches it soon.
+RECHECK = 0.05
+
+
+def wait(steps: Steps[T], clock: ManualClock | None) -> T | Awaitable[T]:
+    """Runs a waiting loop's first step now; if it must wait, blocks this thread or, inside
+    a running event loop, returns an awaitable that waits in the task."""
+    try:
+        first = next(steps)
+    except StopIteration as done:
+        return cast(T, done.value)
+    if _running_loop() is None:
+        return _block(steps, first, clock)
+    return _Waiting(steps, first, clock)
+
+
+def wait_blocking(steps: Steps[T], clock: ManualClock | None) -> T:
+    """Runs a waiting loop to its end on this thread."""
+    try:
+        first = next(steps)
+    except StopIteration as done:
+        return cast(T, done.value)
+    return _block(steps, first, clock)
+
+
+async def wait_async(steps: Steps[T], clock: ManualClock | None) -> T:
+    """Runs a waiting loop to its end in this task."""
+    try:
+        first = next(steps)
+    except StopIteration as done:
+        return cast(T, done.value)
+    return await _sleep_through(steps, first, clock)
+
+
+def _block(steps: Steps[T], wait: float, clock: ManualClock | None) -> T:
+    try:
+        while True:
+            if clock is None:
+                time.sleep(min(wait, RECHECK))
+            else:
+                clock.advance(wait)
+            wait = steps.send(None)
+    except StopIteration as done:
+        return cast(T, done.value)
+    finally:
+        steps.close()
+
+
+async def _sleep_through(steps: Steps[T], wait: float, clock: ManualClock | None) -> T:
+    try:
+        while True:
+            if clock is None:
+                await asyncio.sleep(min(wait, RECHECK))
+            else:
+                # Other tasks may have moved the shared clock meanwhile: ask again first.
+                await asyncio.sleep(0)
+                clock.advance(steps.send(None))
+            wait = steps.send(None)
+    except StopIteration as done:
+        return cast(T, done.value)
+    finally:
+        steps.close()
+
+
+class _Waiting(Coroutine[Any, None, T]):
+    """A wait inside an event loop: await it, or hand it to ``asyncio.create_task``.
+
+    Its first step has run (an ``acquire`` holds its turn in the queue). Its truth value
+    raises instead of being silently true, so ``if limiter.acquire():`` written without
+    ``await`` fails loudly rather than letting every request through; abandoned that way,
+    or never awaited at all, it closes its loop, which gives the turn back.
+    """
+
+    __slots__ = ("_steps", "_wait", "_clock", "_running")
+
+    def __init__(self, steps: Steps[T], wait: float, clock: ManualClock | None) -> None:
+        self._steps = steps
+        self._wait = wait
+        self._clock = clock
+        self._running: Coroutine[Any, None, T] | None = None
+
+    def _started(self) -> Coroutine[Any, None, T]:
+        if self._running is None:
+            self._running = _sleep_through(self._steps, self._wait, self._clock)
+        return self._running
+
+    def __await__(self) -> Generator[Any, None, T]:
+        return self._started().__await__()
+
+    def send(self, value: None) -> Any:
+        return self._started().send(value)
+
+    def throw(self, *error: Any) -> Any:
+        if self._running is None:
+            # Thrown into before it ever ran (a task cancelled at once): the body's
+            # clean-up will not run, so close the loop here.
+            self._steps.close()
+        return self._started().throw(*error)
+
+    def close(self) -> None:
+        if self._running is None:
+            self._steps.close()
+        else:
+            self._running.close()
+
+    def __bool__(self) -> bool:
+        self.close()
+        raise TypeError(
+            "acquire() has to wait for tokens inside a running event loop: "
+            "use `await limiter.acquire(...)`"
+        )
+
+    def __del__(self) -> None:
+        if self._running is None:
+            self._steps.close()
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None

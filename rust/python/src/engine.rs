@@ -1,0 +1,341 @@
+//! `Engine`: the in-memory budget behind a Python `ShardedRateLimiter`. It converts
+//! arguments, calls the core once and converts the answer; waiting (asyncio or threads) is
+//! done by the Python class, by asking for its turn.
+
+use pyo3::exceptions::PyTypeError;
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyString};
+use ratelimit_core::{
+    Algorithm, Balance, Booking, Clock, Quota, RateLimiter, ReservationPolicy, Scope,
+};
+
+use crate::args::{
+    AlgorithmArg, BurstSize, ClockArg, Count, Key, MaxReservations, MaxWait, Period, Rate,
+    ReservationId, ReservationTtl, ScopeArg, Shards, Waited,
+};
+use crate::clock::PyManualClock;
+use crate::error::Result;
+use crate::reservation::PyTokenReservation;
+use crate::result::PyRateLimitResult;
+
+#[pyclass(frozen, module = "flashcard_pipeline._native", name = "Engine")]
+pub(crate) struct PyEngine {
+    core: RateLimiter,
+    scope: Scope,
+    /// Python's hash of `"default"`, the key when none is given.
+    default_hash: u64,
+    clock: Option<Py<PyManualClock>>,
+}
+
+impl PyEngine {
+    pub(crate) fn core(&self) -> &RateLimiter {
+        &self.core
+    }
+
+    /// The shard-choosing hash of a key: Python's own string hash, cached in the string.
+    #[inline]
+    fn hash(&self, key: &Key<'_>) -> PyResult<u64> {
+        match key {
+            Key::Default => Ok(self.default_hash),
+            Key::Given(key) => Ok(key.hash()? as u64),
+        }
+    }
+
+    /// A booking as Python sees it: the reservation, or the refusal.
+    fn booked<'py>(
+        slf: &Bound<'py, Self>,
+        key: Key<'py>,
+        booking: Booking,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let py = slf.py();
+        match booking {
+            Booking::Reserved(reservation) => {
+                let key = match key {
+                    Key::Given(key) => key.into_any().unbind(),
+                    Key::Default => PyString::new(py, "default").into_any().unbind(),
+                };
+                Bound::new(py, PyTokenReservation::new(slf, key, reservation)).map(Bound::into_any)
+            }
+            Booking::Refused(decision) => {
+                Bound::new(py, PyRateLimitResult::new(decision, 0.0)).map(Bound::into_any)
+            }
+        }
+    }
+}
+
+#[pymethods]
+impl PyEngine {
+    #[new]
+    #[pyo3(
+        signature = (
+            rate=None, period=None, shards=None, algorithm=None, burst_size=None,
+            *, scope=None, max_wait=None, clock=None, reservation_ttl=None,
+            max_reservations=None,
+        ),
+        text_signature = "(rate, period=60.0, shards=None, algorithm='token_bucket', \
+                          burst_size=None, *, scope='global', max_wait=None, clock=None, \
+                          reservation_ttl=60.0, max_reservations=10000)"
+    )]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        py: Python<'_>,
+        rate: Option<Rate>,
+        period: Option<Period>,
+        shards: Option<Shards>,
+        algorithm: Option<AlgorithmArg>,
+        burst_size: Option<BurstSize>,
+        scope: Option<ScopeArg>,
+        max_wait: Option<MaxWait>,
+        clock: Option<ClockArg<'_>>,
+        reservation_ttl: Option<ReservationTtl>,
+        max_reservations: Option<MaxReservations>,
+    ) -> Result<Self> {
+        let rate = rate.ok_or_else(|| {
+            PyTypeError::new_err("rate: required (tokens per period, a number > 0)")
+        })?;
+        let quota = Quota::new(
+            rate.0,
+            period.map_or(60.0, |p| p.0),
+            burst_size.map(|b| b.0),
+            algorithm.map_or(Algorithm::TokenBucket, |a| a.0),
+            shards.map(|s| s.0),
+        )?;
+        let defaults = ReservationPolicy::default();
+        let policy = ReservationPolicy {
+            ttl: reservation_ttl.map_or(defaults.ttl, |t| t.0),
+            max: max_reservations.map_or(defaults.max, |m| m.0),
+            max_wait: max_wait.map(|w| w.0),
+        };
+        let core_clock = match &clock {
+            None => Clock::monotonic(),
+            Some(manual) => Clock::Manual(manual.0.get().inner.clone()),
+        };
+        Ok(Self {
+            core: RateLimiter::with_reservations(quota, core_clock, policy)?,
+            scope: scope.map_or(Scope::Global, |s| s.0),
+            default_hash: PyString::new(py, "default").hash()? as u64,
+            clock: clock.map(|c| c.0.unbind()),
+        })
+    }
+
+    /// Takes `count` tokens for `key` now, or says when to retry. Never waits.
+    #[pyo3(signature = (key=Key::Default, count=Count::ONE), text_signature = "($self, key='default', count=1)")]
+    fn try_acquire(&self, key: Key<'_>, count: Count) -> Result<PyRateLimitResult> {
+        let decision = self.core.try_acquire_hashed(self.hash(&key)?, count.0)?;
+        Ok(PyRateLimitResult::new(decision, 0.0))
+    }
+
+    /// Books `count` tokens for the caller's reservation: a `TokenReservation` for the next
+    /// slot, or the refusal (`exceeds_capacity`, `max_wait_exceeded`) as a `RateLimitResult`.
+    #[pyo3(signature = (key=Key::Default, count=Count::ONE, max_wait=None), text_signature = "($self, key='default', count=1, max_wait=None)")]
+    fn reserve<'py>(
+        slf: &Bound<'py, Self>,
+        key: Key<'py>,
+        count: Count,
+        max_wait: Option<MaxWait>,
+    ) -> Result<Bound<'py, PyAny>> {
+        let this = slf.get();
+        let budget = this.core.wait_budget(max_wait.map(|w| w.0))?;
+        let booking = this.core.reserve(this.hash(&key)?, count.0, budget)?;
+        Ok(Self::booked(slf, key, booking)?)
+    }
+
+    /// `reserve` for a waiting `acquire`: the turn is kept in line by `reset()`.
+    #[pyo3(signature = (key=Key::Default, count=Count::ONE, max_wait=None), text_signature = "($self, key='default', count=1, max_wait=None)")]
+    fn book_turn<'py>(
+        slf: &Bound<'py, Self>,
+        key: Key<'py>,
+        count: Count,
+        max_wait: Option<MaxWait>,
+    ) -> Result<Bound<'py, PyAny>> {
+        let this = slf.get();
+        let budget = this.core.wait_budget(max_wait.map(|w| w.0))?;
+        let booking = this.core.reserve_turn(this.hash(&key)?, count.0, budget)?;
+        Ok(Self::booked(slf, key, booking)?)
+    }
+
+    /// Admits a reservation once its slot has come; charges nothing more. Refused with
+    /// `not_ready` (and `retry_after`), `expired`, `cancelled`, `already_executed` or
+    /// `unknown_reservation`. `waited` is reported back as the result's `waited`.
+    #[pyo3(signature = (reservation_id, waited=Waited(0.0)), text_signature = "($self, reservation_id, waited=0.0)")]
+    fn execute_reservation(
+        &self,
+        reservation_id: ReservationId<'_, '_>,
+        waited: Waited,
+    ) -> Result<PyRateLimitResult> {
+        let decision = self.core.execute_reservation(reservation_id.0.to_str()?);
+        Ok(PyRateLimitResult::new(decision, waited.0))
+    }
+
+    /// Gives a reservation's tokens back; `True` once, `False` after that or for an id that
+    /// is unknown, expired or executed.
+    fn cancel_reservation(&self, reservation_id: ReservationId<'_, '_>) -> Result<bool> {
+        Ok(self.core.cancel_reservation(reservation_id.0.to_str()?))
+    }
+
+    /// Whether `count` tokens were taken from this engine and `other` together (or from
+    /// neither), on the default key: `try_acquire_all` without a result, for the
+    /// compatibility shim's hot path.
+    #[pyo3(signature = (other, count=Count::ONE), text_signature = "($self, other, count=1)")]
+    fn admit_with(&self, other: &Bound<'_, PyEngine>, count: Count) -> Result<bool> {
+        let other = other.get();
+        let parts = [
+            (&self.core, self.default_hash, count.0),
+            (&other.core, other.default_hash, count.0),
+        ];
+        Ok(RateLimiter::try_acquire_all(&parts, f64::INFINITY)?.allowed)
+    }
+
+    /// The wait bound in seconds for a call: its own `max_wait`, else the engine's.
+    #[pyo3(signature = (max_wait=None))]
+    fn wait_budget(&self, max_wait: Option<MaxWait>) -> Result<f64> {
+        Ok(self.core.wait_budget(max_wait.map(|w| w.0))?)
+    }
+
+    /// Seconds on the engine's clock, for measuring waits.
+    fn now(&self) -> f64 {
+        self.core.clock().now() as f64 / 1e9
+    }
+
+    /// Tokens available now in the budget `key` draws on, without taking any.
+    #[pyo3(signature = (key=Key::Default), text_signature = "($self, key='default')")]
+    fn peek(&self, key: Key<'_>) -> Result<f64> {
+        self.hash(&key)?;
+        Ok(self.core.peek())
+    }
+
+    /// Refills the budget, forgets reservations and clears the per-shard counters; waiting
+    /// turns stay in line on the fresh budget.
+    fn reset(&self) {
+        self.core.reset()
+    }
+
+    /// Changes rate, period and burst at run time; the tokens available now carry over,
+    /// capped at the new burst. The algorithm and the shard count stay as made.
+    #[pyo3(signature = (rate, period=None, burst_size=None))]
+    fn set_rate(
+        &self,
+        rate: Option<Rate>,
+        period: Option<Period>,
+        burst_size: Option<BurstSize>,
+    ) -> Result<()> {
+        let current = self.core.quota();
+        let rate =
+            rate.ok_or_else(|| PyTypeError::new_err("rate: must be a number > 0, got None"))?;
+        let quota = Quota::new(
+            rate.0,
+            period.map_or(current.period, |p| p.0),
+            burst_size.map(|b| b.0),
+            current.algorithm,
+            Some(current.shards),
+        )?;
+        Ok(self.core.set_quota(quota)?)
+    }
+
+    #[getter]
+    fn rate(&self) -> f64 {
+        self.core.quota().rate
+    }
+
+    #[getter]
+    fn period(&self) -> f64 {
+        self.core.quota().period
+    }
+
+    #[getter]
+    fn burst_size(&self) -> f64 {
+        self.core.quota().burst
+    }
+
+    #[getter]
+    fn shards(&self) -> usize {
+        self.core.quota().shards
+    }
+
+    #[getter]
+    fn algorithm(&self) -> &'static str {
+        self.core.quota().algorithm.name()
+    }
+
+    #[getter]
+    fn scope(&self) -> &'static str {
+        self.scope.name()
+    }
+
+    #[getter]
+    fn max_wait(&self) -> Option<f64> {
+        self.core.max_wait()
+    }
+
+    #[getter]
+    fn clock(&self, py: Python<'_>) -> Option<Py<PyManualClock>> {
+        self.clock.as_ref().map(|c| c.clone_ref(py))
+    }
+
+    /// Configuration and live state of the budget.
+    fn get_status<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let quota = self.core.quota();
+        let status = PyDict::new(py);
+        status.set_item("algorithm", quota.algorithm.name())?;
+        status.set_item("scope", self.scope.name())?;
+        status.set_item("rate", quota.rate)?;
+        status.set_item("period", quota.period)?;
+        status.set_item("burst_size", quota.burst)?;
+        status.set_item("shards", quota.shards)?;
+        status.set_item("max_wait", self.core.max_wait())?;
+        status.set_item("tokens_remaining", self.core.peek())?;
+        status.set_item("shard_tokens", self.core.shard_tokens())?;
+        status.set_item("requests_allowed", self.core.served().iter().sum::<u64>())?;
+        status.set_item("reservations", self.core.reservations())?;
+        Ok(status)
+    }
+
+    /// How evenly the shards serve: always the same keys, traffic or not.
+    fn get_shard_balance<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let balance = self.core.balance();
+        let view = PyDict::new(py);
+        view.set_item("balanced", balance.balanced())?;
+        view.set_item("imbalance_ratio", balance.imbalance_ratio)?;
+        view.set_item("threshold", Balance::THRESHOLD)?;
+        view.set_item("most_loaded_shard", balance.most_loaded)?;
+        view.set_item("least_loaded_shard", balance.least_loaded)?;
+        view.set_item("distribution", balance.distribution)?;
+        view.set_item("shard_tokens", self.core.shard_tokens())?;
+        Ok(view)
+    }
+
+    fn __repr__(&self) -> String {
+        let q = self.core.quota();
+        format!(
+            "rate={:?}, period={:?}, shards={}, algorithm={:?}, burst_size={:?}",
+            q.rate,
+            q.period,
+            q.shards,
+            q.algorithm.name(),
+            q.burst
+        )
+    }
+}
+
+/// One part of `try_acquire_all`: `(engine, key, count)`.
+type Part<'py> = (Bound<'py, PyEngine>, Key<'py>, Count);
+
+/// Takes from every `(engine, key, count)` part or from none (the compatibility shim's
+/// minute bucket and hourly window, and its composite limiter). Returns the refusal of the
+/// first part that refused, after giving back what the others took, or the last admission.
+/// A refusal whose wait exceeds `max_wait` says `max_wait_exceeded`.
+#[pyfunction]
+#[pyo3(signature = (parts, max_wait=None))]
+pub(crate) fn try_acquire_all(
+    parts: Vec<Part<'_>>,
+    max_wait: Option<MaxWait>,
+) -> Result<PyRateLimitResult> {
+    let mut checked = Vec::with_capacity(parts.len());
+    for (engine, key, count) in &parts {
+        let this = engine.get();
+        checked.push((this.core(), this.hash(key)?, count.0));
+    }
+    let max_wait = max_wait.map_or(f64::INFINITY, |w| w.0);
+    let decision = RateLimiter::try_acquire_all(&checked, max_wait)?;
+    Ok(PyRateLimitResult::new(decision, 0.0))
+}
