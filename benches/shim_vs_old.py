@@ -273,7 +273,7 @@ def sync_section() -> tuple[float, dict[str, float]]:
     print(f"{'shim  try_acquire()  (bucket + hourly window, atomically)':<58}{ns[SHIM]:>9.0f}")
     print(f"{'      old / shim':<58}{ns[OLD] / ns[SHIM]:>8.2f}x")
     print("where the shim's time goes (same loop, engine called directly):")
-    print(f"{'  ShardedRateLimiter.try_acquire()  (the bucket alone)':<58}{ns['engine: one limiter']:>9.0f}")
+    print(f"{'  Engine.try_acquire()  (the bucket alone)':<58}{ns['engine: one limiter']:>9.0f}")
     print(
         f"{'  bucket + window together, natively':<58}"
         f"{ns['engine: both limits']:>9.0f}"

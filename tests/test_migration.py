@@ -248,6 +248,18 @@ def test_old_keywords_on_the_new_limiter_enforce_both_limits():
         limiter.reserve()
 
 
+def test_old_keywords_wait_out_a_short_gap_within_max_wait_on_the_real_clock():
+    # The retries measure their wait on the clock: a driver that sleeps in 50 ms steps
+    # must not count the whole 0.2 s gap as waited after the first step (which gave up
+    # with max_wait_exceeded while 0.25 s of the bound were left).
+    limiter = ShardedRateLimiter(requests_per_minute=300, requests_per_hour=10_000, burst_size=1)
+    assert limiter.try_acquire()
+    started = time.monotonic()
+    result = limiter.acquire(max_wait=0.3)
+    assert result.allowed, result
+    assert 0.15 <= time.monotonic() - started < 0.3
+
+
 def test_old_keywords_one_at_a_time():
     per_minute = ShardedRateLimiter(requests_per_minute=120)
     assert (per_minute.rate, per_minute.period, per_minute.burst_size) == (120, 60.0, 20)

@@ -495,3 +495,36 @@ async def test_results_can_be_awaited_with_a_timeout(make_limiter):
     limiter = make_limiter(1, 1.0, shards=2)
     result = await asyncio.wait_for(limiter.try_acquire("a"), timeout=1.0)
     assert result.allowed
+
+
+# --- structure: the public class holds an engine --------------------------------------------
+
+
+def test_the_limiter_holds_an_engine_whose_surface_is_all_public():
+    from flashcard_pipeline import _native
+
+    limiter = ShardedRateLimiter(10, 1.0)
+    assert not isinstance(limiter, _native.Engine)
+    assert isinstance(limiter._engine, _native.Engine)
+    for cls in (_native.Engine, _native.RateLimitResult, _native.TokenReservation, _native.ManualClock):
+        hidden = [n for n in vars(cls) if n.startswith("_") and not n.startswith("__")]
+        assert hidden == [], f"{cls.__name__} publishes {hidden}"
+    # The hot path is the engine's own method; a subclass's override is kept.
+    assert limiter.try_acquire.__self__ is limiter._engine
+
+    class Counting(ShardedRateLimiter):
+        calls = 0
+
+        def try_acquire(self, key: str = "default", count: int = 1) -> RateLimitResult:
+            Counting.calls += 1
+            return super().try_acquire(key, count)
+
+    assert Counting(10).try_acquire() and Counting.calls == 1
+
+
+def test_limiters_can_be_weakly_referenced():
+    import weakref
+
+    limiter = ShardedRateLimiter(10)
+    ref = weakref.ref(limiter)
+    assert ref() is limiter
