@@ -246,6 +246,8 @@ def test_old_keywords_on_the_new_limiter_enforce_both_limits():
     assert refused.retry_after == pytest.approx(3600 - 60, abs=1e-6)
     with pytest.raises(NotImplementedError, match="reserve"):
         limiter.reserve()
+    limiter.reset()  # refills the minute budget and empties the hourly window
+    assert sum(bool(limiter.try_acquire()) for _ in range(20)) == 10
 
 
 def test_old_keywords_wait_out_a_short_gap_within_max_wait_on_the_real_clock():

@@ -262,9 +262,9 @@ class ShardedRateLimiter:
     def _on_time(self, reservation_id: str, result: RateLimitResult) -> Steps[RateLimitResult]:
         waited = 0.0
         while result.reason == "not_ready" and waited + (result.retry_after or 0.0) <= EARLY:
-            wait = result.retry_after or 0.0
-            yield wait
-            waited += wait
+            pause = result.retry_after or 0.0
+            yield pause
+            waited += pause
             result = self._engine.execute_reservation(reservation_id)
         return result
 
@@ -387,8 +387,8 @@ class _WithHourlyLimit(ShardedRateLimiter):
         """Waiting without a turn: asks both budgets again after each ``retry_after``."""
         start = self._engine.now()
         result = self._try_both(key, count, budget)
-        while (wait := _wait_for_retry(result)) is not None:
-            yield wait
+        while (pause := _wait_for_retry(result)) is not None:
+            yield pause
             waited = self._engine.now() - start
             result = self._try_both(key, count, max(budget - waited, 0.0))
         return result
@@ -401,6 +401,11 @@ class _WithHourlyLimit(ShardedRateLimiter):
 
     def peek(self, key: str = "default") -> float:
         return min(super().peek(key), self._hourly.peek(key))
+
+    def reset(self) -> None:
+        """Refills the minute budget and empties the hourly window."""
+        self._hourly.reset()
+        super().reset()
 
 
 def _wait_for_retry(result: RateLimitResult) -> float | None:
