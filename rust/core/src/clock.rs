@@ -41,14 +41,6 @@ impl Clock {
         }
     }
 
-    /// Lets `nanos` pass: sleeps the thread, or advances a manual clock.
-    pub fn sleep(&self, nanos: Nanos) {
-        match self {
-            Clock::Monotonic { .. } => std::thread::sleep(std::time::Duration::from_nanos(nanos)),
-            Clock::Manual(manual) => manual.advance(nanos),
-        }
-    }
-
     /// Converts a reading of this clock to seconds since the Unix epoch, comparable with
     /// Python's `time.time()`. For the monotonic clock it is anchored to the wall clock now,
     /// so that `to_epoch(t) - time.time()` is `t - now()` however the two have drifted.
