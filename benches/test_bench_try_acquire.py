@@ -36,7 +36,7 @@ SYNC = pytest.mark.benchmark(group="sync: one call", min_time=0.0002, warmup=Tru
 
 
 def ours() -> ShardedRateLimiter:
-    # ours refuses rate > 3.2e6/s per shard; the burst never runs out
+    # the burst never runs out
     return ShardedRateLimiter(rate=3e6, period=1.0, burst_size=float(HUGE), shards=1)
 
 

@@ -1,7 +1,8 @@
 //! Token bucket shard as GCRA: the whole state is one atomic "theoretical arrival time".
 //!
-//! Credit is counted in ticks of 1/32 ns so that a token's cost carries five more bits of
-//! precision than whole nanoseconds; u64 ticks last 18 years of limiter uptime. A shard with
+//! Credit is counted in ticks of the limiter's clock scale (`params.rs`): up to 32 per
+//! nanosecond, chosen so that the rate is exact to one part in a million (rounded down) for
+//! any rate and burst; u64 ticks last at least 18 years of limiter uptime. A shard with
 //! capacity `C` ticks and TAT `t` has `C - max(t - now, 0)` ticks of credit at `now`, and gains
 //! one tick of credit per tick of time until full. Taking `x` ticks moves the TAT to
 //! `max(t, now) + x`. A refusal never writes, so a hot refused key does not bounce its line.
@@ -23,22 +24,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::budget::{Budget, Outcome, Promises};
 use crate::clock::{Clock, Nanos};
-use crate::params::{share, Params};
+use crate::params::{share, Params, Scale};
 use crate::shard::{Shard, ShardSet, Taken};
-
-pub(crate) const TICK_SHIFT: u32 = 5;
-pub(crate) const TICKS_PER_NANO: u64 = 1 << TICK_SHIFT;
-
-#[inline]
-pub(crate) fn ticks(now: Nanos) -> u64 {
-    now << TICK_SHIFT
-}
 
 #[derive(Debug)]
 pub(crate) struct GcraShard {
     tat: AtomicU64,
     /// Changes only while the limiter is being re-rated (see `limiter.rs`).
     capacity: AtomicU64,
+    /// The limiter's clock in ticks (the same for every shard, for its whole life).
+    scale: Scale,
 }
 
 /// A take, recorded so that it can be given back: `taken` ticks, leaving the TAT at `end`.
@@ -50,11 +45,22 @@ pub(crate) struct Receipt {
 
 impl GcraShard {
     /// A shard of `capacity` ticks whose TAT starts at `tat` (0 = full from the start).
-    pub(crate) fn new(capacity: u64, tat: u64) -> Self {
+    pub(crate) fn new(capacity: u64, tat: u64, scale: Scale) -> Self {
         Self {
             tat: AtomicU64::new(tat),
             capacity: AtomicU64::new(capacity),
+            scale,
         }
+    }
+
+    #[inline(always)]
+    fn ticks(&self, now: Nanos) -> u64 {
+        self.scale.ticks(now)
+    }
+
+    /// The clock of a whole set.
+    fn scale(set: &ShardSet<Self>) -> Scale {
+        set.shard(0).scale
     }
 
     pub(crate) fn capacity(&self) -> u64 {
@@ -155,13 +161,13 @@ impl Shard for GcraShard {
 
     #[inline]
     fn available(&self, now: Nanos) -> u64 {
-        self.credit(self.tat.load(Ordering::Relaxed), ticks(now))
+        self.credit(self.tat.load(Ordering::Relaxed), self.ticks(now))
     }
 
     /// One CAS loop for every kind of take: `want(credit)` says how much to take.
     #[inline]
     fn take(&self, now: Nanos, want: impl Fn(u64) -> u64) -> Option<(u64, Receipt)> {
-        let now = ticks(now);
+        let now = self.ticks(now);
         let mut current = self.tat.load(Ordering::Relaxed);
         loop {
             let taken = want(self.credit(current, now));
@@ -189,14 +195,13 @@ impl Shard for GcraShard {
         let shard = set.shard(index);
         let mut current = shard.tat.load(Ordering::Relaxed);
         loop {
-            let refund = receipt
-                .taken
-                .min(receipt.end.saturating_sub(ticks(clock.now())));
+            let now = shard.ticks(clock.now());
+            let refund = receipt.taken.min(receipt.end.saturating_sub(now));
             if refund == 0 {
                 return;
             }
             // Never past capacity: a TAT below `now` would be credit the shard cannot hold.
-            let restored = current.saturating_sub(refund).max(ticks(clock.now()));
+            let restored = current.saturating_sub(refund).max(now);
             if restored >= current {
                 return;
             }
@@ -219,14 +224,14 @@ impl Shard for GcraShard {
     /// (one per shard) until the whole budget is full.
     fn wait_for(set: &ShardSet<Self>, now: Nanos, units: u64) -> Nanos {
         let short = units.saturating_sub(Self::total_available(set, now));
-        short.div_ceil(set.len() as u64).div_ceil(TICKS_PER_NANO)
+        Self::scale(set).nanos(short.div_ceil(set.len() as u64))
     }
 
     /// The horizon is the earliest TAT of any shard: before it no shard is full, nothing is
     /// wasted, and a take needs to look at its own shards only. Takes only raise TATs; the
     /// deposits and give-backs that lower one lower the horizon with it.
     fn settle(set: &ShardSet<Self>, now: Nanos) {
-        let now = ticks(now);
+        let now = Self::scale(set).ticks(now);
         let Settlement { settled, horizon } = &set.shared;
         let seen_horizon = horizon.load(Ordering::SeqCst);
         if now < seen_horizon {
@@ -265,7 +270,7 @@ impl Shard for GcraShard {
     /// Credit held now, plus the waste a settle would move into shards with room.
     #[inline]
     fn total_available(set: &ShardSet<Self>, now: Nanos) -> u64 {
-        let now = ticks(now);
+        let now = Self::scale(set).ticks(now);
         let shards = set.slots.iter().map(|s| &s.shard);
         if now < set.shared.horizon.load(Ordering::Relaxed) {
             // No shard is full, so none has wasted anything: the credits are the answer.
@@ -334,11 +339,12 @@ impl Budget for TokenBucket {
 
     fn new(params: &Params, now: Nanos) -> Self {
         let n = params.shards;
+        let start = params.scale.ticks(now);
         Self {
             // Every shard starts full: its TAT is now.
             set: ShardSet::new(
-                (0..n).map(|i| GcraShard::new(share(params.capacity, n, i), ticks(now))),
-                Settlement::new(ticks(now)),
+                (0..n).map(|i| GcraShard::new(share(params.capacity, n, i), start, params.scale)),
+                Settlement::new(start),
             ),
             overheld: AtomicU64::new(0),
         }
@@ -396,7 +402,7 @@ impl Budget for TokenBucket {
             .saturating_add(units);
         let short = needed.saturating_sub(self.available(now));
         let n = self.set.len() as u64;
-        now.saturating_add(short.div_ceil(n).div_ceil(TICKS_PER_NANO))
+        now.saturating_add(params.scale.nanos(short.div_ceil(n)))
             .max(promises.tail)
     }
 
@@ -426,7 +432,7 @@ impl Budget for TokenBucket {
 
     fn consume(&self, now: Nanos, params: &Params, hash: u64, units: u64) -> usize {
         self.restore(now, params, units, |shard, added| {
-            shard.force_take(ticks(now), added)
+            shard.force_take(shard.ticks(now), added)
         });
         let shard = self.set.candidates(hash).0;
         self.set.count_served(shard, true);
@@ -447,7 +453,7 @@ impl Budget for TokenBucket {
             scaled.min(capacity as u128) as u64
         };
         let n = self.set.len();
-        let now = ticks(now);
+        let now = new.scale.ticks(now);
         for (i, slot) in self.set.slots.iter().enumerate() {
             let (capacity, credit) = (share(capacity, n, i), share(credit, n, i));
             slot.shard.reconfigure(capacity, now + (capacity - credit));
@@ -466,7 +472,7 @@ mod tests {
 
     #[test]
     fn credit_refills_one_tick_per_tick_up_to_capacity() {
-        let shard = GcraShard::new(320, 0);
+        let shard = GcraShard::new(320, 0, Scale::per_nano(32));
         assert_eq!(shard.available(0), 320);
         assert!(shard.try_take(0, 320).is_some());
         assert_eq!(shard.available(0), 0);
@@ -477,7 +483,7 @@ mod tests {
 
     #[test]
     fn take_up_to_takes_what_there_is() {
-        let shard = GcraShard::new(100, 0);
+        let shard = GcraShard::new(100, 0, Scale::per_nano(32));
         assert_eq!(shard.take_up_to(0, 60).map(|t| t.0), Some(60));
         assert_eq!(shard.take_up_to(0, 60).map(|t| t.0), Some(40));
         assert!(shard.take_up_to(0, 60).is_none());
@@ -486,7 +492,10 @@ mod tests {
     #[test]
     fn give_back_is_exact_while_time_stands_still() {
         let clock = Clock::Manual(Arc::new(ManualClock::new(0.0)));
-        let set = ShardSet::new([GcraShard::new(100, 0)], Settlement::new(0));
+        let set = ShardSet::new(
+            [GcraShard::new(100, 0, Scale::per_nano(32))],
+            Settlement::new(0),
+        );
         let receipt = set.shard(0).try_take(0, 70).unwrap();
         set.shard(0).try_take(0, 10).unwrap();
         GcraShard::give_back(&set, 0, receipt, &clock);
@@ -497,7 +506,10 @@ mod tests {
     fn give_back_keeps_what_time_has_refilled() {
         let manual = Arc::new(ManualClock::new(0.0));
         let clock = Clock::Manual(manual.clone());
-        let set = ShardSet::new([GcraShard::new(3200, 0)], Settlement::new(0));
+        let set = ShardSet::new(
+            [GcraShard::new(3200, 0, Scale::per_nano(32))],
+            Settlement::new(0),
+        );
         let shard = set.shard(0);
         let receipt = shard.try_take(0, 3200).unwrap(); // end = 3200 ticks = 100 ns
         manual.advance(60); // 1920 ticks later, the credit from then on is already back
@@ -510,7 +522,10 @@ mod tests {
     #[test]
     fn wait_for_is_the_earliest_time_the_units_can_be_gathered() {
         let set = ShardSet::new(
-            [GcraShard::new(320, 0), GcraShard::new(320, 0)],
+            [
+                GcraShard::new(320, 0, Scale::per_nano(32)),
+                GcraShard::new(320, 0, Scale::per_nano(32)),
+            ],
             Settlement::new(0),
         );
         set.shard(0).try_take(0, 320).unwrap();
@@ -526,7 +541,10 @@ mod tests {
     #[test]
     fn settling_moves_a_full_shards_refill_to_a_shard_with_room() {
         let set = ShardSet::new(
-            [GcraShard::new(320, 0), GcraShard::new(320, 0)],
+            [
+                GcraShard::new(320, 0, Scale::per_nano(32)),
+                GcraShard::new(320, 0, Scale::per_nano(32)),
+            ],
             Settlement::new(0),
         );
         set.shard(0).try_take(0, 320).unwrap();
@@ -542,7 +560,10 @@ mod tests {
     #[test]
     fn refill_wasted_while_the_whole_budget_was_full_is_not_recovered() {
         let set = ShardSet::new(
-            [GcraShard::new(320, 0), GcraShard::new(320, 0)],
+            [
+                GcraShard::new(320, 0, Scale::per_nano(32)),
+                GcraShard::new(320, 0, Scale::per_nano(32)),
+            ],
             Settlement::new(0),
         );
         // Both full for 100 ns, then a settle-and-take drains shard 1.

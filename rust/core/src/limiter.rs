@@ -516,7 +516,7 @@ impl<B: Budget> Limiter<B> {
                 ),
             ));
         }
-        let params = Params::new(&quota)?;
+        let params = Params::with_scale(&quota, account.params.scale)?;
         self.retune(&mut account, params, false);
         account.quota = quota;
         let now = self.clock.now();

@@ -239,9 +239,13 @@ fn reduce(hash: u64, n: u64) -> u64 {
 mod tests {
     use super::*;
     use crate::gcra::{GcraShard, Settlement};
+    use crate::params::Scale;
 
     fn set(n: usize) -> ShardSet<GcraShard> {
-        ShardSet::new((0..n).map(|_| GcraShard::new(100, 0)), Settlement::new(0))
+        ShardSet::new(
+            (0..n).map(|_| GcraShard::new(100, 0, Scale::per_nano(32))),
+            Settlement::new(0),
+        )
     }
 
     #[test]
