@@ -6,6 +6,8 @@ use crate::error::{Error, Result};
 pub const MAX_SHARDS: usize = 1024;
 /// Largest sliding-window limit: the window keeps one timestamp per admission.
 pub const MAX_WINDOW_LIMIT: u64 = 36_000_000;
+/// Longest sliding-window period (100 years): its nanoseconds fit a u64 with room to spare.
+pub const MAX_WINDOW_SECONDS: f64 = 100.0 * 365.0 * 86_400.0;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Algorithm {
@@ -131,7 +133,17 @@ impl Quota {
                         "rate",
                         format!(
                             "the sliding window admits floor(rate) per period, which must be \
-                             between 1 and {MAX_WINDOW_LIMIT}, got {rate}"
+                             between 1 and {MAX_WINDOW_LIMIT}, got {rate:e}"
+                        ),
+                    ));
+                }
+                if period > MAX_WINDOW_SECONDS {
+                    return Err(Error::invalid(
+                        "period",
+                        format!(
+                            "the sliding window keeps every admission of one period, which \
+                             must be at most {MAX_WINDOW_SECONDS:e} seconds (100 years), got \
+                             {period:e}"
                         ),
                     ));
                 }

@@ -159,3 +159,12 @@ fn rates_out_of_range_are_refused_naming_rate() {
         assert_eq!(err.argument(), "rate", "{err}");
     }
 }
+
+#[test]
+fn the_sliding_window_states_its_range() {
+    let window = |rate, period| Quota::new(rate, period, None, Algorithm::SlidingWindow, Some(1));
+    assert!(window(36e6, 1.0).is_ok() && window(1.0, 100.0 * YEAR).is_ok());
+    assert_eq!(window(0.5, 1.0).unwrap_err().argument(), "rate");
+    assert_eq!(window(4e7, 1.0).unwrap_err().argument(), "rate");
+    assert_eq!(window(10.0, 1e300).unwrap_err().argument(), "period");
+}
