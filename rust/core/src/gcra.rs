@@ -32,8 +32,6 @@ pub(crate) struct GcraShard {
     tat: AtomicU64,
     /// Changes only while the limiter is being re-rated (see `limiter.rs`).
     capacity: AtomicU64,
-    /// The limiter's clock in ticks (the same for every shard, for its whole life).
-    scale: Scale,
 }
 
 /// A take, recorded so that it can be given back: `taken` ticks, leaving the TAT at `end`.
@@ -45,22 +43,11 @@ pub(crate) struct Receipt {
 
 impl GcraShard {
     /// A shard of `capacity` ticks whose TAT starts at `tat` (0 = full from the start).
-    pub(crate) fn new(capacity: u64, tat: u64, scale: Scale) -> Self {
+    pub(crate) fn new(capacity: u64, tat: u64) -> Self {
         Self {
             tat: AtomicU64::new(tat),
             capacity: AtomicU64::new(capacity),
-            scale,
         }
-    }
-
-    #[inline(always)]
-    fn ticks(&self, now: Nanos) -> u64 {
-        self.scale.ticks(now)
-    }
-
-    /// The clock of a whole set.
-    fn scale(set: &ShardSet<Self>) -> Scale {
-        set.shard(0).scale
     }
 
     pub(crate) fn capacity(&self) -> u64 {
@@ -131,20 +118,22 @@ impl GcraShard {
     }
 }
 
-/// What a token-bucket shard set shares: when refill was last settled, and the earliest
-/// time any shard can be full (before it there is nothing to settle).
+/// What a token-bucket shard set shares: when refill was last settled, the earliest time
+/// any shard can be full (before it there is nothing to settle), and the clock's scale.
 #[derive(Debug)]
 pub(crate) struct Settlement {
     settled: CachePadded<AtomicU64>,
     horizon: CachePadded<AtomicU64>,
+    scale: Scale,
 }
 
 impl Settlement {
     /// For shards that are all full at tick `now` (or, with a later horizon, all short).
-    pub(crate) fn new(now: u64) -> Self {
+    pub(crate) fn new(now: u64, scale: Scale) -> Self {
         Self {
             settled: CachePadded::new(AtomicU64::new(now)),
             horizon: CachePadded::new(AtomicU64::new(now)),
+            scale,
         }
     }
 
@@ -160,14 +149,13 @@ impl Shard for GcraShard {
     type Shared = Settlement;
 
     #[inline]
-    fn available(&self, now: Nanos) -> u64 {
-        self.credit(self.tat.load(Ordering::Relaxed), self.ticks(now))
+    fn available(&self, now: u64) -> u64 {
+        self.credit(self.tat.load(Ordering::Relaxed), now)
     }
 
     /// One CAS loop for every kind of take: `want(credit)` says how much to take.
     #[inline]
-    fn take(&self, now: Nanos, want: impl Fn(u64) -> u64) -> Option<(u64, Receipt)> {
-        let now = self.ticks(now);
+    fn take(&self, now: u64, want: impl Fn(u64) -> u64) -> Option<(u64, Receipt)> {
         let mut current = self.tat.load(Ordering::Relaxed);
         loop {
             let taken = want(self.credit(current, now));
@@ -195,7 +183,7 @@ impl Shard for GcraShard {
         let shard = set.shard(index);
         let mut current = shard.tat.load(Ordering::Relaxed);
         loop {
-            let now = shard.ticks(clock.now());
+            let now = set.shared.scale.ticks(clock.now());
             let refund = receipt.taken.min(receipt.end.saturating_sub(now));
             if refund == 0 {
                 return;
@@ -222,17 +210,18 @@ impl Shard for GcraShard {
 
     /// Settled, the set refills like one bucket: `N` ticks of credit per tick of time
     /// (one per shard) until the whole budget is full.
-    fn wait_for(set: &ShardSet<Self>, now: Nanos, units: u64) -> Nanos {
+    fn wait_for(set: &ShardSet<Self>, now: u64, units: u64) -> Nanos {
         let short = units.saturating_sub(Self::total_available(set, now));
-        Self::scale(set).nanos(short.div_ceil(set.len() as u64))
+        set.shared.scale.nanos(short.div_ceil(set.len() as u64))
     }
 
     /// The horizon is the earliest TAT of any shard: before it no shard is full, nothing is
     /// wasted, and a take needs to look at its own shards only. Takes only raise TATs; the
     /// deposits and give-backs that lower one lower the horizon with it.
-    fn settle(set: &ShardSet<Self>, now: Nanos) {
-        let now = Self::scale(set).ticks(now);
-        let Settlement { settled, horizon } = &set.shared;
+    fn settle(set: &ShardSet<Self>, now: u64) {
+        let Settlement {
+            settled, horizon, ..
+        } = &set.shared;
         let seen_horizon = horizon.load(Ordering::SeqCst);
         if now < seen_horizon {
             return;
@@ -269,8 +258,7 @@ impl Shard for GcraShard {
 
     /// Credit held now, plus the waste a settle would move into shards with room.
     #[inline]
-    fn total_available(set: &ShardSet<Self>, now: Nanos) -> u64 {
-        let now = Self::scale(set).ticks(now);
+    fn total_available(set: &ShardSet<Self>, now: u64) -> u64 {
         let shards = set.slots.iter().map(|s| &s.shard);
         if now < set.shared.horizon.load(Ordering::Relaxed) {
             // No shard is full, so none has wasted anything: the credits are the answer.
@@ -299,6 +287,12 @@ pub(crate) struct TokenBucket {
 }
 
 impl TokenBucket {
+    /// `now` on the limiter's clock in ticks: the shards' time.
+    #[inline(always)]
+    fn ticks(&self, now: Nanos) -> u64 {
+        self.set.shared.scale.ticks(now)
+    }
+
     /// Pays `units` of escrow back at `now`: what no capacity held first, then shard by shard up to
     /// each shard's share of the burst, telling `restored` what each shard got back.
     fn restore(
@@ -309,7 +303,7 @@ impl TokenBucket {
         mut restored: impl FnMut(&GcraShard, u64),
     ) {
         // Refill wasted while the budget was full must not flow into the room made now.
-        GcraShard::settle(&self.set, now);
+        GcraShard::settle(&self.set, self.ticks(now));
         let overheld = self.overheld.load(Ordering::Relaxed);
         let paid = overheld.min(units);
         self.overheld.store(overheld - paid, Ordering::Relaxed);
@@ -343,8 +337,8 @@ impl Budget for TokenBucket {
         Self {
             // Every shard starts full: its TAT is now.
             set: ShardSet::new(
-                (0..n).map(|i| GcraShard::new(share(params.capacity, n, i), start, params.scale)),
-                Settlement::new(start),
+                (0..n).map(|i| GcraShard::new(share(params.capacity, n, i), start)),
+                Settlement::new(start, params.scale),
             ),
             overheld: AtomicU64::new(0),
         }
@@ -357,7 +351,7 @@ impl Budget for TokenBucket {
 
     #[inline(always)]
     fn acquire(&self, clock: &Clock, now: Nanos, hash: u64, units: u64) -> Outcome<Self::Receipt> {
-        self.set.acquire(clock, now, hash, units)
+        self.set.acquire(clock, self.ticks(now), hash, units)
     }
 
     fn give_back(&self, receipt: Self::Receipt, clock: &Clock) {
@@ -366,10 +360,11 @@ impl Budget for TokenBucket {
 
     #[inline]
     fn available(&self, now: Nanos) -> u64 {
-        GcraShard::total_available(&self.set, now)
+        GcraShard::total_available(&self.set, self.ticks(now))
     }
 
     fn shard_available(&self, now: Nanos) -> Vec<u64> {
+        let now = self.ticks(now);
         self.set
             .slots
             .iter()
@@ -390,7 +385,7 @@ impl Budget for TokenBucket {
     }
 
     fn wait(&self, now: Nanos, _params: &Params, units: u64) -> Nanos {
-        GcraShard::wait_for(&self.set, now, units)
+        GcraShard::wait_for(&self.set, self.ticks(now), units)
     }
 
     /// Settled, the set refills `N` ticks per tick: the slot is when the free credit has
@@ -407,6 +402,7 @@ impl Budget for TokenBucket {
     }
 
     fn hold(&self, now: Nanos, _params: &Params, units: u64) {
+        let now = self.ticks(now);
         GcraShard::settle(&self.set, now);
         let mut rest = units;
         for slot in self.set.slots.iter() {
@@ -431,8 +427,9 @@ impl Budget for TokenBucket {
     }
 
     fn consume(&self, now: Nanos, params: &Params, hash: u64, units: u64) -> usize {
+        let ticks = self.ticks(now);
         self.restore(now, params, units, |shard, added| {
-            shard.force_take(shard.ticks(now), added)
+            shard.force_take(ticks, added)
         });
         let shard = self.set.candidates(hash).0;
         self.set.count_served(shard, true);
@@ -472,18 +469,19 @@ mod tests {
 
     #[test]
     fn credit_refills_one_tick_per_tick_up_to_capacity() {
-        let shard = GcraShard::new(320, 0, Scale::per_nano(32));
+        let shard = GcraShard::new(320, 0);
         assert_eq!(shard.available(0), 320);
         assert!(shard.try_take(0, 320).is_some());
         assert_eq!(shard.available(0), 0);
         assert!(shard.try_take(0, 1).is_none());
-        assert_eq!(shard.available(5), 160);
-        assert_eq!(shard.available(1_000), 320);
+        // Times are in ticks: the shards' own clock.
+        assert_eq!(shard.available(160), 160);
+        assert_eq!(shard.available(32_000), 320);
     }
 
     #[test]
     fn take_up_to_takes_what_there_is() {
-        let shard = GcraShard::new(100, 0, Scale::per_nano(32));
+        let shard = GcraShard::new(100, 0);
         assert_eq!(shard.take_up_to(0, 60).map(|t| t.0), Some(60));
         assert_eq!(shard.take_up_to(0, 60).map(|t| t.0), Some(40));
         assert!(shard.take_up_to(0, 60).is_none());
@@ -493,8 +491,8 @@ mod tests {
     fn give_back_is_exact_while_time_stands_still() {
         let clock = Clock::Manual(Arc::new(ManualClock::new(0.0)));
         let set = ShardSet::new(
-            [GcraShard::new(100, 0, Scale::per_nano(32))],
-            Settlement::new(0),
+            [GcraShard::new(100, 0)],
+            Settlement::new(0, Scale::per_nano(32)),
         );
         let receipt = set.shard(0).try_take(0, 70).unwrap();
         set.shard(0).try_take(0, 10).unwrap();
@@ -507,14 +505,14 @@ mod tests {
         let manual = Arc::new(ManualClock::new(0.0));
         let clock = Clock::Manual(manual.clone());
         let set = ShardSet::new(
-            [GcraShard::new(3200, 0, Scale::per_nano(32))],
-            Settlement::new(0),
+            [GcraShard::new(3200, 0)],
+            Settlement::new(0, Scale::per_nano(32)),
         );
         let shard = set.shard(0);
         let receipt = shard.try_take(0, 3200).unwrap(); // end = 3200 ticks = 100 ns
         manual.advance(60); // 1920 ticks later, the credit from then on is already back
         GcraShard::give_back(&set, 0, receipt, &clock);
-        assert_eq!(shard.available(60), 3200);
+        assert_eq!(shard.available(1920), 3200);
         // Only the 1280 ticks still ahead of the clock came back: TAT = 3200 - 1280.
         assert_eq!(shard.tat.load(Ordering::Relaxed), 1920);
     }
@@ -522,11 +520,8 @@ mod tests {
     #[test]
     fn wait_for_is_the_earliest_time_the_units_can_be_gathered() {
         let set = ShardSet::new(
-            [
-                GcraShard::new(320, 0, Scale::per_nano(32)),
-                GcraShard::new(320, 0, Scale::per_nano(32)),
-            ],
-            Settlement::new(0),
+            [GcraShard::new(320, 0), GcraShard::new(320, 0)],
+            Settlement::new(0, Scale::per_nano(32)),
         );
         set.shard(0).try_take(0, 320).unwrap();
         set.shard(1).try_take(0, 160).unwrap();
@@ -541,30 +536,24 @@ mod tests {
     #[test]
     fn settling_moves_a_full_shards_refill_to_a_shard_with_room() {
         let set = ShardSet::new(
-            [
-                GcraShard::new(320, 0, Scale::per_nano(32)),
-                GcraShard::new(320, 0, Scale::per_nano(32)),
-            ],
-            Settlement::new(0),
+            [GcraShard::new(320, 0), GcraShard::new(320, 0)],
+            Settlement::new(0, Scale::per_nano(32)),
         );
         set.shard(0).try_take(0, 320).unwrap();
-        // 2 ns = 64 ticks later shard 0 refilled 64 and shard 1, already full, wasted 64.
-        assert_eq!(GcraShard::total_available(&set, 2), 448);
-        GcraShard::settle(&set, 2);
-        assert_eq!(set.shard(0).available(2), 128);
-        assert_eq!(set.shard(1).available(2), 320);
-        GcraShard::settle(&set, 10);
-        assert_eq!(GcraShard::total_available(&set, 10), 640);
+        // 64 ticks later shard 0 refilled 64 and shard 1, already full, wasted 64.
+        assert_eq!(GcraShard::total_available(&set, 64), 448);
+        GcraShard::settle(&set, 64);
+        assert_eq!(set.shard(0).available(64), 128);
+        assert_eq!(set.shard(1).available(64), 320);
+        GcraShard::settle(&set, 320);
+        assert_eq!(GcraShard::total_available(&set, 320), 640);
     }
 
     #[test]
     fn refill_wasted_while_the_whole_budget_was_full_is_not_recovered() {
         let set = ShardSet::new(
-            [
-                GcraShard::new(320, 0, Scale::per_nano(32)),
-                GcraShard::new(320, 0, Scale::per_nano(32)),
-            ],
-            Settlement::new(0),
+            [GcraShard::new(320, 0), GcraShard::new(320, 0)],
+            Settlement::new(0, Scale::per_nano(32)),
         );
         // Both full for 100 ns, then a settle-and-take drains shard 1.
         GcraShard::settle(&set, 100);

@@ -12,8 +12,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use crate::budget::Outcome;
 use crate::clock::{Clock, Nanos};
 
-/// One shard's bucket. Capacity and amounts are in the algorithm's own units
-/// (clock ticks of credit for the token bucket, admission slots for the sliding window).
+/// One shard's bucket. Capacity and amounts are in the algorithm's own units (clock ticks
+/// of credit for the token bucket, admission slots for the sliding window), and so is `now`
+/// (the token bucket's ticks, the sliding window's nanoseconds); waits are nanoseconds.
 pub(crate) trait Shard: Send + Sync + Sized {
     /// What a take records so that it can be given back exactly.
     type Receipt: Copy;
@@ -243,8 +244,8 @@ mod tests {
 
     fn set(n: usize) -> ShardSet<GcraShard> {
         ShardSet::new(
-            (0..n).map(|_| GcraShard::new(100, 0, Scale::per_nano(32))),
-            Settlement::new(0),
+            (0..n).map(|_| GcraShard::new(100, 0)),
+            Settlement::new(0, Scale::per_nano(32)),
         )
     }
 
