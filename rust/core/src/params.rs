@@ -12,58 +12,67 @@ const MAX_TICKS_PER_NANO: f64 = 32.0;
 /// the rounding of the rate to one part in a million.
 const MIN_SCALE_BITS: u32 = 20;
 
-/// A token bucket's clock: `mul / 2^shift` ticks of credit per nanosecond, fixed for the
-/// limiter's life. Each shard refills one tick per tick, so a rate is exact to the scale's
-/// precision (at least 2^-20, rounded down: never above the rate), whatever the token costs.
+/// A token bucket's clock: `whole + fraction / 2^64` ticks of credit per nanosecond, fixed
+/// for the limiter's life. Each shard refills one tick per tick, so a rate is exact to the
+/// scale's precision (at least 2^-20, rounded down: never above the rate), whatever a token
+/// costs. Reading it is two multiplies with no shift to compute.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Scale {
-    mul: u64,
-    shift: u32,
+    whole: u64,
+    fraction: u64,
 }
 
 impl Scale {
     /// Exactly `ticks` ticks per nanosecond.
     pub(crate) const fn per_nano(ticks: u64) -> Self {
         Self {
-            mul: ticks,
-            shift: 0,
+            whole: ticks,
+            fraction: 0,
         }
     }
 
     /// Exactly `2^exponent` ticks per nanosecond (`-64 <= exponent <= 63`).
     fn power_of_two(exponent: i32) -> Self {
-        Self {
-            mul: 1 << exponent.max(0),
-            shift: (-exponent).max(0) as u32,
+        if exponent >= 0 {
+            Self::per_nano(1 << exponent)
+        } else {
+            Self {
+                whole: 0,
+                fraction: 1 << (64 + exponent),
+            }
         }
     }
 
-    /// `ticks_per_nano` rounded down to the best fixed-point value with `shift <= 64`;
-    /// `None` when fewer than `MIN_SCALE_BITS` bits would be left.
+    /// `ticks_per_nano` rounded down to 64 fractional bits; `None` when fewer than
+    /// `MIN_SCALE_BITS` significant bits would be left.
     fn rounded_down(ticks_per_nano: f64) -> Option<Self> {
-        let shift = (63 - ticks_per_nano.log2().floor() as i64).clamp(0, 64) as u32;
-        // Two ulps below, so that the float rounding of the product cannot round up.
-        let mul = (ticks_per_nano * 2f64.powi(shift as i32) * (1.0 - 4.0 * f64::EPSILON)).floor();
-        (mul >= f64::from(1u32 << MIN_SCALE_BITS)).then_some(Self {
-            mul: mul as u64,
-            shift,
+        // Four ulps below, so that the float rounding cannot round up.
+        let k = ticks_per_nano * (1.0 - 4.0 * f64::EPSILON);
+        let whole = k.floor();
+        let fraction = ((k - whole) * 2f64.powi(64)).floor();
+        let significant = whole * 2f64.powi(64) + fraction;
+        (significant >= f64::from(1u32 << MIN_SCALE_BITS)).then_some(Self {
+            whole: whole as u64,
+            fraction: fraction as u64,
         })
     }
 
     /// Ticks at `now` (rounded down: time is never ahead).
     #[inline(always)]
     pub(crate) fn ticks(self, now: Nanos) -> u64 {
-        ((now as u128 * self.mul as u128) >> self.shift) as u64
+        let fraction = ((now as u128 * self.fraction as u128) >> 64) as u64;
+        now.wrapping_mul(self.whole).wrapping_add(fraction)
     }
 
     /// Nanoseconds until `ticks` ticks have passed (rounded up: never early).
     pub(crate) fn nanos(self, ticks: u64) -> Nanos {
-        let nanos = ((ticks as u128) << self.shift).div_ceil(self.mul as u128);
+        let per_nano = (self.whole as u128) << 64 | self.fraction as u128;
+        let nanos = ((ticks as u128) << 64).div_ceil(per_nano);
         nanos.min(u64::MAX as u128) as Nanos
     }
 
     fn ticks_per_nano(self) -> f64 {
-        self.mul as f64 / 2f64.powi(self.shift as i32)
+        self.whole as f64 + self.fraction as f64 / 2f64.powi(64)
     }
 }
 
