@@ -3,7 +3,7 @@ never a panic, a hang or a silently wrong limiter; a count above the burst is re
 once with reason "exceeds_capacity" (it can never succeed).
 
 One table per API: ``rate_limiter_v2`` (``CASES``), the environment variables
-(``ENV_CASES``) and the compatibility shim (``SHIM_CASES``).
+(``ENV_CASES``), the compatibility shim (``SHIM_CASES``) and ``retry`` (``RETRY_CASES``).
 Every row checks the exception's type and that its message starts with the argument's name
 as the caller wrote it (for a variable: its name and its text). The token bucket's range of
 rates and bursts (1e300, 1e-300, ...) is the core's and is tested there."""
@@ -19,6 +19,8 @@ from typing import Any
 
 import pytest
 
+from flashcard_pipeline import retry as retry_module
+from flashcard_pipeline.exceptions import RateLimitError
 from flashcard_pipeline.rate_limiter import AdaptiveRateLimiter, CompositeLimiter, RateLimiter
 from flashcard_pipeline.rate_limiter_v2 import (
     AdaptiveShardedRateLimiter,
@@ -26,6 +28,7 @@ from flashcard_pipeline.rate_limiter_v2 import (
     RateLimitResult,
     ShardedRateLimiter,
 )
+from flashcard_pipeline.retry import retry_on_rate_limit
 
 L = ShardedRateLimiter
 run = asyncio.run  # the shim's coroutines, in a row's lambda
@@ -509,6 +512,8 @@ def test_bad_input_messages_state_the_allowed_values():
         AdaptiveShardedRateLimiter(10, rebalance_threshold=0)
     with pytest.raises(ValueError, match=r"^requests_per_minute: must be a finite number > 0"):
         RateLimiter(requests_per_minute=math.inf)
+    with pytest.raises(ValueError, match=r"^jitter: must be a finite number >= 0 and <= 1"):
+        retry_on_rate_limit(jitter=2)
 
 
 def test_allowed_edge_values_are_accepted():
@@ -813,3 +818,97 @@ def test_the_shim_caps_large_finite_values_and_takes_none_as_the_default():
     assert RateLimiter(burst_size=2.9).burst_size == 2  # rounded down, as the old module did
     assert run(RateLimiter(clock=ManualClock()).acquire_async(timeout=math.inf))
 
+
+# --- retry_on_rate_limit ----------------------------------------------------------------------
+
+RETRY_CASES = [
+    *(
+        case(
+            lambda value=value: retry_on_rate_limit(value),
+            Raises(exception, "max_attempts"),
+            f"max_attempts={value if not callable(value) else 'a function'!r}",
+        )
+        for value, exception in [
+            (0, ValueError),
+            (-1, ValueError),
+            (None, TypeError),
+            (True, TypeError),
+            (2.0, TypeError),
+            (math.nan, TypeError),
+            (math.inf, TypeError),
+            ("3", TypeError),
+            (lambda: None, TypeError),  # @retry_on_rate_limit without parentheses
+        ]
+    ),
+    *(
+        case(lambda name=name, value=value: retry_on_rate_limit(**{name: value}), Raises(exception, name), f"{name}={value!r}")
+        for name, extra in [
+            ("backoff", []),
+            ("max_delay", [(1e300, ValueError)]),
+            ("jitter", [(1.5, ValueError), (1e300, ValueError)]),
+        ]
+        for value, exception in [
+            (-1, ValueError),
+            (math.nan, ValueError),
+            (math.inf, ValueError),
+            (-math.inf, ValueError),
+            (None, TypeError),
+            (True, TypeError),
+            ("1", TypeError),
+            *extra,
+        ]
+    ),
+]
+
+
+@pytest.mark.parametrize(("call", "expect"), RETRY_CASES)
+def test_bad_input_to_retry(call, expect):
+    raises_naming(call, expect)
+
+
+@pytest.mark.parametrize(
+    "retry_after", [None, -1, -math.inf, math.nan, math.inf, True, "soon"], ids=repr
+)
+@pytest.mark.parametrize("form", ["thread", "asyncio"])
+def test_retry_waits_the_backoff_when_retry_after_is_unusable(monkeypatch, retry_after, form):
+    """A missing, negative, NaN, infinite or non-number retry_after is the backoff: never a
+    crash in time.sleep / asyncio.sleep, never a wait of max_delay. The sleeps are real."""
+    slept: list[float] = []
+    for module, name in ((retry_module.time, "sleep"), (retry_module.asyncio, "sleep")):
+        real = getattr(module, name)
+        monkeypatch.setattr(module, name, lambda s, real=real: (slept.append(s), real(s))[1])
+    attempts = []
+
+    def attempt() -> str:
+        attempts.append(1)
+        if len(attempts) < 3:
+            raise RateLimitError("limited", retry_after=retry_after)
+        return "done"
+
+    retrying = retry_on_rate_limit(max_attempts=3, backoff=0.001, max_delay=60.0, jitter=0.0)
+    if form == "thread":
+        assert retrying(attempt)() == "done"
+    else:
+
+        async def attempt_async() -> str:
+            return attempt()
+
+        assert run(retrying(attempt_async)()) == "done"
+    assert slept == [0.001, 0.002]  # backoff, doubled
+
+
+def test_retry_takes_large_values_without_overflow(monkeypatch):
+    slept: list[float] = []
+    monkeypatch.setattr(retry_module.time, "sleep", slept.append)
+    calls = 0
+
+    @retry_on_rate_limit(max_attempts=1100, backoff=1e300, max_delay=1.0, jitter=1.0)
+    def limited() -> None:
+        nonlocal calls
+        calls += 1
+        raise RateLimitError(retry_after=1e300 if calls == 1 else None)
+
+    with pytest.raises(RateLimitError):
+        limited()
+    assert calls == 1100 and len(slept) == 1099
+    assert all(1.0 <= s <= 2.0 for s in slept)  # max_delay, plus up to 100 % jitter
