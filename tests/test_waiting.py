@@ -160,6 +160,27 @@ async def test_acquire_not_awaited_in_a_loop_fails_loudly(clock, make_limiter, d
     assert limiter.try_acquire()  # and nothing was taken by the abandoned calls
 
 
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    "attribute", ["allowed", "reason", "retry_after", "tokens_remaining", "shard_id", "waited"]
+)
+async def test_reading_a_result_off_an_unawaited_acquire_fails_loudly(
+    clock, make_limiter, drain, attribute
+):
+    # The type is RateLimitResult in both forms (README typing); in a loop, the thread form
+    # `limiter.acquire().allowed` must not quietly read something off the awaitable.
+    limiter = make_limiter(10, 1.0, shards=2)
+    drain(limiter)
+    pending = limiter.acquire()
+    with pytest.raises(TypeError, match=rf"\.{attribute} was read.*`await limiter\.acquire"):
+        getattr(pending, attribute)
+    assert limiter.get_status()["reservations"] == 0  # the turn was given back
+    with pytest.raises(AttributeError):
+        pending.no_such_attribute  # other names stay ordinary lookups (asyncio probes cr_code)
+    clock.advance(0.1)
+    assert limiter.try_acquire()
+
+
 # --- max_wait -------------------------------------------------------------------------
 
 

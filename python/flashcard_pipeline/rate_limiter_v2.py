@@ -17,7 +17,7 @@ in the engine's FIFO queue and asks the engine when it is admitted; the drivers 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Generator
+from collections.abc import Generator
 from typing import Any
 
 from flashcard_pipeline._native import (
@@ -215,7 +215,7 @@ class ShardedRateLimiter:
 
     def acquire(
         self, key: str = "default", count: int = 1, max_wait: float | None = None
-    ) -> RateLimitResult | Awaitable[RateLimitResult]:
+    ) -> RateLimitResult:
         """Takes ``count`` tokens, waiting its turn (FIFO) up to ``max_wait`` seconds.
 
         Returns a :class:`RateLimitResult`: allowed once admitted, or refused with reason
@@ -224,7 +224,9 @@ class ShardedRateLimiter:
         wait holds the next slot in the reservation queue; if it gives up (its task is
         cancelled, a timeout fires, Ctrl-C), the slot's tokens go back. From a thread the
         call blocks with the GIL released; inside a running event loop it returns an
-        awaitable, so ``await limiter.acquire()`` always works.
+        awaitable, so ``await limiter.acquire()`` always works. A result is awaitable too
+        (as itself), so one return type serves both forms; reading a result's attribute on
+        the in-loop awaitable without ``await`` raises ``TypeError``.
         """
         budget = self._engine.wait_budget(max_wait)
         return wait(self._turns(key, count, budget), self._engine.clock)
@@ -387,7 +389,7 @@ class _WithHourlyLimit(ShardedRateLimiter):
 
     def acquire(
         self, key: str = "default", count: int = 1, max_wait: float | None = None
-    ) -> RateLimitResult | Awaitable[RateLimitResult]:
+    ) -> RateLimitResult:
         budget = self._engine.wait_budget(max_wait)
         return wait(self._retries(key, count, budget), self._engine.clock)
 
