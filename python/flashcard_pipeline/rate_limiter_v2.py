@@ -12,11 +12,17 @@ inside a running event loop, and blocks anywhere else, sleeping with the GIL rel
 Either way the caller waits in one loop (``ShardedRateLimiter._turns``) that holds its turn
 in the engine's FIFO queue and asks the engine when it is admitted; the drivers in
 ``_waiting`` sleep (or advance a manual clock) between the questions.
+
+After ``os.fork()`` the child's limiters hold no turn of a waiter: only the forking thread
+lives on in the child, so the turns booked by the parent's waiting callers are cancelled
+there and their tokens go back to the child's budget.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import weakref
 from collections.abc import Generator
 from typing import Any
 
@@ -82,6 +88,8 @@ class ShardedRateLimiter:
     """
 
     _engine: Engine
+    #: Ids of the turns that callers waiting in ``acquire`` hold in the engine's queue.
+    _booked_turns: set[str]
 
     def __new__(cls, *args: Any, **kwargs: Any) -> ShardedRateLimiter:
         both = (
@@ -115,6 +123,8 @@ class ShardedRateLimiter:
                 rate, period, names["rate"] = requests_per_minute, 60.0, "requests_per_minute"
         with named(**names):
             self._engine = Engine(rate, period, shards, algorithm, burst_size, **options)
+        self._booked_turns = set()
+        _limiters.add(self)
         if type(self).try_acquire is ShardedRateLimiter.try_acquire:
             # The hot path: the engine's method itself, with no Python frame in between.
             self.__dict__["try_acquire"] = self._engine.try_acquire
@@ -243,6 +253,7 @@ class ShardedRateLimiter:
         booked = engine.book_turn(key, count, budget)
         if isinstance(booked, RateLimitResult):
             return booked
+        self._booked_turns.add(booked.id)
         start = engine.now()
         try:
             while True:
@@ -254,6 +265,8 @@ class ShardedRateLimiter:
             engine.cancel_reservation(booked.id)
             logger.debug("acquire(%r) gave its turn back: %r", key, stop)
             raise
+        finally:
+            self._booked_turns.discard(booked.id)
 
     def execute_reservation(self, reservation_id: str) -> RateLimitResult:
         """Admits a reservation once its slot has come (awaitable or plain).
@@ -436,3 +449,20 @@ class _Answer(int):
 
 #: How early (seconds) ``execute_reservation`` may be called and still wait for its slot.
 EARLY = 0.002
+
+#: Every limiter made in this process, for the at-fork handler.
+_limiters: weakref.WeakSet[ShardedRateLimiter] = weakref.WeakSet()
+
+
+def _cancel_parent_turns() -> None:
+    """In a child after ``os.fork()``: the threads that waited in ``acquire`` stayed in the
+    parent, so the turns they booked are cancelled here and their tokens are free again. (A
+    waiting asyncio task of the forking thread is copied too; resumed, it would be answered
+    ``cancelled``.)"""
+    for limiter in list(_limiters):
+        for turn in list(limiter._booked_turns):
+            limiter._engine.cancel_reservation(turn)
+        limiter._booked_turns.clear()
+
+
+os.register_at_fork(after_in_child=_cancel_parent_turns)
