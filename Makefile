@@ -34,9 +34,10 @@ test: test-rust test-python ## Build everything and run every test
 test-rust: ## Rust unit, integration and property tests
 	cargo test --workspace
 
-test-python: build ## Type checks (mypy, stubtest) and pytest against the built extension
+test-python: build ## Type checks (mypy, stubtest, README usage under --strict) and pytest
 	$(PY) -m mypy python/flashcard_pipeline
 	$(PY) -m mypy.stubtest flashcard_pipeline._native
+	$(PY) -m mypy --strict tests/typing
 	$(PY) -m pytest
 
 lint: $(DEPS) ## rustfmt, clippy (warnings as errors) and ruff

@@ -1,12 +1,15 @@
 """acquire(): waiting in threads and in asyncio (on a ManualClock, whose waits advance it
 instead of sleeping), max_wait, the un-awaited acquire trap, and two short real-clock tests:
-real waiting, and a blocked thread not holding the GIL."""
+real waiting, a blocked thread not holding the GIL, and a forked child free of the parent's
+waiters."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
+import warnings
 
 import pytest
 
@@ -160,6 +163,27 @@ async def test_acquire_not_awaited_in_a_loop_fails_loudly(clock, make_limiter, d
     assert limiter.try_acquire()  # and nothing was taken by the abandoned calls
 
 
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    "attribute", ["allowed", "reason", "retry_after", "tokens_remaining", "shard_id", "waited"]
+)
+async def test_reading_a_result_off_an_unawaited_acquire_fails_loudly(
+    clock, make_limiter, drain, attribute
+):
+    # The type is RateLimitResult in both forms (README typing); in a loop, the thread form
+    # `limiter.acquire().allowed` must not quietly read something off the awaitable.
+    limiter = make_limiter(10, 1.0, shards=2)
+    drain(limiter)
+    pending = limiter.acquire()
+    with pytest.raises(TypeError, match=rf"\.{attribute} was read.*`await limiter\.acquire"):
+        getattr(pending, attribute)
+    assert limiter.get_status()["reservations"] == 0  # the turn was given back
+    with pytest.raises(AttributeError):
+        pending.no_such_attribute  # other names stay ordinary lookups (asyncio probes cr_code)
+    clock.advance(0.1)
+    assert limiter.try_acquire()
+
+
 # --- max_wait -------------------------------------------------------------------------
 
 
@@ -291,3 +315,38 @@ async def test_acquires_can_be_gathered(clock, make_limiter):
     limiter = make_limiter(10, 1.0, shards=2)
     results = await asyncio.gather(*(limiter.acquire(f"user-{i}") for i in range(3)))
     assert all(r.allowed for r in results)
+
+
+# --- fork --------------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_holds_no_turn_of_the_parents_waiters():
+    limiter = ShardedRateLimiter(rate=50, period=1.0, burst_size=10, shards=2)
+    for _ in range(10):
+        assert limiter.try_acquire()
+    outcome: list[RateLimitResult] = []
+    # Its turn waits 200 ms for 10 tokens; queued, it holds back every token until then.
+    waiter = threading.Thread(target=lambda: outcome.append(limiter.acquire(count=10)))
+    waiter.start()
+    deadline = time.monotonic() + 5
+    while limiter.get_status()["reservations"] == 0:  # the waiter has booked its turn
+        assert time.monotonic() < deadline
+        time.sleep(0.001)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # 3.12+: fork with threads
+        child = os.fork()
+    if child == 0:
+        # The waiter thread did not come along: its turn must not hold the child's tokens.
+        code = 1
+        try:
+            time.sleep(0.02)  # one token of refill
+            if limiter.get_status()["reservations"] == 0 and limiter.peek() > 0:
+                code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(child, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    waiter.join(timeout=5)
+    assert outcome and outcome[0].allowed  # the parent's waiter is served as before
+    assert limiter.get_status()["reservations"] == 0

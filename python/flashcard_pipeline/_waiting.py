@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Coroutine, Generator
+from collections.abc import Coroutine, Generator
 from typing import Any, TypeVar, cast
 
-from flashcard_pipeline._native import ManualClock
+from flashcard_pipeline._native import ManualClock, RateLimitResult
 
 T = TypeVar("T")
 Steps = Generator[float, None, T]
@@ -24,16 +24,21 @@ Steps = Generator[float, None, T]
 RECHECK = 0.05
 
 
-def wait(steps: Steps[T], clock: ManualClock | None) -> T | Awaitable[T]:
-    """Runs a waiting loop's first step now; if it must wait, blocks this thread or, inside
-    a running event loop, returns an awaitable that waits in the task."""
+def wait(steps: Steps[RateLimitResult], clock: ManualClock | None) -> RateLimitResult:
+    """Runs ``acquire``'s waiting loop's first step now; if it must wait, blocks this thread
+    or, inside a running event loop, returns a :class:`_Waiting` that waits in the task.
+
+    The type says ``RateLimitResult`` for both: a result is awaitable as itself, so
+    ``await limiter.acquire()`` is a ``RateLimitResult`` either way, and a ``_Waiting`` read
+    as a result without ``await`` raises ``TypeError`` (it is not one yet).
+    """
     try:
         first = next(steps)
     except StopIteration as done:
-        return cast(T, done.value)
+        return cast(RateLimitResult, done.value)
     if _running_loop() is None:
         return _block(steps, first, clock)
-    return _Waiting(steps, first, clock)
+    return cast(RateLimitResult, _Waiting(steps, first, clock))
 
 
 def wait_blocking(steps: Steps[T], clock: ManualClock | None) -> T:
@@ -84,29 +89,33 @@ async def _sleep_through(steps: Steps[T], wait: float, clock: ManualClock | None
         steps.close()
 
 
-class _Waiting(Coroutine[Any, None, T]):
-    """A wait inside an event loop: await it, or hand it to ``asyncio.create_task``.
+class _Waiting(Coroutine[Any, None, RateLimitResult]):
+    """``acquire`` waiting inside an event loop: await it, or hand it to
+    ``asyncio.create_task``.
 
-    Its first step has run (an ``acquire`` holds its turn in the queue). Its truth value
-    raises instead of being silently true, so ``if limiter.acquire():`` written without
-    ``await`` fails loudly rather than letting every request through; abandoned that way,
-    or never awaited at all, it closes its loop, which gives the turn back.
+    Its first step has run (an ``acquire`` holds its turn in the queue). Used as the result
+    without ``await`` (its truth value, or an attribute of a result such as ``allowed``), it
+    raises ``TypeError`` instead of being silently true, so ``if limiter.acquire():`` fails
+    loudly rather than letting every request through; abandoned that way, or never awaited
+    at all, it closes its loop, which gives the turn back.
     """
 
     __slots__ = ("_steps", "_wait", "_clock", "_running")
 
-    def __init__(self, steps: Steps[T], wait: float, clock: ManualClock | None) -> None:
+    def __init__(
+        self, steps: Steps[RateLimitResult], wait: float, clock: ManualClock | None
+    ) -> None:
         self._steps = steps
         self._wait = wait
         self._clock = clock
-        self._running: Coroutine[Any, None, T] | None = None
+        self._running: Coroutine[Any, None, RateLimitResult] | None = None
 
-    def _started(self) -> Coroutine[Any, None, T]:
+    def _started(self) -> Coroutine[Any, None, RateLimitResult]:
         if self._running is None:
             self._running = _sleep_through(self._steps, self._wait, self._clock)
         return self._running
 
-    def __await__(self) -> Generator[Any, None, T]:
+    def __await__(self) -> Generator[Any, None, RateLimitResult]:
         return self._started().__await__()
 
     def send(self, value: None) -> Any:
@@ -126,15 +135,27 @@ class _Waiting(Coroutine[Any, None, T]):
             self._running.close()
 
     def __bool__(self) -> bool:
+        raise self._not_awaited("its truth value")
+
+    def __getattr__(self, name: str) -> Any:
+        # Only for what a result has: asyncio looks up coroutine attributes (cr_code, ...).
+        if name in _RESULT_ATTRIBUTES:
+            raise self._not_awaited(f".{name}")
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def _not_awaited(self, used: str) -> TypeError:
         self.close()
-        raise TypeError(
-            "acquire() has to wait for tokens inside a running event loop: "
-            "use `await limiter.acquire(...)`"
+        return TypeError(
+            f"acquire() has to wait for tokens inside a running event loop, so it returned an "
+            f"awaitable, not a result ({used} was read): use `await limiter.acquire(...)`"
         )
 
     def __del__(self) -> None:
         if self._running is None:
             self._steps.close()
+
+
+_RESULT_ATTRIBUTES = frozenset(name for name in dir(RateLimitResult) if not name.startswith("_"))
 
 
 def _running_loop() -> asyncio.AbstractEventLoop | None:

@@ -9,11 +9,13 @@ the old module is listed in ``docs/MIGRATION.md``.
 
 from __future__ import annotations
 
+import math
 import time
 
+from flashcard_pipeline._arguments import named, number, renamed
 from flashcard_pipeline._native import Engine, ManualClock, RateLimitResult, try_acquire_all
 from flashcard_pipeline._waiting import Steps, wait_async
-from flashcard_pipeline.config import env_number
+from flashcard_pipeline.config import setting
 from flashcard_pipeline.exceptions import RateLimitError
 
 __all__ = [
@@ -37,11 +39,16 @@ class RateLimiter:
 
     Args:
         requests_per_minute: Refill of the bucket (per minute); default ``REQUESTS_PER_MINUTE``
-            or 600, capped at 600,000.
+            or 600. A finite number > 0; above 600,000 it is capped.
         requests_per_hour: Exact sliding-window limit per hour; default ``REQUESTS_PER_HOUR``
-            or 36,000, capped at 36,000,000.
-        burst_size: Bucket capacity; default ``BURST_SIZE`` or 20, capped at 10,000.
+            or 36,000. A finite number > 0; above 36,000,000 it is capped.
+        burst_size: Bucket capacity; default ``BURST_SIZE`` or 20. A finite number >= 1,
+            rounded down; above 10,000 it is capped.
         clock: A :class:`ManualClock` for tests (new; the old module had none).
+
+    Raises:
+        TypeError, ValueError: an argument, or the variable it was read from, is not a
+            number in its range; the message names it (a variable with its text).
     """
 
     def __init__(
@@ -52,23 +59,22 @@ class RateLimiter:
         *,
         clock: ManualClock | None = None,
     ) -> None:
-        rpm = _given_or_env(requests_per_minute, "REQUESTS_PER_MINUTE", 600)
-        rph = _given_or_env(requests_per_hour, "REQUESTS_PER_HOUR", 36000)
-        burst = _given_or_env(burst_size, "BURST_SIZE", 20)
-        if not rpm > 0:
-            raise ValueError(f"requests_per_minute: must be > 0, got {rpm}")
-        if not rph > 0:
-            raise ValueError(f"requests_per_hour: must be > 0, got {rph}")
-        self.requests_per_minute = min(rpm, MAX_RPM)
-        self.requests_per_hour = min(rph, MAX_RPH)
-        self.burst_size = int(min(burst, MAX_BURST))
+        rpm = setting(requests_per_minute, "requests_per_minute", 600)
+        rph = setting(requests_per_hour, "requests_per_hour", 36000)
+        burst = setting(burst_size, "burst_size", 20)
+        # Checked here, not only by the engine: the caps must not turn inf into a limit.
+        self.requests_per_minute = min(number(rpm.name, rpm.value, above=0), MAX_RPM)
+        self.requests_per_hour = min(number(rph.name, rph.value, above=0), MAX_RPH)
+        self.burst_size = int(min(number(burst.name, burst.value, at_least=1), MAX_BURST))
         self._clock = clock
-        self._minute = Engine(
-            self.requests_per_minute, 60.0, shards=1, burst_size=self.burst_size, clock=clock
-        )
-        self._hour = Engine(
-            self.requests_per_hour, 3600.0, shards=1, algorithm="sliding_window", clock=clock
-        )
+        with named(rate=rpm.name, burst_size=burst.name):
+            self._minute = Engine(
+                self.requests_per_minute, 60.0, shards=1, burst_size=self.burst_size, clock=clock
+            )
+        with named(rate=rph.name):
+            self._hour = Engine(
+                self.requests_per_hour, 3600.0, shards=1, algorithm="sliding_window", clock=clock
+            )
         self.requests_allowed = 0
         self.requests_denied = 0
 
@@ -78,7 +84,10 @@ class RateLimiter:
         return ((self._minute, "default", tokens), (self._hour, "default", tokens))
 
     def _decide(self, tokens: int) -> RateLimitResult | _Silenced:
-        result = try_acquire_all(self._parts(tokens))
+        try:
+            result = try_acquire_all(self._parts(tokens))
+        except (TypeError, ValueError) as error:
+            raise renamed(error, count="tokens")
         self._count(result.allowed)
         return result
 
@@ -93,7 +102,11 @@ class RateLimiter:
     def try_acquire(self, tokens: int = 1) -> bool:
         """Takes ``tokens`` from both the bucket and the hourly window, or from neither."""
         # The hot path: counted inline, a method call would cost a sixth of the whole call.
-        if self._minute.admit_with(self._hour, tokens):
+        try:
+            admitted = self._minute.admit_with(self._hour, tokens)
+        except (TypeError, ValueError) as error:
+            raise renamed(error, count="tokens")
+        if admitted:
             self.requests_allowed += 1
             return True
         self.requests_denied += 1
@@ -109,51 +122,58 @@ class RateLimiter:
         _raise_if_refused(self._decide(tokens))
 
     async def acquire_async(self, timeout: float | None = None) -> bool:
-        """Waits for one token up to ``timeout`` seconds (``None``: as long as it takes).
+        """Waits for one token up to ``timeout`` seconds (``None`` or ``inf``: as long as it
+        takes).
 
         Returns ``True`` once admitted, ``False`` when the wait would exceed ``timeout``.
+
+        Raises:
+            ValueError: ``timeout`` is negative or NaN.
         """
-        return await self._wait(1, timeout)
+        with named(max_wait="timeout"):
+            budget = self._minute.wait_budget(timeout)
+        return await self._wait(1, budget)
 
     async def wait_if_needed(self, tokens: int = 1) -> None:
         """Waits until ``tokens`` are taken.
 
         Raises:
-            ValueError: ``tokens`` exceeds ``burst_size``, so waiting could never end.
+            ValueError: ``tokens`` exceeds ``burst_size`` or ``requests_per_hour``, so waiting
+                could never end; raised at once.
         """
-        if tokens > self.burst_size:
+        if not await self._wait(tokens, math.inf):
             raise ValueError(
-                f"tokens: {tokens} exceeds burst_size {self.burst_size}; it can never be served"
+                f"tokens: must be at most burst_size ({self.burst_size}) and requests_per_hour "
+                f"({self.requests_per_hour}), got {tokens}; it could never be served"
             )
-        await self._wait(tokens, None)
 
-    async def _wait(self, tokens: int, timeout: float | None) -> bool:
-        return await wait_async(self._retries(tokens, timeout), self._clock)
+    async def _wait(self, tokens: int, budget: float) -> bool:
+        return await wait_async(self._retries(tokens, budget), self._clock)
 
-    def _retries(self, tokens: int, timeout: float | None) -> Steps[bool]:
+    def _retries(self, tokens: int, budget: float) -> Steps[bool]:
         """Asks again after each ``retry_after`` until admitted, or until the next wait
-        would run past ``timeout``."""
+        would run past ``budget`` seconds or could never end."""
         start = self._minute.now()
         while True:
             result = self._decide(tokens)
             if result.allowed:
                 return True
             wait = result.retry_after
-            waited = self._minute.now() - start
-            if wait is None or (timeout is not None and waited + wait > timeout):
+            if wait is None or self._minute.now() - start + wait > budget:
                 return False
             yield wait
 
     # --- configuration and views ---------------------------------------------------------
 
     def set_rate(self, requests_per_minute: float) -> None:
-        """Changes the minute rate; the bucket's capacity becomes ``max(1, int(rpm / 60))``."""
-        if not requests_per_minute > 0:
-            raise ValueError(f"requests_per_minute: must be > 0, got {requests_per_minute}")
-        rpm = min(requests_per_minute, MAX_RPM)
-        self.burst_size = max(1, int(rpm / 60))
+        """Changes the minute rate (a finite number > 0, capped at 600,000); the bucket's
+        capacity becomes ``max(1, int(rpm / 60))``."""
+        rpm = min(number("requests_per_minute", requests_per_minute, above=0), MAX_RPM)
+        burst = max(1, int(rpm / 60))
+        with named(rate="requests_per_minute"):
+            self._minute.set_rate(rpm, burst_size=burst)
         self.requests_per_minute = rpm
-        self._minute.set_rate(rpm, burst_size=self.burst_size)
+        self.burst_size = burst
 
     @property
     def tokens(self) -> float:
@@ -199,7 +219,8 @@ class AdaptiveRateLimiter(RateLimiter):
 
     ``on_rate_limit`` lowers the rate by 10 % (not below 10 per minute) and, given a
     ``retry_after``, takes nothing for that long; ``on_success`` raises it by 5 % after 10
-    successes in a row (not above ``MAX_REQUESTS_PER_MINUTE``).
+    successes in a row (not above ``MAX_REQUESTS_PER_MINUTE``). ``initial_requests_per_minute``
+    is the :class:`RateLimiter`'s ``requests_per_minute``.
     """
 
     def __init__(
@@ -210,7 +231,8 @@ class AdaptiveRateLimiter(RateLimiter):
         *,
         clock: ManualClock | None = None,
     ) -> None:
-        super().__init__(initial_requests_per_minute, requests_per_hour, burst_size, clock=clock)
+        with named(requests_per_minute="initial_requests_per_minute"):
+            super().__init__(initial_requests_per_minute, requests_per_hour, burst_size, clock=clock)
         self.consecutive_successes = 0
         self.consecutive_failures = 0
         self._silent_until = 0.0
@@ -242,11 +264,14 @@ class AdaptiveRateLimiter(RateLimiter):
             self.set_rate(min(self.requests_per_minute * 1.05, MAX_REQUESTS_PER_MINUTE))
 
     def on_rate_limit(self, retry_after: float | None = None) -> None:
+        """Lowers the rate; a ``retry_after`` > 0 (seconds, a finite number) also silences the
+        limiter that long (``None``, 0 or less: no silence)."""
+        silence = 0.0 if retry_after is None else number("retry_after", retry_after)
         self.consecutive_successes = 0
         self.consecutive_failures += 1
         self.set_rate(max(self.requests_per_minute * 0.9, MIN_REQUESTS_PER_MINUTE))
-        if retry_after is not None and retry_after > 0:
-            self._silent_until = max(self._silent_until, self._now() + retry_after)
+        if silence > 0:
+            self._silent_until = max(self._silent_until, self._now() + silence)
 
     def get_status(self) -> dict[str, object]:
         status = super().get_status()
@@ -283,15 +308,17 @@ class CompositeLimiter:
 
     def __init__(self, *, clock: ManualClock | None = None) -> None:
         self.api_limiter = AdaptiveRateLimiter(clock=clock)
-        self.cost_limiter = RateLimiter(*_env_triple("COST_", (300, 1000, 10)), clock=clock)
-        self.stage1_limiter = RateLimiter(*_env_triple("STAGE1_", (300, 18000, 10)), clock=clock)
-        self.stage2_limiter = RateLimiter(*_env_triple("STAGE2_", (300, 18000, 10)), clock=clock)
+        self.cost_limiter = _limiter_from_env("COST_", (300, 1000, 10), clock)
+        self.stage1_limiter = _limiter_from_env("STAGE1_", (300, 18000, 10), clock)
+        self.stage2_limiter = _limiter_from_env("STAGE2_", (300, 18000, 10), clock)
 
     def _stage_limiter(self, stage: int | str) -> RateLimiter:
-        number = _STAGES.get(stage)
-        if number is None:
-            raise ValueError(f"stage: must be 1, 2, 'stage1' or 'stage2', got {stage!r}")
-        return self.stage1_limiter if number == 1 else self.stage2_limiter
+        allowed = "1, 2, 'stage1' or 'stage2'"
+        if isinstance(stage, bool) or not isinstance(stage, (int, str)):
+            raise TypeError(f"stage: must be {allowed}, got {type(stage).__name__}")
+        if stage not in _STAGES:
+            raise ValueError(f"stage: must be {allowed}, got {stage!r}")
+        return self.stage1_limiter if _STAGES[stage] == 1 else self.stage2_limiter
 
     async def acquire_for_stage(self, stage: int | str, estimated_tokens: int = 350) -> None:
         """Takes one request from every limiter that applies, or from none.
@@ -299,10 +326,11 @@ class CompositeLimiter:
         Raises:
             RateLimitError: one of them is limited (``retry_after`` in whole seconds); the
                 others are left untouched.
-            ValueError: unknown ``stage``.
+            TypeError, ValueError: unknown ``stage``, or ``estimated_tokens`` not a finite
+                number >= 0.
         """
         limiters = [self.api_limiter, self._stage_limiter(stage)]
-        if estimated_tokens > 1000:
+        if number("estimated_tokens", estimated_tokens, at_least=0) > 1000:
             limiters.insert(1, self.cost_limiter)
         silenced = self.api_limiter._silence()
         if silenced is not None:
@@ -332,17 +360,19 @@ class CompositeLimiter:
 _STAGES: dict[int | str, int] = {1: 1, 2: 2, "stage1": 1, "stage2": 2}
 
 
-def _given_or_env(given: float | None, variable: str, default: float) -> float:
-    return given if given is not None else env_number(variable, default)
-
-
-def _env_triple(prefix: str, defaults: tuple[int, int, int]) -> tuple[float, float, int]:
-    rpm, rph, burst = defaults
-    return (
-        _given_or_env(None, prefix + "REQUESTS_PER_MINUTE", rpm),
-        _given_or_env(None, prefix + "REQUESTS_PER_HOUR", rph),
-        int(_given_or_env(None, prefix + "BURST_SIZE", burst)),
-    )
+def _limiter_from_env(
+    prefix: str, defaults: tuple[float, float, float], clock: ManualClock | None
+) -> RateLimiter:
+    """A :class:`RateLimiter` read from ``{prefix}REQUESTS_PER_MINUTE``,
+    ``{prefix}REQUESTS_PER_HOUR`` and ``{prefix}BURST_SIZE``, or ``defaults``; its errors name
+    the variable a bad value came from."""
+    arguments = ("requests_per_minute", "requests_per_hour", "burst_size")
+    settings = [
+        setting(None, argument, default, prefix=prefix)
+        for argument, default in zip(arguments, defaults)
+    ]
+    with named(**{argument: s.name for argument, s in zip(arguments, settings)}):
+        return RateLimiter(*(s.value for s in settings), clock=clock)
 
 
 def _raise_if_refused(result: RateLimitResult | _Silenced) -> None:

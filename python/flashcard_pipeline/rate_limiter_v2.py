@@ -12,12 +12,18 @@ inside a running event loop, and blocks anywhere else, sleeping with the GIL rel
 Either way the caller waits in one loop (``ShardedRateLimiter._turns``) that holds its turn
 in the engine's FIFO queue and asks the engine when it is admitted; the drivers in
 ``_waiting`` sleep (or advance a manual clock) between the questions.
+
+After ``os.fork()`` the child's limiters hold no turn of a waiter: only the forking thread
+lives on in the child, so the turns booked by the parent's waiting callers are cancelled
+there and their tokens go back to the child's budget.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Generator
+import os
+import weakref
+from collections.abc import Generator
 from typing import Any
 
 from flashcard_pipeline._native import (
@@ -27,8 +33,9 @@ from flashcard_pipeline._native import (
     TokenReservation,
     try_acquire_all,
 )
+from flashcard_pipeline._arguments import named, number
 from flashcard_pipeline._waiting import Steps, wait, wait_blocking
-from flashcard_pipeline.config import env_int, env_number
+from flashcard_pipeline.config import env_int, env_number, setting
 from flashcard_pipeline.exceptions import RateLimitError
 
 __all__ = [
@@ -69,13 +76,20 @@ class ShardedRateLimiter:
         requests_per_minute, requests_per_hour: The old limiter's keywords, for code that
             imports ``ShardedRateLimiter as RateLimiter``: instead of ``rate``/``period``.
             Given both, the hourly limit is enforced too, as an exact sliding window taken
-            together with the minute budget. ``burst_size`` then defaults to the old 20.
+            together with the minute budget. ``burst_size`` then defaults to ``BURST_SIZE``
+            or the old 20.
+
+    Raises:
+        TypeError, ValueError: a bad argument; the message starts with its name, as the
+            caller wrote it, and states the allowed range.
 
     The budget is an :class:`~flashcard_pipeline._native.Engine` (``self._engine``): every
     decision is the engine's; this class adds waiting (threads and asyncio) on top.
     """
 
     _engine: Engine
+    #: Ids of the turns that callers waiting in ``acquire`` hold in the engine's queue.
+    _booked_turns: set[str]
 
     def __new__(cls, *args: Any, **kwargs: Any) -> ShardedRateLimiter:
         both = (
@@ -96,19 +110,21 @@ class ShardedRateLimiter:
         requests_per_hour: float | None = None,
         **options: Any,
     ) -> None:
+        names = {}  # the caller's names for the engine's arguments
         if requests_per_minute is not None or requests_per_hour is not None:
             if rate is not None:
                 raise TypeError(
                     "rate: give either rate (and period) or requests_per_minute/requests_per_hour"
                 )
-            if burst_size is None:
-                burst_size = env_number("BURST_SIZE", 20)
-            rate, period = (
-                (requests_per_hour, 3600.0)
-                if requests_per_minute is None
-                else (requests_per_minute, 60.0)
-            )
-        self._engine = Engine(rate, period, shards, algorithm, burst_size, **options)
+            burst_size, names["burst_size"] = setting(burst_size, "burst_size", 20)
+            if requests_per_minute is None:
+                rate, period, names["rate"] = requests_per_hour, 3600.0, "requests_per_hour"
+            else:
+                rate, period, names["rate"] = requests_per_minute, 60.0, "requests_per_minute"
+        with named(**names):
+            self._engine = Engine(rate, period, shards, algorithm, burst_size, **options)
+        self._booked_turns = set()
+        _limiters.add(self)
         if type(self).try_acquire is ShardedRateLimiter.try_acquire:
             # The hot path: the engine's method itself, with no Python frame in between.
             self.__dict__["try_acquire"] = self._engine.try_acquire
@@ -189,25 +205,27 @@ class ShardedRateLimiter:
         ``BURST_SIZE`` sets the burst either way. Keyword ``options`` go to the constructor.
 
         Raises:
-            ValueError: a variable is set but malformed (the message names it), or out of
-                range.
+            ValueError: a variable is set but malformed or out of range; the message names
+                the variable and shows its text (``BURST_SIZE='0.5': ...``).
         """
-        options.setdefault("shards", env_int("RATE_LIMIT_SHARDS", None))
-        burst = env_number("BURST_SIZE", None)
-        if burst is not None:
-            options.setdefault("burst_size", burst)
-        rate = env_number("RATE_LIMIT_RATE", None)
-        if rate is not None:
-            return cls(rate, env_number("RATE_LIMIT_PERIOD", 60.0), **options)
-        return cls(
-            requests_per_minute=env_number("REQUESTS_PER_MINUTE", 600),
-            requests_per_hour=env_number("REQUESTS_PER_HOUR", 36000),
-            **options,
-        )
+        read = {
+            "shards": setting(
+                options.get("shards"), "shards", None, prefix="RATE_LIMIT_", parse=env_int
+            ),
+            "burst_size": setting(options.get("burst_size"), "burst_size", None),
+        }
+        if env_number("RATE_LIMIT_RATE", None) is not None:
+            read["rate"] = setting(None, "rate", None, prefix="RATE_LIMIT_")
+            read["period"] = setting(None, "period", 60.0, prefix="RATE_LIMIT_")
+        else:
+            read["requests_per_minute"] = setting(None, "requests_per_minute", 600)
+            read["requests_per_hour"] = setting(None, "requests_per_hour", 36000)
+        with named(**{argument: value.name for argument, value in read.items()}):
+            return cls(**options | {argument: value.value for argument, value in read.items()})
 
     def acquire(
         self, key: str = "default", count: int = 1, max_wait: float | None = None
-    ) -> RateLimitResult | Awaitable[RateLimitResult]:
+    ) -> RateLimitResult:
         """Takes ``count`` tokens, waiting its turn (FIFO) up to ``max_wait`` seconds.
 
         Returns a :class:`RateLimitResult`: allowed once admitted, or refused with reason
@@ -216,7 +234,9 @@ class ShardedRateLimiter:
         wait holds the next slot in the reservation queue; if it gives up (its task is
         cancelled, a timeout fires, Ctrl-C), the slot's tokens go back. From a thread the
         call blocks with the GIL released; inside a running event loop it returns an
-        awaitable, so ``await limiter.acquire()`` always works.
+        awaitable, so ``await limiter.acquire()`` always works. A result is awaitable too
+        (as itself), so one return type serves both forms; reading a result's attribute on
+        the in-loop awaitable without ``await`` raises ``TypeError``.
         """
         budget = self._engine.wait_budget(max_wait)
         return wait(self._turns(key, count, budget), self._engine.clock)
@@ -233,6 +253,7 @@ class ShardedRateLimiter:
         booked = engine.book_turn(key, count, budget)
         if isinstance(booked, RateLimitResult):
             return booked
+        self._booked_turns.add(booked.id)
         start = engine.now()
         try:
             while True:
@@ -244,6 +265,8 @@ class ShardedRateLimiter:
             engine.cancel_reservation(booked.id)
             logger.debug("acquire(%r) gave its turn back: %r", key, stop)
             raise
+        finally:
+            self._booked_turns.discard(booked.id)
 
     def execute_reservation(self, reservation_id: str) -> RateLimitResult:
         """Admits a reservation once its slot has come (awaitable or plain).
@@ -319,13 +342,12 @@ class AdaptiveShardedRateLimiter(ShardedRateLimiter):
         rebalance_interval: float = 300.0,
         **options: Any,
     ) -> None:
-        if not (isinstance(rebalance_threshold, (int, float)) and rebalance_threshold > 0):
-            raise ValueError(f"rebalance_threshold: must be a number > 0, got {rebalance_threshold!r}")
-        if not (isinstance(rebalance_interval, (int, float)) and rebalance_interval > 0):
-            raise ValueError(f"rebalance_interval: must be a number > 0, got {rebalance_interval!r}")
-        super().__init__(rate, period, initial_shards, **options)
-        self._rebalance_threshold = float(rebalance_threshold)
-        self.rebalance_interval = float(rebalance_interval)
+        threshold = number("rebalance_threshold", rebalance_threshold, above=0)
+        interval = number("rebalance_interval", rebalance_interval, above=0)
+        with named(shards="initial_shards"):
+            super().__init__(rate, period, initial_shards, **options)
+        self._rebalance_threshold = threshold
+        self.rebalance_interval = interval
 
     @property
     def rebalance_threshold(self) -> float:
@@ -367,9 +389,10 @@ class _WithHourlyLimit(ShardedRateLimiter):
             requests_per_minute=requests_per_minute,
             **options,
         )
-        self._hourly = Engine(
-            requests_per_hour, 3600.0, 1, "sliding_window", clock=options.get("clock")
-        )
+        with named(rate="requests_per_hour"):
+            self._hourly = Engine(
+                requests_per_hour, 3600.0, 1, "sliding_window", clock=options.get("clock")
+            )
 
     def try_acquire(self, key: str = "default", count: int = 1) -> RateLimitResult:
         return self._try_both(key, count)
@@ -379,7 +402,7 @@ class _WithHourlyLimit(ShardedRateLimiter):
 
     def acquire(
         self, key: str = "default", count: int = 1, max_wait: float | None = None
-    ) -> RateLimitResult | Awaitable[RateLimitResult]:
+    ) -> RateLimitResult:
         budget = self._engine.wait_budget(max_wait)
         return wait(self._retries(key, count, budget), self._engine.clock)
 
@@ -426,3 +449,20 @@ class _Answer(int):
 
 #: How early (seconds) ``execute_reservation`` may be called and still wait for its slot.
 EARLY = 0.002
+
+#: Every limiter made in this process, for the at-fork handler.
+_limiters: weakref.WeakSet[ShardedRateLimiter] = weakref.WeakSet()
+
+
+def _cancel_parent_turns() -> None:
+    """In a child after ``os.fork()``: the threads that waited in ``acquire`` stayed in the
+    parent, so the turns they booked are cancelled here and their tokens are free again. (A
+    waiting asyncio task of the forking thread is copied too; resumed, it would be answered
+    ``cancelled``.)"""
+    for limiter in list(_limiters):
+        for turn in list(limiter._booked_turns):
+            limiter._engine.cancel_reservation(turn)
+        limiter._booked_turns.clear()
+
+
+os.register_at_fork(after_in_child=_cancel_parent_turns)
