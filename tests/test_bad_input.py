@@ -237,6 +237,11 @@ CASES = [
         "ttl=inf",
     ),
     case(
+        lambda lim, c: L(10, reservation_ttl=1e300),
+        Raises(ValueError, "reservation_ttl"),
+        "ttl=1e300",
+    ),
+    case(
         lambda lim, c: L(10, reservation_ttl=True), Raises(TypeError, "reservation_ttl"), "ttl=True"
     ),
     case(
@@ -912,3 +917,12 @@ def test_retry_takes_large_values_without_overflow(monkeypatch):
         limited()
     assert calls == 1100 and len(slept) == 1099
     assert all(1.0 <= s <= 2.0 for s in slept)  # max_delay, plus up to 100 % jitter
+
+
+@pytest.mark.parametrize("retry_after", ["soon", True, math.nan, -1.0, None, 2.5])
+def test_rate_limit_error_keeps_any_retry_after_and_always_has_a_message(retry_after):
+    from flashcard_pipeline.exceptions import RateLimitError
+
+    error = RateLimitError(retry_after=retry_after)
+    assert error.retry_after is retry_after or error.retry_after == retry_after
+    assert str(error).startswith("Rate limit exceeded")

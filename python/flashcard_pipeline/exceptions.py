@@ -21,10 +21,12 @@ class RateLimitError(Exception):
         reset_at: float | None = None,
     ) -> None:
         if message is None:
+            # Any retry_after is kept as given; only a real number is worth printing.
+            known = isinstance(retry_after, (int, float)) and not isinstance(retry_after, bool)
             message = (
-                "Rate limit exceeded"
-                if retry_after is None
-                else f"Rate limit exceeded; retry after {retry_after:.3f}s"
+                f"Rate limit exceeded; retry after {retry_after:.3f}s"
+                if known
+                else "Rate limit exceeded"
             )
         super().__init__(message)
         self.message = message

@@ -96,6 +96,9 @@ pub enum Holder {
     Waiter,
 }
 
+/// Longest reservation TTL (100 years): its nanoseconds fit a u64 with room to spare.
+const MAX_TTL_SECONDS: f64 = 100.0 * 365.0 * 86_400.0;
+
 /// How long reservations live, how many a limiter keeps, and how long a call waits by default.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ReservationPolicy {
@@ -119,10 +122,14 @@ impl Default for ReservationPolicy {
 
 impl ReservationPolicy {
     pub(crate) fn validate(self) -> Result<Self> {
-        if !(self.ttl.is_finite() && self.ttl > 0.0) {
+        if !(self.ttl > 0.0 && self.ttl <= MAX_TTL_SECONDS) {
             return Err(Error::invalid(
                 "reservation_ttl",
-                format!("must be a finite number of seconds > 0, got {}", self.ttl),
+                format!(
+                    "must be a number of seconds > 0 and at most {MAX_TTL_SECONDS:e} (100 \
+                     years), got {}",
+                    self.ttl
+                ),
             ));
         }
         if self.max == 0 {
