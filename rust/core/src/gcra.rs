@@ -293,17 +293,17 @@ impl TokenBucket {
         self.set.shared.scale.ticks(now)
     }
 
-    /// Pays `units` of escrow back at `now`: what no capacity held first, then shard by shard up to
+    /// Pays `units` of escrow back at `now` (in ticks): what no capacity held first, then shard by shard up to
     /// each shard's share of the burst, telling `restored` what each shard got back.
     fn restore(
         &self,
-        now: Nanos,
+        now: u64,
         params: &Params,
         units: u64,
         mut restored: impl FnMut(&GcraShard, u64),
     ) {
         // Refill wasted while the budget was full must not flow into the room made now.
-        GcraShard::settle(&self.set, self.ticks(now));
+        GcraShard::settle(&self.set, now);
         let overheld = self.overheld.load(Ordering::Relaxed);
         let paid = overheld.min(units);
         self.overheld.store(overheld - paid, Ordering::Relaxed);
@@ -423,13 +423,13 @@ impl Budget for TokenBucket {
     }
 
     fn release(&self, now: Nanos, params: &Params, units: u64) {
-        self.restore(now, params, units, |_, _| {});
+        self.restore(self.ticks(now), params, units, |_, _| {});
     }
 
     fn consume(&self, now: Nanos, params: &Params, hash: u64, units: u64) -> usize {
-        let ticks = self.ticks(now);
+        let now = self.ticks(now);
         self.restore(now, params, units, |shard, added| {
-            shard.force_take(ticks, added)
+            shard.force_take(now, added)
         });
         let shard = self.set.candidates(hash).0;
         self.set.count_served(shard, true);

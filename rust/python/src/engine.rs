@@ -6,7 +6,7 @@ use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString};
 use ratelimit_core::{
-    Algorithm, Balance, Booking, Clock, Quota, RateLimiter, ReservationPolicy, Scope,
+    Algorithm, Balance, Booking, Clock, Holder, Quota, RateLimiter, ReservationPolicy, Scope,
 };
 
 use crate::args::{
@@ -41,25 +41,31 @@ impl PyEngine {
         }
     }
 
-    /// A booking as Python sees it: the reservation, or the refusal.
-    fn booked<'py>(
+    /// Books `count` tokens for `holder` within the call's wait bound, as Python sees it:
+    /// the reservation, or the refusal.
+    fn book<'py>(
         slf: &Bound<'py, Self>,
         key: Key<'py>,
-        booking: Booking,
-    ) -> PyResult<Bound<'py, PyAny>> {
+        count: Count,
+        max_wait: Option<MaxWait>,
+        holder: Holder,
+    ) -> Result<Bound<'py, PyAny>> {
         let py = slf.py();
-        match booking {
+        let this = slf.get();
+        let budget = this.core.wait_budget(max_wait.map(|w| w.0))?;
+        let booked = match this.core.book(this.hash(&key)?, count.0, budget, holder)? {
             Booking::Reserved(reservation) => {
                 let key = match key {
                     Key::Given(key) => key.into_any().unbind(),
                     Key::Default => PyString::new(py, "default").into_any().unbind(),
                 };
-                Bound::new(py, PyTokenReservation::new(slf, key, reservation)).map(Bound::into_any)
+                Bound::new(py, PyTokenReservation::new(slf, key, reservation))?.into_any()
             }
             Booking::Refused(decision) => {
-                Bound::new(py, PyRateLimitResult::new(decision, 0.0)).map(Bound::into_any)
+                Bound::new(py, PyRateLimitResult::new(decision, 0.0))?.into_any()
             }
-        }
+        };
+        Ok(booked)
     }
 }
 
@@ -134,10 +140,7 @@ impl PyEngine {
         count: Count,
         max_wait: Option<MaxWait>,
     ) -> Result<Bound<'py, PyAny>> {
-        let this = slf.get();
-        let budget = this.core.wait_budget(max_wait.map(|w| w.0))?;
-        let booking = this.core.reserve(this.hash(&key)?, count.0, budget)?;
-        Ok(Self::booked(slf, key, booking)?)
+        Self::book(slf, key, count, max_wait, Holder::Caller)
     }
 
     /// `reserve` for a waiting `acquire`: the turn is kept in line by `reset()`.
@@ -148,10 +151,7 @@ impl PyEngine {
         count: Count,
         max_wait: Option<MaxWait>,
     ) -> Result<Bound<'py, PyAny>> {
-        let this = slf.get();
-        let budget = this.core.wait_budget(max_wait.map(|w| w.0))?;
-        let booking = this.core.reserve_turn(this.hash(&key)?, count.0, budget)?;
-        Ok(Self::booked(slf, key, booking)?)
+        Self::book(slf, key, count, max_wait, Holder::Waiter)
     }
 
     /// Admits a reservation once its slot has come; charges nothing more. Refused with
