@@ -191,7 +191,11 @@ CASES = [
     case(lambda lim, c: ManualClock(math.inf), Raises(ValueError, "start"), "ManualClock(inf)"),
     # scope
     case(lambda lim, c: L(10, scope="user"), Raises(ValueError, "scope"), "scope=unknown"),
-    case(lambda lim, c: L(10, scope="key"), Raises(NotImplementedError, "scope"), "scope=key"),
+    case(lambda lim, c: L(10, max_keys=5), Raises(ValueError, "max_keys"), "max_keys=global"),
+    case(lambda lim, c: L(10, scope="key", max_keys=0), Raises(ValueError, "max_keys"), "max_keys=0"),
+    case(lambda lim, c: L(10, scope="key", max_keys=1.5), Raises(TypeError, "max_keys"), "max_keys=float"),
+    case(lambda lim, c: L(10, scope="key", max_keys=True), Raises(TypeError, "max_keys"), "max_keys=bool"),
+    case(lambda lim, c: L(10, scope="key").try_acquire(None), Raises(TypeError, "key"), "key=None keyed"),
     # the sliding window: no separate burst, at least one admission per period
     case(
         lambda lim, c: L(10, algorithm="sliding_window", burst_size=20),
@@ -509,8 +513,8 @@ def test_bad_input_messages_state_the_allowed_values():
         L(10).try_acquire(count=0)
     with pytest.raises(ValueError, match=r"^max_wait: .*>= 0"):
         L(10, max_wait=-0.5)
-    with pytest.raises(NotImplementedError, match="global"):
-        L(10, scope="key")
+    with pytest.raises(ValueError, match=r"^max_keys: .*scope=\"key\""):
+        L(10, max_keys=10)
     with pytest.raises(TypeError, match="shards"):  # fixed for the limiter's life
         L(10).set_rate(10, shards=4)
     with pytest.raises(ValueError, match=r"^rebalance_threshold: must be a finite number > 0"):

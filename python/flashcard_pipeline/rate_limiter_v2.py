@@ -56,16 +56,25 @@ logger = logging.getLogger(__name__)
 
 
 class ShardedRateLimiter:
-    """One budget of ``rate`` tokens per ``period`` seconds, split over shards.
+    """One budget of ``rate`` tokens per ``period`` seconds, split over shards; or, with
+    ``scope="key"``, one such budget for every key.
 
     Args:
         rate: Tokens per ``period`` for the whole budget (any positive finite number).
         period: Seconds (any positive finite number: 0.5, 60, 3600, 86400).
-        shards: Shard count; ``None`` picks one from the rate and the CPU count.
+        shards: Shard count; ``None`` picks one from the rate and the CPU count. With
+            ``scope="key"``: lock stripes of keys, rounded up to a power of two (``None``:
+            16 per CPU).
         algorithm: ``"token_bucket"`` (continuous refill) or ``"sliding_window"``
             (at most ``floor(rate)`` in any window of ``period``).
         burst_size: Token-bucket capacity; defaults to ``rate`` (at least 1).
         scope: ``"global"``: one budget for all keys; keys only spread load over shards.
+            ``"key"``: every key its own budget of ``rate`` per ``period`` and
+            ``burst_size``, with its own waiting line and reservations.
+        max_keys: With ``scope="key"``, keys kept at once (default 2**20). A key whose
+            budget is full and has nothing booked is dropped (it would start the same);
+            a new key beyond ``max_keys`` is refused with reason ``too_many_keys`` rather
+            than forgetting live state.
         max_wait: Default bound in seconds for ``acquire`` and ``reserve``; ``None`` waits as
             long as needed.
         clock: A :class:`ManualClock` for tests; waits then advance it instead of sleeping.
@@ -146,11 +155,20 @@ class ShardedRateLimiter:
         self._engine.set_rate(rate, period, burst_size)
         logger.debug("set_rate: now %r", self)
 
-    def reset(self) -> None:
+    def reset(self, key: str | None = None) -> None:
         """Refills the budget, clears the counters and forgets every reservation; callers
-        waiting in ``acquire`` keep their place in line on the fresh budget."""
-        self._engine.reset()
-        logger.debug("reset %r", self)
+        waiting in ``acquire`` keep their place in line on the fresh budget. With a ``key``,
+        only the budget that key draws on (with ``scope="global"``, the shared one)."""
+        self._engine.reset(key)
+        logger.debug("reset %r (key %r)", self, key)
+
+    def __len__(self) -> int:
+        """Keys with a budget of their own (``scope="key"``), after dropping idle ones;
+        0 with ``scope="global"``."""
+        return len(self._engine)
+
+    def __bool__(self) -> bool:
+        return True
 
     @property
     def rate(self) -> float:
@@ -175,6 +193,11 @@ class ShardedRateLimiter:
     @property
     def scope(self) -> str:
         return self._engine.scope
+
+    @property
+    def max_keys(self) -> int | None:
+        """Keys kept at once with ``scope="key"``; ``None`` with ``scope="global"``."""
+        return self._engine.max_keys
 
     @property
     def max_wait(self) -> float | None:
@@ -390,8 +413,15 @@ class _WithHourlyLimit(ShardedRateLimiter):
             **options,
         )
         with named(rate="requests_per_hour"):
+            # Per key when the minute budget is (scope="key"), like it.
             self._hourly = Engine(
-                requests_per_hour, 3600.0, 1, "sliding_window", clock=options.get("clock")
+                requests_per_hour,
+                3600.0,
+                1,
+                "sliding_window",
+                clock=options.get("clock"),
+                scope=options.get("scope"),
+                max_keys=options.get("max_keys"),
             )
 
     def try_acquire(self, key: str = "default", count: int = 1) -> RateLimitResult:
@@ -425,10 +455,11 @@ class _WithHourlyLimit(ShardedRateLimiter):
     def peek(self, key: str = "default") -> float:
         return min(super().peek(key), self._hourly.peek(key))
 
-    def reset(self) -> None:
-        """Refills the minute budget and empties the hourly window."""
-        self._hourly.reset()
-        super().reset()
+    def reset(self, key: str | None = None) -> None:
+        """Refills the minute budget and empties the hourly window (of ``key`` only, with
+        ``scope="key"``)."""
+        self._hourly.reset(key)
+        super().reset(key)
 
 
 def _wait_for_retry(result: RateLimitResult) -> float | None:

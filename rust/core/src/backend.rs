@@ -1,7 +1,7 @@
 //! The limiter-level seam: what a Python limiter asks of whatever holds its budget.
 //!
-//! The in-memory limiter (`limiter.rs`, one budget per algorithm) is the first backend;
-//! a per-key store or a Redis backend implements the same trait. Every call returns a
+//! The in-memory limiter (`limiter.rs`, one budget per algorithm) and the per-key store
+//! (`keyed.rs`, one budget per key) implement it; a Redis backend will too. Every call returns a
 //! fully computed answer, so nothing above it reads the budget again later.
 
 use std::any::Any;
@@ -13,9 +13,11 @@ use crate::budget::Budget;
 use crate::clock::Clock;
 use crate::decision::{validate_max_wait, Booking, Decision, Holder, Refusal, ReservationPolicy};
 use crate::error::{Error, Result};
-use crate::gcra::TokenBucket;
+use crate::gcra::{TokenBucket, TokenCell};
+use crate::key_window::WindowCell;
+use crate::keyed::Keyed;
 use crate::limiter::{Limiter, Taken};
-use crate::quota::{Algorithm, Quota};
+use crate::quota::{Algorithm, Quota, Scope};
 use crate::sliding_window::SlidingWindow;
 
 /// Keys longer than this (in bytes; in characters from Python) are refused: a key is an
@@ -23,7 +25,7 @@ use crate::sliding_window::SlidingWindow;
 pub const MAX_KEY_LEN: usize = 1024;
 
 /// An admission that can still be given back (see [`RateLimiter::try_acquire_all`]).
-pub struct Undo(Box<dyn Any + Send>);
+pub struct Undo(pub(crate) Box<dyn Any + Send>);
 
 impl fmt::Debug for Undo {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -56,12 +58,21 @@ pub trait Backend: Send + Sync + fmt::Debug {
     fn cancel_reservation(&self, id: &str) -> bool;
     /// Live bookings.
     fn reservations(&self) -> usize;
-    fn peek(&self) -> f64;
+    /// Tokens a `try_acquire` for the key with `hash` could take now.
+    fn peek(&self, hash: u64) -> f64;
     fn shard_tokens(&self) -> Vec<f64>;
     /// Admissions served by each shard since the limiter was made or reset.
     fn served(&self) -> Vec<u64>;
+    /// Keys with a budget of their own (0 where keys share one).
+    fn keys(&self) -> usize {
+        0
+    }
     fn set_quota(&self, quota: Quota) -> Result<()>;
     fn reset(&self);
+    /// Resets the budget the key with `hash` draws on (all of it where keys share one).
+    fn reset_key(&self, _hash: u64) {
+        self.reset()
+    }
 }
 
 impl<B: Budget + fmt::Debug + 'static> Backend for Limiter<B> {
@@ -116,7 +127,7 @@ impl<B: Budget + fmt::Debug + 'static> Backend for Limiter<B> {
         Limiter::reservations(self)
     }
 
-    fn peek(&self) -> f64 {
+    fn peek(&self, _hash: u64) -> f64 {
         Limiter::peek(self)
     }
 
@@ -157,6 +168,8 @@ pub struct RateLimiter {
 enum Engine {
     TokenBucket(Limiter<TokenBucket>),
     SlidingWindow(Limiter<SlidingWindow>),
+    KeyedTokenBucket(Keyed<TokenCell>),
+    KeyedSlidingWindow(Keyed<WindowCell>),
 }
 
 /// Runs `$body` with `$backend` bound to the limiter's backend, statically typed.
@@ -165,6 +178,8 @@ macro_rules! on_engine {
         match $engine {
             Engine::TokenBucket($backend) => $body,
             Engine::SlidingWindow($backend) => $body,
+            Engine::KeyedTokenBucket($backend) => $body,
+            Engine::KeyedSlidingWindow($backend) => $body,
         }
     };
 }
@@ -203,6 +218,50 @@ impl RateLimiter {
             hasher: ahash::RandomState::new(),
             max_wait: policy.max_wait,
         })
+    }
+
+    /// A limiter that gives every key its own budget of `quota` (SPEC `scope="key"`),
+    /// keeping at most `max_keys` keys. `quota.shards` is rounded up to a power of two:
+    /// the keys' lock stripes.
+    pub fn keyed(
+        quota: Quota,
+        clock: Clock,
+        policy: ReservationPolicy,
+        max_keys: usize,
+    ) -> Result<Self> {
+        let quota = Quota {
+            shards: quota.shards.next_power_of_two(),
+            ..quota
+        };
+        let engine = match quota.algorithm {
+            Algorithm::TokenBucket => {
+                Engine::KeyedTokenBucket(Keyed::new(quota, clock, policy, max_keys)?)
+            }
+            Algorithm::SlidingWindow => {
+                Engine::KeyedSlidingWindow(Keyed::new(quota, clock, policy, max_keys)?)
+            }
+        };
+        Ok(Self {
+            engine,
+            hasher: ahash::RandomState::new(),
+            max_wait: policy.max_wait,
+        })
+    }
+
+    pub fn scope(&self) -> Scope {
+        match self.engine {
+            Engine::TokenBucket(_) | Engine::SlidingWindow(_) => Scope::Global,
+            Engine::KeyedTokenBucket(_) | Engine::KeyedSlidingWindow(_) => Scope::Key,
+        }
+    }
+
+    /// The most keys kept at once (`None` where keys share one budget).
+    pub fn max_keys(&self) -> Option<usize> {
+        match &self.engine {
+            Engine::TokenBucket(_) | Engine::SlidingWindow(_) => None,
+            Engine::KeyedTokenBucket(keyed) => Some(keyed.max_keys()),
+            Engine::KeyedSlidingWindow(keyed) => Some(keyed.max_keys()),
+        }
     }
 
     /// The wait bound of calls that give none (`None`: as long as it takes).

@@ -22,6 +22,8 @@ pub enum Refusal {
     AlreadyExecuted,
     /// An id this limiter never issued, or one it no longer remembers.
     UnknownReservation,
+    /// A new key while the limiter already keeps `max_keys` keys (`scope="key"`).
+    TooManyKeys,
 }
 
 impl Refusal {
@@ -36,6 +38,7 @@ impl Refusal {
             Refusal::Cancelled => "cancelled",
             Refusal::AlreadyExecuted => "already_executed",
             Refusal::UnknownReservation => "unknown_reservation",
+            Refusal::TooManyKeys => "too_many_keys",
         }
     }
 }

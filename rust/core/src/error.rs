@@ -9,11 +9,6 @@ pub enum Error {
         argument: &'static str,
         message: String,
     },
-    /// A value the argument will accept in a later version, but not yet.
-    Unsupported {
-        argument: &'static str,
-        message: String,
-    },
     /// The limiter already keeps its maximum number of reservations.
     TooManyReservations { max: usize },
 }
@@ -34,9 +29,7 @@ impl Error {
     /// The name of the offending argument.
     pub fn argument(&self) -> &'static str {
         match self {
-            Error::InvalidArgument { argument, .. } | Error::Unsupported { argument, .. } => {
-                argument
-            }
+            Error::InvalidArgument { argument, .. } => argument,
             Error::TooManyReservations { .. } => "max_reservations",
         }
     }
@@ -45,8 +38,7 @@ impl Error {
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Error::InvalidArgument { argument, message }
-            | Error::Unsupported { argument, message } => write!(f, "{argument}: {message}"),
+            Error::InvalidArgument { argument, message } => write!(f, "{argument}: {message}"),
             Error::TooManyReservations { max } => write!(
                 f,
                 "max_reservations: this limiter already keeps {max} reservations; execute or \

@@ -24,6 +24,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::budget::{Budget, Outcome, Promises};
 use crate::clock::{Clock, Nanos};
+use crate::keyed::KeyCell;
 use crate::params::{share, Params, Scale};
 use crate::shard::{Shard, ShardSet, Taken};
 
@@ -81,7 +82,7 @@ impl GcraShard {
 
     #[inline]
     fn credit(&self, tat: u64, now: u64) -> u64 {
-        self.capacity().saturating_sub(tat.saturating_sub(now))
+        credit(self.capacity(), tat, now)
     }
 }
 
@@ -144,6 +145,62 @@ impl Settlement {
     }
 }
 
+/// Credit of `capacity` ticks under TAT `tat` at `now`.
+#[inline]
+fn credit(capacity: u64, tat: u64, now: u64) -> u64 {
+    capacity.saturating_sub(tat.saturating_sub(now))
+}
+
+/// One CAS loop for every kind of take, a shard's or a key's: `want(credit)` says how much
+/// to take from the TAT `tat` of a bucket of `capacity` ticks.
+#[inline]
+fn take_from(
+    tat: &AtomicU64,
+    capacity: u64,
+    now: u64,
+    want: impl Fn(u64) -> u64,
+) -> Option<(u64, Receipt)> {
+    let mut current = tat.load(Ordering::Relaxed);
+    loop {
+        let taken = want(credit(capacity, current, now));
+        if taken == 0 {
+            return None;
+        }
+        let end = current.max(now) + taken;
+        // SeqCst: a limiter being re-rated or booking must see every take that raced
+        // with it; on x86 a locked CAS costs the same either way.
+        match tat.compare_exchange_weak(current, end, Ordering::SeqCst, Ordering::Relaxed) {
+            Ok(_) => return Some((taken, Receipt { taken, end })),
+            Err(actual) => current = actual,
+        }
+    }
+}
+
+/// Gives back only what no later take can have built on. A later take at time `s` may
+/// have started from `s` instead of our `end` (the shard had refilled past it), absorbing
+/// part of our credit; giving back `min(taken, end - now)` never lowers the TAT below
+/// what it would be had we never taken, so I1 holds. With a frozen clock it is exact.
+/// Returns the TAT it restored, if it gave anything back.
+fn refund(tat: &AtomicU64, receipt: Receipt, now: impl Fn() -> u64) -> Option<u64> {
+    let mut current = tat.load(Ordering::Relaxed);
+    loop {
+        let now = now();
+        let refund = receipt.taken.min(receipt.end.saturating_sub(now));
+        if refund == 0 {
+            return None;
+        }
+        // Never past capacity: a TAT below `now` would be credit the bucket cannot hold.
+        let restored = current.saturating_sub(refund).max(now);
+        if restored >= current {
+            return None;
+        }
+        match tat.compare_exchange_weak(current, restored, Ordering::SeqCst, Ordering::Relaxed) {
+            Ok(_) => return Some(restored),
+            Err(actual) => current = actual,
+        }
+    }
+}
+
 impl Shard for GcraShard {
     type Receipt = Receipt;
     type Shared = Settlement;
@@ -153,58 +210,16 @@ impl Shard for GcraShard {
         self.credit(self.tat.load(Ordering::Relaxed), now)
     }
 
-    /// One CAS loop for every kind of take: `want(credit)` says how much to take.
     #[inline]
     fn take(&self, now: u64, want: impl Fn(u64) -> u64) -> Option<(u64, Receipt)> {
-        let mut current = self.tat.load(Ordering::Relaxed);
-        loop {
-            let taken = want(self.credit(current, now));
-            if taken == 0 {
-                return None;
-            }
-            let end = current.max(now) + taken;
-            // SeqCst: a limiter being re-rated or booking must see every take that raced
-            // with it; on x86 a locked CAS costs the same either way.
-            match self
-                .tat
-                .compare_exchange_weak(current, end, Ordering::SeqCst, Ordering::Relaxed)
-            {
-                Ok(_) => return Some((taken, Receipt { taken, end })),
-                Err(actual) => current = actual,
-            }
-        }
+        take_from(&self.tat, self.capacity(), now, want)
     }
 
-    /// Gives back only what no later take can have built on. A later take at time `s` may
-    /// have started from `s` instead of our `end` (the shard had refilled past it), absorbing
-    /// part of our credit; giving back `min(taken, end - now)` never lowers the TAT below
-    /// what it would be had we never taken, so I1 holds. With a frozen clock it is exact.
     fn give_back(set: &ShardSet<Self>, index: usize, receipt: Receipt, clock: &Clock) {
-        let shard = set.shard(index);
-        let mut current = shard.tat.load(Ordering::Relaxed);
-        loop {
-            let now = set.shared.scale.ticks(clock.now());
-            let refund = receipt.taken.min(receipt.end.saturating_sub(now));
-            if refund == 0 {
-                return;
-            }
-            // Never past capacity: a TAT below `now` would be credit the shard cannot hold.
-            let restored = current.saturating_sub(refund).max(now);
-            if restored >= current {
-                return;
-            }
-            match shard.tat.compare_exchange_weak(
-                current,
-                restored,
-                Ordering::SeqCst,
-                Ordering::Relaxed,
-            ) {
-                Ok(_) => {
-                    set.shared.horizon.fetch_min(restored, Ordering::SeqCst);
-                    return;
-                }
-                Err(actual) => current = actual,
-            }
+        let scale = set.shared.scale;
+        if let Some(restored) = refund(&set.shard(index).tat, receipt, || scale.ticks(clock.now()))
+        {
+            set.shared.horizon.fetch_min(restored, Ordering::SeqCst);
         }
     }
 
@@ -325,6 +340,20 @@ impl TokenBucket {
             }
         }
         debug_assert_eq!(rest, 0, "escrow is never more than the shards gave up");
+    }
+}
+
+impl TokenBucket {
+    /// A one-shard bucket whose TAT is `tat` ticks (a key's bucket when it opens a book).
+    pub(crate) fn starting_at(params: &Params, tat: u64, now: Nanos) -> Self {
+        let now = params.scale.ticks(now);
+        Self {
+            set: ShardSet::new(
+                [GcraShard::new(params.capacity, tat)],
+                Settlement::new(now, params.scale),
+            ),
+            overheld: AtomicU64::new(0),
+        }
     }
 }
 
@@ -457,6 +486,60 @@ impl Budget for TokenBucket {
         }
         let earliest = self.set.slots.iter().map(|s| s.shard.tat()).min();
         self.set.shared.restart(now, earliest.unwrap_or(now));
+    }
+}
+
+/// A key's token bucket in `scope="key"`: its TAT alone, 8 bytes; the capacity is the
+/// quota's, the same for every key.
+#[derive(Debug)]
+pub(crate) struct TokenCell(AtomicU64);
+
+impl KeyCell for TokenCell {
+    type Budget = TokenBucket;
+    type Receipt = Receipt;
+
+    fn fresh(params: &Params, now: Nanos) -> Self {
+        Self(AtomicU64::new(params.scale.ticks(now)))
+    }
+
+    #[inline]
+    fn take(&self, params: &Params, now: Nanos, units: u64) -> std::result::Result<Receipt, Nanos> {
+        let now = params.scale.ticks(now);
+        let all_or_nothing = |credit| if credit >= units { units } else { 0 };
+        match take_from(&self.0, params.capacity, now, all_or_nothing) {
+            Some((_, receipt)) => Ok(receipt),
+            None => {
+                let short = units.saturating_sub(self.credit(params, now));
+                Err(params.scale.nanos(short))
+            }
+        }
+    }
+
+    fn give_back(&self, params: &Params, clock: &Clock, receipt: Receipt) {
+        refund(&self.0, receipt, || params.scale.ticks(clock.now()));
+    }
+
+    #[inline]
+    fn available(&self, params: &Params, now: Nanos) -> u64 {
+        self.credit(params, params.scale.ticks(now))
+    }
+
+    fn budget(&self, params: &Params, now: Nanos) -> TokenBucket {
+        TokenBucket::starting_at(params, self.0.load(Ordering::SeqCst), now)
+    }
+
+    /// The free credit carries over, scaled to the new token cost and capped.
+    fn retune(&mut self, old: &Params, new: &Params, now: Nanos) {
+        let scaled = self.available(old, now) as u128 * new.unit as u128 / old.unit as u128;
+        let credit = scaled.min(new.capacity as u128) as u64;
+        *self.0.get_mut() = new.scale.ticks(now) + (new.capacity - credit);
+    }
+}
+
+impl TokenCell {
+    #[inline]
+    fn credit(&self, params: &Params, now_ticks: u64) -> u64 {
+        credit(params.capacity, self.0.load(Ordering::Relaxed), now_ticks)
     }
 }
 

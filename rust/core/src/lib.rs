@@ -9,6 +9,8 @@ mod clock;
 mod decision;
 mod error;
 mod gcra;
+mod key_window;
+mod keyed;
 mod limiter;
 mod params;
 mod queue;
@@ -23,4 +25,7 @@ pub use decision::{
     validate_max_wait, Booking, Decision, Holder, Refusal, Reservation, ReservationPolicy,
 };
 pub use error::{Error, Result};
-pub use quota::{auto_shards, Algorithm, Quota, Scope, MAX_SHARDS, MAX_WINDOW_LIMIT};
+pub use quota::{
+    auto_shards, default_key_stripes, key_stripes, Algorithm, Quota, Scope, DEFAULT_MAX_KEYS,
+    MAX_SHARDS, MAX_WINDOW_LIMIT,
+};

@@ -74,8 +74,19 @@ fn seconds(nanos: Nanos) -> f64 {
 impl<B: Budget> Limiter<B> {
     pub(crate) fn new(quota: Quota, clock: Clock, policy: ReservationPolicy) -> Result<Self> {
         let params = Params::new(&quota)?;
+        let budget = B::new(&params, clock.now());
+        Self::with_budget(quota, params, clock, policy, budget)
+    }
+
+    /// A limiter over an existing budget (a key's state when its first booking opens).
+    pub(crate) fn with_budget(
+        quota: Quota,
+        params: Params,
+        clock: Clock,
+        policy: ReservationPolicy,
+        budget: B,
+    ) -> Result<Self> {
         let policy = policy.validate()?;
-        let now = clock.now();
         Ok(Self {
             tuning: CachePadded::new(Tuning {
                 version: AtomicU64::new(0),
@@ -84,7 +95,7 @@ impl<B: Budget> Limiter<B> {
                 busy: AtomicBool::new(false),
                 retunes: AtomicU64::new(0),
             }),
-            budget: B::new(&params, now),
+            budget,
             account: Mutex::new(Account {
                 quota,
                 params,
@@ -489,6 +500,13 @@ impl<B: Budget> Limiter<B> {
 
     pub(crate) fn served(&self) -> Vec<u64> {
         self.budget.served()
+    }
+
+    /// Nothing booked and the budget full at `now`: the state of a fresh limiter.
+    pub(crate) fn is_idle(&self, now: Nanos) -> bool {
+        let mut account = self.account.lock();
+        self.refresh(&mut account, now);
+        account.book.is_empty() && self.budget.available(now) >= account.params.capacity
     }
 
     /// Changes rate, period and burst at run time. The free tokens carry over (capped at

@@ -47,18 +47,15 @@ impl Algorithm {
 pub enum Scope {
     /// One budget for every key; keys only spread the load over shards.
     Global,
+    /// One budget per key, each of the whole quota; shards are lock stripes of keys.
+    Key,
 }
 
 impl Scope {
     pub fn parse(name: &str) -> Result<Self> {
         match name {
             "global" => Ok(Scope::Global),
-            "key" => Err(Error::Unsupported {
-                argument: "scope",
-                message: "\"key\" (one budget per key) is not available yet; use \"global\" \
-                          (one budget shared by all keys)"
-                    .into(),
-            }),
+            "key" => Ok(Scope::Key),
             other => Err(Error::invalid(
                 "scope",
                 format!("must be \"global\" or \"key\", got {other:?}"),
@@ -69,6 +66,7 @@ impl Scope {
     pub fn name(self) -> &'static str {
         match self {
             Scope::Global => "global",
+            Scope::Key => "key",
         }
     }
 }
@@ -190,6 +188,21 @@ pub fn auto_shards(per_minute: f64, cpus: usize) -> usize {
     };
     by_rate.min(cpus.max(1))
 }
+
+/// Lock stripes of a per-key limiter when none are asked for: enough that threads on
+/// different keys seldom share one, a power of two.
+pub fn key_stripes(cpus: usize) -> usize {
+    (cpus.max(1) * 16).next_power_of_two().min(MAX_SHARDS)
+}
+
+/// [`key_stripes`] for this machine.
+pub fn default_key_stripes() -> usize {
+    key_stripes(available_cpus())
+}
+
+/// Keys a per-key limiter keeps at most unless told otherwise: 2^20, at most 64 MiB of
+/// token-bucket state.
+pub const DEFAULT_MAX_KEYS: usize = 1 << 20;
 
 fn available_cpus() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())

@@ -100,6 +100,16 @@ impl SlidingWindow {
     }
 }
 
+impl SlidingWindow {
+    /// A window whose log holds `stamps`, oldest first (a key's window when it opens a
+    /// book).
+    pub(crate) fn with_log(params: &Params, stamps: impl IntoIterator<Item = Nanos>) -> Self {
+        let window = Self::new(params, 0);
+        window.log.lock().entries.extend(stamps);
+        window
+    }
+}
+
 impl Budget for SlidingWindow {
     type Receipt = Receipt;
 

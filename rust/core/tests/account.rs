@@ -1,6 +1,8 @@
 //! The one account of admission: random interleavings of every operation (try_acquire,
 //! waiting turns, reserve, execute early / on time / late / never, cancel, expiry,
-//! set_quota, reset) on a manual clock, at 1, 3 and 16 shards, for both algorithms.
+//! set_quota, reset, reset of one key, sweeps of idle keys) on a manual clock, at 1, 3 and 16 shards, for both
+//! algorithms, with one budget for all keys and with one budget per key (`scope="key"`,
+//! where I1 holds for every key on its own).
 //!
 //! An admission happens when the caller may proceed: `try_acquire` returns allowed, or
 //! `execute_reservation` admits. Every interval (token bucket) or window (sliding window)
@@ -12,6 +14,7 @@ use proptest::sample::Index;
 use proptest::test_runner::Config as ProptestConfig;
 use ratelimit_core::{
     Algorithm, Booking, Clock, Holder, ManualClock, Quota, RateLimiter, Refusal, ReservationPolicy,
+    Scope,
 };
 use std::sync::Arc;
 
@@ -34,6 +37,7 @@ fn cases(n: u32) -> ProptestConfig {
 #[derive(Debug, Clone, Copy)]
 struct Setup {
     algorithm: Algorithm,
+    scope: Scope,
     shards: usize,
     rate: f64,
     /// Token bucket: the burst as a multiple of the rate (the sliding window's is floor(rate)).
@@ -50,7 +54,9 @@ impl Setup {
     }
 }
 
-fn setup(algorithm: Algorithm) -> impl Strategy<Value = Setup> {
+const KEYS: usize = 4;
+
+fn setup(algorithm: Algorithm, scope: Scope) -> impl Strategy<Value = Setup> {
     (
         prop::sample::select(vec![1usize, 3, 16]),
         prop_oneof![(1u32..=20).prop_map(f64::from), 1.0f64..200.0],
@@ -58,6 +64,7 @@ fn setup(algorithm: Algorithm) -> impl Strategy<Value = Setup> {
     )
         .prop_map(move |(shards, rate, burst)| Setup {
             algorithm,
+            scope,
             shards,
             rate,
             burst,
@@ -91,10 +98,13 @@ enum Op {
     /// Re-rates to this multiple of the first rate.
     SetRate(f64),
     Reset,
+    ResetKey(u64),
+    /// Counts the keys, dropping idle ones (a busy key's limiter among them).
+    Sweep,
 }
 
 fn ops() -> impl Strategy<Value = Vec<Op>> {
-    let key = 0u64..4;
+    let key = 0u64..KEYS as u64;
     let count = prop_oneof![4 => Just(1u64), 1 => 1u64..=3];
     let op = prop_oneof![
         6 => prop_oneof![
@@ -117,6 +127,8 @@ fn ops() -> impl Strategy<Value = Vec<Op>> {
         2 => any::<Index>().prop_map(Op::Cancel),
         1 => prop_oneof![Just(0.5), Just(2.0), 0.25f64..4.0].prop_map(Op::SetRate),
         1 => Just(Op::Reset),
+        1 => (0u64..KEYS as u64).prop_map(Op::ResetKey),
+        2 => Just(Op::Sweep),
     ];
     prop::collection::vec(op, 1..160)
 }
@@ -125,6 +137,7 @@ fn ops() -> impl Strategy<Value = Vec<Op>> {
 #[derive(Debug, Clone)]
 struct Booked {
     id: String,
+    key: u64,
     count: u64,
     execute_at: u64,
     /// Unknown (`None`) once a reset has put a waiter's turn back in line.
@@ -132,7 +145,7 @@ struct Booked {
     holder: Holder,
 }
 
-/// Admissions between two resets, and the largest quota in force meanwhile.
+/// One budget's admissions between two resets, and the largest quota in force meanwhile.
 #[derive(Debug, Default)]
 struct Epoch {
     admissions: Vec<(u64, u64)>,
@@ -146,7 +159,8 @@ struct Run {
     clock: Arc<ManualClock>,
     rate: f64,
     booked: Vec<Booked>,
-    epochs: Vec<Epoch>,
+    /// Per budget: one for all keys, or one per key.
+    epochs: Vec<Vec<Epoch>>,
 }
 
 impl Run {
@@ -157,36 +171,56 @@ impl Run {
             max: 10_000,
             max_wait: None,
         };
-        let limiter = RateLimiter::with_reservations(
-            setup.quota(setup.rate),
-            Clock::Manual(clock.clone()),
-            policy,
-        )
+        let (quota, manual) = (setup.quota(setup.rate), Clock::Manual(clock.clone()));
+        let limiter = match setup.scope {
+            Scope::Global => RateLimiter::with_reservations(quota, manual, policy),
+            Scope::Key => RateLimiter::keyed(quota, manual, policy, 1_000),
+        }
         .unwrap();
+        let budgets = match setup.scope {
+            Scope::Global => 1,
+            Scope::Key => KEYS,
+        };
         let mut run = Self {
             setup,
             limiter,
             clock,
             rate: setup.rate,
             booked: Vec::new(),
-            epochs: Vec::new(),
+            epochs: (0..budgets).map(|_| Vec::new()).collect(),
         };
-        run.open_epoch();
+        run.open_epochs(None);
         run
     }
 
-    fn open_epoch(&mut self) {
-        let quota = self.limiter.quota();
-        self.epochs.push(Epoch {
-            admissions: Vec::new(),
-            rate: quota.rate,
-            burst: quota.burst,
-        });
+    /// The budget `key` draws on.
+    fn budget(&self, key: u64) -> usize {
+        match self.setup.scope {
+            Scope::Global => 0,
+            Scope::Key => key as usize,
+        }
     }
 
-    fn admitted(&mut self, count: u64) {
+    /// A fresh epoch for the budget of `key`, or for every budget.
+    fn open_epochs(&mut self, key: Option<u64>) {
+        let quota = self.limiter.quota();
+        let budgets = match key {
+            Some(key) => vec![self.budget(key)],
+            None => (0..self.epochs.len()).collect(),
+        };
+        for budget in budgets {
+            self.epochs[budget].push(Epoch {
+                admissions: Vec::new(),
+                rate: quota.rate,
+                burst: quota.burst,
+            });
+        }
+    }
+
+    fn admitted(&mut self, key: u64, count: u64) {
         let now = self.clock.now();
-        self.epochs
+        let budget = self.budget(key);
+        self.epochs[budget]
             .last_mut()
             .unwrap()
             .admissions
@@ -202,7 +236,7 @@ impl Run {
         let booked = self.booked[i].clone();
         let decision = self.limiter.execute_reservation(&booked.id);
         if decision.allowed {
-            self.admitted(booked.count);
+            self.admitted(booked.key, booked.count);
             self.booked.swap_remove(i);
             return Ok(None);
         }
@@ -240,7 +274,7 @@ impl Run {
             Op::Try { key, count } => {
                 let decision = self.limiter.try_acquire_hashed(key, count).unwrap();
                 if decision.allowed {
-                    self.admitted(count);
+                    self.admitted(key, count);
                 } else {
                     prop_assert!(decision.remaining().unwrap() >= 0.0);
                 }
@@ -255,6 +289,7 @@ impl Run {
                     prop_assert!(r.execute_at >= r.reserved_at);
                     self.booked.push(Booked {
                         id: r.id,
+                        key,
                         count,
                         execute_at: r.execute_at,
                         expires_at: Some(r.expires_at),
@@ -270,6 +305,7 @@ impl Run {
                 if let Booking::Reserved(r) = booking {
                     self.booked.push(Booked {
                         id: r.id,
+                        key,
                         count,
                         execute_at: r.execute_at,
                         expires_at: Some(r.expires_at),
@@ -309,33 +345,56 @@ impl Run {
                 self.limiter.set_quota(self.setup.quota(rate)).unwrap();
                 self.rate = rate;
                 let quota = self.limiter.quota();
-                let epoch = self.epochs.last_mut().unwrap();
-                epoch.rate = epoch.rate.max(quota.rate);
-                epoch.burst = epoch.burst.max(quota.burst);
+                for epochs in &mut self.epochs {
+                    let epoch = epochs.last_mut().unwrap();
+                    epoch.rate = epoch.rate.max(quota.rate);
+                    epoch.burst = epoch.burst.max(quota.burst);
+                }
             }
             Op::Reset => {
                 self.limiter.reset();
-                self.open_epoch();
-                // Callers' reservations are forgotten; waiters keep their turns.
-                self.booked.retain(|b| b.holder == Holder::Waiter);
-                let mut i = 0;
-                while i < self.booked.len() {
-                    let decision = self.limiter.execute_reservation(&self.booked[i].id);
-                    let booked = &mut self.booked[i];
-                    let live = booked.expires_at.is_some_and(|at| at > self.clock.now());
-                    if decision.allowed {
-                        let count = booked.count;
-                        self.admitted(count);
-                        self.booked.swap_remove(i);
-                    } else if decision.reason == Some(Refusal::NotReady) {
-                        booked.expires_at = None;
-                        i += 1;
-                    } else {
-                        // Only a turn that may have outlived its time to live is gone.
-                        prop_assert!(!live, "a waiter's turn after reset: {:?}", decision);
-                        self.booked.swap_remove(i);
-                    }
-                }
+                self.after_reset(None)?;
+            }
+            Op::ResetKey(key) => {
+                let hash = key;
+                self.limiter.reset_key(hash);
+                let reset = (self.setup.scope == Scope::Key).then_some(key);
+                self.after_reset(reset)?;
+            }
+            Op::Sweep => {
+                self.limiter.keys();
+            }
+        }
+        Ok(())
+    }
+
+    /// After a reset of one key's budget (or of all): callers' reservations on it are
+    /// forgotten; waiters keep their turns.
+    fn after_reset(&mut self, key: Option<u64>) -> Result<(), TestCaseError> {
+        self.open_epochs(key);
+        let reset = |b: &Booked| key.is_none_or(|key| b.key == key);
+        self.booked
+            .retain(|b| !reset(b) || b.holder == Holder::Waiter);
+        let mut i = 0;
+        while i < self.booked.len() {
+            if !reset(&self.booked[i]) {
+                i += 1;
+                continue;
+            }
+            let decision = self.limiter.execute_reservation(&self.booked[i].id);
+            let booked = &mut self.booked[i];
+            let live = booked.expires_at.is_some_and(|at| at > self.clock.now());
+            if decision.allowed {
+                let (key, count) = (booked.key, booked.count);
+                self.admitted(key, count);
+                self.booked.swap_remove(i);
+            } else if decision.reason == Some(Refusal::NotReady) {
+                booked.expires_at = None;
+                i += 1;
+            } else {
+                // Only a turn that may have outlived its time to live is gone.
+                prop_assert!(!live, "a waiter's turn after reset: {:?}", decision);
+                self.booked.swap_remove(i);
             }
         }
         Ok(())
@@ -394,7 +453,7 @@ fn play(setup: Setup, ops: &[Op]) -> Result<(), TestCaseError> {
     for op in ops {
         run.step(op)?;
     }
-    for epoch in &run.epochs {
+    for epoch in run.epochs.iter().flatten() {
         match setup.algorithm {
             Algorithm::TokenBucket => check_token_bucket(epoch)?,
             Algorithm::SlidingWindow => check_sliding_window(epoch)?,
@@ -408,7 +467,7 @@ proptest! {
 
     #[test]
     fn i1_token_bucket_holds_over_every_admission_time(
-        setup in setup(Algorithm::TokenBucket),
+        setup in setup(Algorithm::TokenBucket, Scope::Global),
         ops in ops(),
     ) {
         play(setup, &ops)?;
@@ -416,7 +475,23 @@ proptest! {
 
     #[test]
     fn i1_sliding_window_holds_over_every_admission_time(
-        setup in setup(Algorithm::SlidingWindow),
+        setup in setup(Algorithm::SlidingWindow, Scope::Global),
+        ops in ops(),
+    ) {
+        play(setup, &ops)?;
+    }
+
+    #[test]
+    fn i1_token_bucket_holds_for_every_key_over_every_admission_time(
+        setup in setup(Algorithm::TokenBucket, Scope::Key),
+        ops in ops(),
+    ) {
+        play(setup, &ops)?;
+    }
+
+    #[test]
+    fn i1_sliding_window_holds_for_every_key_over_every_admission_time(
+        setup in setup(Algorithm::SlidingWindow, Scope::Key),
         ops in ops(),
     ) {
         play(setup, &ops)?;

@@ -432,7 +432,7 @@ proptest! {
                 let retry_after = decision.retry_after.unwrap();
                 prop_assert_eq!((retry_after * 1e9).round() as u64, wait, "arrival {}", i);
             }
-            prop_assert_eq!(limiter.peek(), (ideal.limit - ideal.log.len() as u64) as f64);
+            prop_assert_eq!(limiter.peek(0), (ideal.limit - ideal.log.len() as u64) as f64);
         }
     }
 
@@ -450,9 +450,9 @@ proptest! {
         let mut admissions = Vec::new();
         for (i, arrival) in arrivals.iter().enumerate() {
             if re_rate_at.contains(&i) {
-                let before = limiter.peek();
+                let before = limiter.peek(0);
                 limiter.set_quota(config.quota()).unwrap();
-                prop_assert!((limiter.peek() - before).abs() < 1e-6, "{} != {}", limiter.peek(), before);
+                prop_assert!((limiter.peek(0) - before).abs() < 1e-6, "{} != {}", limiter.peek(0), before);
             }
             manual.advance((arrival.advance * config.period_ns()) as u64);
             let count = count_of(arrival, capacity);
@@ -706,7 +706,7 @@ fn fresh_bucket_admits_whole_burst(
             return Ok(());
         }
     };
-    prop_assert_eq!(limiter.peek().round(), f64::from(burst));
+    prop_assert_eq!(limiter.peek(0).round(), f64::from(burst));
     let decision = limiter.try_acquire_hashed(1, u64::from(burst)).unwrap();
     prop_assert!(decision.allowed, "{:?}", decision);
     Ok(())

@@ -66,7 +66,7 @@ fn held_tokens_count_against_the_budget_at_once() {
     for shards in [1, 4] {
         let (limiter, _manual) = ten_per_second(shards);
         reserve(&limiter, 1, 10);
-        assert_eq!(limiter.peek(), 0.0);
+        assert_eq!(limiter.peek(0), 0.0);
         let pending = reserve(&limiter, 2, 1);
         assert_eq!(pending.execute_at, 100 * MS);
         // Immediate requests queue behind the pending reservation.
@@ -94,7 +94,7 @@ fn a_reservation_executes_once_when_its_slot_has_come() {
     let on_time = limiter.execute_reservation(&r.id);
     assert!(on_time.allowed, "{on_time:?}");
     // Charged nothing more: the budget is as the slot left it.
-    assert_eq!(limiter.peek(), 0.0);
+    assert_eq!(limiter.peek(0), 0.0);
     let again = limiter.execute_reservation(&r.id);
     assert_eq!(again.reason, Some(Refusal::AlreadyExecuted));
     assert_eq!(
@@ -118,7 +118,7 @@ fn cancelling_returns_the_tokens_once() {
             assert!(!limiter.try_acquire("k", 1).unwrap().allowed);
             assert!(limiter.cancel_reservation(&r.id));
             assert!(!limiter.cancel_reservation(&r.id));
-            assert_eq!(limiter.peek(), 10.0, "{algorithm:?} shards={shards}");
+            assert_eq!(limiter.peek(0), 10.0, "{algorithm:?} shards={shards}");
             assert!(limiter.try_acquire("k", 10).unwrap().allowed);
             assert_eq!(
                 limiter.execute_reservation(&r.id).reason,
@@ -133,14 +133,14 @@ fn cancelled_pending_reservations_leave_the_budget_exactly_as_before() {
     for shards in [1, 4, 16] {
         let (limiter, _manual) = ten_per_second(shards);
         assert!(limiter.try_acquire("k", 10).unwrap().allowed);
-        let before = limiter.peek();
+        let before = limiter.peek(0);
         let queued: Vec<Reservation> = (0..1000).map(|i| reserve(&limiter, i, 1)).collect();
         assert_eq!(queued[999].execute_at, 1000 * 100 * MS);
         // Cancel from the front, so later slots would have to move if anything did.
         for r in &queued {
             assert!(limiter.cancel_reservation(&r.id));
         }
-        assert_eq!(limiter.peek(), before);
+        assert_eq!(limiter.peek(0), before);
         // Nobody is queued any more: the next token comes at 100 ms, as if nothing happened.
         let decision = limiter.try_acquire("k", 1).unwrap();
         assert!(
@@ -313,10 +313,10 @@ fn a_waiters_turn_is_admitted_once_funded_and_leaves_the_book() {
         panic!("a turn within max_wait is booked");
     };
     manual.set(700 * MS);
-    assert_eq!(limiter.peek(), 0.0);
+    assert_eq!(limiter.peek(0), 0.0);
     assert!(limiter.cancel_reservation(&turn.id));
     assert_eq!(limiter.reservations(), 0);
-    assert_eq!(limiter.peek(), 5.0);
+    assert_eq!(limiter.peek(0), 5.0);
 }
 
 #[test]

@@ -106,6 +106,17 @@ impl<'a, 'py> FromPyObject<'a, 'py> for MaxReservations {
     }
 }
 
+/// `max_keys`: an int >= 1.
+pub(crate) struct MaxKeys(pub(crate) usize);
+
+impl<'a, 'py> FromPyObject<'a, 'py> for MaxKeys {
+    type Error = PyErr;
+
+    fn extract(obj: Borrowed<'a, 'py, PyAny>) -> PyResult<Self> {
+        integer(obj, "max_keys", ">= 1").map(Self)
+    }
+}
+
 /// `count`: a token count, an int >= 1. Counts too large for 64 bits exceed any burst, so
 /// they become `u64::MAX` and are refused as `exceeds_capacity` like any count above it.
 #[derive(Clone, Copy)]

@@ -2,15 +2,16 @@
 //! arguments, calls the core once and converts the answer; waiting (asyncio or threads) is
 //! done by the Python class, by asking for its turn.
 
-use pyo3::exceptions::PyTypeError;
+use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString};
 use ratelimit_core::{
-    Algorithm, Balance, Booking, Clock, Holder, Quota, RateLimiter, ReservationPolicy, Scope,
+    default_key_stripes, Algorithm, Balance, Booking, Clock, Holder, Quota, RateLimiter,
+    ReservationPolicy, Scope, DEFAULT_MAX_KEYS,
 };
 
 use crate::args::{
-    AlgorithmArg, BurstSize, ClockArg, Count, Key, MaxReservations, MaxWait, Period, Rate,
+    AlgorithmArg, BurstSize, ClockArg, Count, Key, MaxKeys, MaxReservations, MaxWait, Period, Rate,
     ReservationId, ReservationTtl, ScopeArg, Shards, Waited,
 };
 use crate::clock::PyManualClock;
@@ -21,7 +22,6 @@ use crate::result::PyRateLimitResult;
 #[pyclass(frozen, module = "flashcard_pipeline._native", name = "Engine")]
 pub(crate) struct PyEngine {
     core: RateLimiter,
-    scope: Scope,
     /// Python's hash of `"default"`, the key when none is given.
     default_hash: u64,
     clock: Option<Py<PyManualClock>>,
@@ -76,11 +76,11 @@ impl PyEngine {
         signature = (
             rate=None, period=None, shards=None, algorithm=None, burst_size=None,
             *, scope=None, max_wait=None, clock=None, reservation_ttl=None,
-            max_reservations=None,
+            max_reservations=None, max_keys=None,
         ),
         text_signature = "(rate, period=60.0, shards=None, algorithm='token_bucket', \
                           burst_size=None, *, scope='global', max_wait=None, clock=None, \
-                          reservation_ttl=60.0, max_reservations=10000)"
+                          reservation_ttl=60.0, max_reservations=10000, max_keys=1048576)"
     )]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -95,16 +95,28 @@ impl PyEngine {
         clock: Option<ClockArg<'_>>,
         reservation_ttl: Option<ReservationTtl>,
         max_reservations: Option<MaxReservations>,
+        max_keys: Option<MaxKeys>,
     ) -> Result<Self> {
         let rate = rate.ok_or_else(|| {
             PyTypeError::new_err("rate: required (tokens per period, a number > 0)")
         })?;
+        let scope = scope.map_or(Scope::Global, |s| s.0);
+        if max_keys.is_some() && scope != Scope::Key {
+            return Err(PyValueError::new_err(
+                "max_keys: applies to scope=\"key\" only (one budget per key)",
+            )
+            .into());
+        }
+        let shards = shards.map(|s| s.0).or_else(|| match scope {
+            Scope::Key => Some(default_key_stripes()),
+            Scope::Global => None,
+        });
         let quota = Quota::new(
             rate.0,
             period.map_or(60.0, |p| p.0),
             burst_size.map(|b| b.0),
             algorithm.map_or(Algorithm::TokenBucket, |a| a.0),
-            shards.map(|s| s.0),
+            shards,
         )?;
         let defaults = ReservationPolicy::default();
         let policy = ReservationPolicy {
@@ -116,9 +128,17 @@ impl PyEngine {
             None => Clock::monotonic(),
             Some(manual) => Clock::Manual(manual.0.get().inner.clone()),
         };
+        let core = match scope {
+            Scope::Global => RateLimiter::with_reservations(quota, core_clock, policy)?,
+            Scope::Key => RateLimiter::keyed(
+                quota,
+                core_clock,
+                policy,
+                max_keys.map_or(DEFAULT_MAX_KEYS, |m| m.0),
+            )?,
+        };
         Ok(Self {
-            core: RateLimiter::with_reservations(quota, core_clock, policy)?,
-            scope: scope.map_or(Scope::Global, |s| s.0),
+            core,
             default_hash: PyString::new(py, "default").hash()? as u64,
             clock: clock.map(|c| c.0.unbind()),
         })
@@ -200,14 +220,25 @@ impl PyEngine {
     /// Tokens available now in the budget `key` draws on, without taking any.
     #[pyo3(signature = (key=Key::Default), text_signature = "($self, key='default')")]
     fn peek(&self, key: Key<'_>) -> Result<f64> {
-        self.hash(&key)?;
-        Ok(self.core.peek())
+        Ok(self.core.peek(self.hash(&key)?))
     }
 
-    /// Refills the budget, forgets reservations and clears the per-shard counters; waiting
-    /// turns stay in line on the fresh budget.
-    fn reset(&self) {
-        self.core.reset()
+    /// Refills the budget `key` draws on (every budget when no key is given), forgets its
+    /// reservations and clears the per-shard counters; waiting turns stay in line on the
+    /// fresh budget.
+    #[pyo3(signature = (key=None), text_signature = "($self, key=None)")]
+    fn reset(&self, key: Option<Key<'_>>) -> Result<()> {
+        match key {
+            None => self.core.reset(),
+            Some(key) => self.core.reset_key(self.hash(&key)?),
+        }
+        Ok(())
+    }
+
+    /// Keys with a budget of their own (scope="key"), after dropping idle ones; 0 where
+    /// all keys share one budget.
+    fn __len__(&self) -> usize {
+        self.core.keys()
     }
 
     /// Changes rate, period and burst at run time; the tokens available now carry over,
@@ -259,7 +290,12 @@ impl PyEngine {
 
     #[getter]
     fn scope(&self) -> &'static str {
-        self.scope.name()
+        self.core.scope().name()
+    }
+
+    #[getter]
+    fn max_keys(&self) -> Option<usize> {
+        self.core.max_keys()
     }
 
     #[getter]
@@ -277,16 +313,20 @@ impl PyEngine {
         let quota = self.core.quota();
         let status = PyDict::new(py);
         status.set_item("algorithm", quota.algorithm.name())?;
-        status.set_item("scope", self.scope.name())?;
+        status.set_item("scope", self.core.scope().name())?;
         status.set_item("rate", quota.rate)?;
         status.set_item("period", quota.period)?;
         status.set_item("burst_size", quota.burst)?;
         status.set_item("shards", quota.shards)?;
         status.set_item("max_wait", self.core.max_wait())?;
-        status.set_item("tokens_remaining", self.core.peek())?;
+        status.set_item("tokens_remaining", self.core.peek(self.default_hash))?;
         status.set_item("shard_tokens", self.core.shard_tokens())?;
         status.set_item("requests_allowed", self.core.served().iter().sum::<u64>())?;
         status.set_item("reservations", self.core.reservations())?;
+        if let Some(max_keys) = self.core.max_keys() {
+            status.set_item("keys", self.core.keys())?;
+            status.set_item("max_keys", max_keys)?;
+        }
         Ok(status)
     }
 

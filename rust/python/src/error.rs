@@ -1,6 +1,6 @@
 //! The one mapping from errors to Python exceptions.
 
-use pyo3::exceptions::{PyNotImplementedError, PyValueError};
+use pyo3::exceptions::PyValueError;
 use pyo3::PyErr;
 use ratelimit_core::Error;
 
@@ -26,18 +26,14 @@ impl From<PyErr> for Failure {
     }
 }
 
-/// A bad argument is `ValueError("<argument>: <what is allowed>")`, a value not yet
-/// supported is `NotImplementedError`, and a full reservation book is the package's
-/// `RateLimitError`, like any other refusal that raises.
+/// A bad argument is `ValueError("<argument>: <what is allowed>")`, and a full reservation
+/// book is the package's `RateLimitError`, like any other refusal that raises.
 impl From<Failure> for PyErr {
     fn from(failure: Failure) -> Self {
         match failure {
             Failure::Py(err) => err,
             Failure::Core(err @ Error::InvalidArgument { .. }) => {
                 PyValueError::new_err(err.to_string())
-            }
-            Failure::Core(err @ Error::Unsupported { .. }) => {
-                PyNotImplementedError::new_err(err.to_string())
             }
             Failure::Core(err @ Error::TooManyReservations { .. }) => {
                 RateLimitError::new_err((err.to_string(),))
