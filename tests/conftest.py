@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -78,3 +79,64 @@ def _run_threads(worker: Callable[[int], None], count: int = 4) -> None:
 def run_threads() -> Callable[..., None]:
     """``run_threads(worker, count=4)``: ``worker(i)`` on ``count`` threads, all joined."""
     return _run_threads
+
+
+# Brute-force checks of I1 over admission times, and the real-clock hammers' frame.
+
+#: How long each real-clock hammer runs, in seconds.
+HAMMER = 0.8
+#: The hammers' burst. With a burst of 1 a caller that wakes late by d loses d of refill
+#: (the bucket is full meanwhile): a property of the token bucket, not of the limiter, and
+#: with asyncio's millisecond timers it caps 2000/s at about half. A burst of 10 leaves room
+#: for timer lateness, so the utilisation floor measures the limiter.
+HAMMER_BURST = 10
+
+
+def max_in_window(times: list[float], window: float) -> int:
+    """The largest number of ``times`` in any closed window ``[t, t + window]`` (brute force:
+    every window starting at an admission, which is where the maximum is reached)."""
+    ordered = sorted(times)
+    return max(
+        (sum(1 for u in ordered if t <= u <= t + window) for t in ordered),
+        default=0,
+    )
+
+
+def max_excess_over_bucket(times: list[float], burst: float, rate: float, period: float) -> float:
+    """The largest ``count - (burst + rate * t / period)`` over all intervals between two
+    admissions (brute force); I1 for the token bucket says it is <= 0."""
+    ordered = sorted(times)
+    worst = float("-inf")
+    for i, start in enumerate(ordered):
+        for j in range(i, len(ordered)):
+            count = j - i + 1
+            worst = max(worst, count - (burst + rate * (ordered[j] - start) / period))
+    return worst
+
+
+def thread_hammer(workers: list, duration: float) -> tuple[float, float, float]:
+    """Runs ``worker(deadline)`` on threads; returns (started, deadline, finished)."""
+    started = time.monotonic()
+    deadline = started + duration
+    threads = [threading.Thread(target=w, args=(deadline,)) for w in workers]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+        assert not thread.is_alive()
+    return started, deadline, time.monotonic()
+
+
+def check_bounds(
+    admitted_at: list[float], started: float, deadline: float, finished: float, rate: float
+) -> None:
+    """I1 over every interval between two admissions seen (each seen just after it
+    happened, so 2 ms of slack for the reads), and at least 95 % of the bound
+    ``burst + rate * t`` over the loop, counting only admissions seen before the deadline."""
+    assert len(admitted_at) <= HAMMER_BURST + rate * (finished - started)
+    slack = 0.002 * rate
+    excess = max_excess_over_bucket(admitted_at, HAMMER_BURST + slack, rate, period=1.0)
+    assert excess <= 0, excess
+    on_time = sum(1 for at in admitted_at if at <= deadline)
+    bound = HAMMER_BURST + rate * (deadline - started)
+    assert on_time >= 0.95 * bound, (on_time, bound)

@@ -32,41 +32,18 @@ import time
 import pytest
 
 from flashcard_pipeline.exceptions import RateLimitError
+from conftest import (
+    HAMMER,
+    HAMMER_BURST,
+    check_bounds,
+    max_excess_over_bucket,
+    max_in_window,
+    thread_hammer,
+)
 from flashcard_pipeline.rate_limiter_v2 import ShardedRateLimiter
 
 #: Tolerance for times on the ManualClock (slots planned 1 ns after a window has passed).
 NS = 1e-6
-#: How long each real-clock hammer runs, in seconds.
-HAMMER = 0.8
-#: The hammers' burst. With a burst of 1 a caller that wakes late by d loses d of refill
-#: (the bucket is full meanwhile): a property of the token bucket, not of the limiter, and
-#: with asyncio's millisecond timers it caps 2000/s at about half. A burst of 10 leaves room
-#: for timer lateness, so the utilisation floor measures the limiter.
-HAMMER_BURST = 10
-
-
-def max_in_window(times: list[float], window: float) -> int:
-    """The largest number of ``times`` in any closed window ``[t, t + window]`` (brute force:
-    every window starting at an admission, which is where the maximum is reached)."""
-    ordered = sorted(times)
-    return max(
-        (sum(1 for u in ordered if t <= u <= t + window) for t in ordered),
-        default=0,
-    )
-
-
-def max_excess_over_bucket(times: list[float], burst: float, rate: float, period: float) -> float:
-    """The largest ``count - (burst + rate * t / period)`` over all intervals between two
-    admissions (brute force); I1 for the token bucket says it is <= 0."""
-    ordered = sorted(times)
-    worst = float("-inf")
-    for i, start in enumerate(ordered):
-        for j in range(i, len(ordered)):
-            count = j - i + 1
-            worst = max(worst, count - (burst + rate * (ordered[j] - start) / period))
-    return worst
-
-
 def admit_times_within_rate(admitted_at: list[float], started: float, burst: float, rate: float):
     """On the real clock: the k-th admission (1-based), seen at ``at`` (after it happened),
     satisfies k <= burst + rate * (at - started), with 2 ms for the clock reads."""
@@ -469,34 +446,6 @@ def test_symptom_9_tokens_remaining_is_fixed_at_the_decision(clock, make_limiter
 # ======================================================================================
 
 
-def _thread_hammer(workers: list, duration: float) -> tuple[float, float, float]:
-    """Runs ``worker(deadline)`` on threads; returns (started, deadline, finished)."""
-    started = time.monotonic()
-    deadline = started + duration
-    threads = [threading.Thread(target=w, args=(deadline,)) for w in workers]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=30)
-        assert not thread.is_alive()
-    return started, deadline, time.monotonic()
-
-
-def _check_bounds(
-    admitted_at: list[float], started: float, deadline: float, finished: float, rate: float
-) -> None:
-    """I1 over every interval between two admissions seen (each seen just after it
-    happened, so 2 ms of slack for the reads), and at least 95 % of the bound
-    ``burst + rate * t`` over the loop, counting only admissions seen before the deadline."""
-    assert len(admitted_at) <= HAMMER_BURST + rate * (finished - started)
-    slack = 0.002 * rate
-    excess = max_excess_over_bucket(admitted_at, HAMMER_BURST + slack, rate, period=1.0)
-    assert excess <= 0, excess
-    on_time = sum(1 for at in admitted_at if at <= deadline)
-    bound = HAMMER_BURST + rate * (deadline - started)
-    assert on_time >= 0.95 * bound, (on_time, bound)
-
-
 @pytest.mark.parametrize("shards", [1, 3])
 def test_hammer_threads_in_blocking_acquire_stay_within_the_rate(shards):
     """Three threads in blocking acquire() at 1000/s: never over, nothing lost."""
@@ -512,8 +461,8 @@ def test_hammer_threads_in_blocking_acquire_stay_within_the_rate(shards):
 
         return loop
 
-    started, deadline, finished = _thread_hammer([worker(m) for m in admitted], HAMMER)
-    _check_bounds([at for m in admitted for at in m], started, deadline, finished, rate)
+    started, deadline, finished = thread_hammer([worker(m) for m in admitted], HAMMER)
+    check_bounds([at for m in admitted for at in m], started, deadline, finished, rate)
 
 
 @pytest.mark.asyncio
@@ -531,7 +480,7 @@ async def test_hammer_asyncio_waiters_stay_within_the_rate():
                 admitted.append(time.monotonic())
 
     await asyncio.wait_for(asyncio.gather(*(task() for _ in range(50))), 10.0)
-    _check_bounds(admitted, started, deadline, time.monotonic(), rate)
+    check_bounds(admitted, started, deadline, time.monotonic(), rate)
 
 
 def test_hammer_mixed_acquire_reserve_execute_and_cancel_stay_within_the_rate():
@@ -580,7 +529,7 @@ def test_hammer_mixed_acquire_reserve_execute_and_cancel_stay_within_the_rate():
             time.sleep(0.001)
 
     workers = [acquirer(m) for m in admitted[:3]] + [executor(admitted[3]), canceller]
-    started, deadline, finished = _thread_hammer(workers, HAMMER)
+    started, deadline, finished = thread_hammer(workers, HAMMER)
     assert cancelled[0] > 0
     assert len(admitted[3]) > 0
-    _check_bounds([at for m in admitted for at in m], started, deadline, finished, rate)
+    check_bounds([at for m in admitted for at in m], started, deadline, finished, rate)

@@ -229,6 +229,11 @@ mod tests {
     }
 
     proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config {
+            failure_persistence: None,
+            ..Default::default()
+        })]
+
         /// I1 by brute force over random arrivals at nanosecond resolution, with give-backs.
         #[test]
         fn never_more_than_the_limit_in_any_window(
