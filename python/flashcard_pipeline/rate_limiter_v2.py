@@ -414,15 +414,10 @@ class _WithHourlyLimit(ShardedRateLimiter):
         )
         with named(rate="requests_per_hour"):
             # Per key when the minute budget is (scope="key"), like it.
-            self._hourly = Engine(
-                requests_per_hour,
-                3600.0,
-                1,
-                "sliding_window",
-                clock=options.get("clock"),
-                scope=options.get("scope"),
-                max_keys=options.get("max_keys"),
-            )
+            shared: dict[str, Any] = {
+                name: options[name] for name in ("clock", "scope", "max_keys") if name in options
+            }
+            self._hourly = Engine(requests_per_hour, 3600.0, 1, "sliding_window", **shared)
 
     def try_acquire(self, key: str = "default", count: int = 1) -> RateLimitResult:
         return self._try_both(key, count)
