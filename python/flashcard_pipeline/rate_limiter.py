@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import time
+from typing import TYPE_CHECKING
 
 from flashcard_pipeline._arguments import named, number, renamed
 from flashcard_pipeline._native import Engine, ManualClock, RateLimitResult, try_acquire_all
@@ -18,13 +19,28 @@ from flashcard_pipeline._waiting import Steps, wait_async
 from flashcard_pipeline.config import setting
 from flashcard_pipeline.exceptions import RateLimitError
 
+if TYPE_CHECKING:
+    from flashcard_pipeline.usage import DatabaseRateLimiter, UsageAlert
+
 __all__ = [
     "AdaptiveRateLimiter",
     "CompositeLimiter",
+    "DatabaseRateLimiter",
     "MAX_REQUESTS_PER_MINUTE",
     "RateLimitError",
     "RateLimiter",
+    "UsageAlert",
 ]
+
+
+def __getattr__(name: str) -> object:
+    # DatabaseRateLimiter subclasses RateLimiter, so its module imports this one: loaded on use.
+    if name in ("DatabaseRateLimiter", "UsageAlert"):
+        from flashcard_pipeline import usage
+
+        return getattr(usage, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 # The old module's caps and the adaptive limiter's bounds.
 MAX_RPM = 600_000
