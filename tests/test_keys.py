@@ -134,8 +134,8 @@ def test_max_keys_refuses_new_keys_and_keeps_live_ones(clock, make_limiter):
     assert len(limiter) == 3
     assert limiter.get_status()["keys"] == 3
     assert limiter.get_status()["max_keys"] == limiter.max_keys == 3
-    # Once "b" and "c" have refilled they are dropped, and new keys fit again.
-    clock.advance(1.0)
+    # Once "b" and "c" have been full for a period they are dropped, and new keys fit again.
+    clock.advance(1.5)
     assert limiter.try_acquire("d") and limiter.try_acquire("e")
     assert len(limiter) == 2
 
@@ -145,9 +145,9 @@ def test_idle_keys_are_dropped_and_come_back_fresh(clock, make_limiter, drain):
     for i in range(1000):
         limiter.try_acquire(f"user:{i}")
     assert len(limiter) == 1000
-    clock.advance(0.05)  # half a token back: not idle yet
+    clock.advance(1.09)  # full again at 0.1 s, but not for a whole period yet
     assert len(limiter) == 1000
-    clock.advance(1.0)
+    clock.advance(0.01)
     assert len(limiter) == 0
     assert drain(limiter, "user:1") == 10
 

@@ -524,6 +524,12 @@ impl KeyCell for TokenCell {
         self.credit(params, params.scale.ticks(now))
     }
 
+    /// The TAT is when the bucket became full again.
+    fn is_idle(&self, params: &Params, now: Nanos) -> bool {
+        let tat = self.0.load(Ordering::Relaxed);
+        params.scale.ticks(now) >= tat.saturating_add(params.scale.ticks(params.window))
+    }
+
     fn budget(&self, params: &Params, now: Nanos) -> TokenBucket {
         TokenBucket::starting_at(params, self.0.load(Ordering::SeqCst), now)
     }

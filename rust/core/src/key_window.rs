@@ -129,6 +129,11 @@ impl KeyCell for WindowCell {
             .saturating_sub(self.0.lock().used(params, now))
     }
 
+    /// Nothing counted: the last admission left the window a period after it came.
+    fn is_idle(&self, params: &Params, now: Nanos) -> bool {
+        self.0.lock().used(params, now) == 0
+    }
+
     /// The exact log of the same admissions, each stamped so that it leaves when its
     /// granule does.
     fn budget(&self, params: &Params, now: Nanos) -> SlidingWindow {

@@ -52,6 +52,9 @@ pub(crate) trait KeyCell: Send + Sync + Sized + fmt::Debug + 'static {
     ) -> std::result::Result<Self::Receipt, Nanos>;
     fn give_back(&self, params: &Params, clock: &Clock, receipt: Self::Receipt);
     fn available(&self, params: &Params, now: Nanos) -> u64;
+    /// Full, with nothing taken for at least a period: a fresh key would decide the same, and
+    /// a key in use is not dropped and made again at every call.
+    fn is_idle(&self, params: &Params, now: Nanos) -> bool;
     /// The same state as a budget for the key's own limiter.
     fn budget(&self, params: &Params, now: Nanos) -> Self::Budget;
     /// Applies `new` params, keeping what the key has used.
@@ -70,7 +73,7 @@ impl<C: KeyCell> KeyState<C> {
     /// The state of a fresh key: it can be dropped and made again without anyone noticing.
     fn is_idle(&self, params: &Params, now: Nanos) -> bool {
         match self {
-            KeyState::Quiet(cell) => cell.available(params, now) >= params.capacity,
+            KeyState::Quiet(cell) => cell.is_idle(params, now),
             KeyState::Busy(limiter) => limiter.is_idle(now),
         }
     }
