@@ -78,7 +78,8 @@ OURS_GLOBAL: dict[str, Any] = dict(rate=1000.0, period=1.0, burst_size=1e8)
 WARM_COUNT_KEY = 100_000
 # Ours for bytes per key: one call takes a key's whole budget (burst 1), which comes back after
 # 2 s; inserting 1,000,000 keys takes well under that, so no key is idle before the "after"
-# reading, and the idle step is a sleep of one refill (two windows for the sliding window).
+# reading, and the idle step is a sleep of two periods (a key is dropped once it has been
+# full for a whole period).
 OURS_MEMORY_KEY: dict[str, Any] = dict(rate=1.0, period=2.0)
 OURS_MEMORY_GLOBAL: dict[str, Any] = dict(rate=1e7, period=2.0)  # the stand-in: one budget that takes them all
 
@@ -462,7 +463,9 @@ def memory_child(name: str, scope: str) -> dict[str, Any]:
     if name.startswith("ours") and scope == "key" and has_len(limiter):
         out["len_after"] = len(limiter)  # no key is idle yet: a key's budget comes back after 2 s
         period = limiter.period
-        windows = 2 if name == "ours-sliding" else 1
+        # A key is dropped once it has been full for a whole period: a token bucket's key is
+        # full a period after its call, a sliding window's leaves the window after up to two.
+        windows = 2
         time.sleep(max(0.0, t_end + windows * period + 0.2 - perf_counter()))
         slept = perf_counter() - t_end
         n_idle = len(limiter)  # drops the idle keys
@@ -524,8 +527,10 @@ def memory(scope: str) -> None:
         return
     print("(issue 9 asks <= 64 bytes of core state per token-bucket key including map overhead;")
     print(" RSS adds the allocator's slack and the map's spare room: an upper bound for it)")
-    print("\nours after the keys went idle (a sleep past a key's refill, two windows for the sliding")
-    print("window), then len(), which drops idle keys; RSS against the 'before' reading:")
+    print("\nours after the keys went idle (a sleep of two periods: refilled, then full for a period,")
+    print("or out of the sliding window), then len(), which drops idle keys; RSS against the")
+    print("'before' reading (the allocator may keep freed pages: rust/core/tests/key_memory.rs")
+    print("counts the bytes the core itself gives back):")
     for r in results:
         if not r["name"].startswith("ours") or "error" in r or r["idle"] is None:
             continue
