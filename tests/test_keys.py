@@ -23,6 +23,7 @@ from conftest import (
     thread_hammer,
 )
 from flashcard_pipeline.rate_limiter_v2 import (
+    AdaptiveShardedRateLimiter,
     ManualClock,
     RateLimitError,
     ShardedRateLimiter,
@@ -253,3 +254,9 @@ async def test_hammer_asyncio_waiters_stay_within_each_keys_rate():
     await asyncio.wait_for(asyncio.gather(*(task(k) for k in admitted for _ in range(10))), 10.0)
     for times in admitted.values():
         check_bounds(times, started, deadline, time.monotonic(), rate)
+
+
+def test_the_adaptive_limiter_takes_scope_key(clock, drain):
+    limiter = AdaptiveShardedRateLimiter(3, 1.0, scope="key", clock=clock)
+    assert [drain(limiter, key) for key in "ab"] == [3, 3]
+    assert len(limiter) == 2 and limiter.scope == "key"
