@@ -222,10 +222,10 @@ impl<C: KeyCell> Keyed<C> {
     fn with_key<R>(
         &self,
         key: u64,
+        (index, hash): (usize, u64),
         now: Nanos,
         f: impl FnOnce(&Table<C>, &KeyState<C>) -> R,
     ) -> Option<R> {
-        let (index, hash) = self.locate(key);
         let stripe = &self.stripes[index];
         let table = stripe.table.read();
         if let Some((_, state)) = table.entries.find(hash, |e| e.0 == key) {
@@ -313,9 +313,10 @@ impl<C: KeyCell> Keyed<C> {
         self.keys.load(Ordering::Relaxed)
     }
 
-    fn too_many_keys(&self, key: u64, now: Nanos) -> Decision {
+    /// A refusal that no key's budget decided (the key is not kept).
+    fn unkept(&self, now: Nanos, shard: usize, reason: Refusal) -> Decision {
         let unit = self.stripes[0].table.read().params.unit;
-        refused(now, self.locate(key).0, Refusal::TooManyKeys, None, unit)
+        refused(now, shard, reason, None, unit)
     }
 
     fn take_key(
@@ -328,8 +329,9 @@ impl<C: KeyCell> Keyed<C> {
             return Err(Error::invalid_count(&count));
         }
         let now = self.clock.now();
-        let (index, _) = self.locate(key);
-        let decided = self.with_key(key, now, |table, state| match state {
+        let located = self.locate(key);
+        let index = located.0;
+        let decided = self.with_key(key, located, now, |table, state| match state {
             KeyState::Quiet(cell) => {
                 let params = &table.params;
                 let Some(units) = params.units(count) else {
@@ -373,7 +375,7 @@ impl<C: KeyCell> Keyed<C> {
         });
         let (decision, taken) = match decided {
             Some(decided) => decided?,
-            None => (self.too_many_keys(key, now), None),
+            None => (self.unkept(now, index, Refusal::TooManyKeys), None),
         };
         if decision.allowed {
             self.stripes[index].served.fetch_add(1, Ordering::Relaxed);
@@ -412,7 +414,11 @@ impl<C: KeyCell> Keyed<C> {
         let now = self.clock.now();
         let (index, hash) = self.locate(key);
         let Some(table) = self.insert(index, key, hash, now) else {
-            return Ok(Booking::Refused(self.too_many_keys(key, now)));
+            return Ok(Booking::Refused(self.unkept(
+                now,
+                index,
+                Refusal::TooManyKeys,
+            )));
         };
         let busy = matches!(
             table.entries.find(hash, |e| e.0 == key),
@@ -528,10 +534,7 @@ impl<C: KeyCell> Backend for Keyed<C> {
             }
             decision
         });
-        executed.unwrap_or_else(|| {
-            let unit = self.stripes[0].table.read().params.unit;
-            refused(self.clock.now(), 0, Refusal::UnknownReservation, None, unit)
-        })
+        executed.unwrap_or_else(|| self.unkept(self.clock.now(), 0, Refusal::UnknownReservation))
     }
 
     fn cancel_reservation(&self, id: &str) -> bool {

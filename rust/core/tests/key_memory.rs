@@ -49,21 +49,18 @@ fn fill_and_idle(algorithm: Algorithm) -> (f64, isize) {
 /// One test, so that no other test allocates while it counts.
 #[test]
 fn keys_cost_bounded_memory_and_idle_keys_give_it_back() {
-    let (per_key, left) = fill_and_idle(Algorithm::TokenBucket);
-    println!("token bucket: {per_key:.1} bytes per key, {left} bytes left when idle");
-    assert!(per_key <= 64.0, "{per_key} bytes per token-bucket key");
-    assert!(
-        left < 64 * 1024,
-        "{left} bytes kept after every key went idle"
-    );
-
-    let (per_key, left) = fill_and_idle(Algorithm::SlidingWindow);
-    println!("sliding window: {per_key:.1} bytes per key, {left} bytes left when idle");
-    assert!(per_key <= 256.0, "{per_key} bytes per sliding-window key");
-    assert!(
-        left < 64 * 1024,
-        "{left} bytes kept after every key went idle"
-    );
+    for (algorithm, bound) in [
+        (Algorithm::TokenBucket, 64.0),
+        (Algorithm::SlidingWindow, 256.0),
+    ] {
+        let (per_key, left) = fill_and_idle(algorithm);
+        println!("{algorithm:?}: {per_key:.1} bytes per key, {left} bytes left when idle");
+        assert!(per_key <= bound, "{per_key} bytes per {algorithm:?} key");
+        assert!(
+            left < 64 * 1024,
+            "{left} bytes kept after every key went idle"
+        );
+    }
 
     // Without len(): traffic on a few thousand keys (on every stripe) makes each stripe's
     // sweep due in time.
