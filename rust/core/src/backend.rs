@@ -68,6 +68,9 @@ pub trait Backend: Send + Sync + fmt::Debug {
         0
     }
     fn set_quota(&self, quota: Quota) -> Result<()>;
+    /// Admits nothing from the budget the key with `hash` draws on for `seconds`, then
+    /// refills from empty (what an upstream's `Retry-After` asks).
+    fn back_off(&self, hash: u64, seconds: f64) -> Result<()>;
     fn reset(&self);
     /// Resets the budget the key with `hash` draws on (all of it where keys share one).
     fn reset_key(&self, _hash: u64) {
@@ -141,6 +144,10 @@ impl<B: Budget + fmt::Debug + 'static> Backend for Limiter<B> {
 
     fn set_quota(&self, quota: Quota) -> Result<()> {
         Limiter::set_quota(self, quota)
+    }
+
+    fn back_off(&self, _hash: u64, seconds: f64) -> Result<()> {
+        Limiter::back_off(self, seconds)
     }
 
     fn reset(&self) {

@@ -96,6 +96,9 @@ pub(crate) trait Budget: Send + Sync + Sized {
     fn release(&self, now: Nanos, params: &Params, units: u64);
     /// Spends `units` of escrow at `now` for the key with `hash`; returns the serving shard.
     fn consume(&self, now: Nanos, params: &Params, hash: u64, units: u64) -> usize;
+    /// Takes every free unit and owes the refill until `until`: nothing is free before it
+    /// (escrow aside, which stays held), and the budget refills from empty after it.
+    fn owe_until(&self, now: Nanos, until: Nanos);
     /// Applies `new` params, keeping the free credit (capped) unless `refill`, with
     /// `held` tokens in escrow. Runs while no take can start.
     fn retune(&self, now: Nanos, old: &Params, new: &Params, held: u64, refill: bool);

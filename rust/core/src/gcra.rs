@@ -84,9 +84,30 @@ impl GcraShard {
     fn credit(&self, tat: u64, now: u64) -> u64 {
         credit(self.capacity(), tat, now)
     }
+
+    /// Empty until `until` (ticks), refilling from there: the TAT moves to at least
+    /// `until + capacity`. Composes with racing takes, which only raise it too.
+    fn owe_until(&self, until: u64) {
+        self.tat
+            .fetch_max(until.saturating_add(self.capacity()), Ordering::SeqCst);
+    }
+
+    /// Refill owed at `now` before the shard has any credit again.
+    fn owed(&self, now: u64) -> u64 {
+        self.tat()
+            .saturating_sub(now.saturating_add(self.capacity()))
+    }
 }
 
 impl GcraShard {
+    /// Ticks of credit the set lacks for `units`, counting refill owed after a back-off.
+    fn short(set: &ShardSet<Self>, now: u64, units: u64) -> u64 {
+        let owed: u64 = set.slots.iter().map(|s| s.shard.owed(now)).sum();
+        units
+            .saturating_add(owed)
+            .saturating_sub(<Self as Shard>::total_available(set, now))
+    }
+
     /// The refill this shard has wasted since it filled (its TAT is below `now`), not
     /// counting what was settled before `settled`.
     #[inline]
@@ -226,7 +247,7 @@ impl Shard for GcraShard {
     /// Settled, the set refills like one bucket: `N` ticks of credit per tick of time
     /// (one per shard) until the whole budget is full.
     fn wait_for(set: &ShardSet<Self>, now: u64, units: u64) -> Nanos {
-        let short = units.saturating_sub(Self::total_available(set, now));
+        let short = Self::short(set, now, units);
         set.shared.scale.nanos(short.div_ceil(set.len() as u64))
     }
 
@@ -424,7 +445,7 @@ impl Budget for TokenBucket {
             .queued
             .saturating_mul(params.unit)
             .saturating_add(units);
-        let short = needed.saturating_sub(self.available(now));
+        let short = GcraShard::short(&self.set, self.ticks(now), needed);
         let n = self.set.len() as u64;
         now.saturating_add(params.scale.nanos(short.div_ceil(n)))
             .max(promises.tail)
@@ -463,6 +484,15 @@ impl Budget for TokenBucket {
         let shard = self.set.candidates(hash).0;
         self.set.count_served(shard, true);
         shard
+    }
+
+    fn owe_until(&self, now: Nanos, until: Nanos) {
+        // Waste up to now moves first, so that none of it lands after the back-off.
+        GcraShard::settle(&self.set, self.ticks(now));
+        let until = self.ticks(until);
+        for slot in self.set.slots.iter() {
+            slot.shard.owe_until(until);
+        }
     }
 
     /// Shares the new capacity, less the escrow, among the shards, and the credit (scaled

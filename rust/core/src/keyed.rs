@@ -31,7 +31,7 @@ use crate::budget::Budget;
 use crate::clock::{Clock, Nanos, NANOS_PER_SEC};
 use crate::decision::{Booking, Decision, Holder, Refusal, ReservationPolicy};
 use crate::error::{Error, Result};
-use crate::limiter::{Limiter, Taken};
+use crate::limiter::{back_off_nanos, Limiter, Taken};
 use crate::params::Params;
 use crate::quota::Quota;
 
@@ -406,19 +406,17 @@ impl<C: KeyCell> Keyed<C> {
         stripe.served.fetch_sub(1, Ordering::Relaxed);
     }
 
-    /// Books for `key`, turning it busy first (under the stripe's write lock).
-    fn book_key(&self, key: u64, count: u64, max_wait: f64, holder: Holder) -> Result<Booking> {
-        if count == 0 {
-            return Err(Error::invalid_count(&count));
-        }
+    /// Runs `f` on `key`'s own limiter, turning the key busy first (under the stripe's
+    /// write lock); `None` when the key cannot be kept (`max_keys`).
+    fn with_busy<R>(
+        &self,
+        key: u64,
+        f: impl FnOnce(usize, &Limiter<C::Budget>) -> Result<R>,
+    ) -> Result<Option<R>> {
         let now = self.clock.now();
         let (index, hash) = self.locate(key);
         let Some(table) = self.insert(index, key, hash, now) else {
-            return Ok(Booking::Refused(self.unkept(
-                now,
-                index,
-                Refusal::TooManyKeys,
-            )));
+            return Ok(None);
         };
         let busy = matches!(
             table.entries.find(hash, |e| e.0 == key),
@@ -448,21 +446,35 @@ impl<C: KeyCell> Keyed<C> {
             RwLockWriteGuard::downgrade(table)
         };
         let Some((_, KeyState::Busy(limiter))) = table.entries.find(hash, |e| e.0 == key) else {
-            // Swept between our locks: it was idle, and a fresh key books the same.
+            // Swept between our locks: it was idle, and a fresh key decides the same.
             drop(table);
-            return self.book_key(key, count, max_wait, holder);
+            return self.with_busy(key, f);
         };
-        Ok(match limiter.book(key, count, max_wait, holder)? {
-            Booking::Reserved(mut reservation) => {
-                reservation.id = format!("{key:x}.{}", reservation.id);
-                reservation.shard = index;
-                Booking::Reserved(reservation)
-            }
-            Booking::Refused(mut decision) => {
-                decision.shard = index;
-                Booking::Refused(decision)
-            }
-        })
+        f(index, limiter).map(Some)
+    }
+
+    /// Books for `key` on its own limiter.
+    fn book_key(&self, key: u64, count: u64, max_wait: f64, holder: Holder) -> Result<Booking> {
+        if count == 0 {
+            return Err(Error::invalid_count(&count));
+        }
+        let booked = self.with_busy(key, |index, limiter| {
+            Ok(match limiter.book(key, count, max_wait, holder)? {
+                Booking::Reserved(mut reservation) => {
+                    reservation.id = format!("{key:x}.{}", reservation.id);
+                    reservation.shard = index;
+                    Booking::Reserved(reservation)
+                }
+                Booking::Refused(mut decision) => {
+                    decision.shard = index;
+                    Booking::Refused(decision)
+                }
+            })
+        })?;
+        Ok(booked.unwrap_or_else(|| {
+            let index = self.locate(key).0;
+            Booking::Refused(self.unkept(self.clock.now(), index, Refusal::TooManyKeys))
+        }))
     }
 
     /// Runs `f` on the limiter of the busy key a reservation id names.
@@ -627,6 +639,19 @@ impl<C: KeyCell> Backend for Keyed<C> {
         }
         *current = quota;
         Ok(())
+    }
+
+    /// Backs off one key: it turns busy (its own limiter owes the refill) and is dropped
+    /// again once idle.
+    fn back_off(&self, hash: u64, seconds: f64) -> Result<()> {
+        back_off_nanos(seconds)?;
+        self.with_busy(hash, |_, limiter| limiter.back_off(seconds))?
+            .ok_or_else(|| {
+                Error::invalid(
+                    "key",
+                    format!("is new and max_keys ({}) are kept already", self.max_keys),
+                )
+            })
     }
 
     /// Forgets every quiet key and resets every busy one (its waiters keep their turns).

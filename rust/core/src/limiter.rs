@@ -67,6 +67,17 @@ impl<B: Budget> fmt::Debug for Limiter<B> {
     }
 }
 
+/// A back-off's length in nanoseconds (rounded up), or an error naming `seconds`.
+pub(crate) fn back_off_nanos(seconds: f64) -> Result<Nanos> {
+    if seconds.is_finite() && seconds >= 0.0 && seconds * NANOS_PER_SEC < u64::MAX as f64 {
+        return Ok((seconds * NANOS_PER_SEC).ceil() as Nanos);
+    }
+    Err(Error::invalid(
+        "seconds",
+        format!("must be a finite number of seconds >= 0, got {seconds}"),
+    ))
+}
+
 fn seconds(nanos: Nanos) -> f64 {
     nanos as f64 / NANOS_PER_SEC
 }
@@ -539,6 +550,19 @@ impl<B: Budget> Limiter<B> {
         account.quota = quota;
         let now = self.clock.now();
         self.refresh(&mut account, now);
+        Ok(())
+    }
+
+    /// Admits nothing for `seconds`, then refills from empty: a token bucket owes that much
+    /// refill (a balance of `-seconds × rate` tokens); a sliding window stays full until
+    /// then. Bookings keep their place in line and are funded once the budget has their
+    /// tokens again; escrow already held stays held.
+    pub(crate) fn back_off(&self, seconds: f64) -> Result<()> {
+        let length = back_off_nanos(seconds)?;
+        let mut account = self.account.lock();
+        let now = self.clock.now();
+        self.refresh(&mut account, now);
+        self.budget.owe_until(now, now.saturating_add(length));
         Ok(())
     }
 

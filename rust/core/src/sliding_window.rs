@@ -240,6 +240,20 @@ impl Budget for SlidingWindow {
         self.served_by(hash)
     }
 
+    /// Every admission in the log, and one at every free place, counts until just before
+    /// `until`: the window is full until then, and nothing in it leaves earlier.
+    fn owe_until(&self, now: Nanos, until: Nanos) {
+        let mut log = self.log.lock();
+        log.expire(now);
+        let stamp = until.saturating_sub(log.window + 1);
+        for ts in log.entries.iter_mut() {
+            *ts = (*ts).max(stamp);
+        }
+        for _ in 0..log.free() {
+            log.entries.push_front(stamp);
+        }
+    }
+
     /// The log stays: a lower limit refuses until the window has room.
     fn retune(&self, _now: Nanos, _old: &Params, new: &Params, held: u64, refill: bool) {
         let mut log = self.log.lock();

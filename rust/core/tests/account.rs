@@ -99,6 +99,11 @@ enum Op {
     SetRate(f64),
     Reset,
     ResetKey(u64),
+    /// Backs off the budget of a key for this many emission intervals.
+    BackOff {
+        key: u64,
+        intervals: f64,
+    },
     /// Counts the keys, dropping idle ones (a busy key's limiter among them).
     Sweep,
 }
@@ -128,6 +133,8 @@ fn ops() -> impl Strategy<Value = Vec<Op>> {
         1 => prop_oneof![Just(0.5), Just(2.0), 0.25f64..4.0].prop_map(Op::SetRate),
         1 => Just(Op::Reset),
         1 => (0u64..KEYS as u64).prop_map(Op::ResetKey),
+        1 => (0u64..KEYS as u64, prop_oneof![Just(0.0), 0.0f64..4.0])
+            .prop_map(|(key, intervals)| Op::BackOff { key, intervals }),
         2 => Just(Op::Sweep),
     ];
     prop::collection::vec(op, 1..160)
@@ -360,6 +367,18 @@ impl Run {
                 self.limiter.reset_key(hash);
                 let reset = (self.setup.scope == Scope::Key).then_some(key);
                 self.after_reset(reset)?;
+            }
+            Op::BackOff { key, intervals } => {
+                let seconds = intervals * PERIOD_NS as f64 / 1e9 / self.rate;
+                self.limiter.back_off(key, seconds).unwrap();
+                if seconds > 0.0 && self.booked.is_empty() {
+                    // Nothing before the back-off ends (a refusal takes nothing); escrow
+                    // given back would be free at once, hence only with nothing booked.
+                    let decision = self.limiter.try_acquire_hashed(key, 1).unwrap();
+                    prop_assert!(!decision.allowed, "admitted right after a back-off");
+                    let wait = decision.retry_after.unwrap_or(f64::INFINITY);
+                    prop_assert!(wait >= seconds - 1e-9, "{wait} < {seconds}: {decision:?}");
+                }
             }
             Op::Sweep => {
                 self.limiter.keys();

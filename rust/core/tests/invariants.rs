@@ -835,3 +835,72 @@ fn try_acquire_all_takes_from_every_limiter_or_from_none() {
         assert_eq!(window.peek(0), 5.0);
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// back_off: nothing for the given time, then a refill from empty
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn a_back_off_owes_its_refill_at_every_shard_count() {
+    for shards in [1, 4, 16] {
+        // 40 per second, burst 40: 1 s of back-off is 40 tokens owed.
+        let (limiter, manual) = new_limiter(Algorithm::TokenBucket, 40.0, 1.0, Some(40.0), shards);
+        assert_eq!(drain(&limiter, "k"), 40);
+        limiter.back_off(0, 1.0).unwrap();
+        let refusal = acquire(&limiter, "k", 1);
+        assert!(
+            (1.025..1.026).contains(&refusal.retry_after.unwrap()),
+            "shards={shards}: the wait counts the debt: {refusal:?}"
+        );
+        manual.advance(SEC);
+        assert_eq!(
+            drain(&limiter, "k"),
+            0,
+            "shards={shards}: still owed at 1 s"
+        );
+        manual.advance(SEC / 2);
+        assert_eq!(
+            drain(&limiter, "k"),
+            20,
+            "shards={shards}: refilled from empty"
+        );
+    }
+}
+
+#[test]
+fn a_back_off_keeps_a_sliding_window_full_until_it_ends() {
+    for shards in [1, 4] {
+        let (limiter, manual) = new_limiter(Algorithm::SlidingWindow, 10.0, 1.0, None, shards);
+        assert!(acquire(&limiter, "k", 7).allowed);
+        limiter.back_off(0, 2.5).unwrap();
+        let refusal = acquire(&limiter, "k", 1);
+        assert!(
+            (2.5..2.51).contains(&refusal.retry_after.unwrap()),
+            "{refusal:?}"
+        );
+        manual.advance(2 * SEC);
+        assert_eq!(
+            drain(&limiter, "k"),
+            0,
+            "shards={shards}: nothing before 2.5 s"
+        );
+        manual.advance(SEC / 2);
+        assert_eq!(
+            drain(&limiter, "k"),
+            10,
+            "shards={shards}: the whole window after it"
+        );
+    }
+}
+
+#[test]
+fn a_back_off_of_a_bad_length_is_refused_naming_seconds() {
+    let (limiter, _) = per_second_100(Algorithm::TokenBucket, 1);
+    for bad in [-1.0, f64::NAN, f64::INFINITY, 1e300] {
+        assert_eq!(limiter.back_off(0, bad).unwrap_err().argument(), "seconds");
+    }
+    assert!(
+        acquire(&limiter, "k", 1).allowed,
+        "a refused back-off changes nothing"
+    );
+}

@@ -12,7 +12,7 @@ use ratelimit_core::{
 
 use crate::args::{
     AlgorithmArg, BurstSize, ClockArg, Count, Key, MaxKeys, MaxReservations, MaxWait, Period, Rate,
-    ReservationId, ReservationTtl, ScopeArg, Shards, Waited,
+    ReservationId, ReservationTtl, ScopeArg, Seconds, Shards, Waited,
 };
 use crate::clock::PyManualClock;
 use crate::error::Result;
@@ -233,6 +233,14 @@ impl PyEngine {
             Some(key) => self.core.reset_key(self.hash(&key)?),
         }
         Ok(())
+    }
+
+    /// Admits nothing from the budget `key` draws on for `seconds`, then refills from empty:
+    /// a token bucket owes that much refill (`-seconds * rate / period` tokens), a sliding
+    /// window stays full until then. What an upstream's 429 with `Retry-After` asks for.
+    #[pyo3(signature = (seconds, key=Key::Default), text_signature = "($self, seconds, key='default')")]
+    fn back_off(&self, seconds: Seconds, key: Key<'_>) -> Result<()> {
+        Ok(self.core.back_off(self.hash(&key)?, seconds.0)?)
     }
 
     /// Keys with a budget of their own (scope="key"), after dropping idle ones; 0 where
