@@ -117,7 +117,7 @@ def test_reservations_queue_per_key(clock, make_limiter):
     assert limiter.peek("a") == 0  # the cancelled token goes back, the executed one not
     clock.advance(1.0)
     assert limiter.peek("a") == 1
-    assert limiter.get_status()["reservations"] == 0
+    assert limiter.get_status()["reservations"]["active"] == 0
 
 
 def test_max_keys_refuses_new_keys_and_keeps_live_ones(clock, make_limiter):

@@ -285,7 +285,7 @@ def test_symptom_6_finished_entries_leave_the_book(clock, make_limiter):
         clock.advance(max(0.0, reservation.execute_at - clock.monotonic()))
         result = limiter.execute_reservation(reservation.id)
         assert result.allowed, (i, result)
-    assert limiter.get_status()["reservations"] == 0
+    assert limiter.get_status()["reservations"]["active"] == 0
     again = limiter.execute_reservation(reservation.id)
     assert not again.allowed and again.reason == "already_executed"
 
@@ -300,7 +300,7 @@ async def test_symptom_6_finished_waiters_leave_the_book(clock, make_limiter):
     for i in range(60):
         result = await limiter.acquire()
         assert result.allowed, (i, result)
-    assert limiter.get_status()["reservations"] == 1
+    assert limiter.get_status()["reservations"]["active"] == 1
 
 
 def test_symptom_6_a_finished_id_still_answers_what_became_of_it(clock, make_limiter):
@@ -309,12 +309,12 @@ def test_symptom_6_a_finished_id_still_answers_what_became_of_it(clock, make_lim
     limiter = make_limiter(10, 1.0, shards=1)
     executed = limiter.reserve()
     assert limiter.execute_reservation(executed.id).allowed
-    assert limiter.get_status()["reservations"] == 0
+    assert limiter.get_status()["reservations"]["active"] == 0
     again = limiter.execute_reservation(executed.id)
     assert not again.allowed and again.reason == "already_executed"
     cancelled = limiter.reserve()
     assert limiter.cancel_reservation(cancelled.id)
-    assert limiter.get_status()["reservations"] == 0
+    assert limiter.get_status()["reservations"]["active"] == 0
     refused = limiter.execute_reservation(cancelled.id)
     assert not refused.allowed and refused.reason == "cancelled"
 
@@ -348,7 +348,7 @@ def test_symptom_7_a_decision_costs_the_same_with_a_long_queue(make_limiter, dra
         if i % 1000 == 999 and time.perf_counter() - begin > 20.0:
             pytest.fail(f"booking took more than 20 s for {i + 1} of 100,000 reservations")
     booked_in = time.perf_counter() - begin
-    assert queued.get_status()["reservations"] == 100_000
+    assert queued.get_status()["reservations"]["active"] == 100_000
     baseline = _median_refusal_ns(empty, 2000)
     loaded = _median_refusal_ns(queued, 2000)
     assert loaded / baseline < 5, (loaded, baseline)

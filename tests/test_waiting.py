@@ -177,7 +177,7 @@ async def test_reading_a_result_off_an_unawaited_acquire_fails_loudly(
     pending = limiter.acquire()
     with pytest.raises(TypeError, match=rf"\.{attribute} was read.*`await limiter\.acquire"):
         getattr(pending, attribute)
-    assert limiter.get_status()["reservations"] == 0  # the turn was given back
+    assert limiter.get_status()["reservations"]["active"] == 0  # the turn was given back
     with pytest.raises(AttributeError):
         pending.no_such_attribute  # other names stay ordinary lookups (asyncio probes cr_code)
     clock.advance(0.1)
@@ -330,7 +330,7 @@ def test_a_forked_child_holds_no_turn_of_the_parents_waiters():
     waiter = threading.Thread(target=lambda: outcome.append(limiter.acquire(count=10)))
     waiter.start()
     deadline = time.monotonic() + 5
-    while limiter.get_status()["reservations"] == 0:  # the waiter has booked its turn
+    while limiter.get_status()["reservations"]["active"] == 0:  # the waiter has booked its turn
         assert time.monotonic() < deadline
         time.sleep(0.001)
     with warnings.catch_warnings():
@@ -341,7 +341,7 @@ def test_a_forked_child_holds_no_turn_of_the_parents_waiters():
         code = 1
         try:
             time.sleep(0.02)  # one token of refill
-            if limiter.get_status()["reservations"] == 0 and limiter.peek() > 0:
+            if limiter.get_status()["reservations"]["active"] == 0 and limiter.peek() > 0:
                 code = 0
         finally:
             os._exit(code)
@@ -349,4 +349,4 @@ def test_a_forked_child_holds_no_turn_of_the_parents_waiters():
     assert os.waitstatus_to_exitcode(status) == 0
     waiter.join(timeout=5)
     assert outcome and outcome[0].allowed  # the parent's waiter is served as before
-    assert limiter.get_status()["reservations"] == 0
+    assert limiter.get_status()["reservations"]["active"] == 0

@@ -11,7 +11,9 @@ use std::ops::Deref;
 use crate::balance::Balance;
 use crate::budget::Budget;
 use crate::clock::Clock;
-use crate::decision::{validate_max_wait, Booking, Decision, Holder, Refusal, ReservationPolicy};
+use crate::decision::{
+    validate_max_wait, Booking, Decision, Holder, Refusal, ReservationCounts, ReservationPolicy,
+};
 use crate::error::{Error, Result};
 use crate::gcra::{TokenBucket, TokenCell};
 use crate::key_window::WindowCell;
@@ -57,7 +59,10 @@ pub trait Backend: Send + Sync + fmt::Debug {
     fn execute_reservation(&self, id: &str) -> Decision;
     fn cancel_reservation(&self, id: &str) -> bool;
     /// Live bookings.
-    fn reservations(&self) -> usize;
+    fn reservations(&self) -> usize {
+        self.reservation_counts().active
+    }
+    fn reservation_counts(&self) -> ReservationCounts;
     /// Tokens a `try_acquire` for the key with `hash` could take now.
     fn peek(&self, hash: u64) -> f64;
     fn shard_tokens(&self) -> Vec<f64>;
@@ -126,8 +131,8 @@ impl<B: Budget + fmt::Debug + 'static> Backend for Limiter<B> {
         self.cancel(id)
     }
 
-    fn reservations(&self) -> usize {
-        Limiter::reservations(self)
+    fn reservation_counts(&self) -> ReservationCounts {
+        Limiter::reservation_counts(self)
     }
 
     fn peek(&self, _hash: u64) -> f64 {

@@ -59,6 +59,10 @@ pub(crate) struct Book {
     tags: RandomState,
     pub(crate) ttl: Nanos,
     pub(crate) max: usize,
+    /// Callers' reservations made, and expired, since the book was made (a reset makes a
+    /// new one).
+    pub(crate) created: u64,
+    pub(crate) expired: u64,
 }
 
 impl Book {
@@ -79,6 +83,8 @@ impl Book {
             tags: RandomState::new(),
             ttl,
             max,
+            created: 0,
+            expired: 0,
         }
     }
 
@@ -136,6 +142,9 @@ impl Book {
     pub(crate) fn push(&mut self, entry: Entry) -> String {
         let seq = self.next_seq;
         self.next_seq += 1;
+        if entry.holder == Holder::Caller {
+            self.created += 1;
+        }
         self.insert(seq, entry);
         self.id(seq)
     }
@@ -188,6 +197,9 @@ impl Book {
             self.promises.pop_front();
         }
         if entry.holder == Holder::Caller {
+            if outcome == Refusal::Expired {
+                self.expired += 1;
+            }
             if self.finished_order.len() == REMEMBERED {
                 let oldest = self.finished_order.pop_front().expect("full");
                 self.finished.remove(&oldest);

@@ -147,6 +147,27 @@ impl ReservationPolicy {
 }
 
 /// Checks a wait bound in seconds: `None` or infinity waits as long as it takes.
+/// Callers' reservations: live now (waiting turns too), and made and expired since the
+/// limiter was made or reset.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReservationCounts {
+    pub active: usize,
+    pub created: u64,
+    pub expired: u64,
+}
+
+impl std::ops::Add for ReservationCounts {
+    type Output = Self;
+
+    fn add(self, other: Self) -> Self {
+        Self {
+            active: self.active + other.active,
+            created: self.created + other.created,
+            expired: self.expired + other.expired,
+        }
+    }
+}
+
 pub fn validate_max_wait(max_wait: Option<f64>) -> Result<f64> {
     match max_wait {
         None => Ok(f64::INFINITY),

@@ -29,7 +29,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use crate::backend::{Backend, Undo};
 use crate::budget::Budget;
 use crate::clock::{Clock, Nanos, NANOS_PER_SEC};
-use crate::decision::{Booking, Decision, Holder, Refusal, ReservationPolicy};
+use crate::decision::{Booking, Decision, Holder, Refusal, ReservationCounts, ReservationPolicy};
 use crate::error::{Error, Result};
 use crate::limiter::{back_off_nanos, Limiter, Taken};
 use crate::params::Params;
@@ -554,21 +554,17 @@ impl<C: KeyCell> Backend for Keyed<C> {
             .unwrap_or(false)
     }
 
-    fn reservations(&self) -> usize {
-        self.stripes
-            .iter()
-            .map(|stripe| {
-                let table = stripe.table.read();
-                table
-                    .entries
-                    .iter()
-                    .map(|(_, state)| match state {
-                        KeyState::Busy(limiter) => limiter.reservations(),
-                        KeyState::Quiet(_) => 0,
-                    })
-                    .sum::<usize>()
-            })
-            .sum()
+    /// Summed over the keys kept now: a key dropped when idle takes its counts along.
+    fn reservation_counts(&self) -> ReservationCounts {
+        let mut counts = ReservationCounts::default();
+        for stripe in self.stripes.iter() {
+            for (_, state) in stripe.table.read().entries.iter() {
+                if let KeyState::Busy(limiter) = state {
+                    counts = counts + limiter.reservation_counts();
+                }
+            }
+        }
+        counts
     }
 
     fn peek(&self, hash: u64) -> f64 {

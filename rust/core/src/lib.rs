@@ -22,7 +22,8 @@ pub use backend::{Backend, RateLimiter, Undo, MAX_KEY_LEN};
 pub use balance::Balance;
 pub use clock::{Clock, ManualClock, Nanos};
 pub use decision::{
-    validate_max_wait, Booking, Decision, Holder, Refusal, Reservation, ReservationPolicy,
+    validate_max_wait, Booking, Decision, Holder, Refusal, Reservation, ReservationCounts,
+    ReservationPolicy,
 };
 pub use error::{Error, Result};
 pub use quota::{

@@ -16,7 +16,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use crate::book::{Book, Entry, Lookup, State};
 use crate::budget::{Budget, Outcome};
 use crate::clock::{Clock, Nanos, NANOS_PER_SEC};
-use crate::decision::{Booking, Decision, Holder, Refusal, Reservation, ReservationPolicy};
+use crate::decision::{
+    Booking, Decision, Holder, Refusal, Reservation, ReservationCounts, ReservationPolicy,
+};
 use crate::error::{Error, Result};
 use crate::params::Params;
 use crate::quota::Quota;
@@ -477,10 +479,14 @@ impl<B: Budget> Limiter<B> {
     }
 
     /// Live bookings (queued or held).
-    pub(crate) fn reservations(&self) -> usize {
+    pub(crate) fn reservation_counts(&self) -> ReservationCounts {
         let mut account = self.account.lock();
         self.refresh(&mut account, self.clock.now());
-        account.book.len()
+        ReservationCounts {
+            active: account.book.len(),
+            created: account.book.created,
+            expired: account.book.expired,
+        }
     }
 
     /// Tokens a `try_acquire` could take now.

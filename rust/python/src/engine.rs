@@ -2,6 +2,9 @@
 //! arguments, calls the core once and converts the answer; waiting (asyncio or threads) is
 //! done by the Python class, by asking for its turn.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crossbeam_utils::CachePadded;
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString};
@@ -25,9 +28,17 @@ pub(crate) struct PyEngine {
     /// Python's hash of `"default"`, the key when none is given.
     default_hash: u64,
     clock: Option<Py<PyManualClock>>,
+    /// `try_acquire` calls refused, per shard (or key stripe): statistics only, counted on
+    /// separate cache lines so that threads refused on different shards do not contend.
+    refused: Box<[CachePadded<AtomicU64>]>,
 }
 
 impl PyEngine {
+    #[inline]
+    fn count_refusal(&self, shard: usize) {
+        self.refused[shard % self.refused.len()].fetch_add(1, Ordering::Relaxed);
+    }
+
     pub(crate) fn core(&self) -> &RateLimiter {
         &self.core
     }
@@ -137,10 +148,12 @@ impl PyEngine {
                 max_keys.map_or(DEFAULT_MAX_KEYS, |m| m.0),
             )?,
         };
+        let shards = core.quota().shards;
         Ok(Self {
             core,
             default_hash: PyString::new(py, "default").hash()? as u64,
             clock: clock.map(|c| c.0.unbind()),
+            refused: (0..shards).map(|_| CachePadded::default()).collect(),
         })
     }
 
@@ -148,6 +161,9 @@ impl PyEngine {
     #[pyo3(signature = (key=Key::Default, count=Count::ONE), text_signature = "($self, key='default', count=1)")]
     fn try_acquire(&self, key: Key<'_>, count: Count) -> Result<PyRateLimitResult> {
         let decision = self.core.try_acquire_hashed(self.hash(&key)?, count.0)?;
+        if !decision.allowed {
+            self.count_refusal(decision.shard);
+        }
         Ok(PyRateLimitResult::new(decision, 0.0))
     }
 
@@ -229,7 +245,12 @@ impl PyEngine {
     #[pyo3(signature = (key=None), text_signature = "($self, key=None)")]
     fn reset(&self, key: Option<Key<'_>>) -> Result<()> {
         match key {
-            None => self.core.reset(),
+            None => {
+                self.core.reset();
+                for counter in self.refused.iter() {
+                    counter.store(0, Ordering::Relaxed);
+                }
+            }
             Some(key) => self.core.reset_key(self.hash(&key)?),
         }
         Ok(())
@@ -323,14 +344,58 @@ impl PyEngine {
         status.set_item("algorithm", quota.algorithm.name())?;
         status.set_item("scope", self.core.scope().name())?;
         status.set_item("rate", quota.rate)?;
+        status.set_item("total_rate", quota.rate)?;
         status.set_item("period", quota.period)?;
         status.set_item("burst_size", quota.burst)?;
         status.set_item("shards", quota.shards)?;
         status.set_item("max_wait", self.core.max_wait())?;
-        status.set_item("tokens_remaining", self.core.peek(self.default_hash))?;
-        status.set_item("shard_tokens", self.core.shard_tokens())?;
-        status.set_item("requests_allowed", self.core.served().iter().sum::<u64>())?;
-        status.set_item("reservations", self.core.reservations())?;
+        let tokens = self.core.peek(self.default_hash);
+        status.set_item("tokens_remaining", tokens)?;
+        status.set_item("total_tokens_available", tokens)?;
+        let shard_tokens = self.core.shard_tokens();
+        status.set_item("shard_tokens", shard_tokens.clone())?;
+        // The previous API's view: each shard's tokens, its share of the burst and of the
+        // rate (per second), and the admissions it served.
+        let shards = quota.shards as f64;
+        let details = shard_tokens
+            .iter()
+            .zip(self.core.served())
+            .enumerate()
+            .map(|(shard_id, (tokens, served))| {
+                let detail = PyDict::new(py);
+                detail.set_item("shard_id", shard_id)?;
+                detail.set_item("tokens_available", tokens)?;
+                detail.set_item("capacity", quota.burst / shards)?;
+                detail.set_item("rate", quota.rate / quota.period / shards)?;
+                detail.set_item("requests_handled", served)?;
+                Ok(detail)
+            })
+            .collect::<PyResult<Vec<_>>>()?;
+        status.set_item("shard_details", details)?;
+        let allowed: u64 = self.core.served().iter().sum();
+        let denied: u64 = self.refused.iter().map(|c| c.load(Ordering::Relaxed)).sum();
+        status.set_item("requests_allowed", allowed)?;
+        let total = allowed + denied;
+        let statistics = PyDict::new(py);
+        statistics.set_item("total_requests", total)?;
+        statistics.set_item("allowed_requests", allowed)?;
+        statistics.set_item("denied_requests", denied)?;
+        // The previous API's names for the same two counts.
+        statistics.set_item("allowed", allowed)?;
+        statistics.set_item("denied", denied)?;
+        let success_rate = if total == 0 {
+            1.0
+        } else {
+            allowed as f64 / total as f64
+        };
+        statistics.set_item("success_rate", success_rate)?;
+        status.set_item("statistics", statistics)?;
+        let counts = self.core.reservation_counts();
+        let reservations = PyDict::new(py);
+        reservations.set_item("active", counts.active)?;
+        reservations.set_item("total_created", counts.created)?;
+        reservations.set_item("expired", counts.expired)?;
+        status.set_item("reservations", reservations)?;
         if let Some(max_keys) = self.core.max_keys() {
             status.set_item("keys", self.core.keys())?;
             status.set_item("max_keys", max_keys)?;
