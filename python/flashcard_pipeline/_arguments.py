@@ -4,7 +4,8 @@ The native engine checks its own arguments and names them as it knows them (``ra
 ``count``, ``max_wait``). Where the Python layer passes a caller's value on under another
 name (``requests_per_minute`` becomes ``rate``, the shim's ``tokens`` becomes ``count``) or
 has read it from the environment, :func:`named` and :func:`renamed` put the caller's name back
-in the error. :func:`number` checks the numbers that only the Python layer uses.
+in the error. :func:`number` and :func:`integer` check the numbers that only the Python layer
+uses.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import numbers
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-__all__ = ["named", "number", "renamed"]
+__all__ = ["integer", "named", "number", "renamed"]
 
 
 def number(
@@ -51,6 +52,21 @@ def number(
         allowed = " and ".join(text for text, _ in bounds)
         raise ValueError(f"{argument}: must be a finite number {allowed}".rstrip() + f", got {value!r}")
     return real
+
+
+def integer(argument: str, value: object, *, at_least: int) -> int:
+    """``value`` if it is an int (not a bool) >= ``at_least``.
+
+    Raises:
+        TypeError: ``value`` is not an int (floats, even whole ones, are refused).
+        ValueError: ``value`` is below ``at_least``.
+        Both messages start with ``argument`` and state the allowed range.
+    """
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{argument}: must be an int >= {at_least}, got {type(value).__name__}")
+    if value < at_least:
+        raise ValueError(f"{argument}: must be an int >= {at_least}, got {value!r}")
+    return value
 
 
 def renamed(error: Exception, **names: str) -> Exception:
