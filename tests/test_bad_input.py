@@ -757,8 +757,8 @@ SHIM_CASES = [
     *(
         case(lambda old, c, on=on, value=value: on(value), Raises(exception, "retry_after"), f"{name}({value!r})")
         for name, on in [
-            ("adaptive.on_rate_limit", lambda v: A().on_rate_limit(v)),
-            ("composite.on_rate_limit", lambda v: CompositeLimiter().on_rate_limit(v)),
+            ("adaptive.on_rate_limit", lambda v: run(A().on_rate_limit(v))),
+            ("composite.on_rate_limit", lambda v: run(CompositeLimiter().on_rate_limit(v))),
         ]
         for value, exception in [
             (math.nan, ValueError),

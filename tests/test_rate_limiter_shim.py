@@ -131,8 +131,14 @@ async def test_wait_if_needed_waits_and_refuses_the_impossible_at_once(clock):
 async def test_acquire_async_honours_its_timeout(clock):
     limiter = RateLimiter(requests_per_minute=60, requests_per_hour=1000, burst_size=1, clock=clock)
     assert await limiter.acquire_async()
-    assert not await limiter.acquire_async(timeout=0.5)
+    with pytest.raises(RateLimitError, match=r"Rate limit timeout after 0\.5s") as timed_out:
+        await limiter.acquire_async(timeout=0.5)  # raised at once: the wait is known to be 1 s
+    assert timed_out.value.retry_after == 2  # int(wait) + 1, as the old module said
+    assert clock.monotonic() == 0.0
     assert await limiter.acquire_async(timeout=1.0)
+    assert clock.monotonic() == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="timeout"):
+        await limiter.acquire_async(timeout=-1)
 
 
 def test_set_rate_sets_capacity_to_a_minute_share(clock):
@@ -186,14 +192,15 @@ def test_threads_share_the_budget_exactly(clock, run_threads):
 # --- AdaptiveRateLimiter ------------------------------------------------------------------
 
 
-def test_adaptive_rate_rises_after_ten_successes_and_falls_on_a_rate_limit(clock):
+@pytest.mark.asyncio
+async def test_adaptive_rate_rises_after_ten_successes_and_falls_on_a_rate_limit(clock):
     limiter = AdaptiveRateLimiter(initial_requests_per_minute=600, burst_size=20, clock=clock)
     for _ in range(9):
-        limiter.on_success()
+        await limiter.on_success()
     assert limiter.requests_per_minute == 600
-    limiter.on_success()
+    await limiter.on_success()
     assert limiter.requests_per_minute == pytest.approx(630)
-    limiter.on_rate_limit()
+    await limiter.on_rate_limit()
     assert limiter.requests_per_minute == pytest.approx(567)
     status = limiter.get_status()
     assert status["adaptive_enabled"] is True
@@ -201,24 +208,28 @@ def test_adaptive_rate_rises_after_ten_successes_and_falls_on_a_rate_limit(clock
     assert status["current_requests_per_minute"] == pytest.approx(567)
 
 
-def test_adaptive_rate_stays_within_its_bounds(clock):
+@pytest.mark.asyncio
+async def test_adaptive_rate_stays_within_its_bounds(clock):
     limiter = AdaptiveRateLimiter(initial_requests_per_minute=1190, clock=clock)
     for _ in range(30):
-        limiter.on_success()
+        await limiter.on_success()
     assert limiter.requests_per_minute == MAX_REQUESTS_PER_MINUTE
     for _ in range(100):
-        limiter.on_rate_limit()
+        await limiter.on_rate_limit()
     assert limiter.requests_per_minute == 10
 
 
-def test_on_rate_limit_silences_the_limiter_for_retry_after(clock):
+@pytest.mark.asyncio
+async def test_on_rate_limit_resumes_from_a_negative_balance(clock):
+    # The old limiter set its tokens to -retry_after * rate: at the lowered 540/min (9/s),
+    # 2 s owe 18 tokens, so 0.9 tokens at 2.1 s and 1.8 at 2.2 s.
     limiter = AdaptiveRateLimiter(initial_requests_per_minute=600, burst_size=20, clock=clock)
-    limiter.on_rate_limit(retry_after=2.0)
+    await limiter.on_rate_limit(retry_after=2.0)
     assert not limiter.try_acquire()
-    clock.advance(1.9)
+    clock.advance(2.1)
     assert not limiter.try_acquire()
-    clock.advance(0.2)
-    assert limiter.try_acquire()
+    clock.advance(0.1)
+    assert take_all(limiter) == 1
 
 
 # --- CompositeLimiter ---------------------------------------------------------------------
@@ -253,17 +264,23 @@ async def test_composite_reads_its_environment_and_rejects_unknown_stages(monkey
     monkeypatch.setenv("STAGE2_BURST_SIZE", "3")
     composite = CompositeLimiter(clock=clock)
     assert composite.stage2_limiter.burst_size == 3
-    assert set(composite.get_status()) == {"api", "cost", "stage1", "stage2"}
+    assert set(composite.get_status()) == {
+        "api_limiter",
+        "cost_limiter",
+        "stage1_limiter",
+        "stage2_limiter",
+    }
     with pytest.raises(ValueError, match="stage"):
         await composite.acquire_for_stage(3)
 
 
-def test_composite_feedback_goes_to_the_api_limiter(clock):
+@pytest.mark.asyncio
+async def test_composite_feedback_goes_to_the_api_limiter(clock):
     composite = CompositeLimiter(clock=clock)
-    composite.on_rate_limit()
+    await composite.on_rate_limit()
     assert composite.api_limiter.requests_per_minute == pytest.approx(540)
     for _ in range(10):
-        composite.on_success()
+        await composite.on_success()
     assert composite.api_limiter.requests_per_minute == pytest.approx(567)
 
 

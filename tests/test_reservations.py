@@ -97,7 +97,7 @@ async def test_strategy_2_step_3_waits_for_its_slot_and_respects_max_wait(clock,
         await strategy_2_step_3(limiter, clock)
     assert refused.value.retry_after == pytest.approx(5.1, abs=1e-6)
     # The executed one left the book; the refused one holds nothing.
-    assert limiter.get_status()["reservations"] == 50
+    assert limiter.get_status()["reservations"]["active"] == 50
     assert clock.monotonic() == pytest.approx(0.1, abs=1e-9)
 
 
@@ -219,7 +219,7 @@ def test_back_to_back_reservations_get_successive_slots(make_limiter, shards, al
     assert not refused and refused.reason == "rate_limited"
     assert refused.retry_after == pytest.approx(next_slot, abs=NS)
     assert limiter.reserve("late").execute_at == pytest.approx(next_slot, abs=NS)
-    assert limiter.get_status()["reservations"] == 26
+    assert limiter.get_status()["reservations"]["active"] == 26
 
 
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
@@ -465,23 +465,23 @@ def test_expired_reservations_leave_by_themselves(make_limiter, clock):
     assert limiter.execute_reservation(reservations[0].id).allowed
     assert limiter.cancel_reservation(reservations[1].id)
     # Executed and cancelled ones leave the book at once, and still say what they became.
-    assert limiter.get_status()["reservations"] == 10
+    assert limiter.get_status()["reservations"]["active"] == 10
     assert limiter.execute_reservation(reservations[0].id).reason == "already_executed"
     assert limiter.execute_reservation(reservations[1].id).reason == "cancelled"
     clock.advance(1.0 - 1e-3)
     assert limiter.execute_reservation(reservations[2].id).allowed  # 1 ms before expiry
-    assert limiter.get_status()["reservations"] == 9
+    assert limiter.get_status()["reservations"]["active"] == 9
     clock.advance(1e-3)  # the ones made at 0 and not executed expire at 1.0
-    assert limiter.get_status()["reservations"] == 2
+    assert limiter.get_status()["reservations"]["active"] == 2
     for r in reservations[3:10]:
         assert r.is_expired()
         assert limiter.execute_reservation(r.id).reason == "expired"
         assert not limiter.cancel_reservation(r.id)
     clock.advance(0.1)
-    assert limiter.get_status()["reservations"] == 1
+    assert limiter.get_status()["reservations"]["active"] == 1
     assert limiter.execute_reservation(reservations[10].id).reason == "expired"
     assert limiter.execute_reservation(reservations[11].id).allowed  # expires at 1.2
-    assert limiter.get_status()["reservations"] == 0
+    assert limiter.get_status()["reservations"]["active"] == 0
     clock.advance(0.1)
     assert limiter.execute_reservation(reservations[11].id).reason == "already_executed"
 
@@ -496,7 +496,7 @@ def test_max_wait_exceeded_raises_with_retry_after_and_holds_nothing(
     with pytest.raises(RateLimitError) as refused:
         limiter.reserve("k", max_wait=slot / 2)
     assert refused.value.retry_after == pytest.approx(slot, abs=NS)
-    assert limiter.get_status()["reservations"] == 0
+    assert limiter.get_status()["reservations"]["active"] == 0
     with pytest.raises(RateLimitError) as refused:
         limiter.reserve("k", max_wait=0)
     assert refused.value.retry_after == pytest.approx(slot, abs=NS)
@@ -508,7 +508,7 @@ def test_max_wait_exceeded_raises_with_retry_after_and_holds_nothing(
             limiter.reserve("k", count=3, max_wait=0.35)
         assert refused.value.retry_after == pytest.approx(0.4, abs=NS)
         assert limiter.reserve("k", count=3, max_wait=0.4).execute_at == pytest.approx(0.4, abs=NS)
-    assert limiter.get_status()["reservations"] == (2 if algorithm == "token_bucket" else 1)
+    assert limiter.get_status()["reservations"]["active"] == (2 if algorithm == "token_bucket" else 1)
 
 
 def test_the_limiters_max_wait_is_the_default_for_reserve(clock, drain):
@@ -535,7 +535,7 @@ def test_max_reservations_caps_the_book(make_limiter, clock):
         limiter.reserve("k")
     assert all(r.is_ready() for r in again)
     clock.advance(1.0)  # the three left expire
-    assert limiter.get_status()["reservations"] == 0
+    assert limiter.get_status()["reservations"]["active"] == 0
 
 
 def test_a_refused_reservation_for_more_than_the_burst_holds_nothing(make_limiter):
@@ -545,7 +545,7 @@ def test_a_refused_reservation_for_more_than_the_burst_holds_nothing(make_limite
             limiter.reserve("k", count=count)
         assert refused.value.retry_after is None
     assert limiter.reserve("k", count=10).is_ready()  # exactly the burst is fine
-    assert limiter.get_status()["reservations"] == 1
+    assert limiter.get_status()["reservations"]["active"] == 1
 
 
 RESERVE_BAD_INPUT = [
@@ -568,7 +568,7 @@ def test_reserve_rejects_bad_input_naming_the_argument(make_limiter, kwargs, err
     limiter = make_limiter(10, 1.0)
     with pytest.raises(error, match=rf"^{argument}: "):
         limiter.reserve(**kwargs)
-    assert limiter.get_status()["reservations"] == 0
+    assert limiter.get_status()["reservations"]["active"] == 0
     assert limiter.peek() == pytest.approx(10.0, abs=1e-9)
 
 
@@ -672,7 +672,7 @@ async def test_a_thousand_cancelled_waiters_leave_the_budget_exactly_as_before(
 
     tasks = [asyncio.create_task(waiter(i)) for i in range(1000)]
     await asyncio.sleep(0)  # each task has run once: it holds its slot and is waiting
-    assert limiter.get_status()["reservations"] == 1000
+    assert limiter.get_status()["reservations"]["active"] == 1000
     assert not any(task.done() for task in tasks)
     assert clock.monotonic() == 0.0
     for task in tasks:
@@ -686,13 +686,13 @@ async def test_a_thousand_cancelled_waiters_leave_the_budget_exactly_as_before(
     same_decision(limiter.try_acquire("k"), ref.try_acquire("k"))
     assert limiter.get_status()["requests_allowed"] == 1000
     # A cancelled waiter's turn leaves the book at once.
-    assert limiter.get_status()["reservations"] == 0
+    assert limiter.get_status()["reservations"]["active"] == 0
     for step in (0.0005, 0.25, 2.0):
         clock.advance(step)
         ref_clock.advance(step)
         assert limiter.peek() == ref.peek()
         same_decision(limiter.try_acquire("k", count=3), ref.try_acquire("k", count=3))
-    assert limiter.get_status()["reservations"] == 0
+    assert limiter.get_status()["reservations"]["active"] == 0
     assert limiter.get_status()["tokens_remaining"] == ref.get_status()["tokens_remaining"]
 
 
@@ -746,7 +746,7 @@ def test_fifty_threads_in_blocking_acquire_are_admitted_in_call_order():
         # Start the next one only after this one was admitted or holds its turn (a turn
         # leaves the book once executed): the call order is known.
         deadline = time.monotonic() + 5
-        while len(admitted) + limiter.get_status()["reservations"] < i + 1:
+        while len(admitted) + limiter.get_status()["reservations"]["active"] < i + 1:
             assert time.monotonic() < deadline
             time.sleep(0)
     for thread in threads:
@@ -774,13 +774,13 @@ async def test_wait_for_timeout_around_acquire_returns_its_slot():
     refused = limiter.try_acquire("k")
     assert not refused and refused.reason == "rate_limited"
     assert time.monotonic() + refused.retry_after == pytest.approx(next_token, abs=0.005)
-    assert limiter.get_status()["reservations"] == 0  # a cancelled turn leaves at once
+    assert limiter.get_status()["reservations"]["active"] == 0  # a cancelled turn leaves at once
     # A timeout before the waiter ever ran gives the slot back too.
     with pytest.raises(asyncio.TimeoutError):
         await asyncio.wait_for(limiter.acquire("k"), timeout=0)
     refused = limiter.try_acquire("k")
     assert time.monotonic() + refused.retry_after == pytest.approx(next_token, abs=0.005)
-    assert limiter.get_status()["reservations"] == 0
+    assert limiter.get_status()["reservations"]["active"] == 0
 
 
 @pytest.mark.asyncio
@@ -796,7 +796,7 @@ async def test_cancelled_waiter_in_the_middle_of_the_queue(make_limiter, clock, 
     middle = asyncio.create_task(waiter("b", 3))
     last = asyncio.create_task(waiter("c", 1))
     await asyncio.sleep(0)
-    assert limiter.get_status()["reservations"] == 3
+    assert limiter.get_status()["reservations"]["active"] == 3
     middle.cancel()
     a, b, c = await asyncio.gather(first, middle, last, return_exceptions=True)
     assert isinstance(b, asyncio.CancelledError)
@@ -818,7 +818,7 @@ async def test_an_acquire_never_awaited_gives_its_slot_back(make_limiter, clock,
     drain(limiter)
     drain(ref)
     waiting = limiter.acquire("k", count=2)
-    assert limiter.get_status()["reservations"] == 1
+    assert limiter.get_status()["reservations"]["active"] == 1
     assert not limiter.try_acquire("k")
     assert limiter.try_acquire("k").retry_after == pytest.approx(0.3, abs=NS)
     del waiting
@@ -856,7 +856,7 @@ def test_an_expired_reservation_behind_a_cancelled_later_one_leaves(make_limiter
     clock.advance(1.05)
     assert soon.is_expired() and not far.is_expired()
     # The cancelled pending one expired when cancelled, so it held nothing up.
-    assert limiter.get_status()["reservations"] == 0
+    assert limiter.get_status()["reservations"]["active"] == 0
     limiter.reserve("new")
     limiter.reserve("newer")  # room for two under max_reservations=2
 

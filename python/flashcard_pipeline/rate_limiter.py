@@ -2,22 +2,29 @@
 
 ``RateLimiter`` keeps its old meaning: a token bucket of ``burst_size`` refilled at
 ``requests_per_minute / 60`` per second, and an exact sliding window of
-``requests_per_hour`` per hour, checked and consumed together (all or nothing), now
-thread-safe. ``AdaptiveRateLimiter`` and ``CompositeLimiter`` come along. What differs from
-the old module is listed in ``docs/MIGRATION.md``.
+``requests_per_hour`` per hour, taken together (all or nothing), now thread-safe.
+``AdaptiveRateLimiter`` and ``CompositeLimiter`` come along; ``DatabaseRateLimiter`` and
+``UsageAlert`` live in :mod:`flashcard_pipeline.usage`. Built on the public API of
+:mod:`flashcard_pipeline.rate_limiter_v2` only: each limiter is a
+:class:`~flashcard_pipeline.rate_limiter_v2.LimiterGroup` of two ``ShardedRateLimiter``\\ s.
+What differs from the old module is listed in ``docs/MIGRATION.md``.
 """
 
 from __future__ import annotations
 
-import math
+import threading
 import time
 from typing import TYPE_CHECKING
 
 from flashcard_pipeline._arguments import named, number, renamed
-from flashcard_pipeline._native import Engine, ManualClock, RateLimitResult, try_acquire_all
-from flashcard_pipeline._waiting import Steps, wait_async
 from flashcard_pipeline.config import setting
 from flashcard_pipeline.exceptions import RateLimitError
+from flashcard_pipeline.rate_limiter_v2 import (
+    LimiterGroup,
+    ManualClock,
+    RateLimitResult,
+    ShardedRateLimiter,
+)
 
 if TYPE_CHECKING:
     from flashcard_pipeline.usage import DatabaseRateLimiter, UsageAlert
@@ -46,6 +53,7 @@ def __getattr__(name: str) -> object:
 MAX_RPM = 600_000
 MAX_RPH = 36_000_000
 MAX_BURST = 10_000
+#: The adaptive limiter's ceiling when ``MAX_REQUESTS_PER_MINUTE`` is not set.
 MAX_REQUESTS_PER_MINUTE = 1200
 MIN_REQUESTS_PER_MINUTE = 10
 
@@ -65,6 +73,9 @@ class RateLimiter:
     Raises:
         TypeError, ValueError: an argument, or the variable it was read from, is not a
             number in its range; the message names it (a variable with its text).
+
+    ``limits`` (new) is the :class:`LimiterGroup` of the bucket and the window: use it to
+    take from this limiter and others at once.
     """
 
     def __init__(
@@ -84,49 +95,29 @@ class RateLimiter:
         self.burst_size = int(min(number(burst.name, burst.value, at_least=1), MAX_BURST))
         self._clock = clock
         with named(rate=rpm.name, burst_size=burst.name):
-            self._minute = Engine(
-                self.requests_per_minute, 60.0, shards=1, burst_size=self.burst_size, clock=clock
+            self._minute = ShardedRateLimiter(
+                self.requests_per_minute, 60.0, 1, burst_size=self.burst_size, clock=clock
             )
         with named(rate=rph.name):
-            self._hour = Engine(
-                self.requests_per_hour, 3600.0, shards=1, algorithm="sliding_window", clock=clock
+            hour = ShardedRateLimiter(
+                self.requests_per_hour, 3600.0, 1, "sliding_window", clock=clock
             )
-        self.requests_allowed = 0
-        self.requests_denied = 0
+        self._hour = hour
+        self.limits = LimiterGroup(self._minute, hour)
+        self._stats_lock = threading.Lock()
+        self.reset_stats()
 
     # --- decisions -----------------------------------------------------------------------
 
-    def _parts(self, tokens: int) -> tuple[tuple[Engine, str, int], ...]:
-        return ((self._minute, "default", tokens), (self._hour, "default", tokens))
-
-    def _decide(self, tokens: int) -> RateLimitResult | _Silenced:
-        try:
-            result = try_acquire_all(self._parts(tokens))
-        except (TypeError, ValueError) as error:
-            raise renamed(error, count="tokens")
-        self._count(result.allowed)
-        return result
-
-    def _count(self, allowed: bool) -> bool:
-        # Statistics only; the GIL makes each += atomic here.
-        if allowed:
-            self.requests_allowed += 1
-        else:
-            self.requests_denied += 1
-        return allowed
-
     def try_acquire(self, tokens: int = 1) -> bool:
         """Takes ``tokens`` from both the bucket and the hourly window, or from neither."""
-        # The hot path: counted inline, a method call would cost a sixth of the whole call.
         try:
-            admitted = self._minute.admit_with(self._hour, tokens)
+            admitted = self.limits.try_acquire("default", tokens).allowed
         except (TypeError, ValueError) as error:
             raise renamed(error, count="tokens")
-        if admitted:
-            self.requests_allowed += 1
-            return True
-        self.requests_denied += 1
-        return False
+        with self._stats_lock:
+            self.stats["requests_allowed" if admitted else "requests_denied"] += 1
+        return admitted
 
     async def acquire(self, tokens: int = 1) -> None:
         """Takes ``tokens`` now or raises.
@@ -135,20 +126,32 @@ class RateLimiter:
             RateLimitError: limited; ``retry_after`` is whole seconds (``int(wait) + 1``), as
                 in the old module.
         """
-        _raise_if_refused(self._decide(tokens))
+        try:
+            result = self.limits.try_acquire("default", tokens)
+        except (TypeError, ValueError) as error:
+            raise renamed(error, count="tokens")
+        _raise_if_refused(result)
 
     async def acquire_async(self, timeout: float | None = None) -> bool:
         """Waits for one token up to ``timeout`` seconds (``None`` or ``inf``: as long as it
-        takes).
-
-        Returns ``True`` once admitted, ``False`` when the wait would exceed ``timeout``.
+        takes); returns ``True`` once admitted.
 
         Raises:
+            RateLimitError: ``Rate limit timeout after {timeout}s``, as soon as the wait is
+                known to exceed ``timeout`` (``retry_after``: whole seconds it would take).
             ValueError: ``timeout`` is negative or NaN.
         """
         with named(max_wait="timeout"):
-            budget = self._minute.wait_budget(timeout)
-        return await self._wait(1, budget)
+            result = await self.limits.acquire("default", 1, timeout)
+        with self._stats_lock:
+            self.stats["requests_allowed" if result.allowed else "requests_denied"] += 1
+        if not result.allowed:
+            wait = result.retry_after
+            raise RateLimitError(
+                f"Rate limit timeout after {timeout}s",
+                retry_after=None if wait is None else int(wait) + 1,
+            )
+        return True
 
     async def wait_if_needed(self, tokens: int = 1) -> None:
         """Waits until ``tokens`` are taken.
@@ -157,27 +160,15 @@ class RateLimiter:
             ValueError: ``tokens`` exceeds ``burst_size`` or ``requests_per_hour``, so waiting
                 could never end; raised at once.
         """
-        if not await self._wait(tokens, math.inf):
+        try:
+            result = await self.limits.acquire("default", tokens)
+        except (TypeError, ValueError) as error:
+            raise renamed(error, count="tokens")
+        if not result.allowed:
             raise ValueError(
                 f"tokens: must be at most burst_size ({self.burst_size}) and requests_per_hour "
                 f"({self.requests_per_hour}), got {tokens}; it could never be served"
             )
-
-    async def _wait(self, tokens: int, budget: float) -> bool:
-        return await wait_async(self._retries(tokens, budget), self._clock)
-
-    def _retries(self, tokens: int, budget: float) -> Steps[bool]:
-        """Asks again after each ``retry_after`` until admitted, or until the next wait
-        would run past ``budget`` seconds or could never end."""
-        start = self._minute.now()
-        while True:
-            result = self._decide(tokens)
-            if result.allowed:
-                return True
-            wait = result.retry_after
-            if wait is None or self._minute.now() - start + wait > budget:
-                return False
-            yield wait
 
     # --- configuration and views ---------------------------------------------------------
 
@@ -187,25 +178,37 @@ class RateLimiter:
         rpm = min(number("requests_per_minute", requests_per_minute, above=0), MAX_RPM)
         burst = max(1, int(rpm / 60))
         with named(rate="requests_per_minute"):
-            self._minute.set_rate(rpm, burst_size=burst)
+            self._minute.set_rate(rpm, 60.0, burst)
         self.requests_per_minute = rpm
         self.burst_size = burst
 
     @property
     def tokens(self) -> float:
-        """Tokens in the bucket now."""
+        """Tokens in the bucket now, rounded to a whole number as the old module did."""
+        return round(self._minute.peek(), 0)
+
+    @property
+    def minute_tokens(self) -> float:
+        """Tokens in the bucket now, unrounded (0 while a back-off is owed)."""
         return self._minute.peek()
 
     @property
-    def rate(self) -> float:
+    def minute_rate(self) -> float:
         """The bucket's refill in tokens per second."""
         return self.requests_per_minute / 60.0
+
+    rate = minute_rate
+
+    @property
+    def capacity(self) -> int:
+        """The bucket's capacity: ``burst_size``."""
+        return self.burst_size
 
     def get_stats(self) -> dict[str, float]:
         tokens = self.tokens
         return {
-            "requests_allowed": self.requests_allowed,
-            "requests_denied": self.requests_denied,
+            "requests_allowed": self.stats["requests_allowed"],
+            "requests_denied": self.stats["requests_denied"],
             "capacity_utilization": 1.0 - tokens / self.burst_size,
             "current_tokens": tokens,
             "capacity": self.burst_size,
@@ -213,7 +216,7 @@ class RateLimiter:
 
     def get_status(self) -> dict[str, object]:
         return {
-            "minute_tokens_available": self.tokens,
+            "minute_tokens_available": self.minute_tokens,
             "minute_limit": self.requests_per_minute,
             "hour_requests_made": int(self._hour.rate) - int(self._hour.peek()),
             "hour_limit": self.requests_per_hour,
@@ -221,73 +224,91 @@ class RateLimiter:
         }
 
     def reset(self) -> None:
-        """Refills the bucket and empties the hourly window."""
-        self._minute.reset()
-        self._hour.reset()
+        """Refills the bucket, empties the hourly window and clears the statistics."""
+        self.limits.reset()
+        self.reset_stats()
 
     def reset_stats(self) -> None:
-        self.requests_allowed = 0
-        self.requests_denied = 0
+        """Zeroes ``stats`` (``requests_allowed``, ``requests_denied``) and restarts its
+        ``start_time`` (epoch seconds)."""
+        now = self._clock.time() if self._clock is not None else time.time()
+        with self._stats_lock:
+            self.stats = {"requests_allowed": 0, "requests_denied": 0, "start_time": now}
 
 
 class AdaptiveRateLimiter(RateLimiter):
     """A :class:`RateLimiter` whose minute rate follows the upstream's answers.
 
-    ``on_rate_limit`` lowers the rate by 10 % (not below 10 per minute) and, given a
-    ``retry_after``, takes nothing for that long; ``on_success`` raises it by 5 % after 10
-    successes in a row (not above ``MAX_REQUESTS_PER_MINUTE``). ``initial_requests_per_minute``
-    is the :class:`RateLimiter`'s ``requests_per_minute``.
+    ``await on_rate_limit(retry_after)`` lowers the rate to ``adjustment_factor`` (0.9) of
+    it, not below ``min_requests_per_minute`` (10), and with a ``retry_after`` > 0 takes
+    nothing for that long: the bucket owes that much refill (the old negative balance).
+    ``await on_success()`` raises it by ``recovery_factor`` (1.05) after 10 successes in a
+    row, up to ``max_requests_per_minute`` (``MAX_REQUESTS_PER_MINUTE`` or 1200). Only the
+    rate changes; ``burst_size`` stays.
     """
 
     def __init__(
         self,
         initial_requests_per_minute: float | None = None,
-        requests_per_hour: float | None = None,
-        burst_size: int | None = None,
+        initial_requests_per_hour: float | None = None,
+        burst_size: float | None = None,
         *,
         clock: ManualClock | None = None,
     ) -> None:
-        with named(requests_per_minute="initial_requests_per_minute"):
-            super().__init__(initial_requests_per_minute, requests_per_hour, burst_size, clock=clock)
+        with named(
+            requests_per_minute="initial_requests_per_minute",
+            requests_per_hour="initial_requests_per_hour",
+        ):
+            super().__init__(
+                initial_requests_per_minute, initial_requests_per_hour, burst_size, clock=clock
+            )
+        ceiling = setting(None, "max_requests_per_minute", MAX_REQUESTS_PER_MINUTE)
+        self.min_requests_per_minute: float = MIN_REQUESTS_PER_MINUTE
+        self.max_requests_per_minute = number(ceiling.name, ceiling.value, above=0)
+        self.adjustment_factor = 0.9
+        self.recovery_factor = 1.05
         self.consecutive_successes = 0
         self.consecutive_failures = 0
-        self._silent_until = 0.0
+        self._adapting = threading.Lock()
 
-    def _now(self) -> float:
-        return self._clock.monotonic() if self._clock is not None else time.monotonic()
+    async def on_success(self) -> None:
+        """Counts a success; the 10th in a row raises the rate (see the class)."""
+        with self._adapting:
+            self.consecutive_successes += 1
+            self.consecutive_failures = 0
+            if self.consecutive_successes >= 10:
+                rpm = min(
+                    self.max_requests_per_minute,
+                    self.requests_per_minute * self.recovery_factor,
+                )
+                if rpm > self.requests_per_minute:
+                    self._rerate(rpm)
+                    self.consecutive_successes = 0
 
-    def _silence(self) -> _Silenced | None:
-        left = self._silent_until - self._now()
-        return _Silenced(left) if left > 0 else None
+    async def on_rate_limit(self, retry_after: float | None = None) -> None:
+        """Lowers the rate; a ``retry_after`` > 0 (seconds) also backs off that long
+        (``None``, 0 or less: no back-off).
 
-    def _decide(self, tokens: int) -> RateLimitResult | _Silenced:
-        silenced = self._silence()
-        if silenced is not None:
-            self._count(False)
-            return silenced
-        return super()._decide(tokens)
-
-    def try_acquire(self, tokens: int = 1) -> bool:
-        if self._silent_until > self._now():
-            return self._count(False)
-        return super().try_acquire(tokens)
-
-    def on_success(self) -> None:
-        self.consecutive_failures = 0
-        self.consecutive_successes += 1
-        if self.consecutive_successes >= 10:
+        Raises:
+            TypeError, ValueError: ``retry_after`` is not ``None`` or a finite number.
+        """
+        pause = 0.0 if retry_after is None else number("retry_after", retry_after)
+        with self._adapting:
+            self.consecutive_failures += 1
             self.consecutive_successes = 0
-            self.set_rate(min(self.requests_per_minute * 1.05, MAX_REQUESTS_PER_MINUTE))
+            rpm = max(
+                self.min_requests_per_minute,
+                self.requests_per_minute * self.adjustment_factor,
+            )
+            if rpm < self.requests_per_minute:
+                self._rerate(rpm)
+            if pause > 0:
+                self._minute.back_off(pause)
 
-    def on_rate_limit(self, retry_after: float | None = None) -> None:
-        """Lowers the rate; a ``retry_after`` > 0 (seconds, a finite number) also silences the
-        limiter that long (``None``, 0 or less: no silence)."""
-        silence = 0.0 if retry_after is None else number("retry_after", retry_after)
-        self.consecutive_successes = 0
-        self.consecutive_failures += 1
-        self.set_rate(max(self.requests_per_minute * 0.9, MIN_REQUESTS_PER_MINUTE))
-        if silence > 0:
-            self._silent_until = max(self._silent_until, self._now() + silence)
+    def _rerate(self, requests_per_minute: float) -> None:
+        """The rate alone changes: the burst and the tokens (or what is owed) stay."""
+        self._minute.set_rate(requests_per_minute, 60.0, self.burst_size)
+        self.requests_per_minute = requests_per_minute
 
     def get_status(self) -> dict[str, object]:
         status = super().get_status()
@@ -298,19 +319,6 @@ class AdaptiveRateLimiter(RateLimiter):
             current_requests_per_minute=self.requests_per_minute,
         )
         return status
-
-
-class _Silenced:
-    """A refusal while an adaptive limiter is silenced: ``retry_after`` is the silence left."""
-
-    allowed = False
-    reason = "rate_limited"
-
-    def __init__(self, retry_after: float) -> None:
-        self.retry_after = retry_after
-
-    def __bool__(self) -> bool:
-        return False
 
 
 class CompositeLimiter:
@@ -327,14 +335,12 @@ class CompositeLimiter:
         self.cost_limiter = _limiter_from_env("COST_", (300, 1000, 10), clock)
         self.stage1_limiter = _limiter_from_env("STAGE1_", (300, 18000, 10), clock)
         self.stage2_limiter = _limiter_from_env("STAGE2_", (300, 18000, 10), clock)
-
-    def _stage_limiter(self, stage: int | str) -> RateLimiter:
-        allowed = "1, 2, 'stage1' or 'stage2'"
-        if isinstance(stage, bool) or not isinstance(stage, (int, str)):
-            raise TypeError(f"stage: must be {allowed}, got {type(stage).__name__}")
-        if stage not in _STAGES:
-            raise ValueError(f"stage: must be {allowed}, got {stage!r}")
-        return self.stage1_limiter if _STAGES[stage] == 1 else self.stage2_limiter
+        api, cost = self.api_limiter.limits, self.cost_limiter.limits
+        self._groups = {
+            (stage, costly): LimiterGroup(api, *([cost] if costly else []), limiter.limits)
+            for stage, limiter in ((1, self.stage1_limiter), (2, self.stage2_limiter))
+            for costly in (False, True)
+        }
 
     async def acquire_for_stage(self, stage: int | str, estimated_tokens: int = 350) -> None:
         """Takes one request from every limiter that applies, or from none.
@@ -345,31 +351,26 @@ class CompositeLimiter:
             TypeError, ValueError: unknown ``stage``, or ``estimated_tokens`` not a finite
                 number >= 0.
         """
-        limiters = [self.api_limiter, self._stage_limiter(stage)]
-        if number("estimated_tokens", estimated_tokens, at_least=0) > 1000:
-            limiters.insert(1, self.cost_limiter)
-        silenced = self.api_limiter._silence()
-        if silenced is not None:
-            self.api_limiter._count(False)
-            _raise_if_refused(silenced)
-        parts = tuple(part for limiter in limiters for part in limiter._parts(1))
-        result = try_acquire_all(parts)
-        for limiter in limiters:
-            limiter._count(result.allowed)
-        _raise_if_refused(result)
+        allowed = "1, 2, 'stage1' or 'stage2'"
+        if isinstance(stage, bool) or not isinstance(stage, (int, str)):
+            raise TypeError(f"stage: must be {allowed}, got {type(stage).__name__}")
+        if stage not in _STAGES:
+            raise ValueError(f"stage: must be {allowed}, got {stage!r}")
+        costly = number("estimated_tokens", estimated_tokens, at_least=0) > 1000
+        _raise_if_refused(self._groups[_STAGES[stage], costly].try_acquire())
 
-    def on_success(self) -> None:
-        self.api_limiter.on_success()
+    async def on_success(self) -> None:
+        await self.api_limiter.on_success()
 
-    def on_rate_limit(self, retry_after: float | None = None) -> None:
-        self.api_limiter.on_rate_limit(retry_after)
+    async def on_rate_limit(self, retry_after: float | None = None) -> None:
+        await self.api_limiter.on_rate_limit(retry_after)
 
     def get_status(self) -> dict[str, dict[str, object]]:
         return {
-            "api": self.api_limiter.get_status(),
-            "cost": self.cost_limiter.get_status(),
-            "stage1": self.stage1_limiter.get_status(),
-            "stage2": self.stage2_limiter.get_status(),
+            "api_limiter": self.api_limiter.get_status(),
+            "cost_limiter": self.cost_limiter.get_status(),
+            "stage1_limiter": self.stage1_limiter.get_status(),
+            "stage2_limiter": self.stage2_limiter.get_status(),
         }
 
 
@@ -391,11 +392,12 @@ def _limiter_from_env(
         return RateLimiter(*(s.value for s in settings), clock=clock)
 
 
-def _raise_if_refused(result: RateLimitResult | _Silenced) -> None:
+def _raise_if_refused(result: RateLimitResult) -> None:
     if result.allowed:
         return
     wait = result.retry_after
+    if wait is None:
+        raise RateLimitError(f"Rate limit exceeded ({result.reason})")
     raise RateLimitError(
-        f"Rate limit exceeded ({result.reason})",
-        retry_after=None if wait is None else int(wait) + 1,
+        f"Rate limit exceeded: need to wait {wait:.1f}s", retry_after=int(wait) + 1
     )

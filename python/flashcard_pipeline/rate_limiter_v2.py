@@ -40,10 +40,12 @@ from flashcard_pipeline.exceptions import RateLimitError
 
 __all__ = [
     "AdaptiveShardedRateLimiter",
+    "LimiterGroup",
     "ManualClock",
     "RateLimitError",
     "RateLimitResult",
     "Reservation",
+    "ReservationRefused",
     "ShardedRateLimiter",
     "TokenReservation",
 ]
@@ -84,9 +86,9 @@ class ShardedRateLimiter:
             :class:`RateLimitError`.
         requests_per_minute, requests_per_hour: The old limiter's keywords, for code that
             imports ``ShardedRateLimiter as RateLimiter``: instead of ``rate``/``period``.
-            Given both, the hourly limit is enforced too, as an exact sliding window taken
-            together with the minute budget. ``burst_size`` then defaults to ``BURST_SIZE``
-            or the old 20.
+            Given both, the result is a :class:`LimiterGroup` of this minute budget and an
+            exact hourly sliding window, taken together. ``burst_size`` then defaults to
+            ``BURST_SIZE`` or the old 20.
 
     Raises:
         TypeError, ValueError: a bad argument; the message starts with its name, as the
@@ -100,12 +102,14 @@ class ShardedRateLimiter:
     #: Ids of the turns that callers waiting in ``acquire`` hold in the engine's queue.
     _booked_turns: set[str]
 
-    def __new__(cls, *args: Any, **kwargs: Any) -> ShardedRateLimiter:
+    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
         both = (
             kwargs.get("requests_per_minute") is not None
             and kwargs.get("requests_per_hour") is not None
         )
-        return object.__new__(_WithHourlyLimit if both and cls is ShardedRateLimiter else cls)
+        if both and cls is ShardedRateLimiter and not args:
+            return _minute_and_hour(**kwargs)
+        return object.__new__(cls)
 
     def __init__(
         self,
@@ -155,12 +159,27 @@ class ShardedRateLimiter:
         self._engine.set_rate(rate, period, burst_size)
         logger.debug("set_rate: now %r", self)
 
-    def reset(self, key: str | None = None) -> None:
-        """Refills the budget, clears the counters and forgets every reservation; callers
-        waiting in ``acquire`` keep their place in line on the fresh budget. With a ``key``,
-        only the budget that key draws on (with ``scope="global"``, the shared one)."""
+    def reset(self, key: str | None = None) -> _Done:
+        """Refills the budget, clears the counters and statistics and forgets every
+        reservation; callers waiting in ``acquire`` keep their place in line on the fresh
+        budget. With a ``key``, only the budget that key draws on (with ``scope="global"``,
+        the shared one). A plain call; ``await`` works too."""
         self._engine.reset(key)
         logger.debug("reset %r (key %r)", self, key)
+        return DONE
+
+    def back_off(self, seconds: float, key: str = "default") -> _Done:
+        """Admits nothing from the budget ``key`` draws on for ``seconds``, then refills it
+        from empty: what an upstream's 429 with ``Retry-After: seconds`` asks for. A token
+        bucket owes that much refill (``-seconds * rate / period`` tokens); a sliding window
+        stays full until then. Reservations keep their place in line and are funded once
+        the budget has their tokens again. A plain call; ``await`` works too.
+
+        Raises:
+            TypeError, ValueError: ``seconds`` is not a finite number >= 0.
+        """
+        self._engine.back_off(seconds, key)
+        return DONE
 
     def __len__(self) -> int:
         """Keys with a budget of their own (``scope="key"``), after dropping idle ones;
@@ -172,6 +191,11 @@ class ShardedRateLimiter:
 
     @property
     def rate(self) -> float:
+        return self._engine.rate
+
+    @property
+    def total_rate(self) -> float:
+        """The previous API's name for ``rate``: the whole budget, over every shard."""
         return self._engine.rate
 
     @property
@@ -208,7 +232,11 @@ class ShardedRateLimiter:
         return self._engine.clock
 
     def get_status(self) -> dict[str, Any]:
-        """Configuration and live state of the budget."""
+        """Configuration and live state of the budget: rate, period, burst, shards, tokens
+        (``tokens_remaining``, ``shard_tokens``), ``requests_allowed``, ``statistics``
+        (``total_requests``, ``allowed_requests``, ``denied_requests``: ``try_acquire``
+        calls refused, ``success_rate``), ``shard_details``, ``reservations`` (``active``,
+        ``total_created``, ``expired``), and with ``scope="key"`` ``keys``/``max_keys``."""
         return self._engine.get_status()
 
     def get_shard_balance(self) -> dict[str, Any]:
@@ -325,17 +353,15 @@ class ShardedRateLimiter:
         :meth:`cancel_reservation`.
 
         Raises:
-            RateLimitError: the slot is more than ``max_wait`` seconds away (``retry_after``
-                says how far), ``count`` exceeds the burst, or the limiter already keeps
-                ``max_reservations``.
+            ReservationRefused: (a :class:`RateLimitError` and a ``ValueError``) the slot is
+                more than ``max_wait`` seconds away (``retry_after`` says how far; the
+                message says "exceeds max_wait"), or ``count`` exceeds the burst.
+            RateLimitError: the limiter already keeps ``max_reservations``.
         """
         booked = self._engine.reserve(key, count, max_wait)
         if isinstance(booked, RateLimitResult):
             logger.debug("reserve(%r, %d) refused: %r", key, count, booked)
-            raise RateLimitError(
-                f"Cannot reserve {count} token(s): {booked.reason}",
-                retry_after=booked.retry_after,
-            )
+            raise ReservationRefused(booked, count, self._engine.wait_budget(max_wait))
         return booked
 
     def cancel_reservation(self, reservation_id: str) -> _Answer:
@@ -383,83 +409,193 @@ class AdaptiveShardedRateLimiter(ShardedRateLimiter):
         return balance
 
 
-class _WithHourlyLimit(ShardedRateLimiter):
-    """A limiter made with both ``requests_per_minute`` and ``requests_per_hour``: every
-    admission is taken from the minute budget and the exact hourly window together.
+class LimiterGroup:
+    """Several limiters taken together: every admission takes from all of them, or from
+    none (a refusal by one leaves the others untouched).
 
-    Reservations are not offered on this combination (``reserve`` raises
-    ``NotImplementedError``); ``acquire`` waits by asking again after ``retry_after``.
+    Example:
+        >>> api = ShardedRateLimiter(rate=600, period=60.0)
+        >>> hourly = ShardedRateLimiter(rate=10_000, period=3600.0, algorithm="sliding_window")
+        >>> both = LimiterGroup(api, hourly)
+        >>> bool(both.try_acquire("user_1"))
+        True
+
+    Args:
+        limiters: :class:`ShardedRateLimiter` objects, or groups (whose limiters join this
+            one); at least one, none twice. The first is the *primary*: ``rate``,
+            ``period``, ``burst_size`` and the other settings read from it.
+
+    Every call gives the same ``key`` to each limiter (with ``scope="key"``, each limiter
+    keeps its own budget for that key). ``acquire`` waits by asking again after each
+    refusal's ``retry_after`` (FIFO order is kept within one limiter, not across a group).
+    Groups offer no reservations: a reservation holds tokens for one slot of one budget.
     """
 
-    def __init__(
-        self,
-        rate: float | None = None,
-        period: float = 60.0,
-        shards: int | None = None,
-        algorithm: str = "token_bucket",
-        burst_size: float | None = None,
-        *,
-        requests_per_minute: float | None = None,
-        requests_per_hour: float | None = None,
-        **options: Any,
-    ) -> None:
-        super().__init__(
-            rate,
-            period,
-            shards,
-            algorithm,
-            burst_size,
-            requests_per_minute=requests_per_minute,
-            **options,
-        )
-        with named(rate="requests_per_hour"):
-            # Per key when the minute budget is (scope="key"), like it.
-            shared: dict[str, Any] = {
-                name: options[name] for name in ("clock", "scope", "max_keys") if name in options
-            }
-            self._hourly = Engine(requests_per_hour, 3600.0, 1, "sliding_window", **shared)
+    def __init__(self, *limiters: ShardedRateLimiter | LimiterGroup) -> None:
+        members: list[ShardedRateLimiter] = []
+        for limiter in limiters:
+            if isinstance(limiter, LimiterGroup):
+                members.extend(limiter.limiters)
+            elif isinstance(limiter, ShardedRateLimiter):
+                members.append(limiter)
+            else:
+                raise TypeError(
+                    f"limiters: must be ShardedRateLimiter or LimiterGroup objects, got "
+                    f"{type(limiter).__name__}"
+                )
+        if not members:
+            raise TypeError("limiters: at least one limiter is needed")
+        if len({id(limiter) for limiter in members}) != len(members):
+            raise ValueError("limiters: the same limiter twice would take its tokens twice")
+        self.limiters: tuple[ShardedRateLimiter, ...] = tuple(members)
+        self._engines = tuple(limiter._engine for limiter in members)
+        self._primary = self._engines[0]
 
     def try_acquire(self, key: str = "default", count: int = 1) -> RateLimitResult:
-        return self._try_both(key, count)
-
-    def _try_both(self, key: str, count: int, max_wait: float | None = None) -> RateLimitResult:
-        return try_acquire_all(((self._engine, key, count), (self._hourly, key, count)), max_wait)
+        """Takes ``count`` tokens for ``key`` from every limiter now, or from none: the
+        first refusal (with its ``retry_after``), or the last limiter's admission."""
+        return try_acquire_all(tuple((engine, key, count) for engine in self._engines))
 
     def acquire(
         self, key: str = "default", count: int = 1, max_wait: float | None = None
     ) -> RateLimitResult:
-        budget = self._engine.wait_budget(max_wait)
-        return wait(self._retries(key, count, budget), self._engine.clock)
+        """Takes ``count`` tokens from every limiter, waiting up to ``max_wait`` seconds
+        (default: the primary's ``max_wait``; ``None``: as long as it takes). Blocks a
+        thread (GIL released), or returns an awaitable inside a running event loop, as
+        :meth:`ShardedRateLimiter.acquire` does. Refused at once with ``max_wait_exceeded``
+        when the wait would be longer, or ``exceeds_capacity``."""
+        budget = self._primary.wait_budget(max_wait)
+        return wait(self._retries(key, count, budget), self._primary.clock)
 
     def _retries(self, key: str, count: int, budget: float) -> Steps[RateLimitResult]:
-        """Waiting without a turn: asks both budgets again after each ``retry_after``."""
-        start = self._engine.now()
-        result = self._try_both(key, count, budget)
-        while (pause := _wait_for_retry(result)) is not None:
-            yield pause
-            waited = self._engine.now() - start
-            result = self._try_both(key, count, max(budget - waited, 0.0))
+        """Asks every limiter again after each ``retry_after`` until admitted, or until the
+        wait would run past ``budget`` seconds."""
+        parts = tuple((engine, key, count) for engine in self._engines)
+        start = self._primary.now()
+        result = try_acquire_all(parts, budget)
+        while result.reason == "rate_limited":
+            yield result.retry_after or 0.0
+            waited = self._primary.now() - start
+            result = try_acquire_all(parts, max(budget - waited, 0.0))
         return result
 
-    def reserve(self, *args: Any, **kwargs: Any) -> TokenReservation:
-        raise NotImplementedError(
-            "reserve: not available on a limiter with both requests_per_minute and "
-            "requests_per_hour; use rate/period, or acquire()"
-        )
-
     def peek(self, key: str = "default") -> float:
-        return min(super().peek(key), self._hourly.peek(key))
+        """Tokens every limiter could give ``key`` now: the least of them."""
+        return min(engine.peek(key) for engine in self._engines)
 
-    def reset(self, key: str | None = None) -> None:
-        """Refills the minute budget and empties the hourly window (of ``key`` only, with
-        ``scope="key"``)."""
-        self._hourly.reset(key)
-        super().reset(key)
+    def reset(self, key: str | None = None) -> _Done:
+        """Resets every limiter (see :meth:`ShardedRateLimiter.reset`); awaitable too."""
+        for limiter in self.limiters:
+            limiter.reset(key)
+        return DONE
+
+    def back_off(self, seconds: float, key: str = "default") -> _Done:
+        """Backs off every limiter (see :meth:`ShardedRateLimiter.back_off`)."""
+        for limiter in self.limiters:
+            limiter.back_off(seconds, key)
+        return DONE
+
+    def set_rate(
+        self, rate: float, period: float | None = None, burst_size: float | None = None
+    ) -> None:
+        """Re-rates the primary limiter (the others keep theirs)."""
+        self.limiters[0].set_rate(rate, period, burst_size)
+
+    def get_status(self) -> dict[str, Any]:
+        """The primary's status, and ``limiters``: every member's, primary first."""
+        statuses = [limiter.get_status() for limiter in self.limiters]
+        return {**statuses[0], "limiters": statuses}
+
+    @property
+    def rate(self) -> float:
+        return self.limiters[0].rate
+
+    @property
+    def total_rate(self) -> float:
+        return self.limiters[0].total_rate
+
+    @property
+    def period(self) -> float:
+        return self.limiters[0].period
+
+    @property
+    def burst_size(self) -> float:
+        return self.limiters[0].burst_size
+
+    @property
+    def shards(self) -> int:
+        return self.limiters[0].shards
+
+    @property
+    def algorithm(self) -> str:
+        return self.limiters[0].algorithm
+
+    @property
+    def scope(self) -> str:
+        return self.limiters[0].scope
+
+    @property
+    def max_wait(self) -> float | None:
+        return self.limiters[0].max_wait
+
+    @property
+    def clock(self) -> ManualClock | None:
+        return self.limiters[0].clock
+
+    def __repr__(self) -> str:
+        return f"LimiterGroup({', '.join(map(repr, self.limiters))})"
 
 
-def _wait_for_retry(result: RateLimitResult) -> float | None:
-    """The wait after which a refusal is worth asking again, or ``None`` when it is final."""
-    return result.retry_after if result.reason == "rate_limited" else None
+def _minute_and_hour(
+    *,
+    requests_per_minute: float,
+    requests_per_hour: float,
+    burst_size: float | None = None,
+    **options: Any,
+) -> LimiterGroup:
+    """``ShardedRateLimiter(requests_per_minute=..., requests_per_hour=...)``: the minute
+    budget and an exact hourly sliding window (per key too with ``scope="key"``)."""
+    minute = ShardedRateLimiter(
+        requests_per_minute=requests_per_minute, burst_size=burst_size, **options
+    )
+    shared = {name: options[name] for name in ("clock", "scope", "max_keys") if name in options}
+    with named(rate="requests_per_hour"):
+        hourly = ShardedRateLimiter(requests_per_hour, 3600.0, 1, "sliding_window", **shared)
+    return LimiterGroup(minute, hourly)
+
+
+class ReservationRefused(RateLimitError, ValueError):
+    """``reserve`` was refused: a :class:`RateLimitError` (``retry_after``: how far the slot
+    is) and a ``ValueError``, as the previous API raised. ``reason`` is the engine's:
+    ``max_wait_exceeded`` or ``exceeds_capacity``."""
+
+    def __init__(self, refusal: RateLimitResult, count: int, max_wait: float) -> None:
+        wait = refusal.retry_after
+        if refusal.reason == "max_wait_exceeded" and wait is not None:
+            message = f"Wait time {wait:.1f}s exceeds max_wait {max_wait}s"
+        else:
+            message = f"Cannot reserve {count} token(s): {refusal.reason}"
+        super().__init__(message, retry_after=wait)
+        self.reason = refusal.reason
+
+
+class _Done:
+    """``None`` that can also be awaited: what methods that were coroutines return."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "None"
+
+    def __bool__(self) -> bool:
+        return False
+
+    def __await__(self) -> Generator[Any, None, None]:
+        return None
+        yield  # makes this a generator: awaiting it finishes at once
+
+
+DONE = _Done()
 
 
 class _Answer(int):

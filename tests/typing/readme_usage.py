@@ -159,16 +159,21 @@ async def old_api() -> None:
         assert whole_seconds is not None
 
     adaptive = AdaptiveRateLimiter(initial_requests_per_minute=600, burst_size=20, clock=clock)
-    adaptive.on_success()
-    adaptive.on_rate_limit(retry_after=0.5)
+    await adaptive.on_success()
+    await adaptive.on_rate_limit(retry_after=0.5)
     assert not adaptive.try_acquire()
 
     composite = CompositeLimiter(clock=clock)
     await composite.acquire_for_stage("stage1", estimated_tokens=350)
     await composite.acquire_for_stage(2)
-    composite.on_success()
-    composite.on_rate_limit(retry_after=None)
-    assert set(composite.get_status()) == {"api", "cost", "stage1", "stage2"}
+    await composite.on_success()
+    await composite.on_rate_limit(retry_after=None)
+    assert set(composite.get_status()) == {
+        "api_limiter",
+        "cost_limiter",
+        "stage1_limiter",
+        "stage2_limiter",
+    }
 
 
 attempts: list[int] = []

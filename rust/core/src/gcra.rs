@@ -508,14 +508,26 @@ impl Budget for TokenBucket {
             let scaled = self.available(now) as u128 * new.unit as u128 / old.unit as u128;
             scaled.min(capacity as u128) as u64
         };
+        // A back-off still owed outlives a re-rating (a reset forgives it).
+        let owed = if refill {
+            0
+        } else {
+            let ticks = self.ticks(now);
+            let owed = self.set.slots.iter().map(|s| s.shard.owed(ticks)).max();
+            old.scale.nanos(owed.unwrap_or(0))
+        };
         let n = self.set.len();
-        let now = new.scale.ticks(now);
+        let ticks = new.scale.ticks(now);
         for (i, slot) in self.set.slots.iter().enumerate() {
             let (capacity, credit) = (share(capacity, n, i), share(credit, n, i));
-            slot.shard.reconfigure(capacity, now + (capacity - credit));
+            slot.shard
+                .reconfigure(capacity, ticks + (capacity - credit));
+        }
+        if owed > 0 {
+            self.owe_until(now, now.saturating_add(owed));
         }
         let earliest = self.set.slots.iter().map(|s| s.shard.tat()).min();
-        self.set.shared.restart(now, earliest.unwrap_or(now));
+        self.set.shared.restart(ticks, earliest.unwrap_or(ticks));
     }
 }
 
