@@ -2,12 +2,40 @@
 
 use pyo3::exceptions::PyStopIteration;
 use pyo3::prelude::*;
+use pyo3::types::{PyString, PyTuple};
 use ratelimit_core::Decision;
+
+use crate::args::{Allowed, ReasonArg, RetryAfter, ShardId, TokensRemaining};
+
+/// `tokens_remaining`, as the engine decided it or as a caller gave it.
+enum Tokens {
+    /// The decision's free units and units per token, fixed with it: the division happens
+    /// when `tokens_remaining` is read, not on the hot path.
+    Units { remaining: u64, unit: u64 },
+    /// A constructed result's value, `None` included.
+    Given(Option<f64>),
+}
+
+/// `reason`: a refusal code of the engine (no allocation), or a caller's text.
+enum Reason {
+    Code(&'static str),
+    Text(Py<PyString>),
+}
 
 /// The answer to one request.
 ///
 /// `bool(result)` is `result.allowed`. Awaiting a result gives the result itself, so
 /// `await limiter.try_acquire()` and `limiter.try_acquire()` both work.
+///
+/// Results made by a limiter always carry a number in `tokens_remaining` and `shard_id`,
+/// and `reason` is `None` or one of the engine's codes. Results made by calling the class,
+/// `RateLimitResult(allowed, retry_after=None, tokens_remaining=None, shard_id=None,
+/// reason=None)` as the previous version's dataclass was, keep what they were given
+/// (`None` included, any `reason` text) and have `waited` 0.0.
+///
+/// Results compare equal, as dataclasses do, when `allowed`, `retry_after`,
+/// `tokens_remaining`, `shard_id`, `reason` and `waited` are equal; they are immutable, so
+/// they hash by the same fields.
 #[pyclass(
     frozen,
     freelist = 64,
@@ -17,15 +45,12 @@ use ratelimit_core::Decision;
 pub(crate) struct PyRateLimitResult {
     #[pyo3(get)]
     allowed: bool,
-    /// The decision's free units and units per token (`tokens_remaining`), fixed with it.
-    remaining_units: u64,
-    unit: u64,
+    tokens: Tokens,
     #[pyo3(get)]
     retry_after: Option<f64>,
     #[pyo3(get)]
-    shard_id: usize,
-    #[pyo3(get)]
-    reason: Option<&'static str>,
+    shard_id: Option<usize>,
+    reason: Option<Reason>,
     /// Seconds the call waited before this answer.
     #[pyo3(get)]
     waited: f64,
@@ -35,14 +60,29 @@ impl PyRateLimitResult {
     pub(crate) fn new(decision: Decision, waited: f64) -> Self {
         Self {
             allowed: decision.allowed,
-            // Every decision the binding asks for is tallied; a check would say 0 here.
-            remaining_units: decision.remaining_units.unwrap_or(0),
-            unit: decision.unit,
+            tokens: Tokens::Units {
+                // Every decision the binding asks for is tallied; a check would say 0 here.
+                remaining: decision.remaining_units.unwrap_or(0),
+                unit: decision.unit,
+            },
             retry_after: decision.retry_after,
-            shard_id: decision.shard,
-            reason: decision.reason.map(|r| r.code()),
+            shard_id: Some(decision.shard),
+            reason: decision.reason.map(|r| Reason::Code(r.code())),
             waited,
         }
+    }
+
+    /// The fields `==` and `hash()` look at, in the dataclass's order, then `waited`.
+    fn fields<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
+        (
+            self.allowed,
+            self.retry_after,
+            self.tokens_remaining(),
+            self.shard_id,
+            self.reason(py),
+            self.waited,
+        )
+            .into_pyobject(py)
     }
 }
 
@@ -75,10 +115,50 @@ impl Ready {
 
 #[pymethods]
 impl PyRateLimitResult {
-    /// Tokens a `try_acquire` could take right after the decision, fixed with it.
+    /// A result made by hand, as the previous version's dataclass was: `allowed` a bool,
+    /// `retry_after` and `tokens_remaining` None or a finite number >= 0, `shard_id` None or
+    /// a shard index, `reason` None or any str. `waited` is 0.0.
+    #[new]
+    #[pyo3(
+        signature = (allowed, retry_after=None, tokens_remaining=None, shard_id=None, reason=None),
+        text_signature = "(allowed, retry_after=None, tokens_remaining=None, shard_id=None, \
+                          reason=None)"
+    )]
+    fn py_new(
+        allowed: Allowed,
+        retry_after: Option<RetryAfter>,
+        tokens_remaining: Option<TokensRemaining>,
+        shard_id: Option<ShardId>,
+        reason: Option<ReasonArg>,
+    ) -> Self {
+        Self {
+            allowed: allowed.0,
+            tokens: Tokens::Given(tokens_remaining.map(|t| t.0)),
+            retry_after: retry_after.map(|r| r.0),
+            shard_id: shard_id.map(|s| s.0),
+            reason: reason.map(|r| Reason::Text(r.0)),
+            waited: 0.0,
+        }
+    }
+
+    /// Tokens a `try_acquire` could take right after the decision, fixed with it (`None`
+    /// only in a result made by hand without it).
     #[getter]
-    fn tokens_remaining(&self) -> f64 {
-        self.remaining_units as f64 / self.unit as f64
+    fn tokens_remaining(&self) -> Option<f64> {
+        match self.tokens {
+            Tokens::Units { remaining, unit } => Some(remaining as f64 / unit as f64),
+            Tokens::Given(tokens) => tokens,
+        }
+    }
+
+    /// Why the request was refused: `None` when allowed, else one of the engine's codes
+    /// (`rate_limited`, `max_wait_exceeded`, ...), or the text a result made by hand was given.
+    #[getter]
+    fn reason<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyString>> {
+        self.reason.as_ref().map(|reason| match reason {
+            Reason::Code(code) => PyString::new(py, code),
+            Reason::Text(text) => text.bind(py).clone(),
+        })
     }
 
     fn __bool__(&self) -> bool {
@@ -89,16 +169,27 @@ impl PyRateLimitResult {
         Ready::new(slf.into_any())
     }
 
-    fn __repr__(&self) -> String {
+    /// Equal fields, as a dataclass compares; any other type is `NotImplemented`.
+    fn __eq__(&self, other: &Self, py: Python<'_>) -> PyResult<bool> {
+        self.fields(py)?.eq(other.fields(py)?)
+    }
+
+    fn __hash__(&self, py: Python<'_>) -> PyResult<isize> {
+        self.fields(py)?.hash()
+    }
+
+    fn __repr__(&self, py: Python<'_>) -> String {
         let opt = |v: Option<String>| v.unwrap_or_else(|| "None".into());
         format!(
-            "RateLimitResult(allowed={}, tokens_remaining={:?}, retry_after={}, shard_id={}, \
+            "RateLimitResult(allowed={}, tokens_remaining={}, retry_after={}, shard_id={}, \
              reason={}, waited={:?})",
             if self.allowed { "True" } else { "False" },
-            self.tokens_remaining(),
+            opt(self.tokens_remaining().map(|t| format!("{t:?}"))),
             opt(self.retry_after.map(|r| format!("{r:?}"))),
-            self.shard_id,
-            opt(self.reason.map(|r| format!("'{r}'"))),
+            opt(self.shard_id.map(|s| s.to_string())),
+            opt(self
+                .reason(py)
+                .map(|r| r.repr().map_or_else(|_| "?".into(), |r| r.to_string()))),
             self.waited
         )
     }
