@@ -3,22 +3,53 @@
 use pyo3::exceptions::PyStopIteration;
 use pyo3::prelude::*;
 use pyo3::types::{PyString, PyTuple};
-use ratelimit_core::Decision;
+use ratelimit_core::{Decision, Refusal};
 
 use crate::args::{Allowed, ReasonArg, RetryAfter, ShardId, TokensRemaining};
 
-/// `tokens_remaining`, as the engine decided it or as a caller gave it.
-enum Tokens {
-    /// The decision's free units and units per token, fixed with it: the division happens
-    /// when `tokens_remaining` is read, not on the hot path.
-    Units { remaining: u64, unit: u64 },
-    /// A constructed result's value, `None` included.
-    Given(Option<f64>),
+/// `tokens_remaining` in the 16 bytes it always took: the decision's free units and units
+/// per token (`unit >= 1`), divided only when read, so the hot path does no division; or,
+/// in a result made by hand (`unit == 0`), the given value's bits, `None` as `NONE_BITS`.
+#[derive(Clone, Copy)]
+struct Tokens {
+    units: u64,
+    unit: u64,
 }
 
-/// `reason`: a refusal code of the engine (no allocation), or a caller's text.
+impl Tokens {
+    /// A NaN: never a given value, which is finite.
+    const NONE_BITS: u64 = f64::NAN.to_bits();
+
+    fn decided(units: u64, unit: u64) -> Self {
+        Self {
+            units,
+            unit: unit.max(1),
+        }
+    }
+
+    fn given(tokens: Option<f64>) -> Self {
+        Self {
+            units: tokens.map_or(Self::NONE_BITS, f64::to_bits),
+            unit: 0,
+        }
+    }
+
+    fn get(self) -> Option<f64> {
+        match (self.unit, self.units) {
+            (0, Self::NONE_BITS) => None,
+            (0, bits) => Some(f64::from_bits(bits)),
+            (unit, units) => Some(units as f64 / unit as f64),
+        }
+    }
+}
+
+/// A result made by hand without a shard: `shard_id` is `None`. Never a shard index, which
+/// is below `MAX_SHARDS` (the engine's, and `ShardId`'s range).
+const NO_SHARD: usize = usize::MAX;
+
+/// `reason`: a refusal of the engine (a byte, its code a static str), or a caller's text.
 enum Reason {
-    Code(&'static str),
+    Code(Refusal),
     Text(Py<PyString>),
 }
 
@@ -48,8 +79,8 @@ pub(crate) struct PyRateLimitResult {
     tokens: Tokens,
     #[pyo3(get)]
     retry_after: Option<f64>,
-    #[pyo3(get)]
-    shard_id: Option<usize>,
+    /// `NO_SHARD` in a result made by hand without one.
+    shard: usize,
     reason: Option<Reason>,
     /// Seconds the call waited before this answer.
     #[pyo3(get)]
@@ -60,14 +91,11 @@ impl PyRateLimitResult {
     pub(crate) fn new(decision: Decision, waited: f64) -> Self {
         Self {
             allowed: decision.allowed,
-            tokens: Tokens::Units {
-                // Every decision the binding asks for is tallied; a check would say 0 here.
-                remaining: decision.remaining_units.unwrap_or(0),
-                unit: decision.unit,
-            },
+            // Every decision the binding asks for is tallied; a check would say 0 here.
+            tokens: Tokens::decided(decision.remaining_units.unwrap_or(0), decision.unit),
             retry_after: decision.retry_after,
-            shard_id: Some(decision.shard),
-            reason: decision.reason.map(|r| Reason::Code(r.code())),
+            shard: decision.shard,
+            reason: decision.reason.map(Reason::Code),
             waited,
         }
     }
@@ -78,7 +106,7 @@ impl PyRateLimitResult {
             self.allowed,
             self.retry_after,
             self.tokens_remaining(),
-            self.shard_id,
+            self.shard_id(),
             self.reason(py),
             self.waited,
         )
@@ -133,9 +161,9 @@ impl PyRateLimitResult {
     ) -> Self {
         Self {
             allowed: allowed.0,
-            tokens: Tokens::Given(tokens_remaining.map(|t| t.0)),
+            tokens: Tokens::given(tokens_remaining.map(|t| t.0)),
             retry_after: retry_after.map(|r| r.0),
-            shard_id: shard_id.map(|s| s.0),
+            shard: shard_id.map_or(NO_SHARD, |s| s.0),
             reason: reason.map(|r| Reason::Text(r.0)),
             waited: 0.0,
         }
@@ -145,10 +173,14 @@ impl PyRateLimitResult {
     /// only in a result made by hand without it).
     #[getter]
     fn tokens_remaining(&self) -> Option<f64> {
-        match self.tokens {
-            Tokens::Units { remaining, unit } => Some(remaining as f64 / unit as f64),
-            Tokens::Given(tokens) => tokens,
-        }
+        self.tokens.get()
+    }
+
+    /// The shard that served (or would have served) the request (`None` only in a result
+    /// made by hand without it).
+    #[getter]
+    fn shard_id(&self) -> Option<usize> {
+        (self.shard != NO_SHARD).then_some(self.shard)
     }
 
     /// Why the request was refused: `None` when allowed, else one of the engine's codes
@@ -156,7 +188,7 @@ impl PyRateLimitResult {
     #[getter]
     fn reason<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyString>> {
         self.reason.as_ref().map(|reason| match reason {
-            Reason::Code(code) => PyString::new(py, code),
+            Reason::Code(refusal) => PyString::new(py, refusal.code()),
             Reason::Text(text) => text.bind(py).clone(),
         })
     }
@@ -186,11 +218,27 @@ impl PyRateLimitResult {
             if self.allowed { "True" } else { "False" },
             opt(self.tokens_remaining().map(|t| format!("{t:?}"))),
             opt(self.retry_after.map(|r| format!("{r:?}"))),
-            opt(self.shard_id.map(|s| s.to_string())),
+            opt(self.shard_id().map(|s| s.to_string())),
             opt(self
                 .reason(py)
                 .map(|r| r.repr().map_or_else(|_| "?".into(), |r| r.to_string()))),
             self.waited
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_keep_a_decisions_units_and_a_given_value() {
+        assert_eq!(Tokens::decided(3, 2).get(), Some(1.5));
+        assert_eq!(Tokens::decided(0, 7).get(), Some(0.0));
+        assert_eq!(Tokens::given(None).get(), None);
+        assert_eq!(Tokens::given(Some(0.0)).get(), Some(0.0));
+        assert_eq!(Tokens::given(Some(99.25)).get(), Some(99.25));
+        assert_eq!(std::mem::size_of::<Tokens>(), 16);
+        assert_eq!(std::mem::size_of::<Option<Reason>>(), 16);
     }
 }
