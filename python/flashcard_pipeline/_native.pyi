@@ -28,27 +28,60 @@ class ManualClock:
 
 @final
 class RateLimitResult:
-    """One decision; truthy when allowed, awaitable as itself."""
+    """One decision; truthy when allowed, awaitable as itself.
 
+    A limiter's results always carry numbers in ``tokens_remaining`` and ``shard_id``;
+    ``None`` there comes only from a result made by hand (the old dataclass's signature),
+    which also has ``waited`` 0.0 and keeps any ``reason`` text. ``==`` and ``hash()``
+    compare ``allowed, retry_after, tokens_remaining, shard_id, reason, waited``.
+    """
+
+    def __new__(
+        cls,
+        allowed: bool,
+        retry_after: float | None = None,
+        tokens_remaining: float | None = None,
+        shard_id: int | None = None,
+        reason: str | None = None,
+    ) -> Self: ...
     @property
     def allowed(self) -> bool: ...
     @property
-    def tokens_remaining(self) -> float: ...
+    def tokens_remaining(self) -> float | None: ...
     @property
     def retry_after(self) -> float | None: ...
     @property
-    def shard_id(self) -> int: ...
+    def shard_id(self) -> int | None: ...
     @property
     def reason(self) -> str | None: ...
     @property
     def waited(self) -> float: ...
     def __bool__(self) -> bool: ...
     def __await__(self) -> Generator[Any, None, RateLimitResult]: ...
+    def __eq__(self, value: object, /) -> bool: ...
+    def __hash__(self) -> int: ...
 
 @final
 class TokenReservation:
-    """Tokens held now for a slot at ``execute_at`` (epoch seconds); awaitable as itself."""
+    """Tokens held now for a slot at ``execute_at`` (epoch seconds); awaitable as itself.
 
+    One made by hand (the old dataclass's signature) belongs to no limiter: it holds no
+    tokens, a limiter answers its ``id`` with ``unknown_reservation``, its ``is_ready``,
+    ``is_expired`` and ``wait_time`` compare ``time.time()`` with its fields, and only it
+    can ``delay_execution`` (a limiter's reservation raises ``RuntimeError``). A limiter's
+    reservations always carry a ``shard_id``.
+    """
+
+    def __new__(
+        cls,
+        id: str | None = None,
+        key: str = "",
+        count: int = 1,
+        reserved_at: float | None = None,
+        execute_at: float | None = None,
+        expires_at: float | None = None,
+        shard_id: int | None = None,
+    ) -> Self: ...
     @property
     def id(self) -> str: ...
     @property
@@ -56,7 +89,7 @@ class TokenReservation:
     @property
     def count(self) -> int: ...
     @property
-    def shard_id(self) -> int: ...
+    def shard_id(self) -> int | None: ...
     @property
     def reserved_at(self) -> float: ...
     @property
@@ -66,6 +99,7 @@ class TokenReservation:
     def is_ready(self) -> bool: ...
     def is_expired(self) -> bool: ...
     def wait_time(self) -> float: ...
+    def delay_execution(self, seconds: float) -> None: ...
     def __await__(self) -> Generator[Any, None, TokenReservation]: ...
 
 @final

@@ -31,8 +31,9 @@ def thread_form(limiter: ShardedRateLimiter) -> None:
     result = limiter.try_acquire("user_123")
     assert_type(result, RateLimitResult)
     if result.allowed:
-        tokens: float = result.tokens_remaining
-        assert tokens >= 0
+        # `float | None`: None only in a result made by hand, RateLimitResult(allowed=...).
+        tokens: float | None = result.tokens_remaining
+        assert tokens is not None and tokens >= 0
     else:
         retry_after: float | None = result.retry_after
         assert retry_after is not None
@@ -40,7 +41,7 @@ def thread_form(limiter: ShardedRateLimiter) -> None:
     assert limiter.acquire("k").allowed
     admitted = limiter.acquire("user_123", count=1, max_wait=5.0)
     assert_type(admitted, RateLimitResult)
-    assert admitted.reason is None and admitted.waited >= 0 and admitted.shard_id >= 0
+    assert admitted.reason is None and admitted.waited >= 0 and admitted.shard_id is not None
 
     reservation = limiter.reserve("user_123", count=1, max_wait=30.0)
     assert_type(reservation, TokenReservation)
@@ -134,6 +135,20 @@ def construction() -> None:
             del os.environ[name]
 
 
+def made_by_hand() -> None:
+    """The old dataclasses' constructors, as the migration guide shows them."""
+    refused = RateLimitResult(False, retry_after=1.0, reason="Rate limit exceeded on all shards")
+    assert_type(refused, RateLimitResult)
+    assert not refused and refused == RateLimitResult(False, 1.0, None, None, refused.reason)
+    shard: int | None = refused.shard_id
+    assert shard is None and refused.tokens_remaining is None
+    expired = TokenReservation(key="user1", count=1, expires_at=time.time() - 1)
+    assert_type(expired, TokenReservation)
+    assert expired.is_expired() and expired.is_ready()
+    expired.delay_execution(10.0)
+    assert not expired.is_ready()
+
+
 async def old_api() -> None:
     """The compatibility shim, as the old module's callers use it."""
     clock = ManualClock()
@@ -194,6 +209,7 @@ def fetch_in_thread(answer: int) -> int:
 
 async def main() -> None:
     construction()
+    made_by_hand()
     thread_form(ShardedRateLimiter(rate=600, period=60.0, burst_size=20))
     await asyncio_form(ShardedRateLimiter(rate=600, period=60.0, burst_size=20))
     assert await batch(ShardedRateLimiter(rate=600, period=1.0, burst_size=10), ["a"] * 15) == 15

@@ -48,6 +48,25 @@ fn integer<T: TryFrom<i64>>(
         })
 }
 
+/// A finite number at least `min` (not a bool): what `accepts` says, or an error naming
+/// `argument` and showing what was given.
+fn finite(obj: Borrowed<'_, '_, PyAny>, argument: &str, accepts: &str, min: f64) -> PyResult<f64> {
+    if obj.is_instance_of::<PyBool>() {
+        return Err(wrong_type(argument, accepts, &obj));
+    }
+    match obj.extract::<f64>() {
+        Ok(value) if value.is_finite() && value >= min => Ok(value),
+        Ok(_) => Err(PyValueError::new_err(format!(
+            "{argument}: must be {accepts}, got {}",
+            &*obj
+        ))),
+        Err(_) if obj.is_instance_of::<PyInt>() => Err(PyValueError::new_err(format!(
+            "{argument}: must be {accepts}, got an int too large for a float"
+        ))),
+        Err(_) => Err(wrong_type(argument, accepts, &obj)),
+    }
+}
+
 /// A `str` argument.
 fn string<'a, 'py>(
     obj: Borrowed<'a, 'py, PyAny>,
@@ -216,5 +235,124 @@ impl<'a, 'py> FromPyObject<'a, 'py> for ReservationId<'a, 'py> {
         string(obj, "reservation_id")
             .map(Self)
             .map_err(|_| wrong_type("reservation_id", "a str (a TokenReservation's id)", &obj))
+    }
+}
+
+/// Newtypes over `f64` for arguments that take a finite number of at least a minimum; each
+/// says what it accepts (`None` too, where the parameter has a `None` default).
+macro_rules! finite_numbers {
+    ($($name:ident = $argument:literal, $accepts:literal, $min:expr);* $(;)?) => {$(
+        #[doc = concat!("`", $argument, "`: ", $accepts, ".")]
+        pub(crate) struct $name(pub(crate) f64);
+
+        impl<'a, 'py> FromPyObject<'a, 'py> for $name {
+            type Error = PyErr;
+
+            fn extract(obj: Borrowed<'a, 'py, PyAny>) -> PyResult<Self> {
+                finite(obj, $argument, $accepts, $min).map(Self)
+            }
+        }
+    )*};
+}
+
+finite_numbers!(
+    RetryAfter = "retry_after", "None or a finite number >= 0", 0.0;
+    TokensRemaining = "tokens_remaining", "None or a finite number >= 0", 0.0;
+    ReservedAt = "reserved_at", "None or a finite number (epoch seconds)", f64::NEG_INFINITY;
+    ExecuteAt = "execute_at", "None or a finite number (epoch seconds)", f64::NEG_INFINITY;
+    ExpiresAt = "expires_at", "None or a finite number (epoch seconds)", f64::NEG_INFINITY;
+    Delay = "seconds", "a finite number >= 0", 0.0;
+);
+
+/// `allowed`: a bool (not an int or any other truthy value).
+pub(crate) struct Allowed(pub(crate) bool);
+
+impl<'a, 'py> FromPyObject<'a, 'py> for Allowed {
+    type Error = PyErr;
+
+    fn extract(obj: Borrowed<'a, 'py, PyAny>) -> PyResult<Self> {
+        obj.cast::<PyBool>()
+            .map(|b| Self(b.is_true()))
+            .map_err(|_| wrong_type("allowed", "a bool", &obj))
+    }
+}
+
+/// `shard_id` of a result or reservation made by hand: `None` or a shard index.
+pub(crate) struct ShardId(pub(crate) usize);
+
+impl<'a, 'py> FromPyObject<'a, 'py> for ShardId {
+    type Error = PyErr;
+
+    fn extract(obj: Borrowed<'a, 'py, PyAny>) -> PyResult<Self> {
+        let range = format!("between 0 and {}", MAX_SHARDS - 1);
+        if !obj.is_instance_of::<PyInt>() || obj.is_instance_of::<PyBool>() {
+            return Err(wrong_type(
+                "shard_id",
+                &format!("None or an int {range}"),
+                &obj,
+            ));
+        }
+        let shard: usize = integer(obj, "shard_id", &range)?;
+        match shard < MAX_SHARDS {
+            true => Ok(Self(shard)),
+            false => Err(PyValueError::new_err(format!(
+                "shard_id: must be an int {range}, got {shard}"
+            ))),
+        }
+    }
+}
+
+/// `reason` of a result made by hand: `None` or any `str`, kept as given.
+pub(crate) struct ReasonArg(pub(crate) Py<PyString>);
+
+impl<'a, 'py> FromPyObject<'a, 'py> for ReasonArg {
+    type Error = PyErr;
+
+    fn extract(obj: Borrowed<'a, 'py, PyAny>) -> PyResult<Self> {
+        obj.cast::<PyString>()
+            .map(|text| Self(text.to_owned().unbind()))
+            .map_err(|_| wrong_type("reason", "None or a str", &obj))
+    }
+}
+
+/// `id` of a reservation made by hand: `None` (a new `uuid4` string) or a `str`.
+pub(crate) struct IdArg(pub(crate) String);
+
+impl<'a, 'py> FromPyObject<'a, 'py> for IdArg {
+    type Error = PyErr;
+
+    fn extract(obj: Borrowed<'a, 'py, PyAny>) -> PyResult<Self> {
+        let id = obj
+            .cast::<PyString>()
+            .map_err(|_| wrong_type("id", "None or a str", &obj))?;
+        Ok(Self(id.to_str()?.to_owned()))
+    }
+}
+
+/// `count` of a reservation made by hand: the tokens it stands for, an int from 1 to
+/// `u64::MAX` (kept exactly, unlike a request's count, which any burst refuses above that).
+pub(crate) struct ReservedCount(pub(crate) u64);
+
+impl<'a, 'py> FromPyObject<'a, 'py> for ReservedCount {
+    type Error = PyErr;
+
+    fn extract(obj: Borrowed<'a, 'py, PyAny>) -> PyResult<Self> {
+        let int = obj
+            .cast::<PyInt>()
+            .ok()
+            .filter(|_| !obj.is_instance_of::<PyBool>())
+            .ok_or_else(|| wrong_type("count", "an int >= 1", &obj))?;
+        match int.extract::<u64>() {
+            Ok(n) if n >= 1 => Ok(Self(n)),
+            Err(_) if int.gt(0)? => Err(PyValueError::new_err(format!(
+                "count: must be an int from 1 to {}, got {}",
+                u64::MAX,
+                &*int
+            ))),
+            _ => Err(PyValueError::new_err(format!(
+                "count: must be an int >= 1, got {}",
+                &*int
+            ))),
+        }
     }
 }
