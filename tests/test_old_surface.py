@@ -263,10 +263,10 @@ def test_execute_reservation_still_answers_with_a_reason(make_limiter):
 @pytest.mark.parametrize("shards", [1, 4])
 def test_back_off_admits_nothing_then_refills_from_empty(make_limiter, clock, shards):
     limiter = make_limiter(10, shards=shards)
-    assert limiter.back_off(2.0) is None
-    refused = limiter.try_acquire()
-    assert not refused and refused.retry_after == pytest.approx(3.0)  # 10 owed + 10 more
-    clock.advance(2.95)
+    limiter.back_off(2.0)
+    refused = limiter.try_acquire()  # the full bucket was taken, and 2 s of refill owed
+    assert not refused and refused.retry_after == pytest.approx(2.1)
+    clock.advance(1.95)
     assert not limiter.try_acquire()
     clock.advance(0.5)
     assert sum(bool(limiter.try_acquire()) for _ in range(10)) == 4
