@@ -104,7 +104,7 @@ class RateLimiter:
             )
         self._hour = hour
         self.limits = LimiterGroup(self._minute, hour)
-        self._stats_lock = threading.Lock()
+        self._take = self.limits.try_acquire
         self.reset_stats()
 
     # --- decisions -----------------------------------------------------------------------
@@ -112,12 +112,9 @@ class RateLimiter:
     def try_acquire(self, tokens: int = 1) -> bool:
         """Takes ``tokens`` from both the bucket and the hourly window, or from neither."""
         try:
-            admitted = self.limits.try_acquire("default", tokens).allowed
+            return self._take("default", tokens).allowed
         except (TypeError, ValueError) as error:
             raise renamed(error, count="tokens")
-        with self._stats_lock:
-            self.stats["requests_allowed" if admitted else "requests_denied"] += 1
-        return admitted
 
     async def acquire(self, tokens: int = 1) -> None:
         """Takes ``tokens`` now or raises.
@@ -143,8 +140,6 @@ class RateLimiter:
         """
         with named(max_wait="timeout"):
             result = await self.limits.acquire("default", 1, timeout)
-        with self._stats_lock:
-            self.stats["requests_allowed" if result.allowed else "requests_denied"] += 1
         if not result.allowed:
             wait = result.retry_after
             raise RateLimitError(
@@ -205,10 +200,10 @@ class RateLimiter:
         return self.burst_size
 
     def get_stats(self) -> dict[str, float]:
-        tokens = self.tokens
+        tokens, stats = self.tokens, self.stats
         return {
-            "requests_allowed": self.stats["requests_allowed"],
-            "requests_denied": self.stats["requests_denied"],
+            "requests_allowed": stats["requests_allowed"],
+            "requests_denied": stats["requests_denied"],
             "capacity_utilization": 1.0 - tokens / self.burst_size,
             "current_tokens": tokens,
             "capacity": self.burst_size,
@@ -228,12 +223,26 @@ class RateLimiter:
         self.limits.reset()
         self.reset_stats()
 
+    @property
+    def stats(self) -> dict[str, float]:
+        """``requests_allowed`` and ``requests_denied`` since ``start_time`` (epoch seconds):
+        every decision of this limiter, counted by the engine (atomic, so exact from any
+        thread)."""
+        allowed, denied = self._counted()
+        return {
+            "requests_allowed": allowed - self._counted_before[0],
+            "requests_denied": denied - self._counted_before[1],
+            "start_time": self._stats_start,
+        }
+
+    def _counted(self) -> tuple[int, int]:
+        statistics = self._minute.get_status()["statistics"]
+        return statistics["allowed_requests"], statistics["denied_requests"]
+
     def reset_stats(self) -> None:
-        """Zeroes ``stats`` (``requests_allowed``, ``requests_denied``) and restarts its
-        ``start_time`` (epoch seconds)."""
-        now = self._clock.time() if self._clock is not None else time.time()
-        with self._stats_lock:
-            self.stats = {"requests_allowed": 0, "requests_denied": 0, "start_time": now}
+        """Zeroes ``stats`` and restarts its ``start_time``."""
+        self._counted_before = self._counted()
+        self._stats_start = self._clock.time() if self._clock is not None else time.time()
 
 
 class AdaptiveRateLimiter(RateLimiter):

@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import os
 import weakref
+from functools import partial
 from collections.abc import Generator
 from typing import Any
 
@@ -450,11 +451,13 @@ class LimiterGroup:
         self.limiters: tuple[ShardedRateLimiter, ...] = tuple(members)
         self._engines = tuple(limiter._engine for limiter in members)
         self._primary = self._engines[0]
+        # The hot path: the native call itself, with no Python frame in between.
+        self.__dict__["try_acquire"] = partial(try_acquire_all, self._engines)
 
     def try_acquire(self, key: str = "default", count: int = 1) -> RateLimitResult:
         """Takes ``count`` tokens for ``key`` from every limiter now, or from none: the
         first refusal (with its ``retry_after``), or the last limiter's admission."""
-        return try_acquire_all(tuple((engine, key, count) for engine in self._engines))
+        return try_acquire_all(self._engines, key, count)
 
     def acquire(
         self, key: str = "default", count: int = 1, max_wait: float | None = None
@@ -470,13 +473,12 @@ class LimiterGroup:
     def _retries(self, key: str, count: int, budget: float) -> Steps[RateLimitResult]:
         """Asks every limiter again after each ``retry_after`` until admitted, or until the
         wait would run past ``budget`` seconds."""
-        parts = tuple((engine, key, count) for engine in self._engines)
         start = self._primary.now()
-        result = try_acquire_all(parts, budget)
+        result = try_acquire_all(self._engines, key, count, budget)
         while result.reason == "rate_limited":
             yield result.retry_after or 0.0
             waited = self._primary.now() - start
-            result = try_acquire_all(parts, max(budget - waited, 0.0))
+            result = try_acquire_all(self._engines, key, count, max(budget - waited, 0.0))
         return result
 
     def peek(self, key: str = "default") -> float:

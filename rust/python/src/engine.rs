@@ -209,19 +209,6 @@ impl PyEngine {
         Ok(self.core.cancel_reservation(reservation_id.0.to_str()?))
     }
 
-    /// Whether `count` tokens were taken from this engine and `other` together (or from
-    /// neither), on the default key: `try_acquire_all` without a result, for the
-    /// compatibility shim's hot path.
-    #[pyo3(signature = (other, count=Count::ONE), text_signature = "($self, other, count=1)")]
-    fn admit_with(&self, other: &Bound<'_, PyEngine>, count: Count) -> Result<bool> {
-        let other = other.get();
-        let parts = [
-            (&self.core, self.default_hash, count.0),
-            (&other.core, other.default_hash, count.0),
-        ];
-        Ok(RateLimiter::try_acquire_all(&parts, f64::INFINITY)?.allowed)
-    }
-
     /// The wait bound in seconds for a call: its own `max_wait`, else the engine's.
     #[pyo3(signature = (max_wait=None))]
     fn wait_budget(&self, max_wait: Option<MaxWait>) -> Result<f64> {
@@ -430,25 +417,34 @@ impl PyEngine {
     }
 }
 
-/// One part of `try_acquire_all`: `(engine, key, count)`.
-type Part<'py> = (Bound<'py, PyEngine>, Key<'py>, Count);
-
-/// Takes from every `(engine, key, count)` part or from none (the compatibility shim's
-/// minute bucket and hourly window, and its composite limiter). Returns the refusal of the
-/// first part that refused, after giving back what the others took, or the last admission.
-/// A refusal whose wait exceeds `max_wait` says `max_wait_exceeded`.
+/// Takes `count` tokens for `key` from every engine or from none (a `LimiterGroup`).
+/// Returns the refusal of the first engine that refused, after giving back what the others
+/// took, or the last admission. A refusal whose wait exceeds `max_wait` says
+/// `max_wait_exceeded`; it is counted in the first engine's statistics.
 #[pyfunction]
-#[pyo3(signature = (parts, max_wait=None))]
+#[pyo3(signature = (engines, key=Key::Default, count=Count::ONE, max_wait=None))]
 pub(crate) fn try_acquire_all(
-    parts: Vec<Part<'_>>,
+    engines: Vec<Bound<'_, PyEngine>>,
+    key: Key<'_>,
+    count: Count,
     max_wait: Option<MaxWait>,
 ) -> Result<PyRateLimitResult> {
-    let mut checked = Vec::with_capacity(parts.len());
-    for (engine, key, count) in &parts {
-        let this = engine.get();
-        checked.push((this.core(), this.hash(key)?, count.0));
-    }
+    // Every engine hashes a key the same way (Python's string hash).
+    let hash = match engines.first() {
+        Some(engine) => engine.get().hash(&key)?,
+        None => 0,
+    };
+    let parts: Vec<_> = engines
+        .iter()
+        .map(|engine| (engine.get().core(), hash, count.0))
+        .collect();
     let max_wait = max_wait.map_or(f64::INFINITY, |w| w.0);
-    let decision = RateLimiter::try_acquire_all(&checked, max_wait)?;
+    let decision = RateLimiter::try_acquire_all(&parts, max_wait)?;
+    if !decision.allowed {
+        // A group's refusal counts once, as its first engine's.
+        if let Some(first) = engines.first() {
+            first.get().count_refusal(decision.shard);
+        }
+    }
     Ok(PyRateLimitResult::new(decision, 0.0))
 }
