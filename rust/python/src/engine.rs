@@ -422,7 +422,10 @@ impl PyEngine {
 /// took, or the last admission. A refusal whose wait exceeds `max_wait` says
 /// `max_wait_exceeded`; it is counted in the first engine's statistics.
 #[pyfunction]
-#[pyo3(signature = (engines, key=Key::Default, count=Count::ONE, max_wait=None))]
+#[pyo3(
+    signature = (engines, key=Key::Default, count=Count::ONE, max_wait=None),
+    text_signature = "(engines, key='default', count=1, max_wait=None)"
+)]
 pub(crate) fn try_acquire_all(
     engines: Vec<Bound<'_, PyEngine>>,
     key: Key<'_>,
