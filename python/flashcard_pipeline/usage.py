@@ -54,7 +54,7 @@ from types import TracebackType
 from typing import Any, NamedTuple
 
 from flashcard_pipeline._arguments import number
-from flashcard_pipeline._native import ManualClock
+from flashcard_pipeline.rate_limiter_v2 import ManualClock
 from flashcard_pipeline.exceptions import RateLimitError
 from flashcard_pipeline.rate_limiter import RateLimiter
 
