@@ -124,7 +124,7 @@ class RateLimiter:
                 in the old module.
         """
         try:
-            result = self.limits.try_acquire("default", tokens)
+            result = self._take("default", tokens)
         except (TypeError, ValueError) as error:
             raise renamed(error, count="tokens")
         _raise_if_refused(result)

@@ -640,7 +640,7 @@ impl<C: KeyCell> Backend for Keyed<C> {
     /// Backs off one key: it turns busy (its own limiter owes the refill) and is dropped
     /// again once idle.
     fn back_off(&self, hash: u64, seconds: f64) -> Result<()> {
-        back_off_nanos(seconds)?;
+        back_off_nanos(seconds)?; // refused before the key is made busy for nothing
         self.with_busy(hash, |_, limiter| limiter.back_off(seconds))?
             .ok_or_else(|| {
                 Error::invalid(

@@ -341,12 +341,14 @@ impl PyEngine {
         status.set_item("total_tokens_available", tokens)?;
         let shard_tokens = self.core.shard_tokens();
         status.set_item("shard_tokens", shard_tokens.clone())?;
+        // Read once, so that the shards' counts and their sum agree.
+        let served = self.core.served();
         // The previous API's view: each shard's tokens, its share of the burst and of the
         // rate (per second), and the admissions it served.
         let shards = quota.shards as f64;
         let details = shard_tokens
             .iter()
-            .zip(self.core.served())
+            .zip(&served)
             .enumerate()
             .map(|(shard_id, (tokens, served))| {
                 let detail = PyDict::new(py);
@@ -359,7 +361,7 @@ impl PyEngine {
             })
             .collect::<PyResult<Vec<_>>>()?;
         status.set_item("shard_details", details)?;
-        let allowed: u64 = self.core.served().iter().sum();
+        let allowed: u64 = served.iter().sum();
         let denied: u64 = self.refused.iter().map(|c| c.load(Ordering::Relaxed)).sum();
         status.set_item("requests_allowed", allowed)?;
         let total = allowed + denied;
