@@ -10,12 +10,13 @@ BENCH_DEPS := $(VENV)/.bench-deps-installed
 RUST_SOURCES := $(shell find rust -name '*.rs' -o -name Cargo.toml) Cargo.toml pyproject.toml
 EXTENSION := $(VENV)/.extension-built
 
-.PHONY: help install build test test-rust test-python lint fmt bench demo clean
+.PHONY: help install build test test-rust test-python lint fmt bench demo dist test-dist clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
 $(DEPS): requirements-dev.txt
+	@echo "==> Creating $(VENV) with the build and test tools (requirements-dev.txt)"
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements-dev.txt
@@ -24,6 +25,7 @@ $(DEPS): requirements-dev.txt
 install: $(DEPS) ## Create .venv with the build and test tools
 
 $(EXTENSION): $(DEPS) $(RUST_SOURCES)
+	@echo "==> Compiling the Rust extension (release, link-time optimised: about a minute on 2 cores)"
 	$(VENV)/bin/maturin develop --release --quiet
 	touch $@
 
@@ -32,6 +34,7 @@ build: $(EXTENSION) ## Build the Rust extension (release) into .venv
 test: test-rust test-python ## Build everything and run every test
 
 test-rust: ## Rust unit, integration and property tests
+	@echo "==> Compiling and running the Rust tests (the first build takes a few minutes)"
 	cargo test --workspace
 
 test-python: build ## Type checks (mypy, stubtest, README usage under --strict) and pytest
@@ -63,5 +66,24 @@ bench: build $(BENCH_DEPS) ## Side-by-side benchmarks: ours vs token-bucket and 
 demo: build ## A realistic run: simulated users against one budget, admitted rate per second
 	$(PY) examples/demo.py
 
-clean: ## Remove build output and the venv
-	rm -rf target $(VENV) .pytest_cache .hypothesis .benchmarks
+# The wheel is built for the stable ABI (abi3: one wheel for CPython 3.11 and later) and linked
+# by zig against glibc 2.17's symbols, so it is manylinux2014 whatever this machine's glibc is.
+dist: $(DEPS) ## Release files in dist/: the abi3 manylinux2014 wheel and the sdist
+	rm -rf dist
+	@echo "==> Compiling the abi3 manylinux2014 wheel (release build linked by zig: about a minute)"
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/maturin build --release --strip \
+		--zig --compatibility manylinux2014 --out dist
+	@echo "==> Packing the sdist"
+	$(VENV)/bin/maturin sdist --out dist
+	@ls -l dist
+
+# The CPythons the wheel is tested on (CI passes every one the machine has, 3.11 and later).
+WHEEL_PYTHONS ?= python3
+test-dist: dist ## pytest against dist's wheel (fresh venvs, no Rust on PATH) and its sdist (built by pip)
+	@for python in $(WHEEL_PYTHONS); do \
+		.ci/test-installed "$$python" dist/*.whl || exit 1; \
+	done
+	.ci/test-installed python3 dist/*.tar.gz
+
+clean: ## Remove build output and the venvs
+	rm -rf target dist $(VENV) .venv-wheel-* .venv-sdist-* .pytest_cache .hypothesis .benchmarks
