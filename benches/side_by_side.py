@@ -5,10 +5,10 @@ Run with ``.venv/bin/python benches/side_by_side.py`` (``make bench`` does). It 
 1. calls/s for one key with every call allowed: ours (sync, with a key, awaited, more shards,
    sliding window) against ``token-bucket`` and ``limits`` (moving, fixed and sliding-window
    counter strategies, sync and asyncio), with the ratio "ours / peer";
-2. the SPEC section 4 targets with PASS/MISS;
+2. the performance targets with PASS/MISS;
 3. 4 Python threads on one limiter whose budget is exactly the number of calls: aggregate
    calls/s against one thread, and the number of refusals (must be 0);
-4. SPEC I3 "exact numbers": admitted counts at 100/s, burst 100, for ours and the peers.
+4. "exact numbers": admitted counts at 100/s, burst 100, for ours and the peers.
 
 Method: every contender gets a fresh limiter for every repeat, the timed loop is
 ``for _ in itertools.repeat(None, n): f(...)`` with the bound method in a local (the same loop
@@ -265,7 +265,7 @@ def section(title: str) -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# 1-2. Throughput table and SPEC targets
+# 1-2. Throughput table and the targets
 # --------------------------------------------------------------------------------------------
 
 
@@ -337,7 +337,7 @@ def throughput() -> dict[str, float]:
     )
     tb_rate = by_name["token-bucket  consume(key)"]
 
-    section("SPEC section 4 targets (same run)")
+    section("Performance targets (same run)")
     results = [
         ("sync try_acquire >= 5 M/s (stretch 8 M/s)", ours_sync_rate >= 5e6,
          f"{fmt_rate(ours_sync_rate).strip()}"

@@ -3,7 +3,7 @@
 Run with ``.venv/bin/python -m pytest benches --benchmark-enable --benchmark-only -q``
 (``make bench`` does). These are timings, not tests: ``make test`` never collects them
 (pytest's testpaths is ``tests``). ``benches/side_by_side.py`` prints the same comparison
-as calls/s with ratios and the SPEC targets.
+as calls/s with ratios and the performance targets.
 
 Every limiter gets a budget no benchmark can exhaust; each benchmark checks afterwards that a
 further call is still allowed, so no figure is the cost of a refusal.

@@ -1,0 +1,28 @@
+"""Every Python block of README.md runs as printed (the shell blocks are `make` commands that CI
+runs itself)."""
+
+from __future__ import annotations
+
+import re
+import textwrap
+from pathlib import Path
+
+import pytest
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+# Blocks may sit indented inside a list item.
+BLOCKS = [
+    textwrap.dedent(body)
+    for body in re.findall(r"^ *```python\n(.*?)^ *```", README.read_text(encoding="utf-8"), flags=re.S | re.M)
+]
+
+
+def test_the_readme_has_its_blocks():
+    assert len(BLOCKS) >= 3
+
+
+@pytest.mark.parametrize("index", range(len(BLOCKS)))
+def test_block_runs(index, capsys):
+    code = compile(BLOCKS[index], f"{README.name} python block {index + 1}", "exec")
+    exec(code, {"__name__": f"readme_block_{index + 1}"})
+    assert capsys.readouterr().out  # every block shows what it did
