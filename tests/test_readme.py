@@ -26,3 +26,15 @@ def test_block_runs(index, capsys):
     code = compile(BLOCKS[index], f"{README.name} python block {index + 1}", "exec")
     exec(code, {"__name__": f"readme_block_{index + 1}"})
     assert capsys.readouterr().out  # every block shows what it did
+
+
+def test_the_layout_names_every_module():
+    text = README.read_text(encoding="utf-8")
+    layout = text[text.index("## Layout") :].split("```")[1]
+    repo = README.parent
+    modules = [p.stem for p in (repo / "rust").glob("*/src/*.rs")]
+    modules += [p.name for p in (repo / "python" / "flashcard_pipeline").rglob("*.py*")]
+    missing = [
+        name for name in modules if name not in ("__init__.py", "utils") and name not in layout
+    ]
+    assert not missing
