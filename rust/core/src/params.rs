@@ -303,3 +303,46 @@ pub(crate) fn share(total: u64, shards: usize, i: usize) -> u64 {
     let n = shards as u64;
     total / n + u64::from((i as u64) < total % n)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(rate: f64, period: f64, shards: usize) -> Params {
+        let quota = Quota::new(rate, period, None, Algorithm::TokenBucket, Some(shards)).unwrap();
+        Params::new(&quota).unwrap()
+    }
+
+    #[test]
+    fn a_round_rate_gets_a_whole_scale_that_prices_a_token_exactly() {
+        // 1e9 / 3 ns a token: 30 ticks a nanosecond make it 1e10 ticks.
+        let p = params(3.0, 1.0, 1);
+        assert_eq!(
+            (p.scale, p.unit, p.capacity),
+            (Scale::per_nano(30), 10_000_000_000, 3 * 10_000_000_000)
+        );
+        // 7 per minute at 4 shards: 4 * 60e9 / 7 ns, 28 ticks a nanosecond.
+        let p = params(7.0, 60.0, 4);
+        assert_eq!((p.scale, p.unit), (Scale::per_nano(28), 960_000_000_000));
+        // 1e9 per second at 16 shards: 16 ns, 32 ticks a nanosecond.
+        let p = params(1e9, 1.0, 16);
+        assert_eq!((p.scale, p.unit), (Scale::per_nano(32), 512));
+    }
+
+    #[test]
+    fn other_rates_keep_a_power_of_two_or_a_fractional_scale() {
+        // 1e9 / 37 ns: no whole scale up to 32 prices it; rounded up by under 2^-20.
+        let p = params(37.0, 1.0, 1);
+        assert_eq!((p.scale, p.unit), (Scale::per_nano(32), 864_864_865));
+        assert!(params(999_999_937.0, 1.0, 1).scale.whole().is_none());
+    }
+
+    #[test]
+    fn a_reading_rounds_down_for_credit_and_up_for_a_restart() {
+        let whole = Scale::per_nano(30).read(7);
+        assert_eq!((whole.now, whole.start), (210, 210));
+        let half = Scale::power_of_two(-1);
+        assert_eq!(half.read(7), Ticks { now: 3, start: 4 });
+        assert_eq!(half.read(8), Ticks { now: 4, start: 4 });
+    }
+}
