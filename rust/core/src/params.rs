@@ -240,13 +240,11 @@ impl Params {
     /// the token exactly), floats on a fractional one.
     fn token_ticks(quota: &Quota, scale: Scale) -> u128 {
         let exact = scale.whole().zip(token_nanos_ratio(quota));
-        let unit = match exact {
-            Some((s, (p, q))) => p.saturating_mul(s.into()).div_ceil(q),
-            None => {
-                let nanos = quota.shards as f64 * quota.period * NANOS_PER_SEC / quota.rate;
-                (nanos * scale.ticks_per_nano()).ceil() as u128
-            }
-        };
+        let unit = exact.and_then(|(s, (p, q))| Some(p.checked_mul(s.into())?.div_ceil(q)));
+        let unit = unit.unwrap_or_else(|| {
+            let nanos = quota.shards as f64 * quota.period * NANOS_PER_SEC / quota.rate;
+            (nanos * scale.ticks_per_nano()).ceil() as u128
+        });
         unit.max(1)
     }
 

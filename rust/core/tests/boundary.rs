@@ -179,11 +179,17 @@ fn cases(n: u32) -> ProptestConfig {
 }
 
 /// Takes greedily at each of `steps` (nanoseconds apart) and checks every interval between
-/// two admission times against `burst + rate * t / period`.
-fn check_every_interval(quota: Quota, start: u64, steps: &[u64], count: u64) {
+/// two admission times against `burst + rate * t / period`; one budget, or one key's.
+fn check_every_interval(quota: Quota, keyed: bool, start: u64, steps: &[u64], count: u64) {
     let manual = Arc::new(ManualClock::new(0.0));
     manual.set(start);
-    let limiter = RateLimiter::new(quota, Clock::Manual(manual.clone())).unwrap();
+    let clock = Clock::Manual(manual.clone());
+    let limiter = if keyed {
+        RateLimiter::keyed(quota, clock, ReservationPolicy::default(), 10)
+    } else {
+        RateLimiter::new(quota, clock)
+    }
+    .unwrap();
     // (time, tokens admitted at that time)
     let mut admitted: Vec<(u64, u64)> = Vec::new();
     for (i, &step) in steps.iter().enumerate() {
@@ -215,15 +221,22 @@ fn check_every_interval(quota: Quota, start: u64, steps: &[u64], count: u64) {
 #[test]
 fn no_interval_of_a_few_nanoseconds_admits_more_than_burst_plus_rate_times_t() {
     // High rates, round and not (whose clock scale is then fractional), a full bucket from
-    // any instant, taken from greedily every nanosecond.
+    // any instant, taken from greedily every nanosecond; one budget or one key's.
     let steps = [1; 48];
+    let budgets = [
+        (1.0, 1, false),
+        (7.0, 1, false),
+        (7.0, 4, false),
+        (3.0, 16, false),
+        (7.0, 1, true),
+    ];
     for i in 0..200u32 {
         let rate = 3e7 + f64::from(i) * 4_848_484.848_484_8;
-        for (burst, shards) in [(1.0, 1), (7.0, 1), (7.0, 4), (3.0, 16)] {
+        for (burst, shards, keyed) in budgets {
             let quota =
                 Quota::new(rate, 1.0, Some(burst), Algorithm::TokenBucket, Some(shards)).unwrap();
             for start in [0, 1, 2, 3, 5, 8, 13, 21] {
-                check_every_interval(quota, start, &steps, 1);
+                check_every_interval(quota, keyed, start, &steps, 1);
             }
         }
     }
@@ -249,13 +262,14 @@ proptest! {
         ],
         burst in 1u64..=8,
         shards in prop_oneof![Just(1usize), Just(2), Just(4), Just(16)],
+        keyed in any::<bool>(),
         start in 0u64..10_000,
         steps in prop::collection::vec(prop_oneof![1u64..=40, 1u64..=400], 1..120),
     ) {
         let quota =
             Quota::new(rate, 1.0, Some(burst as f64), Algorithm::TokenBucket, Some(shards))
                 .unwrap();
-        check_every_interval(quota, start, &steps, 1);
+        check_every_interval(quota, keyed, start, &steps, 1);
     }
 
     /// Any round rate per second, minute, hour or day, any burst and shard count: `k`
