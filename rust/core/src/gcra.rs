@@ -626,6 +626,18 @@ mod tests {
     }
 
     #[test]
+    fn a_full_bucket_read_between_two_ticks_restarts_from_the_later_one() {
+        let shard = GcraShard::new(320, 0);
+        let between = Ticks { now: 10, start: 11 };
+        assert_eq!(shard.available(between), 320);
+        assert!(shard.try_take(between, 32).is_some());
+        // The part of a tick before 11 is not credited; a bucket with credit is unaffected.
+        assert_eq!(shard.tat(), 43);
+        assert!(shard.try_take(between, 32).is_some());
+        assert_eq!(shard.tat(), 75);
+    }
+
+    #[test]
     fn take_up_to_takes_what_there_is() {
         let shard = GcraShard::new(100, 0);
         assert_eq!(shard.take_up_to(at(0), 60).map(|t| t.0), Some(60));
