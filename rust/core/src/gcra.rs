@@ -1,11 +1,14 @@
 //! Token bucket shard as GCRA: the whole state is one atomic "theoretical arrival time".
 //!
 //! Credit is counted in ticks of the limiter's clock scale (`params.rs`): up to 32 per
-//! nanosecond, chosen so that the rate is exact to one part in a million (rounded down) for
-//! any rate and burst; u64 ticks last at least 18 years of limiter uptime. A shard with
-//! capacity `C` ticks and TAT `t` has `C - max(t - now, 0)` ticks of credit at `now`, and gains
-//! one tick of credit per tick of time until full. Taking `x` ticks moves the TAT to
-//! `max(t, now) + x`. A refusal never writes, so a hot refused key does not bounce its line.
+//! nanosecond, chosen so that a token costs whole ticks and so does a nanosecond wherever a
+//! small whole number of ticks per nanosecond can do it (then nothing is rounded), and
+//! otherwise so that the rate is exact to one part in a million (rounded down); u64 ticks
+//! last at least 18 years of limiter uptime. A shard with capacity `C` ticks and TAT `t` has
+//! `C - max(t - now, 0)` ticks of credit at `now`, and gains one tick of credit per tick of
+//! time until full. Taking `x` ticks moves the TAT to `max(t, now) + x`, with `now` rounded
+//! down for the credit and up for the TAT (`Ticks`). A refusal never writes, so a hot
+//! refused key does not bounce its line.
 //!
 //! A full shard cannot hold its refill, but the budget as a whole is only full when every
 //! shard is. So before each take the set *settles*: the refill that full shards could not
@@ -25,7 +28,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use crate::budget::{Budget, Outcome, Promises};
 use crate::clock::{Clock, Nanos};
 use crate::keyed::KeyCell;
-use crate::params::{share, Params, Scale};
+use crate::params::{share, Params, Scale, Ticks};
 use crate::shard::{Shard, ShardSet, Taken};
 
 #[derive(Debug)]
@@ -72,11 +75,11 @@ impl GcraShard {
 
     /// Takes `taken` ticks whatever the credit (escrow being spent: its capacity was just
     /// raised by as much).
-    fn force_take(&self, now: u64, taken: u64) {
+    fn force_take(&self, now: Ticks, taken: u64) {
         let _ = self
             .tat
             .fetch_update(Ordering::SeqCst, Ordering::Relaxed, |tat| {
-                Some(tat.max(now) + taken)
+                Some(tat.max(now.start) + taken)
             });
     }
 
@@ -101,8 +104,8 @@ impl GcraShard {
 
 impl GcraShard {
     /// Ticks of credit the set lacks for `units`, counting refill owed after a back-off.
-    fn short(set: &ShardSet<Self>, now: u64, units: u64) -> u64 {
-        let owed: u64 = set.slots.iter().map(|s| s.shard.owed(now)).sum();
+    fn short(set: &ShardSet<Self>, now: Ticks, units: u64) -> u64 {
+        let owed: u64 = set.slots.iter().map(|s| s.shard.owed(now.now)).sum();
         units
             .saturating_add(owed)
             .saturating_sub(<Self as Shard>::total_available(set, now))
@@ -173,21 +176,22 @@ fn credit(capacity: u64, tat: u64, now: u64) -> u64 {
 }
 
 /// One CAS loop for every kind of take, a shard's or a key's: `want(credit)` says how much
-/// to take from the TAT `tat` of a bucket of `capacity` ticks.
+/// to take from the TAT `tat` of a bucket of `capacity` ticks. A bucket that was full
+/// restarts from `now.start` (see [`Ticks`]).
 #[inline]
 fn take_from(
     tat: &AtomicU64,
     capacity: u64,
-    now: u64,
+    now: Ticks,
     want: impl Fn(u64) -> u64,
 ) -> Option<(u64, Receipt)> {
     let mut current = tat.load(Ordering::Relaxed);
     loop {
-        let taken = want(credit(capacity, current, now));
+        let taken = want(credit(capacity, current, now.now));
         if taken == 0 {
             return None;
         }
-        let end = current.max(now) + taken;
+        let end = current.max(now.start) + taken;
         // SeqCst: a limiter being re-rated or booking must see every take that raced
         // with it; on x86 a locked CAS costs the same either way.
         match tat.compare_exchange_weak(current, end, Ordering::SeqCst, Ordering::Relaxed) {
@@ -225,14 +229,15 @@ fn refund(tat: &AtomicU64, receipt: Receipt, now: impl Fn() -> u64) -> Option<u6
 impl Shard for GcraShard {
     type Receipt = Receipt;
     type Shared = Settlement;
+    type Time = Ticks;
 
     #[inline]
-    fn available(&self, now: u64) -> u64 {
-        self.credit(self.tat.load(Ordering::Relaxed), now)
+    fn available(&self, now: Ticks) -> u64 {
+        self.credit(self.tat.load(Ordering::Relaxed), now.now)
     }
 
     #[inline]
-    fn take(&self, now: u64, want: impl Fn(u64) -> u64) -> Option<(u64, Receipt)> {
+    fn take(&self, now: Ticks, want: impl Fn(u64) -> u64) -> Option<(u64, Receipt)> {
         take_from(&self.tat, self.capacity(), now, want)
     }
 
@@ -246,7 +251,7 @@ impl Shard for GcraShard {
 
     /// Settled, the set refills like one bucket: `N` ticks of credit per tick of time
     /// (one per shard) until the whole budget is full.
-    fn wait_for(set: &ShardSet<Self>, now: u64, units: u64) -> Nanos {
+    fn wait_for(set: &ShardSet<Self>, now: Ticks, units: u64) -> Nanos {
         let short = Self::short(set, now, units);
         set.shared.scale.nanos(short.div_ceil(set.len() as u64))
     }
@@ -254,7 +259,8 @@ impl Shard for GcraShard {
     /// The horizon is the earliest TAT of any shard: before it no shard is full, nothing is
     /// wasted, and a take needs to look at its own shards only. Takes only raise TATs; the
     /// deposits and give-backs that lower one lower the horizon with it.
-    fn settle(set: &ShardSet<Self>, now: u64) {
+    fn settle(set: &ShardSet<Self>, now: Ticks) {
+        let now = now.now;
         let Settlement {
             settled, horizon, ..
         } = &set.shared;
@@ -294,7 +300,8 @@ impl Shard for GcraShard {
 
     /// Credit held now, plus the waste a settle would move into shards with room.
     #[inline]
-    fn total_available(set: &ShardSet<Self>, now: u64) -> u64 {
+    fn total_available(set: &ShardSet<Self>, now: Ticks) -> u64 {
+        let now = now.now;
         let shards = set.slots.iter().map(|s| &s.shard);
         if now < set.shared.horizon.load(Ordering::Relaxed) {
             // No shard is full, so none has wasted anything: the credits are the answer.
@@ -325,15 +332,15 @@ pub(crate) struct TokenBucket {
 impl TokenBucket {
     /// `now` on the limiter's clock in ticks: the shards' time.
     #[inline(always)]
-    fn ticks(&self, now: Nanos) -> u64 {
-        self.set.shared.scale.ticks(now)
+    fn ticks(&self, now: Nanos) -> Ticks {
+        self.set.shared.scale.read(now)
     }
 
     /// Pays `units` of escrow back at `now` (in ticks): what no capacity held first, then shard by shard up to
     /// each shard's share of the burst, telling `restored` what each shard got back.
     fn restore(
         &self,
-        now: u64,
+        now: Ticks,
         params: &Params,
         units: u64,
         mut restored: impl FnMut(&GcraShard, u64),
@@ -489,7 +496,7 @@ impl Budget for TokenBucket {
     fn owe_until(&self, now: Nanos, until: Nanos) {
         // Waste up to now moves first, so that none of it lands after the back-off.
         GcraShard::settle(&self.set, self.ticks(now));
-        let until = self.ticks(until);
+        let until = self.ticks(until).now;
         for slot in self.set.slots.iter() {
             slot.shard.owe_until(until);
         }
@@ -512,7 +519,7 @@ impl Budget for TokenBucket {
         let owed = if refill {
             0
         } else {
-            let ticks = self.ticks(now);
+            let ticks = self.ticks(now).now;
             let owed = self.set.slots.iter().map(|s| s.shard.owed(ticks)).max();
             old.scale.nanos(owed.unwrap_or(0))
         };
@@ -546,12 +553,12 @@ impl KeyCell for TokenCell {
 
     #[inline]
     fn take(&self, params: &Params, now: Nanos, units: u64) -> std::result::Result<Receipt, Nanos> {
-        let now = params.scale.ticks(now);
+        let now = params.scale.read(now);
         let all_or_nothing = |credit| if credit >= units { units } else { 0 };
         match take_from(&self.0, params.capacity, now, all_or_nothing) {
             Some((_, receipt)) => Ok(receipt),
             None => {
-                let short = units.saturating_sub(self.credit(params, now));
+                let short = units.saturating_sub(self.credit(params, now.now));
                 Err(params.scale.nanos(short))
             }
         }
@@ -598,24 +605,44 @@ mod tests {
     use crate::shard::ShardSet;
     use std::sync::Arc;
 
+    /// A reading a whole number of ticks from the origin.
+    fn at(ticks: u64) -> Ticks {
+        Ticks {
+            now: ticks,
+            start: ticks,
+        }
+    }
+
     #[test]
     fn credit_refills_one_tick_per_tick_up_to_capacity() {
         let shard = GcraShard::new(320, 0);
-        assert_eq!(shard.available(0), 320);
-        assert!(shard.try_take(0, 320).is_some());
-        assert_eq!(shard.available(0), 0);
-        assert!(shard.try_take(0, 1).is_none());
+        assert_eq!(shard.available(at(0)), 320);
+        assert!(shard.try_take(at(0), 320).is_some());
+        assert_eq!(shard.available(at(0)), 0);
+        assert!(shard.try_take(at(0), 1).is_none());
         // Times are in ticks: the shards' own clock.
-        assert_eq!(shard.available(160), 160);
-        assert_eq!(shard.available(32_000), 320);
+        assert_eq!(shard.available(at(160)), 160);
+        assert_eq!(shard.available(at(32_000)), 320);
+    }
+
+    #[test]
+    fn a_full_bucket_read_between_two_ticks_restarts_from_the_later_one() {
+        let shard = GcraShard::new(320, 0);
+        let between = Ticks { now: 10, start: 11 };
+        assert_eq!(shard.available(between), 320);
+        assert!(shard.try_take(between, 32).is_some());
+        // The part of a tick before 11 is not credited; a bucket with credit is unaffected.
+        assert_eq!(shard.tat(), 43);
+        assert!(shard.try_take(between, 32).is_some());
+        assert_eq!(shard.tat(), 75);
     }
 
     #[test]
     fn take_up_to_takes_what_there_is() {
         let shard = GcraShard::new(100, 0);
-        assert_eq!(shard.take_up_to(0, 60).map(|t| t.0), Some(60));
-        assert_eq!(shard.take_up_to(0, 60).map(|t| t.0), Some(40));
-        assert!(shard.take_up_to(0, 60).is_none());
+        assert_eq!(shard.take_up_to(at(0), 60).map(|t| t.0), Some(60));
+        assert_eq!(shard.take_up_to(at(0), 60).map(|t| t.0), Some(40));
+        assert!(shard.take_up_to(at(0), 60).is_none());
     }
 
     #[test]
@@ -625,10 +652,10 @@ mod tests {
             [GcraShard::new(100, 0)],
             Settlement::new(0, Scale::per_nano(32)),
         );
-        let receipt = set.shard(0).try_take(0, 70).unwrap();
-        set.shard(0).try_take(0, 10).unwrap();
+        let receipt = set.shard(0).try_take(at(0), 70).unwrap();
+        set.shard(0).try_take(at(0), 10).unwrap();
         GcraShard::give_back(&set, 0, receipt, &clock);
-        assert_eq!(set.shard(0).available(0), 90);
+        assert_eq!(set.shard(0).available(at(0)), 90);
     }
 
     #[test]
@@ -640,10 +667,10 @@ mod tests {
             Settlement::new(0, Scale::per_nano(32)),
         );
         let shard = set.shard(0);
-        let receipt = shard.try_take(0, 3200).unwrap(); // end = 3200 ticks = 100 ns
+        let receipt = shard.try_take(at(0), 3200).unwrap(); // end = 3200 ticks = 100 ns
         manual.advance(60); // 1920 ticks later, the credit from then on is already back
         GcraShard::give_back(&set, 0, receipt, &clock);
-        assert_eq!(shard.available(1920), 3200);
+        assert_eq!(shard.available(at(1920)), 3200);
         // Only the 1280 ticks still ahead of the clock came back: TAT = 3200 - 1280.
         assert_eq!(shard.tat.load(Ordering::Relaxed), 1920);
     }
@@ -654,14 +681,14 @@ mod tests {
             [GcraShard::new(320, 0), GcraShard::new(320, 0)],
             Settlement::new(0, Scale::per_nano(32)),
         );
-        set.shard(0).try_take(0, 320).unwrap();
-        set.shard(1).try_take(0, 160).unwrap();
+        set.shard(0).try_take(at(0), 320).unwrap();
+        set.shard(1).try_take(at(0), 160).unwrap();
         // 160 available and two ticks of credit per tick: 480 needs 160 ticks = 5 ns.
-        assert_eq!(GcraShard::wait_for(&set, 0, 480), 5);
+        assert_eq!(GcraShard::wait_for(&set, at(0), 480), 5);
         // 40 more: 20 ticks, rounded up to 1 ns.
-        assert_eq!(GcraShard::wait_for(&set, 0, 200), 1);
+        assert_eq!(GcraShard::wait_for(&set, at(0), 200), 1);
         // Everything: once shard 1 is full its refill goes to shard 0, so 240 ticks = 8 ns.
-        assert_eq!(GcraShard::wait_for(&set, 0, 640), 8);
+        assert_eq!(GcraShard::wait_for(&set, at(0), 640), 8);
     }
 
     #[test]
@@ -670,14 +697,14 @@ mod tests {
             [GcraShard::new(320, 0), GcraShard::new(320, 0)],
             Settlement::new(0, Scale::per_nano(32)),
         );
-        set.shard(0).try_take(0, 320).unwrap();
+        set.shard(0).try_take(at(0), 320).unwrap();
         // 64 ticks later shard 0 refilled 64 and shard 1, already full, wasted 64.
-        assert_eq!(GcraShard::total_available(&set, 64), 448);
-        GcraShard::settle(&set, 64);
-        assert_eq!(set.shard(0).available(64), 128);
-        assert_eq!(set.shard(1).available(64), 320);
-        GcraShard::settle(&set, 320);
-        assert_eq!(GcraShard::total_available(&set, 320), 640);
+        assert_eq!(GcraShard::total_available(&set, at(64)), 448);
+        GcraShard::settle(&set, at(64));
+        assert_eq!(set.shard(0).available(at(64)), 128);
+        assert_eq!(set.shard(1).available(at(64)), 320);
+        GcraShard::settle(&set, at(320));
+        assert_eq!(GcraShard::total_available(&set, at(320)), 640);
     }
 
     #[test]
@@ -687,10 +714,10 @@ mod tests {
             Settlement::new(0, Scale::per_nano(32)),
         );
         // Both full for 100 ns, then a settle-and-take drains shard 1.
-        GcraShard::settle(&set, 100);
-        set.shard(1).try_take(100, 320).unwrap();
-        assert_eq!(GcraShard::total_available(&set, 100), 320);
-        GcraShard::settle(&set, 100);
-        assert_eq!(GcraShard::total_available(&set, 100), 320);
+        GcraShard::settle(&set, at(100));
+        set.shard(1).try_take(at(100), 320).unwrap();
+        assert_eq!(GcraShard::total_available(&set, at(100)), 320);
+        GcraShard::settle(&set, at(100));
+        assert_eq!(GcraShard::total_available(&set, at(100)), 320);
     }
 }

@@ -13,37 +13,38 @@ use crate::budget::Outcome;
 use crate::clock::{Clock, Nanos};
 
 /// One shard's bucket. Capacity and amounts are in the algorithm's own units (clock ticks
-/// of credit for the token bucket, admission slots for the sliding window), and so is `now`
-/// (the token bucket's ticks, the sliding window's nanoseconds); waits are nanoseconds.
+/// of credit for the token bucket), and so is `now` (its `Time`); waits are nanoseconds.
 pub(crate) trait Shard: Send + Sync + Sized {
     /// What a take records so that it can be given back exactly.
     type Receipt: Copy;
     /// State the whole set shares, besides its shards.
     type Shared: Send + Sync + std::fmt::Debug;
+    /// A clock reading in the algorithm's own time.
+    type Time: Copy;
 
-    fn available(&self, now: Nanos) -> u64;
+    fn available(&self, now: Self::Time) -> u64;
     /// Takes what `want` says, given what is available now; `None` when that is nothing.
-    fn take(&self, now: Nanos, want: impl Fn(u64) -> u64) -> Option<(u64, Self::Receipt)>;
+    fn take(&self, now: Self::Time, want: impl Fn(u64) -> u64) -> Option<(u64, Self::Receipt)>;
     /// Takes all of `units` or nothing.
     #[inline]
-    fn try_take(&self, now: Nanos, units: u64) -> Option<Self::Receipt> {
+    fn try_take(&self, now: Self::Time, units: u64) -> Option<Self::Receipt> {
         self.take(now, |available| if available >= units { units } else { 0 })
             .map(|(_, receipt)| receipt)
     }
     /// Takes as much of `units` as is available now; `None` when it took nothing.
-    fn take_up_to(&self, now: Nanos, units: u64) -> Option<(u64, Self::Receipt)> {
+    fn take_up_to(&self, now: Self::Time, units: u64) -> Option<(u64, Self::Receipt)> {
         self.take(now, |available| available.min(units))
     }
     /// Returns a take that turned out not to be needed.
     fn give_back(set: &ShardSet<Self>, index: usize, receipt: Self::Receipt, clock: &Clock);
     /// Nanoseconds from `now` until `units` can be gathered over the whole set
     /// (`units` never exceeds its total capacity).
-    fn wait_for(set: &ShardSet<Self>, now: Nanos, units: u64) -> Nanos;
+    fn wait_for(set: &ShardSet<Self>, now: Self::Time, units: u64) -> Nanos;
     /// Brings the shards up to date before a take, so that together they hold exactly
     /// what one unsharded budget would.
-    fn settle(_set: &ShardSet<Self>, _now: Nanos) {}
+    fn settle(_set: &ShardSet<Self>, _now: Self::Time) {}
     /// Units the whole set could hand out at `now`, counting what a settle would move.
-    fn total_available(set: &ShardSet<Self>, now: Nanos) -> u64 {
+    fn total_available(set: &ShardSet<Self>, now: Self::Time) -> u64 {
         set.slots.iter().map(|s| s.shard.available(now)).sum()
     }
 }
@@ -94,7 +95,7 @@ impl<S: Shard> ShardSet<S> {
         &self.slots[index].shard
     }
 
-    pub(crate) fn available(&self, now: Nanos) -> u64 {
+    pub(crate) fn available(&self, now: S::Time) -> u64 {
         S::total_available(self, now)
     }
 
@@ -123,7 +124,7 @@ impl<S: Shard> ShardSet<S> {
     pub(crate) fn acquire(
         &self,
         clock: &Clock,
-        now: Nanos,
+        now: S::Time,
         hash: u64,
         units: u64,
     ) -> Outcome<Taken<S::Receipt>> {
@@ -158,7 +159,7 @@ impl<S: Shard> ShardSet<S> {
     fn gather(
         &self,
         clock: &Clock,
-        now: Nanos,
+        now: S::Time,
         first: usize,
         units: u64,
     ) -> Outcome<Taken<S::Receipt>> {
@@ -240,7 +241,15 @@ fn reduce(hash: u64, n: u64) -> u64 {
 mod tests {
     use super::*;
     use crate::gcra::{GcraShard, Settlement};
-    use crate::params::Scale;
+    use crate::params::{Scale, Ticks};
+
+    /// A reading a whole number of ticks from the origin.
+    fn at(ticks: u64) -> Ticks {
+        Ticks {
+            now: ticks,
+            start: ticks,
+        }
+    }
 
     fn set(n: usize) -> ShardSet<GcraShard> {
         ShardSet::new(
@@ -267,14 +276,14 @@ mod tests {
         let s = set(2);
         let hash = 7;
         let (a, b) = s.candidates(hash);
-        s.shard(a).try_take(0, 60).unwrap();
+        s.shard(a).try_take(at(0), 60).unwrap();
         // b has 100 ticks, a has 40: the request goes to b even though a could serve it.
         assert!(matches!(
-            s.acquire(&clock, 0, hash, 30),
+            s.acquire(&clock, at(0), hash, 30),
             Outcome::Admitted { shard, .. } if shard == b
         ));
-        assert_eq!(s.shard(a).available(0), 40);
-        assert_eq!(s.shard(b).available(0), 70);
+        assert_eq!(s.shard(a).available(at(0)), 40);
+        assert_eq!(s.shard(b).available(at(0)), 70);
     }
 
     #[test]
@@ -282,17 +291,17 @@ mod tests {
         let clock = Clock::Manual(Default::default());
         let s = set(16);
         assert!(matches!(
-            s.acquire(&clock, 0, 1, 1_550),
+            s.acquire(&clock, at(0), 1, 1_550),
             Outcome::Admitted { .. }
         ));
-        assert_eq!(s.available(0), 50);
+        assert_eq!(s.available(at(0)), 50);
         // Refused without writing anything.
-        let before: Vec<u64> = (0..16).map(|i| s.shard(i).available(0)).collect();
+        let before: Vec<u64> = (0..16).map(|i| s.shard(i).available(at(0))).collect();
         assert!(matches!(
-            s.acquire(&clock, 0, 1, 60),
+            s.acquire(&clock, at(0), 1, 60),
             Outcome::Refused { .. }
         ));
-        let after: Vec<u64> = (0..16).map(|i| s.shard(i).available(0)).collect();
+        let after: Vec<u64> = (0..16).map(|i| s.shard(i).available(at(0))).collect();
         assert_eq!(before, after);
     }
 }
