@@ -17,8 +17,9 @@
 //! booked) is dropped by a sweep of its stripe: before a stripe's table grows, after a
 //! stripe has served as many calls as it holds keys, and when `len()` is asked. Each sweep
 //! visits one stripe, so its cost is spread over the calls that made it due. At most
-//! `max_keys` keys are kept: a new key beyond them is refused with `too_many_keys` (after
-//! a sweep of every stripe), rather than live state being forgotten.
+//! `max_keys` keys are kept: a new key beyond them is refused with `too_many_keys`, rather
+//! than live state being forgotten. A refusal sweeps every stripe for room at most once a
+//! period, so a flood of new keys costs a look-up each, not a pass over the table.
 
 use crossbeam_utils::CachePadded;
 use hashbrown::HashTable;
@@ -120,6 +121,8 @@ pub(crate) struct Keyed<C: KeyCell> {
     hasher: ahash::RandomState,
     keys: AtomicUsize,
     max_keys: usize,
+    /// When a new key refused at `max_keys` may next sweep every stripe for room.
+    room_at: AtomicU64,
     policy: ReservationPolicy,
 }
 
@@ -194,6 +197,7 @@ impl<C: KeyCell> Keyed<C> {
             hasher: ahash::RandomState::new(),
             keys: AtomicUsize::new(0),
             max_keys,
+            room_at: AtomicU64::new(0),
             policy,
         })
     }
@@ -249,10 +253,17 @@ impl<C: KeyCell> Keyed<C> {
         hash: u64,
         now: Nanos,
     ) -> Option<RwLockReadGuard<'_, Table<C>>> {
-        if self.keys.load(Ordering::Relaxed) >= self.max_keys {
-            self.sweep_all(now);
+        let stripe = &self.stripes[index];
+        if self.keys.load(Ordering::Relaxed) >= self.max_keys && !self.make_room(now) {
+            // Only a key kept already goes on (`with_busy`'s, or another thread's insert).
+            let table = stripe.table.read();
+            return table
+                .entries
+                .find(hash, |e| e.0 == key)
+                .is_some()
+                .then_some(table);
         }
-        let mut table = self.stripes[index].table.write();
+        let mut table = stripe.table.write();
         if table.entries.find(hash, |e| e.0 == key).is_none() {
             if self.keys.fetch_add(1, Ordering::Relaxed) >= self.max_keys {
                 self.keys.fetch_sub(1, Ordering::Relaxed);
@@ -301,6 +312,29 @@ impl<C: KeyCell> Keyed<C> {
             .store(kept.max(FIRST_SWEEP) as u64, Ordering::Relaxed);
     }
 
+    /// Sweeps every stripe for a new key while `max_keys` keys are kept, and says whether
+    /// that made room. At most once a period (or, when a sweep takes more than a tenth of
+    /// one, nine times its length after it), so that sweeping for room takes a tenth of the
+    /// time at most; a key that has become droppable makes room at most that long (plus
+    /// the sweep) later. Other calls meanwhile refuse at once.
+    fn make_room(&self, now: Nanos) -> bool {
+        let due = self.room_at.load(Ordering::Relaxed);
+        if now < due
+            || self
+                .room_at
+                .compare_exchange(due, Nanos::MAX, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            return false;
+        }
+        self.sweep_all(now);
+        let spent = self.clock.now().saturating_sub(now);
+        let period = self.stripes[0].table.read().params.window;
+        let next = now.saturating_add(spent + period.max(9 * spent));
+        self.room_at.store(next, Ordering::Relaxed);
+        self.keys.load(Ordering::Relaxed) < self.max_keys
+    }
+
     fn sweep_all(&self, now: Nanos) {
         for (index, stripe) in self.stripes.iter().enumerate() {
             self.sweep(index, &mut stripe.table.write(), now);
@@ -315,7 +349,7 @@ impl<C: KeyCell> Keyed<C> {
 
     /// A refusal that no key's budget decided (the key is not kept).
     fn unkept(&self, now: Nanos, shard: usize, reason: Refusal) -> Decision {
-        let unit = self.stripes[0].table.read().params.unit;
+        let unit = self.stripes[shard].table.read().params.unit;
         refused(now, shard, reason, None, unit)
     }
 

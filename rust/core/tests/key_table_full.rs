@@ -1,0 +1,81 @@
+//! A full key table (`scope="key"` with `max_keys` keys kept, every one in use): a new key is
+//! refused at the cost of a look-up, not of a pass over every key, and a key that has
+//! become droppable makes room for a new one at most a period after the last such pass.
+
+use ratelimit_core::{
+    Algorithm, Clock, ManualClock, Nanos, Quota, RateLimiter, Refusal, ReservationPolicy,
+};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const MS: Nanos = 1_000_000;
+
+/// `keys` keys kept of `keys` at most, each with its budget of one token per second taken:
+/// full again at 1 s, droppable at 2 s.
+fn full(algorithm: Algorithm, keys: usize) -> (RateLimiter, Arc<ManualClock>) {
+    let clock = Arc::new(ManualClock::new(0.0));
+    let quota = Quota::new(1.0, 1.0, None, algorithm, Some(16)).unwrap();
+    let policy = ReservationPolicy::default();
+    let limiter = RateLimiter::keyed(quota, Clock::Manual(clock.clone()), policy, keys).unwrap();
+    for key in 0..keys as u64 {
+        assert!(limiter.try_acquire_hashed(key, 1).unwrap().allowed);
+    }
+    (limiter, clock)
+}
+
+fn reason(limiter: &RateLimiter, key: u64) -> Option<Refusal> {
+    limiter.try_acquire_hashed(key, 1).unwrap().reason
+}
+
+fn best_of_three(mut run: impl FnMut(u64)) -> Duration {
+    (0..3)
+        .map(|round| {
+            let start = Instant::now();
+            run(round);
+            start.elapsed()
+        })
+        .min()
+        .unwrap()
+}
+
+/// Timed against one pass over the table (`keys()` sweeps every stripe), so that the bound
+/// holds on a slow or busy machine: a pass per refusal would take about 1,000 passes.
+#[test]
+fn refusing_new_keys_costs_a_look_up_not_a_pass_over_the_table() {
+    const KEYS: usize = 1 << 16;
+    const NEW: u64 = 1_000;
+    for algorithm in [Algorithm::TokenBucket, Algorithm::SlidingWindow] {
+        let (limiter, _clock) = full(algorithm, KEYS);
+        let pass = best_of_three(|_| assert_eq!(limiter.keys(), KEYS));
+        let refusals = best_of_three(|round| {
+            for key in 0..NEW {
+                let key = (2 + round) * KEYS as u64 + key;
+                assert_eq!(reason(&limiter, key), Some(Refusal::TooManyKeys));
+            }
+        });
+        assert!(
+            refusals < 10 * pass,
+            "{algorithm:?}: {NEW} new keys refused in {refusals:?}, one pass over the table {pass:?}"
+        );
+        assert_eq!(reason(&limiter, 0), Some(Refusal::RateLimited), "kept");
+    }
+}
+
+#[test]
+fn a_droppable_key_makes_room_at_most_a_period_after_the_last_sweep_for_room() {
+    let (limiter, clock) = full(Algorithm::TokenBucket, 3);
+    clock.set(1_900 * MS);
+    assert!(limiter.try_acquire_hashed(0, 1).unwrap().allowed); // key 0 stays in use
+                                                                // Keys 1 and 2 are droppable at 2 s; this refusal swept the table just before.
+    assert_eq!(reason(&limiter, 10), Some(Refusal::TooManyKeys));
+    clock.set(2_500 * MS);
+    assert_eq!(reason(&limiter, 11), Some(Refusal::TooManyKeys));
+    // A period after that sweep, the next one drops them.
+    clock.set(2_900 * MS);
+    assert!(limiter.try_acquire_hashed(11, 1).unwrap().allowed);
+    assert!(limiter.try_acquire_hashed(12, 1).unwrap().allowed);
+    assert_eq!(reason(&limiter, 13), Some(Refusal::TooManyKeys));
+    // Key 0's state was kept throughout: its token comes back at 2.9 s.
+    assert!(limiter.try_acquire_hashed(0, 1).unwrap().allowed);
+    assert_eq!(limiter.keys(), 3);
+}
