@@ -16,7 +16,8 @@ Run with ``.venv/bin/python benches/keys.py`` (``make bench`` does). It prints:
 3. (``scope="key"`` only; ``--flood`` runs this part alone) a flood of new keys into a full
    table: ours with ``max_keys`` keys kept, every one in use, and the calls/s of a known key
    in windows of 0.5 s, alone and while another thread sends 100,000 new keys a second (all
-   refused ``too_many_keys``), alternating; PASS/MISS for the known key keeping at least 80 %
+   refused ``too_many_keys``; in bursts every 50 ms, so that the GIL changes hands 20 times a
+   second, not at every call), alternating; PASS/MISS for the known key keeping at least 80 %
    of its calls/s, and ``len(limiter)`` after (no key forgotten).
 
 Method (as in ``side_by_side.py``): the timed loop is ``for k in order: if f(k): allowed += 1``
@@ -573,8 +574,9 @@ def memory(scope: str) -> None:
 
 FLOOD_KEYS = 1 << 20  # max_keys (the default), all kept and in use for the whole run
 FLOOD_RATE = 100_000  # new keys a second from the flooding thread
+FLOOD_BATCH = 1_000  # new keys at most between two looks at the clock and at `stop`
 FLOOD_WINDOW = 0.5  # seconds per timed window
-FLOOD_ROUNDS = 3  # windows alone and during the flood, alternating; the best of each counts
+FLOOD_ROUNDS = 5  # windows alone and during the flood, alternating; the best of each counts
 TARGET_FLOOD_SHARE = 0.80  # a known key keeps at least 80 % of its calls/s
 
 
@@ -591,18 +593,18 @@ def known_key_rate(f: Callable[[str], Any], key: str) -> float:
 
 
 def flood(f: Callable[[str], Any], keys: Iterator[str], stop: threading.Event, out: dict[str, Any]) -> None:
-    """Sends new keys at FLOOD_RATE a second, in batches of at most 100, sleeping (without the
-    GIL) whenever it is ahead, until ``stop`` is set."""
+    """Sends new keys at FLOOD_RATE a second, in batches of at most FLOOD_BATCH, sleeping
+    (without the GIL) for 50 ms whenever it is ahead, until ``stop`` is set."""
     sent = refused = 0
     t0 = perf_counter()
     while not stop.is_set():
-        batch = min(int((perf_counter() - t0) * FLOOD_RATE) - sent, 100)
+        batch = min(int((perf_counter() - t0) * FLOOD_RATE) - sent, FLOOD_BATCH)
         for _ in range(batch):
             if f(next(keys)).reason == "too_many_keys":
                 refused += 1
         sent += max(batch, 0)
-        if batch < 100:
-            time.sleep(0.001)
+        if batch < FLOOD_BATCH:
+            stop.wait(0.05)
     out.update(sent=sent, refused=refused, seconds=perf_counter() - t0)
 
 
@@ -623,7 +625,9 @@ def flood_report() -> None:
           f"{kept:,} keys kept")
     prebuilt = [f"flood:{i}" for i in range(int(FLOOD_RATE * FLOOD_WINDOW * FLOOD_ROUNDS * 1.2))]
     keys = itertools.chain(prebuilt, (f"flood:{i}" for i in itertools.count(len(prebuilt))))
-    alone, during, floods = [], [], []
+    alone: list[float] = []
+    during: list[float] = []
+    floods: list[dict[str, Any]] = []
     for _ in range(FLOOD_ROUNDS):
         alone.append(known_key_rate(f, "user:0"))
         stop, out = threading.Event(), {}
@@ -636,16 +640,22 @@ def flood_report() -> None:
     sent = sum(o["sent"] for o in floods)
     refused = sum(o["refused"] for o in floods)
     rate = sent / sum(o["seconds"] for o in floods)
-    share = max(during) / max(alone)
+    # Each flood window against the window alone just before it, so that both see the same
+    # background load; the median of those ratios is the verdict.
+    shares = sorted(d / a for a, d in zip(alone, during))
+    share = shares[len(shares) // 2]
     print(f"known key alone, best of {FLOOD_ROUNDS} windows of {FLOOD_WINDOW} s:    {fmt_rate(max(alone))}")
     print(f"known key during the flood, best of {FLOOD_ROUNDS}:        {fmt_rate(max(during))}"
           f"  (the flood sent {rate:,.0f} new keys/s, {refused:,} of {sent:,} refused too_many_keys)")
+    print(f"during / alone, each flood window against the window before it: "
+          f"{', '.join(f'{x * 100:.0f} %' for x in shares)}")
     print("(paced: at full speed a second Python thread would take half of the interpreter's time")
     print(f" whatever each call costs; at {FLOOD_RATE:,} a second what the known key loses is what")
-    print(" the refusals cost, and a refusal that passed over the table each time would not keep pace)")
+    print(" the refusals cost, and a refusal that passed over the table each time would not keep pace;")
+    print(" on a busy machine each handover of the GIL also waits for a free core)")
     ok = share >= TARGET_FLOOD_SHARE
     print(f"  {'PASS' if ok else 'MISS'}  a known key keeps >= 80 % of its calls/s during the flood"
-          f"{'':<12} {share * 100:.0f} %")
+          f"{'':<12} {share * 100:.0f} % (median)")
     kept = len(limiter)
     print(f"  {'PASS' if kept == FLOOD_KEYS else 'MISS'}  no key forgotten{'':<50} "
           f"len(limiter) = {kept:,} of {FLOOD_KEYS:,}")
