@@ -142,10 +142,10 @@ def test_max_keys_refuses_new_keys_and_keeps_live_ones(clock, make_limiter):
 
 
 def test_a_full_table_looks_for_room_at_most_once_a_period(clock, make_limiter):
-    """A new key refused at ``max_keys`` sweeps the table for droppable keys at most once a
+    """A new key refused at ``max_keys`` sweeps a stripe for droppable keys at most once a
     period, so that a flood of new keys costs a look-up each; a key that has become droppable
-    makes room at most a period after the last sweep."""
-    limiter = make_limiter(1, 1.0, scope="key", max_keys=3)
+    makes room at most a period after its stripe's last sweep."""
+    limiter = make_limiter(1, 1.0, scope="key", max_keys=3, shards=1)
     for key in "abc":
         assert limiter.try_acquire(key)  # full again at 1 s, droppable at 2 s
     clock.advance(1.9)

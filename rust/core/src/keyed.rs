@@ -18,7 +18,7 @@
 //! stripe has served as many calls as it holds keys, and when `len()` is asked. Each sweep
 //! visits one stripe, so its cost is spread over the calls that made it due. At most
 //! `max_keys` keys are kept: a new key beyond them is refused with `too_many_keys`, rather
-//! than live state being forgotten. A refusal sweeps every stripe for room at most once a
+//! than live state being forgotten. A refusal sweeps each stripe for room at most once a
 //! period, so a flood of new keys costs a look-up each, not a pass over the table.
 
 use crossbeam_utils::CachePadded;
@@ -121,7 +121,9 @@ pub(crate) struct Keyed<C: KeyCell> {
     hasher: ahash::RandomState,
     keys: AtomicUsize,
     max_keys: usize,
-    /// When a new key refused at `max_keys` may next sweep every stripe for room.
+    /// When each stripe may next be swept for room (for a new key at `max_keys`), and the
+    /// earliest of those times, read without the lock.
+    room: Mutex<Box<[Nanos]>>,
     room_at: AtomicU64,
     policy: ReservationPolicy,
 }
@@ -197,6 +199,7 @@ impl<C: KeyCell> Keyed<C> {
             hasher: ahash::RandomState::new(),
             keys: AtomicUsize::new(0),
             max_keys,
+            room: Mutex::new(vec![0; quota.shards].into_boxed_slice()),
             room_at: AtomicU64::new(0),
             policy,
         })
@@ -312,26 +315,40 @@ impl<C: KeyCell> Keyed<C> {
             .store(kept.max(FIRST_SWEEP) as u64, Ordering::Relaxed);
     }
 
-    /// Sweeps every stripe for a new key while `max_keys` keys are kept, and says whether
-    /// that made room. At most once a period (or, when a sweep takes more than a tenth of
-    /// one, nine times its length after it), so that sweeping for room takes a tenth of the
-    /// time at most; a key that has become droppable makes room at most that long (plus
-    /// the sweep) later. Other calls meanwhile refuse at once.
+    /// Sweeps the stripes due for room while `max_keys` keys are kept, until one makes room,
+    /// and says whether one did. A stripe is due a period after its last sweep for room (or
+    /// nine times the stripe count times that sweep's length, if longer, so that sweeping
+    /// for room takes about a tenth of the time at most); stripes swept by one call are
+    /// next due at even steps over the coming period, so that a flood of new keys sweeps
+    /// one stripe at a time. Other calls meanwhile refuse at once.
     fn make_room(&self, now: Nanos) -> bool {
-        let due = self.room_at.load(Ordering::Relaxed);
-        if now < due
-            || self
-                .room_at
-                .compare_exchange(due, Nanos::MAX, Ordering::Relaxed, Ordering::Relaxed)
-                .is_err()
-        {
+        if now < self.room_at.load(Ordering::Relaxed) {
             return false;
         }
-        self.sweep_all(now);
-        let spent = self.clock.now().saturating_sub(now);
-        let period = self.stripes[0].table.read().params.window;
-        let next = now.saturating_add(spent + period.max(9 * spent));
-        self.room_at.store(next, Ordering::Relaxed);
+        let Some(mut due) = self.room.try_lock() else {
+            return false;
+        };
+        let period = u128::from(self.stripes[0].table.read().params.window);
+        let stripes = due.len() as u64;
+        let count = due.iter().filter(|&&at| at <= now).count() as u128;
+        let mut swept = 0;
+        for (index, stripe) in self.stripes.iter().enumerate() {
+            if self.keys.load(Ordering::Relaxed) < self.max_keys {
+                break;
+            }
+            if due[index] > now {
+                continue;
+            }
+            let start = self.clock.now();
+            self.sweep(index, &mut stripe.table.write(), now);
+            let end = self.clock.now();
+            swept += 1;
+            let step = (period * swept / count) as Nanos;
+            let spent = end.saturating_sub(start);
+            due[index] = end.saturating_add(step.max(9 * stripes * spent));
+        }
+        let earliest = due.iter().copied().min();
+        self.room_at.store(earliest.unwrap_or(0), Ordering::Relaxed);
         self.keys.load(Ordering::Relaxed) < self.max_keys
     }
 
