@@ -141,6 +141,24 @@ def test_max_keys_refuses_new_keys_and_keeps_live_ones(clock, make_limiter):
     assert len(limiter) == 2
 
 
+def test_a_full_table_looks_for_room_at_most_once_a_period(clock, make_limiter):
+    """A new key refused at ``max_keys`` sweeps a stripe for droppable keys at most once a
+    period, so that a flood of new keys costs a look-up each; a key that has become droppable
+    makes room at most a period after its stripe's last sweep."""
+    limiter = make_limiter(1, 1.0, scope="key", max_keys=3, shards=1)
+    for key in "abc":
+        assert limiter.try_acquire(key)  # full again at 1 s, droppable at 2 s
+    clock.advance(1.9)
+    assert limiter.try_acquire("a")  # stays in use
+    assert limiter.try_acquire("d").reason == "too_many_keys"  # swept: nothing droppable yet
+    clock.advance(0.6)
+    assert limiter.try_acquire("d").reason == "too_many_keys"  # "b", "c" droppable since 2 s
+    assert limiter.peek("a") == pytest.approx(0.6, abs=1e-6)  # kept, never forgotten
+    clock.advance(0.4)  # a period after the sweep
+    assert limiter.try_acquire("d") and limiter.try_acquire("e")
+    assert limiter.try_acquire("f").reason == "too_many_keys"
+
+
 def test_idle_keys_are_dropped_and_come_back_fresh(clock, make_limiter, drain):
     limiter = make_limiter(10, 1.0, scope="key")
     for i in range(1000):

@@ -17,8 +17,9 @@
 //! booked) is dropped by a sweep of its stripe: before a stripe's table grows, after a
 //! stripe has served as many calls as it holds keys, and when `len()` is asked. Each sweep
 //! visits one stripe, so its cost is spread over the calls that made it due. At most
-//! `max_keys` keys are kept: a new key beyond them is refused with `too_many_keys` (after
-//! a sweep of every stripe), rather than live state being forgotten.
+//! `max_keys` keys are kept: a new key beyond them is refused with `too_many_keys`, rather
+//! than live state being forgotten. A refusal sweeps each stripe for room at most once a
+//! period, so a flood of new keys costs a look-up each, not a pass over the table.
 
 use crossbeam_utils::CachePadded;
 use hashbrown::HashTable;
@@ -120,6 +121,10 @@ pub(crate) struct Keyed<C: KeyCell> {
     hasher: ahash::RandomState,
     keys: AtomicUsize,
     max_keys: usize,
+    /// When each stripe may next be swept for room (for a new key at `max_keys`), and the
+    /// earliest of those times, read without the lock.
+    room: Mutex<Box<[Nanos]>>,
+    room_at: AtomicU64,
     policy: ReservationPolicy,
 }
 
@@ -194,6 +199,8 @@ impl<C: KeyCell> Keyed<C> {
             hasher: ahash::RandomState::new(),
             keys: AtomicUsize::new(0),
             max_keys,
+            room: Mutex::new(vec![0; quota.shards].into_boxed_slice()),
+            room_at: AtomicU64::new(0),
             policy,
         })
     }
@@ -249,10 +256,17 @@ impl<C: KeyCell> Keyed<C> {
         hash: u64,
         now: Nanos,
     ) -> Option<RwLockReadGuard<'_, Table<C>>> {
-        if self.keys.load(Ordering::Relaxed) >= self.max_keys {
-            self.sweep_all(now);
+        let stripe = &self.stripes[index];
+        if self.keys.load(Ordering::Relaxed) >= self.max_keys && !self.make_room(now) {
+            // Only a key kept already goes on (`with_busy`'s, or another thread's insert).
+            let table = stripe.table.read();
+            return table
+                .entries
+                .find(hash, |e| e.0 == key)
+                .is_some()
+                .then_some(table);
         }
-        let mut table = self.stripes[index].table.write();
+        let mut table = stripe.table.write();
         if table.entries.find(hash, |e| e.0 == key).is_none() {
             if self.keys.fetch_add(1, Ordering::Relaxed) >= self.max_keys {
                 self.keys.fetch_sub(1, Ordering::Relaxed);
@@ -301,6 +315,43 @@ impl<C: KeyCell> Keyed<C> {
             .store(kept.max(FIRST_SWEEP) as u64, Ordering::Relaxed);
     }
 
+    /// Sweeps the stripes due for room while `max_keys` keys are kept, until one makes room,
+    /// and says whether one did. A stripe is due a period after its last sweep for room (or
+    /// nine times the stripe count times that sweep's length, if longer, so that sweeping
+    /// for room takes about a tenth of the time at most); stripes swept by one call are
+    /// next due at even steps over the coming period, so that a flood of new keys sweeps
+    /// one stripe at a time. Other calls meanwhile refuse at once.
+    fn make_room(&self, now: Nanos) -> bool {
+        if now < self.room_at.load(Ordering::Relaxed) {
+            return false;
+        }
+        let Some(mut due) = self.room.try_lock() else {
+            return false;
+        };
+        let period = u128::from(self.stripes[0].table.read().params.window);
+        let stripes = due.len() as u64;
+        let count = due.iter().filter(|&&at| at <= now).count() as u128;
+        let mut swept = 0;
+        for (index, stripe) in self.stripes.iter().enumerate() {
+            if self.keys.load(Ordering::Relaxed) < self.max_keys {
+                break;
+            }
+            if due[index] > now {
+                continue;
+            }
+            let start = self.clock.now();
+            self.sweep(index, &mut stripe.table.write(), now);
+            let end = self.clock.now();
+            swept += 1;
+            let step = (period * swept / count) as Nanos;
+            let spent = end.saturating_sub(start);
+            due[index] = end.saturating_add(step.max(9 * stripes * spent));
+        }
+        let earliest = due.iter().copied().min();
+        self.room_at.store(earliest.unwrap_or(0), Ordering::Relaxed);
+        self.keys.load(Ordering::Relaxed) < self.max_keys
+    }
+
     fn sweep_all(&self, now: Nanos) {
         for (index, stripe) in self.stripes.iter().enumerate() {
             self.sweep(index, &mut stripe.table.write(), now);
@@ -315,7 +366,7 @@ impl<C: KeyCell> Keyed<C> {
 
     /// A refusal that no key's budget decided (the key is not kept).
     fn unkept(&self, now: Nanos, shard: usize, reason: Refusal) -> Decision {
-        let unit = self.stripes[0].table.read().params.unit;
+        let unit = self.stripes[shard].table.read().params.unit;
         refused(now, shard, reason, None, unit)
     }
 

@@ -1,5 +1,6 @@
 //! Memory of per-key budgets (`scope="key"`), counted by the allocator: at most 64 bytes per
-//! token-bucket key with every overhead, and back near the start once idle keys are dropped.
+//! token-bucket key and 200 per sliding-window key with every overhead, also where the key
+//! table has just doubled, and back near the start once idle keys are dropped.
 
 use ratelimit_core::{Algorithm, Clock, ManualClock, Quota, RateLimiter, ReservationPolicy};
 use stats_alloc::{StatsAlloc, INSTRUMENTED_SYSTEM};
@@ -15,30 +16,32 @@ fn live() -> isize {
     stats.bytes_allocated as isize - stats.bytes_deallocated as isize + stats.bytes_reallocated
 }
 
-const KEYS: u64 = 1_000_000;
+/// Stripes and keys of each reading: a million keys over 64 stripes, and the most bytes per
+/// key, one stripe whose table has just doubled (7/8 of 2^20 buckets full, plus one key).
+const READINGS: [(usize, u64); 2] = [(64, 1_000_000), (1, 917_505)];
 
-fn keyed(algorithm: Algorithm) -> (RateLimiter, Arc<ManualClock>) {
+fn keyed(algorithm: Algorithm, stripes: usize) -> (RateLimiter, Arc<ManualClock>) {
     let clock = Arc::new(ManualClock::new(0.0));
-    let quota = Quota::new(10.0, 1.0, None, algorithm, Some(64)).unwrap();
+    let quota = Quota::new(10.0, 1.0, None, algorithm, Some(stripes)).unwrap();
     let limiter = RateLimiter::keyed(
         quota,
         Clock::Manual(clock.clone()),
         ReservationPolicy::default(),
-        2 * KEYS as usize,
+        2_000_000,
     )
     .unwrap();
     (limiter, clock)
 }
 
-/// Bytes per key with a million keys in, and bytes left after they went idle.
-fn fill_and_idle(algorithm: Algorithm) -> (f64, isize) {
+/// Bytes per key with `keys` keys in, and bytes left after they went idle.
+fn fill_and_idle(algorithm: Algorithm, stripes: usize, keys: u64) -> (f64, isize) {
     let start = live();
-    let (limiter, clock) = keyed(algorithm);
-    for key in 0..KEYS {
+    let (limiter, clock) = keyed(algorithm, stripes);
+    for key in 0..keys {
         assert!(limiter.try_acquire_hashed(key, 1).unwrap().allowed);
     }
-    let per_key = (live() - start) as f64 / KEYS as f64;
-    assert_eq!(limiter.keys(), KEYS as usize);
+    let per_key = (live() - start) as f64 / keys as f64;
+    assert_eq!(limiter.keys(), keys as usize);
     clock.advance(2_000_000_000);
     assert_eq!(limiter.keys(), 0, "every key refilled: nothing to keep");
     let left = live() - start;
@@ -51,21 +54,26 @@ fn fill_and_idle(algorithm: Algorithm) -> (f64, isize) {
 fn keys_cost_bounded_memory_and_idle_keys_give_it_back() {
     for (algorithm, bound) in [
         (Algorithm::TokenBucket, 64.0),
-        (Algorithm::SlidingWindow, 256.0),
+        (Algorithm::SlidingWindow, 200.0),
     ] {
-        let (per_key, left) = fill_and_idle(algorithm);
-        println!("{algorithm:?}: {per_key:.1} bytes per key, {left} bytes left when idle");
-        assert!(per_key <= bound, "{per_key} bytes per {algorithm:?} key");
-        assert!(
-            left < 64 * 1024,
-            "{left} bytes kept after every key went idle"
-        );
+        for (stripes, keys) in READINGS {
+            let (per_key, left) = fill_and_idle(algorithm, stripes, keys);
+            println!(
+                "{algorithm:?}, {keys} keys on {stripes} stripes: {per_key:.1} bytes per key, \
+                 {left} bytes left when idle"
+            );
+            assert!(per_key <= bound, "{per_key} bytes per {algorithm:?} key");
+            assert!(
+                left < 64 * 1024,
+                "{left} bytes kept after every key went idle"
+            );
+        }
     }
 
     // Without len(): traffic on a few thousand keys (on every stripe) makes each stripe's
     // sweep due in time.
     let start = live();
-    let (limiter, clock) = keyed(Algorithm::TokenBucket);
+    let (limiter, clock) = keyed(Algorithm::TokenBucket, 64);
     for key in 0..100_000 {
         limiter.try_acquire_hashed(key, 1).unwrap();
     }
