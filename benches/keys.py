@@ -1,4 +1,4 @@
-"""Per-key budgets at scale (issue 9): sync calls over 1, 10,000 and 1,000,000 keys, and bytes
+"""Per-key budgets at scale: sync calls over 1, 10,000 and 1,000,000 keys, and bytes
 per key, for our limiter and its Python peers, in one run.
 
 Run with ``.venv/bin/python benches/keys.py`` (``make bench`` does). It prints:
@@ -7,7 +7,7 @@ Run with ``.venv/bin/python benches/keys.py`` (``make bench`` does). It prints:
    allowed: ours ``try_acquire(key)`` (``scope="key"``: one budget per key), ``token-bucket``
    ``consume(key)`` and ``limits`` ``hit(item, key)`` on its ``MemoryStorage`` (fixed window,
    sliding-window counter, moving window); the time per call against the same contender's
-   one-key figure, "ours / peer" per key count, and PASS/MISS for the issue 9 target (ours at
+   one-key figure, "ours / peer" per key count, and PASS/MISS for the per-key target (ours at
    10,000 and 1,000,000 keys at most 20 % slower per call than at one key);
 2. bytes per key: the RSS of a fresh process before and after 1,000,000 keys (one call each),
    divided by the key count, with the key strings alive in both readings so that the figure
@@ -75,7 +75,7 @@ MEMORY_KEYS = 1_000_000
 MAX_KEYS = 2_000_000
 SEED = 9  # the shuffled order
 HUGE = 10**12
-TARGET_SLOWDOWN = 1.20  # issue 9: at most 20 % slower per call than one key
+TARGET_SLOWDOWN = 1.20  # the target: at most 20 % slower per call than one key
 
 # Ours for throughput. scope="key": every key gets 2e7 tokens, refills 100/s. The warm-up call
 # takes WARM_COUNT tokens from each key so that no key is back to a fresh key's state (which
@@ -373,8 +373,8 @@ def report_throughput(scope: str, contenders: list[Contender]) -> None:
         cells = [f"{s:,}" if (s := ours.state_after[n]) is not None else "n/a" for n in KEY_COUNTS]
         print(f"{'ours len(limiter) after the timed loops':<42} " + " ".join(f"{c:>15}" for c in cells))
 
-    stand_in = "" if scope == "key" else '  [stand-in: scope="global", not the issue 9 verdict]'
-    section("Issue 9 targets (same run)" + ("" if scope == "key" else ' -- ours with scope="global"'))
+    stand_in = "" if scope == "key" else '  [stand-in: scope="global", not the per-key verdict]'
+    section("Per-key targets (same run)" + ("" if scope == "key" else ' -- ours with scope="global"'))
     every = all(c.warm_allowed[n][0] == c.warm_allowed[n][1] and c.allowed[n][0] == c.allowed[n][1]
                 for c in contenders[2:] for n in KEY_COUNTS)
     print(f"  {'PASS' if every else 'MISS'}  every call allowed (warm-up and timed loops, every contender)")
@@ -476,7 +476,7 @@ def memory_child(name: str, scope: str) -> dict[str, Any]:
                insert_s=t_end - t0, len_after=None, idle=None)
     if name.startswith("ours") and scope == "key" and has_len(limiter):
         out["len_after"] = len(limiter)  # no key is idle yet: a key's budget comes back after 2 s
-        # The reading the issue asks for: once the clock is past a full refill (one period:
+        # The reading that matters: once the clock is past a full refill (one period:
         # a token bucket full again, a sliding window empty), len() drops keys that have been
         # full for a whole period (token-bucket keys go a period later). If
         # some are still there, len() is asked again every 0.25 s, up to 4 periods + 1 s, to
@@ -551,7 +551,7 @@ def memory(scope: str) -> None:
     if scope != "key":
         print('(ours with scope="global" keeps no state per key: its rows are the stand-in\'s)')
         return
-    print("(issue 9 asks <= 64 bytes of core state per token-bucket key including map overhead;")
+    print("(the target: <= 64 bytes of core state per token-bucket key including map overhead;")
     print(" RSS adds the allocator's slack and the map's spare room: an upper bound for it)")
     print("\nours after the keys went idle: len() (which drops idle keys) once the clock is past a full")
     print("refill (one period), then again every 0.25 s while keys remain; RSS against 'before':")
@@ -664,7 +664,7 @@ def flood_report() -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--scope", choices=("auto", "key", "global"), default="auto",
-                        help='ours: "key" (issue 9), "global" (stand-in), auto: key if available')
+                        help='ours: "key" (per-key budgets), "global" (stand-in), auto: key if available')
     parser.add_argument("--flood", action="store_true",
                         help="only the known key during a flood of new keys into a full table")
     parser.add_argument("--memory-child", help=argparse.SUPPRESS)
@@ -680,7 +680,7 @@ def main() -> int:
     t_start = perf_counter()
     scope, why = pick_scope(args.scope)
     load = os.getloadavg()
-    print("Per-key benchmark: 1, 10,000 and 1,000,000 keys, and bytes per key (issue 9)")
+    print("Per-key benchmark: 1, 10,000 and 1,000,000 keys, and bytes per key")
     print(
         f"Python {platform.python_version()} ({sys.implementation.name}), {platform.machine()}, "
         f"{os.cpu_count()} CPUs, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; "

@@ -38,3 +38,13 @@ def test_the_layout_names_every_module():
         name for name in modules if name not in ("__init__.py", "utils") and name not in layout
     ]
     assert not missing
+
+
+@pytest.mark.parametrize(
+    "document",
+    ["README.md", "CHANGELOG.md", "docs/DESIGN.md", "docs/MIGRATION.md", "benches/README.md"],
+)
+def test_documents_speak_of_the_project_only(document):
+    text = (README.parent / document).read_text(encoding="utf-8")
+    # No internal planning documents, tracker numbers or paths outside the repository.
+    assert not re.findall(r"SPEC|\b[Ii]ssues? #?\d+|seed/|shared/", text)
