@@ -26,6 +26,8 @@ install: $(DEPS) ## Create .venv with the build and test tools
 
 $(EXTENSION): $(DEPS) $(RUST_SOURCES)
 	@echo "==> Compiling the Rust extension (release, link-time optimised: about a minute on 2 cores)"
+	@# A version-specific build left beside the abi3 one would be imported first.
+	rm -f python/flashcard_pipeline/_native.*.so
 	$(VENV)/bin/maturin develop --release --quiet
 	touch $@
 

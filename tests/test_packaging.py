@@ -43,6 +43,12 @@ def test_typing_files_are_installed_beside_the_package(name: str) -> None:
     assert (INSTALLED / name).is_file()
 
 
+def test_the_extension_is_the_abi3_build() -> None:
+    # A version-specific build beside it would be imported first: a stale one would be tested.
+    native = importlib.import_module("flashcard_pipeline._native").__file__
+    assert native is not None and native.endswith(".abi3.so"), native
+
+
 def test_the_version_is_set_once_in_cargo_toml() -> None:
     cargo = tomllib.loads((REPO / "Cargo.toml").read_text())
     version = cargo["workspace"]["package"]["version"]
@@ -68,7 +74,5 @@ def test_the_package_under_test_is_the_one_installed_from_dist() -> None:
     assert installed_from.endswith(".tar.gz") or "-cp311-abi3-manylinux" in installed_from
     assert INSTALLED.is_relative_to(sys.prefix), INSTALLED
     assert not INSTALLED.is_relative_to(REPO / "python")
-    native = importlib.import_module("flashcard_pipeline._native").__file__
-    assert native is not None and native.endswith(".abi3.so")
     files = importlib.metadata.files(DISTRIBUTION) or []
     assert any(file.name == "LICENSE" for file in files)
