@@ -64,13 +64,13 @@ class ShardedRateLimiter:
 
     Args:
         rate: Tokens per ``period`` for the whole budget (any positive finite number).
-        period: Seconds (any positive finite number: 0.5, 60, 3600, 86400).
+        period: Seconds, from 1e-9 to 100 years (0.5, 60, 3600, 86400).
         shards: Shard count; ``None`` picks one from the rate and the CPU count. With
             ``scope="key"``: lock stripes of keys, rounded up to a power of two (``None``:
             16 per CPU).
         algorithm: ``"token_bucket"`` (continuous refill) or ``"sliding_window"``
             (at most ``floor(rate)`` in any window of ``period``).
-        burst_size: Token-bucket capacity; defaults to ``rate`` (at least 1).
+        burst_size: Token-bucket capacity, from 1 to 2**62; defaults to ``rate`` (at least 1).
         scope: ``"global"``: one budget for all keys; keys only spread load over shards.
             ``"key"``: every key its own budget of ``rate`` per ``period`` and
             ``burst_size``, with its own waiting line and reservations.

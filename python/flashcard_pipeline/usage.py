@@ -56,6 +56,7 @@ from typing import Any, NamedTuple
 from flashcard_pipeline._arguments import number
 from flashcard_pipeline.rate_limiter_v2 import ManualClock
 from flashcard_pipeline.exceptions import RateLimitError
+from flashcard_pipeline import rate_limiter as shim
 from flashcard_pipeline.rate_limiter import RateLimiter
 
 __all__ = [
@@ -66,9 +67,6 @@ __all__ = [
     "UsageCost",
     "UsageDatabaseError",
 ]
-
-# The old module's logger, so that logging set up for its alerts still sees them.
-logger = logging.getLogger("flashcard_pipeline.rate_limiter")
 
 #: USD per million tokens, by model; models not listed are priced as ``"default"``.
 TOKEN_PRICING: dict[str, dict[str, float]] = {
@@ -160,11 +158,18 @@ class QuotaExceededError(RateLimitError):
 # --- arguments -----------------------------------------------------------------------------
 
 
+#: The largest whole number taken: two of them still add up within SQLite's 64-bit INTEGER.
+_MAX_WHOLE = 2**62
+
+
 def _whole(argument: str, value: object, *, at_least: int) -> int:
-    """``value`` as an int, if it is a whole number >= ``at_least`` (``1000.0`` passes)."""
-    real = number(argument, value, at_least=at_least)
+    """``value`` as an int, if it is a whole number from ``at_least`` to 2**62 (``1000.0``
+    passes)."""
+    real = number(argument, value, at_least=at_least, at_most=_MAX_WHOLE)
     if not real.is_integer():
-        raise ValueError(f"{argument}: must be a whole number >= {at_least}, got {value!r}")
+        raise ValueError(
+            f"{argument}: must be a whole number >= {at_least} and <= {_MAX_WHOLE}, got {value!r}"
+        )
     return int(real)
 
 
@@ -805,7 +810,7 @@ _TASKS: set[asyncio.Task[None]] = set()
 def _notify(alert: UsageAlert, usage: _Usage) -> asyncio.Task[None] | None:
     """Logs ``alert`` and calls its callback; returns the task of a coroutine callback
     started on the running event loop. A failing callback is logged, never raised."""
-    logger.log(
+    shim.logger.log(
         _LEVELS[alert.alert_type],
         "Usage alert: %s - %.1f%% of %s",
         alert.message,
@@ -817,7 +822,7 @@ def _notify(alert: UsageAlert, usage: _Usage) -> asyncio.Task[None] | None:
     try:
         result = alert.callback(usage.percent, usage.used, usage.quota_type)
     except Exception:
-        logger.exception("Usage alert callback failed: %s", alert.message)
+        shim.logger.exception("Usage alert callback failed: %s", alert.message)
         return None
     if not inspect.isawaitable(result):
         return None
@@ -836,4 +841,4 @@ async def _guarded(callback: Awaitable[object], message: str) -> None:
     try:
         await callback
     except Exception:
-        logger.exception("Usage alert callback failed: %s", message)
+        shim.logger.exception("Usage alert callback failed: %s", message)

@@ -76,7 +76,10 @@ pub(crate) fn back_off_nanos(seconds: f64) -> Result<Nanos> {
     }
     Err(Error::invalid(
         "seconds",
-        format!("must be a finite number of seconds >= 0, got {seconds}"),
+        format!(
+            "must be a finite number of seconds >= 0 and < {:e}, got {seconds}",
+            u64::MAX as f64 / NANOS_PER_SEC
+        ),
     ))
 }
 

@@ -163,13 +163,27 @@ impl Params {
                 // large the product; only a fractional part goes through floats.
                 let whole = (quota.burst.trunc() as u128) * unit as u128;
                 let capacity = whole + (quota.burst.fract() * unit).floor() as u128;
-                if unit >= MAX_CAPACITY_TICKS as f64 || capacity >= MAX_CAPACITY_TICKS as u128 {
+                let limit = MAX_CAPACITY_TICKS as f64 / scale.ticks_per_nano() / NANOS_PER_SEC;
+                if unit >= MAX_CAPACITY_TICKS as f64 {
+                    // One token's time is too long: the rate per second is too low.
+                    return Err(Error::invalid(
+                        "rate",
+                        format!(
+                            "at least {:e} tokens per second with shards={} on this limiter, \
+                             got {:e}",
+                            n / limit,
+                            quota.shards,
+                            quota.rate / quota.period
+                        ),
+                    ));
+                }
+                if capacity >= MAX_CAPACITY_TICKS as u128 {
                     return Err(Error::invalid(
                         "burst_size",
                         format!(
                             "burst_size * shards * period / rate must be under {:e} s on \
                              this limiter, got {:e} s",
-                            MAX_CAPACITY_TICKS as f64 / scale.ticks_per_nano() / NANOS_PER_SEC,
+                            limit,
                             quota.burst * n * quota.period / quota.rate
                         ),
                     ));
