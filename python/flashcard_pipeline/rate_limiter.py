@@ -111,16 +111,16 @@ class RateLimiter:
         self._hour = hour
         self.limits = LimiterGroup(self._minute, hour)
         self._take = self.limits.try_acquire
+        if type(self).try_acquire is RateLimiter.try_acquire:
+            # The hot path: the group's native call itself, with no Python frame in between.
+            self.__dict__["try_acquire"] = self.limits.admits
         self.reset_stats()
 
     # --- decisions -----------------------------------------------------------------------
 
     def try_acquire(self, tokens: int = 1) -> bool:
         """Takes ``tokens`` from both the bucket and the hourly window, or from neither."""
-        try:
-            return self._take("default", tokens).allowed
-        except (TypeError, ValueError) as error:
-            raise renamed(error, count="tokens")
+        return self.limits.admits(tokens)
 
     async def acquire(self, tokens: int = 1) -> None:
         """Takes ``tokens`` now or raises.

@@ -23,16 +23,15 @@ from __future__ import annotations
 import logging
 import os
 import weakref
-from functools import partial
 from collections.abc import Generator
 from typing import Any
 
 from flashcard_pipeline._native import (
     Engine,
+    EngineGroup,
     ManualClock,
     RateLimitResult,
     TokenReservation,
-    try_acquire_all,
 )
 from flashcard_pipeline._arguments import named, number
 from flashcard_pipeline._waiting import Steps, wait, wait_blocking
@@ -451,13 +450,21 @@ class LimiterGroup:
         self.limiters: tuple[ShardedRateLimiter, ...] = tuple(members)
         self._engines = tuple(limiter._engine for limiter in members)
         self._primary = self._engines[0]
-        # The hot path: the native call itself, with no Python frame in between.
-        self.__dict__["try_acquire"] = partial(try_acquire_all, self._engines)
+        self._group = EngineGroup(self._engines)
+        # The hot paths: the native calls themselves, with no Python frame in between.
+        self.__dict__["try_acquire"] = self._group.try_acquire
+        self.__dict__["admits"] = self._group.admits
 
     def try_acquire(self, key: str = "default", count: int = 1) -> RateLimitResult:
         """Takes ``count`` tokens for ``key`` from every limiter now, or from none: the
         first refusal (with its ``retry_after``), or the last limiter's admission."""
-        return try_acquire_all(self._engines, key, count)
+        return self._group.try_acquire(key, count)
+
+    def admits(self, tokens: int = 1) -> bool:
+        """Takes ``tokens`` for the default key from every limiter now, or from none: ``True``
+        if taken. The previous API's ``try_acquire`` (errors name ``tokens``), with no result
+        to make."""
+        return self._group.admits(tokens)
 
     def acquire(
         self, key: str = "default", count: int = 1, max_wait: float | None = None
@@ -474,11 +481,11 @@ class LimiterGroup:
         """Asks every limiter again after each ``retry_after`` until admitted, or until the
         wait would run past ``budget`` seconds."""
         start = self._primary.now()
-        result = try_acquire_all(self._engines, key, count, budget)
+        result = self._group.try_acquire(key, count, budget)
         while result.reason == "rate_limited":
             yield result.retry_after or 0.0
             waited = self._primary.now() - start
-            result = try_acquire_all(self._engines, key, count, max(budget - waited, 0.0))
+            result = self._group.try_acquire(key, count, max(budget - waited, 0.0))
         return result
 
     def peek(self, key: str = "default") -> float:
