@@ -82,8 +82,9 @@ class ShardedRateLimiter:
         clock: A :class:`ManualClock` for tests; waits then advance it instead of sleeping.
         reservation_ttl: Seconds after its slot that a reservation can still be executed or
             cancelled (default 60); then it expires and leaves by itself.
-        max_reservations: Reservations kept at once (default 10,000); one more raises
-            :class:`RateLimitError`.
+        max_reservations: Reservations and waiting ``acquire`` turns kept at once (default
+            10,000); one more ``reserve`` raises :class:`RateLimitError`, and an ``acquire``
+            that would wait is refused with reason ``too_many_reservations``.
         requests_per_minute, requests_per_hour: The old limiter's keywords, for code that
             imports ``ShardedRateLimiter as RateLimiter``: instead of ``rate``/``period``.
             Given both, the result is a :class:`LimiterGroup` of this minute budget and an
@@ -280,8 +281,11 @@ class ShardedRateLimiter:
         """Takes ``count`` tokens, waiting its turn (FIFO) up to ``max_wait`` seconds.
 
         Returns a :class:`RateLimitResult`: allowed once admitted, or refused with reason
-        ``exceeds_capacity`` (count above the burst) or ``max_wait_exceeded`` (with the
-        wait it would have needed in ``retry_after``), without waiting. A caller that must
+        ``exceeds_capacity`` (count above the burst), ``max_wait_exceeded`` (with the
+        wait it would have needed in ``retry_after``) or ``too_many_reservations`` (the
+        limiter already keeps ``max_reservations`` reservations and waiting turns;
+        ``retry_after``: when its turn would have come), without waiting. It never raises
+        for a refusal. A caller that must
         wait holds the next slot in the reservation queue; if it gives up (its task is
         cancelled, a timeout fires, Ctrl-C), the slot's tokens go back. From a thread the
         call blocks with the GIL released; inside a running event loop it returns an
