@@ -10,8 +10,8 @@ maximum rate and burst, so no timed call is refused. It prints:
 1. ``await acquire()`` with the hourly window already holding 20,000 admitted requests
    (µs per call, ratio old / shim; SPEC target: shim >= 20x faster), and the same on a fresh
    limiter (empty window);
-2. sync ``try_acquire()`` per call (ns per call, ratio; target: shim faster than the old one),
-   plus where the shim's time goes (the engine called directly);
+2. sync ``try_acquire()`` per call (ns per call, ratio; target: shim >= 1.5x faster than the
+   old one), plus where the shim's time goes (the engine called directly);
 3. PASS/MISS lines for the two targets.
 
 Method: every figure is the best of 5 repeats; the repeats go round-robin over the contenders
@@ -163,7 +163,8 @@ def time_sync(make: Callable[[], OldRateLimiter | RateLimiter]) -> float:
 def time_engine_parts(single: bool) -> float:
     """The shim's parts called directly, same loop: its minute limiter's own try_acquire()
     (``single``), or its group's, which takes from the bucket and the hourly window
-    together, as the shim's try_acquire does."""
+    together and makes a result (the shim's try_acquire is the group's ``admits``, which
+    makes none)."""
     total = 0.0
     for _ in range(SYNC_LIMITERS):
         shim = new_shim()
@@ -275,12 +276,8 @@ def sync_section() -> tuple[float, dict[str, float]]:
     print("where the shim's time goes (same loop, engine called directly):")
     print(f"{'  Engine.try_acquire()  (the bucket alone)':<58}{ns['engine: one limiter']:>9.0f}")
     print(
-        f"{'  bucket + window together, natively':<58}"
+        f"{'  LimiterGroup.try_acquire()  (both, with a RateLimitResult)':<58}"
         f"{ns['engine: both limits']:>9.0f}"
-    )
-    print(
-        f"{'  shim Python layer (method call, counters)':<58}"
-        f"{ns[SHIM] - ns['engine: both limits']:>9.0f}"
     )
     print(f"{'  empty loop':<58}{ns['empty loop']:>9.0f}")
     print(
@@ -307,18 +304,9 @@ def main() -> int:
         f"hourly window: shim >= 20x faster   {full_ratio:.1f}x"
     )
     print(
-        f"  {'PASS' if sync_ratio > 1 else 'MISS'}  try_acquire(): shim faster than the old "
-        f"one                      {sync_ratio:.2f}x"
+        f"  {'PASS' if sync_ratio >= 1.5 else 'MISS'}  try_acquire(): shim >= 1.5x faster than "
+        f"the old one                {sync_ratio:.2f}x"
     )
-    if sync_ratio <= 1:
-        engine = ns["engine: both limits"]
-        print(
-            f"        (the old one checks the bucket alone, unlocked: {ns[OLD]:.0f} ns; the shim "
-            f"spends {engine:.0f} ns in\n"
-            f"         the engine for both limits and {ns[SHIM] - engine:.0f} ns in its Python "
-            f"layer; the engine on one\n"
-            f"         limiter takes {ns['engine: one limiter']:.0f} ns)"
-        )
     print(f"  info  await acquire() on an empty window (no target)                 {empty_ratio:.1f}x")
     load = os.getloadavg()
     print(

@@ -92,6 +92,40 @@ CASES = [
         Raises(ValueError, "burst_size"),
         "set_rate(burst=0)",
     ),
+    # too large for any burst: named as written, not as the rate it would price
+    case(lambda lim, c: L(10, burst_size=2**63), Raises(ValueError, "burst_size"), "burst=2**63"),
+    case(lambda lim, c: L(10, burst_size=1e300), Raises(ValueError, "burst_size"), "burst=1e300"),
+    case(
+        lambda lim, c: lim.set_rate(10, burst_size=2**63),
+        Raises(ValueError, "burst_size"),
+        "set_rate(burst=2**63)",
+    ),
+    # extreme rates and periods, at construction and at run time
+    case(lambda lim, c: L(1e300), Raises(ValueError, "rate"), "rate=1e300"),
+    case(lambda lim, c: L(2**63), Raises(ValueError, "rate"), "rate=2**63"),
+    case(lambda lim, c: L(1e-300), Raises(ValueError, "rate"), "rate=1e-300"),
+    case(lambda lim, c: L(10, 1e300), Raises(ValueError, "period"), "period=1e300"),
+    case(lambda lim, c: L(10, 2**63), Raises(ValueError, "period"), "period=2**63"),
+    case(lambda lim, c: L(10, 1e-300), Raises(ValueError, "period"), "period=1e-300"),
+    case(lambda lim, c: lim.set_rate(1e-300), Raises(ValueError, "rate"), "set_rate(rate=1e-300)"),
+    case(lambda lim, c: lim.set_rate(1e300), Raises(ValueError, "rate"), "set_rate(rate=1e300)"),
+    case(
+        lambda lim, c: lim.set_rate(10, period=1e300),
+        Raises(ValueError, "period"),
+        "set_rate(period=1e300)",
+    ),
+    case(lambda lim, c: lim.back_off(2**63), Raises(ValueError, "seconds"), "back_off(2**63)"),
+    case(lambda lim, c: lim.back_off(-1), Raises(ValueError, "seconds"), "back_off(-1)"),
+    case(
+        lambda lim, c: L(requests_per_minute=600, requests_per_hour=36000, burst_size=2**63),
+        Raises(ValueError, "burst_size"),
+        "rpm+rph+burst=2**63",
+    ),
+    case(
+        lambda lim, c: L(requests_per_minute=1e-300),
+        Raises(ValueError, "requests_per_minute"),
+        "rpm=1e-300",
+    ),
     # count
     case(lambda lim, c: lim.try_acquire(count=0), Raises(ValueError, "count"), "count=0"),
     case(lambda lim, c: lim.try_acquire(count=-1), Raises(ValueError, "count"), "count=-1"),
@@ -618,8 +652,12 @@ ENV_CASES = [
                 ("REQUESTS_PER_MINUTE", "x" * 10_000),
                 ("REQUESTS_PER_HOUR", "-1"),
                 ("REQUESTS_PER_HOUR", "inf"),
+                ("BURST_SIZE", "9" * 30),
+                ("RATE_LIMIT_PERIOD", "1e300"),
+                ("RATE_LIMIT_PERIOD", "0"),
             ]
         ),
+        ("BURST_SIZE", "9" * 30, lambda: ShardedRateLimiter(requests_per_minute=600)),
         *(
             (variable, raw, make)
             for make in (RateLimiter, AdaptiveRateLimiter, CompositeLimiter)
@@ -651,8 +689,8 @@ ENV_CASES = [
 @pytest.mark.usefixtures("clean_rate_env")
 @pytest.mark.parametrize(("variable", "raw", "make"), ENV_CASES)
 def test_bad_environment_variable(monkeypatch, variable, raw, make):
-    if variable == "RATE_LIMIT_SHARDS":
-        monkeypatch.setenv("RATE_LIMIT_RATE", "600")  # shards go with a rate
+    if variable in ("RATE_LIMIT_SHARDS", "RATE_LIMIT_PERIOD"):
+        monkeypatch.setenv("RATE_LIMIT_RATE", "600")  # shards and period go with a rate
     monkeypatch.setenv(variable, raw)
     with pytest.raises(ValueError) as info:
         make()
@@ -764,9 +802,15 @@ SHIM_CASES = [
             (math.nan, ValueError),
             (math.inf, ValueError),
             (-math.inf, ValueError),
+            (2**63, ValueError),  # finite, but longer than any back-off
             (True, TypeError),
             ("1", TypeError),
         ]
+    ),
+    case(
+        lambda old, c: old.set_rate(1e-300),
+        Raises(ValueError, "requests_per_minute"),
+        "set_rate(1e-300)",
     ),
     # acquire_for_stage(stage, estimated_tokens)
     *(

@@ -123,8 +123,8 @@ async def test_it_limits_as_the_old_rate_limiter_did(open_db):
 def test_the_file_has_the_old_tables_a_schema_version_and_wal(open_db, path):
     open_db()
     tables = {name for (name,) in rows(path, "SELECT name FROM sqlite_master WHERE type='table'")}
-    assert {"api_usage_tracking", "api_quota_config", "usage_alerts"} <= tables
-    assert rows(path, "PRAGMA user_version") == [(1,)]
+    assert {"api_usage_tracking", "api_quota_config", "usage_alerts", "rate_limiter_state"} <= tables
+    assert rows(path, "PRAGMA user_version") == [(2,)]
     assert rows(path, "PRAGMA journal_mode") == [("wal",)]
 
 
@@ -166,6 +166,47 @@ def test_a_file_written_by_the_old_module_is_read(path):
         assert db.daily_token_quota == 100
         with pytest.raises(QuotaExceededError, match="100/100"):
             db.track_usage("new-1", 85, 0)
+
+
+# --- the rate limits across restarts -------------------------------------------------------
+
+
+def test_a_restarted_process_resumes_its_minute_and_hour_budgets(path):
+    # 60 per minute (one token a second), a burst of 10, 12 per hour; wall-clock times.
+    limits = {"requests_per_minute": 60, "requests_per_hour": 12, "burst_size": 10}
+    with DatabaseRateLimiter(path, **limits, clock=ManualClock(START)) as db:
+        assert sum(db.try_acquire() for _ in range(10)) == 10  # the burst, used up
+    assert rows(path, "SELECT tokens, hour_requests, last_update FROM rate_limiter_state") == [
+        (0.0, 10, START)
+    ]
+    # Restarted 5 s later: 5 tokens refilled since, 2 requests left in the hour.
+    with DatabaseRateLimiter(path, **limits, clock=ManualClock(START + 5)) as db:
+        assert db.tokens == 5 and db.get_status()["hour_requests_made"] == 10
+        assert [db.try_acquire() for _ in range(3)] == [True, True, False]
+        assert db.get_stats()["requests_allowed"] == 2  # what was resumed is not counted
+    # An hour after that, the hour is free again and the bucket full.
+    with DatabaseRateLimiter(path, **limits, clock=ManualClock(START + 5 + 3600)) as db:
+        assert db.get_status()["hour_requests_made"] == 0
+        assert sum(db.try_acquire() for _ in range(11)) == 10
+
+
+def test_the_state_is_saved_with_every_usage_record(path, wall):
+    # A process that never closes (it crashed) leaves the state of its last record.
+    crashed = DatabaseRateLimiter(path, burst_size=3, clock=wall)
+    assert all(crashed.try_acquire() for _ in range(3))
+    crashed.track_usage("r1", 10, 5)
+    with DatabaseRateLimiter(path, burst_size=3, clock=ManualClock(START)) as db:
+        assert not db.try_acquire()  # no fresh burst
+    crashed.close()
+
+
+def test_the_old_modules_state_table_is_replaced(path):
+    with connect(path) as old:  # monotonic times, meaningless in a new process
+        old.execute("CREATE TABLE rate_limiter_state (id INTEGER PRIMARY KEY, tokens REAL)")
+        old.execute("INSERT INTO rate_limiter_state VALUES (1, 3.0)")
+    with DatabaseRateLimiter(path, burst_size=5, clock=ManualClock(START)) as db:
+        assert db.tokens == 5
+    assert rows(path, "SELECT tokens, hour_requests FROM rate_limiter_state") == [(5.0, 0)]
 
 
 # --- tracking ------------------------------------------------------------------------------
@@ -541,8 +582,8 @@ def test_a_file_locked_beyond_the_busy_timeout_is_a_clear_error(open_db, path):
 
 def test_a_file_from_a_newer_schema_is_refused(path):
     with connect(path) as newer:
-        newer.execute("PRAGMA user_version = 2")
-    with pytest.raises(UsageDatabaseError, match="schema version 2 is newer"):
+        newer.execute("PRAGMA user_version = 3")
+    with pytest.raises(UsageDatabaseError, match="schema version 3 is newer"):
         DatabaseRateLimiter(path)
 
 
@@ -553,6 +594,9 @@ def test_a_file_from_a_newer_schema_is_refused(path):
         (lambda db: db.track_usage("r", 1.5, 0), ValueError, "input_tokens: "),
         (lambda db: db.track_usage("r", True, 0), TypeError, "input_tokens: "),
         (lambda db: db.track_usage("r", 0, "5"), TypeError, "output_tokens: "),
+        (lambda db: db.track_usage("r", 2**63, 0), ValueError, "input_tokens: "),
+        (lambda db: db.track_usage("r", 0, 1e300), ValueError, "output_tokens: "),
+        (lambda db: db.set_quota("daily_tokens", 2**63), ValueError, "value: "),
         (lambda db: db.track_usage("", 1, 0), ValueError, "request_id: "),
         (lambda db: db.track_usage(None, 1, 0), TypeError, "request_id: "),
         (lambda db: db.track_usage("r", 1, 0, model_name=" "), ValueError, "model_name: "),
@@ -586,6 +630,7 @@ def test_bad_arguments_are_named_and_store_nothing(open_db, path, call, error, m
         ({"db_path": 5}, TypeError, "db_path: "),
         ({"db_path": ""}, ValueError, "db_path: "),
         ({"daily_token_quota": -5}, ValueError, "daily_token_quota: "),
+        ({"daily_token_quota": 2**63}, ValueError, "daily_token_quota: "),
         ({"monthly_budget_usd": math.nan}, ValueError, "monthly_budget_usd: "),
         ({"model_name": ""}, ValueError, "model_name: "),
         ({"busy_timeout": -1}, ValueError, "busy_timeout: "),

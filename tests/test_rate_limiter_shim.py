@@ -3,6 +3,8 @@ on the new engine. Time is a ManualClock; nothing sleeps."""
 
 from __future__ import annotations
 
+import asyncio
+from unittest import mock
 
 import pytest
 
@@ -11,6 +13,7 @@ from flashcard_pipeline.rate_limiter import (
     MAX_REQUESTS_PER_MINUTE,
     AdaptiveRateLimiter,
     CompositeLimiter,
+    DatabaseRateLimiter,
     RateLimiter,
 )
 from flashcard_pipeline.rate_limiter_v2 import ManualClock
@@ -288,3 +291,17 @@ def test_rate_limit_error_needs_no_message():
     error = RateLimitError(retry_after=3)
     assert error.retry_after == 3 and "3" in str(error)
     assert RateLimitError().retry_after is None
+
+
+# --- the old module's logger ----------------------------------------------------------------
+
+
+def test_code_that_patches_the_old_modules_logger_sees_its_messages(tmp_path, clock):
+    with mock.patch("flashcard_pipeline.rate_limiter.logger") as logger:
+        limiter = AdaptiveRateLimiter(clock=clock)
+        asyncio.run(limiter.on_rate_limit())
+        assert logger.info.called  # the rate went down
+        with DatabaseRateLimiter(tmp_path / "usage.db", daily_token_quota=100, clock=clock) as db:
+            db.track_usage("r1", 60, 0)
+        (level, message, *_), _ = logger.log.call_args  # the 50 % alert
+        assert "Usage alert" in message

@@ -538,6 +538,31 @@ def test_max_reservations_caps_the_book(make_limiter, clock):
     assert limiter.get_status()["reservations"]["active"] == 0
 
 
+@pytest.mark.parametrize("scope", ["global", "key"])
+def test_acquire_at_max_reservations_is_refused_with_a_reason_not_raised(clock, scope):
+    """A caller of acquire handles results: a full book is one more refusal, with the wait
+    for the slot it would have had, and nothing is booked or waited for."""
+    limiter = ShardedRateLimiter(10, 1.0, max_reservations=2, scope=scope, clock=clock)
+    assert limiter.try_acquire("k", count=8)
+    kept = [limiter.reserve("k") for _ in range(2)]  # the burst's last two tokens, held
+    result = limiter.acquire("k", count=3)
+    assert not result and result.reason == "too_many_reservations"
+    assert result.retry_after is not None and result.retry_after > 0
+    assert result.waited == 0 and clock.monotonic() == 0
+    assert limiter.get_status()["reservations"]["active"] == 2
+    assert all(limiter.execute_reservation(r.id) for r in kept)
+    assert limiter.acquire("k", count=3).allowed  # room in the book again: it waits its turn
+
+
+@pytest.mark.asyncio
+async def test_awaited_acquire_at_max_reservations_is_refused_too(clock):
+    limiter = ShardedRateLimiter(10, 1.0, max_reservations=1, clock=clock)
+    assert limiter.try_acquire(count=10)
+    limiter.reserve()
+    result = await limiter.acquire()
+    assert result.reason == "too_many_reservations" and clock.monotonic() == 0
+
+
 def test_a_refused_reservation_for_more_than_the_burst_holds_nothing(make_limiter):
     limiter = make_limiter(10, 1.0, shards=4)
     for count in (11, 2**70):

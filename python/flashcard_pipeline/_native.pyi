@@ -8,9 +8,9 @@ __all__ = [
     "ALGORITHMS",
     "ManualClock",
     "Engine",
+    "EngineGroup",
     "RateLimitResult",
     "TokenReservation",
-    "try_acquire_all",
 ]
 
 __version__: str
@@ -160,9 +160,12 @@ class Engine:
     def get_status(self) -> dict[str, Any]: ...
     def get_shard_balance(self) -> dict[str, Any]: ...
 
-def try_acquire_all(
-    engines: list[Engine] | tuple[Engine, ...],
-    key: str = "default",
-    count: int = 1,
-    max_wait: float | None = None,
-) -> RateLimitResult: ...
+@final
+class EngineGroup:
+    """Engines taken together, all or nothing (the native part of a ``LimiterGroup``)."""
+
+    def __new__(cls, engines: list[Engine] | tuple[Engine, ...]) -> Self: ...
+    def try_acquire(
+        self, key: str = "default", count: int = 1, max_wait: float | None = None
+    ) -> RateLimitResult: ...
+    def admits(self, tokens: int = 1) -> bool: ...

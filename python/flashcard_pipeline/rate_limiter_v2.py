@@ -23,16 +23,15 @@ from __future__ import annotations
 import logging
 import os
 import weakref
-from functools import partial
 from collections.abc import Generator
 from typing import Any
 
 from flashcard_pipeline._native import (
     Engine,
+    EngineGroup,
     ManualClock,
     RateLimitResult,
     TokenReservation,
-    try_acquire_all,
 )
 from flashcard_pipeline._arguments import named, number
 from flashcard_pipeline._waiting import Steps, wait, wait_blocking
@@ -64,13 +63,13 @@ class ShardedRateLimiter:
 
     Args:
         rate: Tokens per ``period`` for the whole budget (any positive finite number).
-        period: Seconds (any positive finite number: 0.5, 60, 3600, 86400).
+        period: Seconds, from 1e-9 to 100 years (0.5, 60, 3600, 86400).
         shards: Shard count; ``None`` picks one from the rate and the CPU count. With
             ``scope="key"``: lock stripes of keys, rounded up to a power of two (``None``:
             16 per CPU).
         algorithm: ``"token_bucket"`` (continuous refill) or ``"sliding_window"``
             (at most ``floor(rate)`` in any window of ``period``).
-        burst_size: Token-bucket capacity; defaults to ``rate`` (at least 1).
+        burst_size: Token-bucket capacity, from 1 to 2**62; defaults to ``rate`` (at least 1).
         scope: ``"global"``: one budget for all keys; keys only spread load over shards.
             ``"key"``: every key its own budget of ``rate`` per ``period`` and
             ``burst_size``, with its own waiting line and reservations.
@@ -83,8 +82,9 @@ class ShardedRateLimiter:
         clock: A :class:`ManualClock` for tests; waits then advance it instead of sleeping.
         reservation_ttl: Seconds after its slot that a reservation can still be executed or
             cancelled (default 60); then it expires and leaves by itself.
-        max_reservations: Reservations kept at once (default 10,000); one more raises
-            :class:`RateLimitError`.
+        max_reservations: Reservations and waiting ``acquire`` turns kept at once (default
+            10,000); one more ``reserve`` raises :class:`RateLimitError`, and an ``acquire``
+            that would wait is refused with reason ``too_many_reservations``.
         requests_per_minute, requests_per_hour: The old limiter's keywords, for code that
             imports ``ShardedRateLimiter as RateLimiter``: instead of ``rate``/``period``.
             Given both, the result is a :class:`LimiterGroup` of this minute budget and an
@@ -281,8 +281,11 @@ class ShardedRateLimiter:
         """Takes ``count`` tokens, waiting its turn (FIFO) up to ``max_wait`` seconds.
 
         Returns a :class:`RateLimitResult`: allowed once admitted, or refused with reason
-        ``exceeds_capacity`` (count above the burst) or ``max_wait_exceeded`` (with the
-        wait it would have needed in ``retry_after``), without waiting. A caller that must
+        ``exceeds_capacity`` (count above the burst), ``max_wait_exceeded`` (with the
+        wait it would have needed in ``retry_after``) or ``too_many_reservations`` (the
+        limiter already keeps ``max_reservations`` reservations and waiting turns;
+        ``retry_after``: when its turn would have come), without waiting. It never raises
+        for a refusal. A caller that must
         wait holds the next slot in the reservation queue; if it gives up (its task is
         cancelled, a timeout fires, Ctrl-C), the slot's tokens go back. From a thread the
         call blocks with the GIL released; inside a running event loop it returns an
@@ -451,13 +454,21 @@ class LimiterGroup:
         self.limiters: tuple[ShardedRateLimiter, ...] = tuple(members)
         self._engines = tuple(limiter._engine for limiter in members)
         self._primary = self._engines[0]
-        # The hot path: the native call itself, with no Python frame in between.
-        self.__dict__["try_acquire"] = partial(try_acquire_all, self._engines)
+        self._group = EngineGroup(self._engines)
+        # The hot paths: the native calls themselves, with no Python frame in between.
+        self.__dict__["try_acquire"] = self._group.try_acquire
+        self.__dict__["admits"] = self._group.admits
 
     def try_acquire(self, key: str = "default", count: int = 1) -> RateLimitResult:
         """Takes ``count`` tokens for ``key`` from every limiter now, or from none: the
         first refusal (with its ``retry_after``), or the last limiter's admission."""
-        return try_acquire_all(self._engines, key, count)
+        return self._group.try_acquire(key, count)
+
+    def admits(self, tokens: int = 1) -> bool:
+        """Takes ``tokens`` for the default key from every limiter now, or from none: ``True``
+        if taken. The previous API's ``try_acquire`` (errors name ``tokens``), with no result
+        to make."""
+        return self._group.admits(tokens)
 
     def acquire(
         self, key: str = "default", count: int = 1, max_wait: float | None = None
@@ -474,11 +485,11 @@ class LimiterGroup:
         """Asks every limiter again after each ``retry_after`` until admitted, or until the
         wait would run past ``budget`` seconds."""
         start = self._primary.now()
-        result = try_acquire_all(self._engines, key, count, budget)
+        result = self._group.try_acquire(key, count, budget)
         while result.reason == "rate_limited":
             yield result.retry_after or 0.0
             waited = self._primary.now() - start
-            result = try_acquire_all(self._engines, key, count, max(budget - waited, 0.0))
+            result = self._group.try_acquire(key, count, max(budget - waited, 0.0))
         return result
 
     def peek(self, key: str = "default") -> float:

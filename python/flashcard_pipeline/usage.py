@@ -8,9 +8,19 @@ when usage crosses a share of a quota. Decisions:
 
 - **The old tables and columns**: ``api_usage_tracking``, ``api_quota_config`` and
   ``usage_alerts``, so a file the old module wrote opens as it is. The schema version is kept
-  in ``PRAGMA user_version``. The old ``rate_limiter_state`` table is neither written nor read:
-  the limiter's state is per process, in memory (the old one stored ``time.monotonic()``
-  values, meaningless in another process).
+  in ``PRAGMA user_version`` (2 since ``rate_limiter_state`` came back).
+- **A restart resumes the rate limits** from ``rate_limiter_state``: one row (``id`` 1) with
+  the minute bucket's ``tokens`` and the hourly window's ``hour_requests`` (admissions in the
+  last hour) as of ``last_update`` (wall-clock epoch seconds) and ``updated_at`` (its UTC
+  text). It is written with every ``track_usage`` record (same transaction) and by
+  :meth:`DatabaseRateLimiter.close`; the latest writer's row is the file's. A new limiter on
+  the file takes from its fresh budgets what the row says was used: the bucket holds the saved
+  tokens plus the refill since ``last_update`` (a fraction of a token counts as used), and
+  within an hour of ``last_update`` the window holds the saved admissions, counted from the
+  restart (they leave the window up to an hour later than they would have: never more than
+  the hourly limit, at worst a late admission). The old module's table held
+  ``time.monotonic()`` values, meaningless in another process: a file from before version 2
+  gets the table anew.
 - **Wall-clock times**: every ``created_at`` is UTC text (``YYYY-MM-DD HH:MM:SS.ffffff``, the
   old column's format) from ``time.time()``, or from ``clock.time()`` with a
   :class:`ManualClock`. Days and months are UTC days and months, as before.
@@ -42,6 +52,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import math
 import os
 import sqlite3
 import threading
@@ -56,6 +67,7 @@ from typing import Any, NamedTuple
 from flashcard_pipeline._arguments import number
 from flashcard_pipeline.rate_limiter_v2 import ManualClock
 from flashcard_pipeline.exceptions import RateLimitError
+from flashcard_pipeline import rate_limiter as shim
 from flashcard_pipeline.rate_limiter import RateLimiter
 
 __all__ = [
@@ -67,16 +79,13 @@ __all__ = [
     "UsageDatabaseError",
 ]
 
-# The old module's logger, so that logging set up for its alerts still sees them.
-logger = logging.getLogger("flashcard_pipeline.rate_limiter")
-
 #: USD per million tokens, by model; models not listed are priced as ``"default"``.
 TOKEN_PRICING: dict[str, dict[str, float]] = {
     "claude-3-5-sonnet": {"input": 3.00, "output": 15.00},
     "default": {"input": 3.00, "output": 15.00},
 }
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS api_usage_tracking (
@@ -103,6 +112,13 @@ _SCHEMA = (
         effective_date DATE NOT NULL DEFAULT CURRENT_DATE,
         created_at TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP,
         UNIQUE(quota_type, effective_date)
+    )""",
+    """CREATE TABLE IF NOT EXISTS rate_limiter_state (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        tokens REAL NOT NULL,
+        hour_requests INTEGER NOT NULL,
+        last_update REAL NOT NULL,
+        updated_at TIMESTAMP NOT NULL
     )""",
     """CREATE TABLE IF NOT EXISTS usage_alerts (
         id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -160,11 +176,18 @@ class QuotaExceededError(RateLimitError):
 # --- arguments -----------------------------------------------------------------------------
 
 
+#: The largest whole number taken: two of them still add up within SQLite's 64-bit INTEGER.
+_MAX_WHOLE = 2**62
+
+
 def _whole(argument: str, value: object, *, at_least: int) -> int:
-    """``value`` as an int, if it is a whole number >= ``at_least`` (``1000.0`` passes)."""
-    real = number(argument, value, at_least=at_least)
+    """``value`` as an int, if it is a whole number from ``at_least`` to 2**62 (``1000.0``
+    passes)."""
+    real = number(argument, value, at_least=at_least, at_most=_MAX_WHOLE)
     if not real.is_integer():
-        raise ValueError(f"{argument}: must be a whole number >= {at_least}, got {value!r}")
+        raise ValueError(
+            f"{argument}: must be a whole number >= {at_least} and <= {_MAX_WHOLE}, got {value!r}"
+        )
     return int(real)
 
 
@@ -313,6 +336,8 @@ class _Database:
                         path,
                         f"schema version {version} is newer than this package's {SCHEMA_VERSION}",
                     )
+                if version < 2:  # the old module's rate_limiter_state held monotonic times
+                    db.execute("DROP TABLE IF EXISTS rate_limiter_state")
                 for statement in _SCHEMA:
                     db.execute(statement)
                 db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
@@ -447,6 +472,7 @@ class DatabaseRateLimiter(RateLimiter):
         for quota_type, value in quotas.items():
             if value is not None:
                 self._store_quota(quota_type, value)
+        self._resume()
 
     # --- usage -------------------------------------------------------------------------
 
@@ -528,6 +554,7 @@ class DatabaseRateLimiter(RateLimiter):
             )
             usages = self._usages(db, now)
             fired = self._log_due_alerts(db, usages, now)
+            self._save_state(db, now)
         callbacks = tuple(
             task for task in (_notify(alert, usage) for alert, usage in fired) if task is not None
         )
@@ -664,7 +691,11 @@ class DatabaseRateLimiter(RateLimiter):
         return alert
 
     def close(self) -> None:
-        """Closes this process's connection; a later call opens it again."""
+        """Saves the rate limits' state (see the module) and closes this process's
+        connection; a later call opens it again."""
+        now = self._now()
+        with self._db.transaction(write=True) as db:
+            self._save_state(db, now)
         self._db.close()
 
     def __enter__(self) -> DatabaseRateLimiter:
@@ -682,6 +713,35 @@ class DatabaseRateLimiter(RateLimiter):
 
     def _now(self) -> datetime:
         return datetime.fromtimestamp(self._wall_clock(), timezone.utc)
+
+    def _save_state(self, db: sqlite3.Connection, now: datetime) -> None:
+        db.execute(
+            """INSERT OR REPLACE INTO rate_limiter_state
+               (id, tokens, hour_requests, last_update, updated_at) VALUES (1, ?, ?, ?, ?)""",
+            (
+                self.minute_tokens,
+                self.get_status()["hour_requests_made"],
+                now.timestamp(),
+                _stamp(now),
+            ),
+        )
+
+    def _resume(self) -> None:
+        """Takes from the fresh budgets what the saved state says was used (see the module)."""
+        with self._db.transaction(write=False) as db:
+            row = db.execute(
+                "SELECT tokens, hour_requests, last_update FROM rate_limiter_state"
+            ).fetchone()
+        if row is None:
+            return
+        elapsed = max(self._wall_clock() - row["last_update"], 0.0)
+        tokens = min(row["tokens"] + elapsed * self.minute_rate, self.burst_size)
+        used = math.ceil(round(self.burst_size - tokens, 9))
+        if used >= 1:
+            self._minute.try_acquire(count=used)
+        if elapsed < 3600 and row["hour_requests"] >= 1:
+            self._hour.try_acquire(count=min(row["hour_requests"], int(self.requests_per_hour)))
+        self.reset_stats()
 
     def _store_quota(self, quota_type: str, value: float | None) -> None:
         now = self._now()
@@ -805,7 +865,7 @@ _TASKS: set[asyncio.Task[None]] = set()
 def _notify(alert: UsageAlert, usage: _Usage) -> asyncio.Task[None] | None:
     """Logs ``alert`` and calls its callback; returns the task of a coroutine callback
     started on the running event loop. A failing callback is logged, never raised."""
-    logger.log(
+    shim.logger.log(
         _LEVELS[alert.alert_type],
         "Usage alert: %s - %.1f%% of %s",
         alert.message,
@@ -817,7 +877,7 @@ def _notify(alert: UsageAlert, usage: _Usage) -> asyncio.Task[None] | None:
     try:
         result = alert.callback(usage.percent, usage.used, usage.quota_type)
     except Exception:
-        logger.exception("Usage alert callback failed: %s", alert.message)
+        shim.logger.exception("Usage alert callback failed: %s", alert.message)
         return None
     if not inspect.isawaitable(result):
         return None
@@ -836,4 +896,4 @@ async def _guarded(callback: Awaitable[object], message: str) -> None:
     try:
         await callback
     except Exception:
-        logger.exception("Usage alert callback failed: %s", message)
+        shim.logger.exception("Usage alert callback failed: %s", message)

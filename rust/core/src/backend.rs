@@ -35,6 +35,13 @@ impl fmt::Debug for Undo {
     }
 }
 
+/// A take that [`RateLimiter::try_acquire_all`] may still give back.
+enum Held {
+    TokenBucket(Taken<<TokenBucket as Budget>::Receipt>),
+    SlidingWindow(Taken<<SlidingWindow as Budget>::Receipt>),
+    Boxed(Undo),
+}
+
 /// A rate limiter's budget, wherever it lives.
 pub trait Backend: Send + Sync + fmt::Debug {
     fn clock(&self) -> &Clock;
@@ -331,31 +338,66 @@ impl RateLimiter {
 
     /// Takes from every limiter or from none: each part is `(limiter, key hash, count)`.
     /// Returns the last part's admission, or the refusal of the first part that refused,
-    /// after giving back what the parts before it took. A refusal whose wait exceeds
-    /// `max_wait` seconds says `max_wait_exceeded`.
-    pub fn try_acquire_all(parts: &[(&RateLimiter, u64, u64)], max_wait: f64) -> Result<Decision> {
-        let Some(last) = parts.len().checked_sub(1) else {
-            return Err(Error::invalid("parts", "must name at least one limiter"));
-        };
-        let mut undos: Vec<Option<Undo>> = Vec::with_capacity(last);
-        for (index, &(limiter, hash, count)) in parts.iter().enumerate() {
-            let (mut decision, undo) = limiter.take(hash, count)?;
-            if !decision.allowed {
-                for (&(earlier, ..), undo) in parts.iter().zip(undos).rev() {
-                    if let Some(undo) = undo {
-                        earlier.undo(undo);
+    /// after giving back what the parts before it took (also when a part raises an error).
+    /// A refusal whose wait exceeds `max_wait` seconds says `max_wait_exceeded`. Allocates
+    /// nothing for in-memory limiters: each take waits on the stack for the parts after it.
+    pub fn try_acquire_all<'a>(
+        parts: impl IntoIterator<Item = (&'a RateLimiter, u64, u64)>,
+        max_wait: f64,
+    ) -> Result<Decision> {
+        Self::take_rest(&mut parts.into_iter(), max_wait)
+            .unwrap_or_else(|| Err(Error::invalid("parts", "must name at least one limiter")))
+    }
+
+    /// [`RateLimiter::try_acquire_all`] from the next part on; `None` when none is left.
+    fn take_rest<'a>(
+        parts: &mut impl Iterator<Item = (&'a RateLimiter, u64, u64)>,
+        max_wait: f64,
+    ) -> Option<Result<Decision>> {
+        let (limiter, hash, count) = parts.next()?;
+        Some(
+            limiter
+                .take_held(hash, count)
+                .and_then(|(mut decision, held)| {
+                    if !decision.allowed {
+                        if decision.retry_after.is_some_and(|wait| wait > max_wait) {
+                            decision.reason = Some(Refusal::MaxWaitExceeded);
+                        }
+                        return Ok(decision);
                     }
-                }
-                if decision.retry_after.is_some_and(|wait| wait > max_wait) {
-                    decision.reason = Some(Refusal::MaxWaitExceeded);
-                }
-                return Ok(decision);
-            }
-            if index == last {
-                return Ok(decision);
-            }
-            undos.push(undo);
+                    let Some(rest) = Self::take_rest(parts, max_wait) else {
+                        return Ok(decision);
+                    };
+                    if !matches!(rest, Ok(Decision { allowed: true, .. })) {
+                        if let Some(held) = held {
+                            limiter.give_back(held);
+                        }
+                    }
+                    rest
+                }),
+        )
+    }
+
+    /// [`Backend::take`], with the in-memory budgets' receipts kept unboxed.
+    fn take_held(&self, hash: u64, count: u64) -> Result<(Decision, Option<Held>)> {
+        match &self.engine {
+            Engine::TokenBucket(limiter) => limiter
+                .take(hash, count, true)
+                .map(|(decision, taken)| (decision, taken.map(Held::TokenBucket))),
+            Engine::SlidingWindow(limiter) => limiter
+                .take(hash, count, true)
+                .map(|(decision, taken)| (decision, taken.map(Held::SlidingWindow))),
+            _ => Backend::take(&**self, hash, count)
+                .map(|(decision, undo)| (decision, undo.map(Held::Boxed))),
         }
-        unreachable!("the last part returns")
+    }
+
+    fn give_back(&self, held: Held) {
+        match (&self.engine, held) {
+            (Engine::TokenBucket(limiter), Held::TokenBucket(taken)) => limiter.undo(taken),
+            (Engine::SlidingWindow(limiter), Held::SlidingWindow(taken)) => limiter.undo(taken),
+            (_, Held::Boxed(undo)) => self.undo(undo),
+            _ => unreachable!("a take is given back to the limiter that made it"),
+        }
     }
 }

@@ -24,6 +24,8 @@ pub enum Refusal {
     UnknownReservation,
     /// A new key while the limiter already keeps `max_keys` keys (`scope="key"`).
     TooManyKeys,
+    /// A waiting `acquire` while the limiter already keeps `max_reservations` bookings.
+    TooManyReservations,
 }
 
 impl Refusal {
@@ -39,6 +41,7 @@ impl Refusal {
             Refusal::AlreadyExecuted => "already_executed",
             Refusal::UnknownReservation => "unknown_reservation",
             Refusal::TooManyKeys => "too_many_keys",
+            Refusal::TooManyReservations => "too_many_reservations",
         }
     }
 }

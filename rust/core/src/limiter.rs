@@ -76,7 +76,10 @@ pub(crate) fn back_off_nanos(seconds: f64) -> Result<Nanos> {
     }
     Err(Error::invalid(
         "seconds",
-        format!("must be a finite number of seconds >= 0, got {seconds}"),
+        format!(
+            "must be a finite number of seconds >= 0 and < {:e}, got {seconds}",
+            u64::MAX as f64 / NANOS_PER_SEC
+        ),
     ))
 }
 
@@ -325,7 +328,9 @@ impl<B: Budget> Limiter<B> {
 
     /// Books `count` tokens: held now when nobody is queued and the budget has them, else
     /// queued for the next slot. Refused without booking when `count` exceeds the burst or
-    /// the slot is more than `max_wait` seconds away.
+    /// the slot is more than `max_wait` seconds away. With `max_reservations` bookings kept,
+    /// a caller's reservation is an error and a waiter's turn is refused
+    /// `too_many_reservations`, with the wait for the slot it would have had.
     pub(crate) fn book(
         &self,
         hash: u64,
@@ -345,9 +350,16 @@ impl<B: Budget> Limiter<B> {
             return Ok(Booking::Refused(refused));
         };
         if account.book.len() >= account.book.max {
-            return Err(Error::TooManyReservations {
-                max: account.book.max,
-            });
+            if holder == Holder::Caller {
+                return Err(Error::TooManyReservations {
+                    max: account.book.max,
+                });
+            }
+            let slot = self
+                .budget
+                .slot(now, &account.params, &account.book.promises(), units);
+            let refusal = (Refusal::TooManyReservations, Some(slot.saturating_sub(now)));
+            return Ok(Booking::Refused(self.decision(now, shard, Some(refusal))));
         }
         let opening = !self.tuning.busy.load(Ordering::SeqCst);
         if opening {

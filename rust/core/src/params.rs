@@ -260,13 +260,27 @@ impl Params {
                 let whole = (quota.burst.trunc() as u128).saturating_mul(unit);
                 let fraction = (quota.burst.fract() * unit as f64).floor() as u128;
                 let capacity = whole.saturating_add(fraction);
-                if unit >= MAX_CAPACITY_TICKS as u128 || capacity >= MAX_CAPACITY_TICKS as u128 {
+                let limit = MAX_CAPACITY_TICKS as f64 / scale.ticks_per_nano() / NANOS_PER_SEC;
+                if unit >= MAX_CAPACITY_TICKS as u128 {
+                    // One token's time is too long: the rate per second is too low.
+                    return Err(Error::invalid(
+                        "rate",
+                        format!(
+                            "at least {:e} tokens per second with shards={} on this limiter, \
+                             got {:e}",
+                            n / limit,
+                            quota.shards,
+                            quota.rate / quota.period
+                        ),
+                    ));
+                }
+                if capacity >= MAX_CAPACITY_TICKS as u128 {
                     return Err(Error::invalid(
                         "burst_size",
                         format!(
                             "burst_size * shards * period / rate must be under {:e} s on \
                              this limiter, got {:e} s",
-                            MAX_CAPACITY_TICKS as f64 / scale.ticks_per_nano() / NANOS_PER_SEC,
+                            limit,
                             quota.burst * n * quota.period / quota.rate
                         ),
                     ));

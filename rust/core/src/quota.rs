@@ -6,8 +6,13 @@ use crate::error::{Error, Result};
 pub const MAX_SHARDS: usize = 1024;
 /// Largest sliding-window limit: the window keeps one timestamp per admission.
 pub const MAX_WINDOW_LIMIT: u64 = 36_000_000;
-/// Longest sliding-window period (100 years): its nanoseconds fit a u64 with room to spare.
-pub const MAX_WINDOW_SECONDS: f64 = 100.0 * 365.0 * 86_400.0;
+/// Longest period (100 years): its nanoseconds fit a u64 with room to spare.
+pub const MAX_PERIOD_SECONDS: f64 = 100.0 * 365.0 * 86_400.0;
+/// Shortest period: one nanosecond, the clock's resolution.
+pub const MIN_PERIOD_SECONDS: f64 = 1e-9;
+/// Largest token-bucket burst: a token costs at least one tick, and a shard's credit is
+/// counted in a u64 of at most 2^62 ticks.
+pub const MAX_BURST: f64 = (1u64 << 62) as f64;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Algorithm {
@@ -97,10 +102,13 @@ impl Quota {
                 format!("must be a finite number > 0, got {rate}"),
             ));
         }
-        if !(period.is_finite() && period > 0.0) {
+        if !(MIN_PERIOD_SECONDS..=MAX_PERIOD_SECONDS).contains(&period) {
             return Err(Error::invalid(
                 "period",
-                format!("must be a finite number of seconds > 0, got {period}"),
+                format!(
+                    "must be a finite number of seconds from {MIN_PERIOD_SECONDS:e} (one \
+                     nanosecond) to {MAX_PERIOD_SECONDS:e} (100 years), got {period:e}"
+                ),
             ));
         }
         let shards = match shards {
@@ -114,16 +122,26 @@ impl Quota {
             None => auto_shards(rate * 60.0 / period, available_cpus()),
         };
         let burst = match algorithm {
-            Algorithm::TokenBucket => {
-                let burst = burst.unwrap_or(rate.max(1.0));
-                if !(burst.is_finite() && burst >= 1.0) {
+            // Left out, the burst is the rate: then a rate too large for a burst is named.
+            Algorithm::TokenBucket => match burst {
+                None if rate <= MAX_BURST => rate.max(1.0),
+                None => {
+                    return Err(Error::invalid(
+                        "rate",
+                        format!(
+                            "without burst_size the burst is the rate, which must then be <= \
+                             {MAX_BURST:e}, got {rate:e}"
+                        ),
+                    ))
+                }
+                Some(burst) if (1.0..=MAX_BURST).contains(&burst) => burst,
+                Some(burst) => {
                     return Err(Error::invalid(
                         "burst_size",
-                        format!("must be a finite number >= 1, got {burst}"),
-                    ));
+                        format!("must be a finite number >= 1 and <= {MAX_BURST:e}, got {burst}"),
+                    ))
                 }
-                burst
-            }
+            },
             Algorithm::SlidingWindow => {
                 let limit = rate.floor();
                 if !(1.0..=MAX_WINDOW_LIMIT as f64).contains(&limit) {
@@ -132,16 +150,6 @@ impl Quota {
                         format!(
                             "the sliding window admits floor(rate) per period, which must be \
                              between 1 and {MAX_WINDOW_LIMIT}, got {rate:e}"
-                        ),
-                    ));
-                }
-                if period > MAX_WINDOW_SECONDS {
-                    return Err(Error::invalid(
-                        "period",
-                        format!(
-                            "the sliding window keeps every admission of one period, which \
-                             must be at most {MAX_WINDOW_SECONDS:e} seconds (100 years), got \
-                             {period:e}"
                         ),
                     ));
                 }
@@ -231,6 +239,14 @@ mod tests {
             (Quota::new(10.0, -1.0, None, tb, None), "period"),
             (Quota::new(10.0, f64::NAN, None, tb, None), "period"),
             (Quota::new(10.0, 1.0, Some(0.5), tb, None), "burst_size"),
+            (
+                Quota::new(10.0, 1.0, Some(2f64.powi(63)), tb, None),
+                "burst_size",
+            ),
+            (Quota::new(10.0, 1.0, Some(1e300), tb, None), "burst_size"),
+            (Quota::new(1e300, 1e9, None, tb, None), "rate"),
+            (Quota::new(10.0, 1e300, None, tb, None), "period"),
+            (Quota::new(10.0, 1e-300, None, tb, None), "period"),
             (Quota::new(10.0, 1.0, None, tb, Some(0)), "shards"),
             (
                 Quota::new(10.0, 1.0, None, tb, Some(MAX_SHARDS + 1)),

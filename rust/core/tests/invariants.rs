@@ -805,7 +805,7 @@ fn try_acquire_all_takes_from_every_limiter_or_from_none() {
         )
         .unwrap();
         let both = |count, max_wait| {
-            RateLimiter::try_acquire_all(&[(&bucket, 1, count), (&window, 1, count)], max_wait)
+            RateLimiter::try_acquire_all([(&bucket, 1, count), (&window, 1, count)], max_wait)
                 .unwrap()
         };
         for _ in 0..5 {

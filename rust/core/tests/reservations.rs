@@ -211,6 +211,18 @@ fn the_reservation_cap_is_a_clear_error() {
     let err = limiter.reserve(9, 1, f64::INFINITY).unwrap_err();
     assert_eq!(err, Error::TooManyReservations { max: 3 });
     assert!(err.to_string().starts_with("max_reservations: "));
+    // A waiting acquire's turn is refused instead, with the wait for the slot it would have
+    // had behind the three.
+    match limiter.reserve_turn(9, 8, f64::INFINITY).unwrap() {
+        Booking::Refused(decision) => {
+            assert_eq!(decision.reason, Some(Refusal::TooManyReservations));
+            assert!(
+                decision.retry_after.is_some_and(|wait| wait > 0.0),
+                "{decision:?}"
+            );
+        }
+        booked => panic!("{booked:?}"),
+    }
 }
 
 #[test]

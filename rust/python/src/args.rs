@@ -136,8 +136,32 @@ impl<'a, 'py> FromPyObject<'a, 'py> for MaxKeys {
     }
 }
 
-/// `count`: a token count, an int >= 1. Counts too large for 64 bits exceed any burst, so
-/// they become `u64::MAX` and are refused as `exceeds_capacity` like any count above it.
+/// A token count given as `argument`: an int >= 1. Counts too large for 64 bits exceed any
+/// burst, so they become `u64::MAX` and are refused as `exceeds_capacity` like any count
+/// above it.
+#[inline]
+fn token_count(obj: Borrowed<'_, '_, PyAny>, argument: &str) -> PyResult<u64> {
+    // The core's complaint about a count, under the caller's name for it.
+    let refuse = |got: &dyn std::fmt::Display| match Error::invalid_count(got) {
+        Error::InvalidArgument { message, .. } => {
+            PyValueError::new_err(format!("{argument}: {message}"))
+        }
+        other => Failure::from(other).into(),
+    };
+    let int = obj
+        .cast::<PyInt>()
+        .ok()
+        .filter(|_| !obj.is_instance_of::<PyBool>())
+        .ok_or_else(|| wrong_type(argument, "an int >= 1", &obj))?;
+    match int.extract::<i64>() {
+        Ok(n) if n >= 1 => Ok(n as u64),
+        Ok(n) => Err(refuse(&n)),
+        Err(_) if int.gt(0)? => Ok(u64::MAX),
+        Err(_) => Err(refuse(&*int)),
+    }
+}
+
+/// `count`: a token count (see [`token_count`]).
 #[derive(Clone, Copy)]
 pub(crate) struct Count(pub(crate) u64);
 
@@ -150,17 +174,20 @@ impl<'a, 'py> FromPyObject<'a, 'py> for Count {
 
     #[inline]
     fn extract(obj: Borrowed<'a, 'py, PyAny>) -> PyResult<Self> {
-        let int = obj
-            .cast::<PyInt>()
-            .ok()
-            .filter(|_| !obj.is_instance_of::<PyBool>())
-            .ok_or_else(|| wrong_type("count", "an int >= 1", &obj))?;
-        match int.extract::<i64>() {
-            Ok(n) if n >= 1 => Ok(Count(n as u64)),
-            Ok(n) => Err(Failure::from(Error::invalid_count(&n)).into()),
-            Err(_) if int.gt(0)? => Ok(Count(u64::MAX)),
-            Err(_) => Err(Failure::from(Error::invalid_count(&*int)).into()),
-        }
+        token_count(obj, "count").map(Self)
+    }
+}
+
+/// `tokens`: the previous API's name for a count.
+#[derive(Clone, Copy)]
+pub(crate) struct Tokens(pub(crate) u64);
+
+impl<'a, 'py> FromPyObject<'a, 'py> for Tokens {
+    type Error = PyErr;
+
+    #[inline]
+    fn extract(obj: Borrowed<'a, 'py, PyAny>) -> PyResult<Self> {
+        token_count(obj, "tokens").map(Self)
     }
 }
 

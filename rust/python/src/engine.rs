@@ -15,7 +15,7 @@ use ratelimit_core::{
 
 use crate::args::{
     AlgorithmArg, BurstSize, ClockArg, Count, Key, MaxKeys, MaxReservations, MaxWait, Period, Rate,
-    ReservationId, ReservationTtl, ScopeArg, Seconds, Shards, Waited,
+    ReservationId, ReservationTtl, ScopeArg, Seconds, Shards, Tokens, Waited,
 };
 use crate::clock::PyManualClock;
 use crate::error::Result;
@@ -419,37 +419,68 @@ impl PyEngine {
     }
 }
 
-/// Takes `count` tokens for `key` from every engine or from none (a `LimiterGroup`).
-/// Returns the refusal of the first engine that refused, after giving back what the others
-/// took, or the last admission. A refusal whose wait exceeds `max_wait` says
-/// `max_wait_exceeded`; it is counted in the first engine's statistics.
-#[pyfunction]
-#[pyo3(
-    signature = (engines, key=Key::Default, count=Count::ONE, max_wait=None),
-    text_signature = "(engines, key='default', count=1, max_wait=None)"
-)]
-pub(crate) fn try_acquire_all(
-    engines: Vec<Bound<'_, PyEngine>>,
-    key: Key<'_>,
-    count: Count,
-    max_wait: Option<MaxWait>,
-) -> Result<PyRateLimitResult> {
-    // Every engine hashes a key the same way (Python's string hash).
-    let hash = match engines.first() {
-        Some(engine) => engine.get().hash(&key)?,
-        None => 0,
-    };
-    let parts: Vec<_> = engines
-        .iter()
-        .map(|engine| (engine.get().core(), hash, count.0))
-        .collect();
-    let max_wait = max_wait.map_or(f64::INFINITY, |w| w.0);
-    let decision = RateLimiter::try_acquire_all(&parts, max_wait)?;
-    if !decision.allowed {
-        // A group's refusal counts once, as its first engine's.
-        if let Some(first) = engines.first() {
-            first.get().count_refusal(decision.shard);
+/// Engines taken together, all or nothing (a `LimiterGroup`): fixed when made, so that a
+/// decision converts no list and allocates nothing but its result.
+#[pyclass(frozen, module = "flashcard_pipeline._native", name = "EngineGroup")]
+pub(crate) struct PyEngineGroup {
+    engines: Box<[Py<PyEngine>]>,
+}
+
+#[pymethods]
+impl PyEngineGroup {
+    #[new]
+    fn new(engines: Vec<Bound<'_, PyEngine>>) -> PyResult<Self> {
+        if engines.is_empty() {
+            return Err(PyValueError::new_err(
+                "engines: at least one engine is needed",
+            ));
         }
+        Ok(Self {
+            engines: engines.into_iter().map(Bound::unbind).collect(),
+        })
     }
-    Ok(PyRateLimitResult::new(decision, 0.0))
+
+    /// Takes `count` tokens for `key` from every engine or from none. Returns the refusal of
+    /// the first engine that refused, after giving back what the others took, or the last
+    /// admission. A refusal whose wait exceeds `max_wait` says `max_wait_exceeded`; it is
+    /// counted in the first engine's statistics.
+    #[pyo3(
+        signature = (key=Key::Default, count=Count::ONE, max_wait=None),
+        text_signature = "($self, key='default', count=1, max_wait=None)"
+    )]
+    fn try_acquire(
+        &self,
+        key: Key<'_>,
+        count: Count,
+        max_wait: Option<MaxWait>,
+    ) -> Result<PyRateLimitResult> {
+        // Every engine hashes a key the same way (Python's string hash).
+        let hash = self.engines[0].get().hash(&key)?;
+        let max_wait = max_wait.map_or(f64::INFINITY, |w| w.0);
+        let decision = self.decide(hash, count.0, max_wait)?;
+        Ok(PyRateLimitResult::new(decision, 0.0))
+    }
+
+    /// `try_acquire(count=tokens)` for the default key, as the previous API's `try_acquire`
+    /// answers: `True` if admitted. No result is made.
+    #[pyo3(signature = (tokens=Tokens(1)), text_signature = "($self, tokens=1)")]
+    fn admits(&self, tokens: Tokens) -> Result<bool> {
+        let hash = self.engines[0].get().default_hash;
+        Ok(self.decide(hash, tokens.0, f64::INFINITY)?.allowed)
+    }
+}
+
+impl PyEngineGroup {
+    fn decide(&self, hash: u64, count: u64, max_wait: f64) -> Result<ratelimit_core::Decision> {
+        let parts = self
+            .engines
+            .iter()
+            .map(|engine| (engine.get().core(), hash, count));
+        let decision = RateLimiter::try_acquire_all(parts, max_wait)?;
+        if !decision.allowed {
+            // A group's refusal counts once, as its first engine's.
+            self.engines[0].get().count_refusal(decision.shard);
+        }
+        Ok(decision)
+    }
 }

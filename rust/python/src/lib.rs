@@ -19,6 +19,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<engine::PyEngine>()?;
     m.add_class::<result::PyRateLimitResult>()?;
     m.add_class::<reservation::PyTokenReservation>()?;
-    m.add_function(wrap_pyfunction!(engine::try_acquire_all, m)?)?;
+    m.add_class::<engine::PyEngineGroup>()?;
     Ok(())
 }
