@@ -8,7 +8,7 @@ algorithm, ported as a baseline), both built as
 maximum rate and burst, so no timed call is refused. It prints:
 
 1. ``await acquire()`` with the hourly window already holding 20,000 admitted requests
-   (µs per call, ratio old / shim; SPEC target: shim >= 20x faster), and the same on a fresh
+   (µs per call, ratio old / shim; target: shim >= 20x faster), and the same on a fresh
    limiter (empty window);
 2. sync ``try_acquire()`` per call (ns per call, ratio; target: shim >= 1.5x faster than the
    old one), plus where the shim's time goes (the engine called directly);
