@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # What the stable ABI (abi3) costs on the hot path. The same code is built twice, as the abi3
-# extension the wheel ships and as a CPython-3.11-specific one (--no-default-features); each is
+# extension the wheel ships (linked here by the system linker: zig changes only which glibc
+# symbols are named) and as a CPython-3.11-specific one (--no-default-features); each is
 # installed in its own venv with the bench peers. Then, for each build in turn:
 #   1. benches/side_by_side.py, ROUNDS times, alternating builds, printing our try_acquire rows;
 #   2. instructions per try_acquire() and per try_acquire("user_1"), counted by callgrind
