@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import weakref
 from collections.abc import Generator
 from typing import Any
@@ -305,14 +306,17 @@ class ShardedRateLimiter:
         result = engine.try_acquire(key, count)
         if result.reason != "rate_limited":
             return result
-        booked = engine.book_turn(key, count, budget)
-        if isinstance(booked, RateLimitResult):
-            return booked
-        self._booked_turns.add(booked.id)
+        with _booking:  # no fork between booking the turn and recording it
+            booked = engine.book_turn(key, count, budget)
+            if isinstance(booked, RateLimitResult):
+                return booked
+            self._booked_turns.add(booked.id)
         start = engine.now()
         try:
             while True:
-                result = engine.execute_reservation(booked.id, engine.now() - start)
+                waited = engine.now() - start
+                # Given back, refused max_wait_exceeded, once its chance is past the bound.
+                result = engine.execute_turn(booked.id, waited, max(budget - waited, 0.0))
                 if result.reason != "not_ready":
                     return result
                 yield result.retry_after or 0.0
@@ -625,8 +629,12 @@ class _Answer(int):
 #: How early (seconds) ``execute_reservation`` may be called and still wait for its slot.
 EARLY = 0.002
 
-#: Every limiter made in this process, for the at-fork handler.
+#: Every limiter made in this process, for the at-fork handlers.
 _limiters: weakref.WeakSet[ShardedRateLimiter] = weakref.WeakSet()
+
+#: Held from booking a waiter's turn until it is recorded, and across ``os.fork()``: a turn
+#: never expires, so a child must know every turn it inherits.
+_booking = threading.Lock()
 
 
 def _cancel_parent_turns() -> None:
@@ -634,10 +642,15 @@ def _cancel_parent_turns() -> None:
     parent, so the turns they booked are cancelled here and their tokens are free again. (A
     waiting asyncio task of the forking thread is copied too; resumed, it would be answered
     ``cancelled``.)"""
+    _booking.release()
     for limiter in list(_limiters):
         for turn in list(limiter._booked_turns):
             limiter._engine.cancel_reservation(turn)
         limiter._booked_turns.clear()
 
 
-os.register_at_fork(after_in_child=_cancel_parent_turns)
+os.register_at_fork(
+    before=_booking.acquire,
+    after_in_parent=_booking.release,
+    after_in_child=_cancel_parent_turns,
+)

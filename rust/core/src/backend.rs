@@ -331,6 +331,25 @@ impl RateLimiter {
         self.book(hash, count, max_wait, Holder::Waiter)
     }
 
+    /// Admits a waiter's turn once the budget holds it, as [`Backend::execute_reservation`]
+    /// does. A turn still queued whose next chance comes more than `max_wait` seconds from
+    /// now (what is left of its waiter's bound) is given back to the next in line and
+    /// refused `max_wait_exceeded` with that wait: a waiter never waits past its bound,
+    /// whatever happens ahead of it.
+    pub fn execute_turn(&self, id: &str, max_wait: f64) -> Decision {
+        let decision = self.execute_reservation(id);
+        match decision.retry_after {
+            Some(wait) if decision.reason == Some(Refusal::NotReady) && wait > max_wait => {
+                self.cancel_reservation(id);
+                Decision {
+                    reason: Some(Refusal::MaxWaitExceeded),
+                    ..decision
+                }
+            }
+            _ => decision,
+        }
+    }
+
     /// How evenly the shards have served requests (see [`Balance`]).
     pub fn balance(&self) -> Balance {
         Balance::of(self.served())

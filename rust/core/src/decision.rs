@@ -102,6 +102,19 @@ pub enum Holder {
     Waiter,
 }
 
+impl Holder {
+    /// When a booking with this `slot` expires. A caller's reservation lives `ttl` past its
+    /// slot; a waiter's turn never expires: its waiter is there (it gives the turn back when
+    /// it stops waiting), and `back_off`, `set_rate` or `reset` may fund it later than any
+    /// ttl after the slot it was first given.
+    pub(crate) fn expires(self, slot: Nanos, ttl: Nanos) -> Nanos {
+        match self {
+            Holder::Caller => slot.saturating_add(ttl),
+            Holder::Waiter => Nanos::MAX,
+        }
+    }
+}
+
 /// Longest reservation TTL (100 years): its nanoseconds fit a u64 with room to spare.
 const MAX_TTL_SECONDS: f64 = 100.0 * 365.0 * 86_400.0;
 

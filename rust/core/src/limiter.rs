@@ -404,7 +404,7 @@ impl<B: Budget> Limiter<B> {
         if now_free {
             self.budget.hold(now, params, units);
         }
-        let expires = slot.saturating_add(book.ttl);
+        let expires = holder.expires(slot, book.ttl);
         let id = book.push(Entry {
             hash,
             count,
@@ -454,7 +454,7 @@ impl<B: Budget> Limiter<B> {
     /// How long a queued booking should wait before asking again: until the budget could
     /// fund it and everything queued ahead of it (so it moves up when someone ahead
     /// cancels), and no later than its promised slot; when only escrow being spent can
-    /// make room, until the first booking expires.
+    /// make room, until the first reservation expires (a waiter's turn never does).
     fn wait_for_turn(&self, account: &Account, now: Nanos, seq: u64, entry: Entry) -> Nanos {
         let Account { params, book, .. } = account;
         let tokens = book.queued_ahead(seq).saturating_add(entry.count);
@@ -469,6 +469,7 @@ impl<B: Budget> Limiter<B> {
             return wait;
         }
         book.next_expiry()
+            .filter(|&expires| expires != Nanos::MAX)
             .map_or(1, |expires| expires.saturating_sub(now).max(1))
     }
 
@@ -601,7 +602,7 @@ impl<B: Budget> Limiter<B> {
                 seq,
                 Entry {
                     slot,
-                    expires: slot.saturating_add(book.ttl),
+                    expires: waiter.holder.expires(slot, book.ttl),
                     state: State::Queued,
                     ..waiter
                 },

@@ -364,3 +364,52 @@ fn reservations_racing_immediate_requests_share_the_budget_exactly() {
         );
     }
 }
+
+fn turn(limiter: &RateLimiter, key: u64, count: u64) -> Reservation {
+    match limiter.reserve_turn(key, count, f64::INFINITY).unwrap() {
+        Booking::Reserved(turn) => turn,
+        Booking::Refused(decision) => panic!("refused: {decision:?}"),
+    }
+}
+
+#[test]
+fn a_turn_whose_chance_moves_past_its_bound_is_given_back() {
+    // Burst 1: a reservation never executed holds it; a waiter behind it has 250 ms.
+    let (limiter, manual) = limiter(Algorithm::TokenBucket, 10.0, Some(1.0), 1);
+    reserve(&limiter, 0, 1);
+    let waiter = turn(&limiter, 0, 1);
+    // The held reservation frees nothing before it expires (60 s): the waiter asks as its
+    // driver would, after each wait it is told, until its bound is past.
+    let mut waited = 0;
+    let refused = loop {
+        let answer = limiter.execute_turn(&waiter.id, 0.25 - waited as f64 / SEC as f64);
+        if answer.reason != Some(Refusal::NotReady) {
+            break answer;
+        }
+        let wait = (answer.retry_after.unwrap() * SEC as f64).round() as u64;
+        manual.advance(wait);
+        waited += wait;
+    };
+    assert_eq!(refused.reason, Some(Refusal::MaxWaitExceeded));
+    assert!(waited <= 250 * MS, "waited {waited} ns");
+    assert_eq!(limiter.reservations(), 1, "the turn was given back");
+}
+
+#[test]
+fn a_turn_never_expires_however_far_a_back_off_moves_it() {
+    for shards in [1, 4] {
+        let (limiter, manual) = ten_per_second(shards);
+        for key in 0..10 {
+            assert!(limiter.try_acquire_hashed(key, 1).unwrap().allowed);
+        }
+        let waiter = turn(&limiter, 0, 1);
+        assert_eq!(waiter.expires_at, u64::MAX);
+        limiter.back_off(0, 120.0).unwrap(); // longer than the 60 s reservation ttl
+        manual.advance(119 * SEC);
+        let early = limiter.execute_turn(&waiter.id, f64::INFINITY);
+        assert_eq!(early.reason, Some(Refusal::NotReady), "shards={shards}");
+        manual.advance(SEC + 100 * MS);
+        let admitted = limiter.execute_turn(&waiter.id, f64::INFINITY);
+        assert!(admitted.allowed, "shards={shards}: {admitted:?}");
+    }
+}

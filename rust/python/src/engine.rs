@@ -203,6 +203,20 @@ impl PyEngine {
         Ok(PyRateLimitResult::new(decision, waited.0))
     }
 
+    /// `execute_reservation` for a waiter's turn: a turn whose next chance is more than
+    /// `max_wait` seconds away (what is left of its bound) is given back and refused
+    /// `max_wait_exceeded`.
+    #[pyo3(signature = (turn_id, waited, max_wait), text_signature = "($self, turn_id, waited, max_wait)")]
+    fn execute_turn(
+        &self,
+        turn_id: ReservationId<'_, '_>,
+        waited: Waited,
+        max_wait: MaxWait,
+    ) -> Result<PyRateLimitResult> {
+        let decision = self.core.execute_turn(turn_id.0.to_str()?, max_wait.0);
+        Ok(PyRateLimitResult::new(decision, waited.0))
+    }
+
     /// Gives a reservation's tokens back; `True` once, `False` after that or for an id that
     /// is unknown, expired or executed.
     fn cancel_reservation(&self, reservation_id: ReservationId<'_, '_>) -> Result<bool> {

@@ -1,0 +1,76 @@
+"""What a waiting ``acquire`` promises its caller, whatever happens ahead of it: it returns within
+``max_wait`` (admitted, or ``max_wait_exceeded`` with its turn given back), and a live waiter's
+turn never expires under it."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from flashcard_pipeline.rate_limiter_v2 import ManualClock, ShardedRateLimiter
+
+
+@pytest.mark.parametrize("scope", ["global", "key"])
+def test_acquire_returns_within_max_wait_behind_a_reservation_never_executed(scope):
+    clock = ManualClock()
+    limiter = ShardedRateLimiter(
+        rate=10, period=1.0, shards=1, burst_size=1, clock=clock, scope=scope
+    )
+    limiter.reserve("k")  # held at once and never executed: a worker crashed
+    start = clock.time()
+    result = limiter.acquire("k", max_wait=0.25)
+    assert clock.time() - start <= 0.25
+    assert not result.allowed and result.reason == "max_wait_exceeded"
+    # Its turn was given back: nothing but the abandoned reservation is booked.
+    assert limiter.get_status()["reservations"]["active"] == 1
+
+
+def test_real_clock_acquire_returns_within_max_wait_behind_a_reservation_never_executed():
+    limiter = ShardedRateLimiter(rate=10, period=1.0, shards=1, burst_size=1, reservation_ttl=3)
+    limiter.reserve("k")
+    start = time.monotonic()
+    result = limiter.acquire("k", max_wait=0.25)
+    assert time.monotonic() - start <= 0.25 + 0.05
+    assert result.reason == "max_wait_exceeded"
+
+
+@pytest.mark.asyncio
+async def test_awaited_acquire_returns_within_max_wait_behind_a_reservation_never_executed():
+    clock = ManualClock()
+    limiter = ShardedRateLimiter(rate=10, period=1.0, shards=1, burst_size=1, clock=clock)
+    limiter.reserve("k")
+    start = clock.time()
+    result = await limiter.acquire("k", max_wait=0.25)
+    assert clock.time() - start <= 0.25
+    assert result.reason == "max_wait_exceeded"
+
+
+@pytest.mark.asyncio
+async def test_a_waiter_is_admitted_after_a_back_off_longer_than_the_reservation_ttl():
+    clock = ManualClock()
+    limiter = ShardedRateLimiter(rate=10, period=1.0, burst_size=10, shards=1, clock=clock)
+    for _ in range(10):
+        assert limiter.try_acquire()
+    waiter = asyncio.ensure_future(limiter.acquire())  # books its turn, then waits
+    await asyncio.sleep(0)
+    limiter.back_off(120.0)  # an upstream said Retry-After: 120
+    result = await waiter
+    assert result.allowed, result.reason
+    assert clock.time() >= 120.0
+
+
+@pytest.mark.asyncio
+async def test_a_waiter_is_admitted_after_a_lower_burst_and_a_short_ttl():
+    clock = ManualClock()
+    limiter = ShardedRateLimiter(
+        rate=10, period=1.0, burst_size=10, shards=1, clock=clock, reservation_ttl=0.05
+    )
+    for _ in range(10):
+        assert limiter.try_acquire()
+    waiter = asyncio.ensure_future(limiter.acquire())
+    await asyncio.sleep(0)
+    limiter.set_rate(1, period=10.0, burst_size=1)  # its old slot is gone
+    result = await waiter
+    assert result.allowed, result.reason
