@@ -1,6 +1,6 @@
 """What a waiting ``acquire`` promises its caller, whatever happens ahead of it: it returns within
-``max_wait`` (admitted, or ``max_wait_exceeded`` with its turn given back), and a live waiter's
-turn never expires under it."""
+``max_wait`` (admitted, or ``max_wait_exceeded`` with its turn given back), a live waiter's turn
+never expires under it, and a waiting thread is admitted on time."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from conftest import check_bounds, thread_hammer
 from flashcard_pipeline.rate_limiter_v2 import ManualClock, ShardedRateLimiter
 
 
@@ -74,3 +75,30 @@ async def test_a_waiter_is_admitted_after_a_lower_burst_and_a_short_ttl():
     limiter.set_rate(1, period=10.0, burst_size=1)  # its old slot is gone
     result = await waiter
     assert result.allowed, result.reason
+
+
+def test_threads_waiting_at_a_burst_of_one_use_the_whole_rate():
+    """4 threads in blocking acquire() at 1000/s with a burst of 1, for 1 s: a waiter that wakes
+    late loses the refill meanwhile (the bucket is full), so this needs waking on time."""
+    rate = 1000
+    limiter = ShardedRateLimiter(rate=rate, period=1.0, burst_size=1, shards=1)
+    admitted: list[list[float]] = [[] for _ in range(4)]
+
+    def worker(mine: list[float]):
+        def loop(deadline: float) -> None:
+            while time.monotonic() < deadline:
+                if limiter.acquire("k", max_wait=1.0):
+                    mine.append(time.monotonic())
+
+        return loop
+
+    started, deadline, finished = thread_hammer([worker(m) for m in admitted], 1.0)
+    check_bounds([at for m in admitted for at in m], started, deadline, finished, rate, burst=1)
+
+
+@pytest.mark.parametrize("seconds", [-1.0, float("nan"), float("inf")])
+def test_the_precise_sleep_refuses_a_wait_it_cannot_make(seconds):
+    from flashcard_pipeline._native import sleep
+
+    with pytest.raises(ValueError, match="^seconds: must be a finite number >= 0"):
+        sleep(seconds)

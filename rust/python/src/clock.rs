@@ -1,8 +1,10 @@
-//! `ManualClock`: time that tests move by hand.
+//! `ManualClock`: time that tests move by hand; `sleep`: real time waited on time.
 
+use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use ratelimit_core::{Clock, ManualClock};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use crate::args::{Seconds, Start};
 use crate::error::Result;
@@ -45,4 +47,32 @@ impl PyManualClock {
     fn __repr__(&self) -> String {
         format!("ManualClock(monotonic={})", self.monotonic())
     }
+}
+
+/// The last stretch of a real-clock wait that is spun rather than slept: the OS wakes a
+/// sleeper tens of microseconds late, and with a small burst every microsecond a waiter
+/// comes late is refill nobody can use.
+const SPIN: Duration = Duration::from_micros(200);
+
+/// Sleeps `seconds` with the GIL released and wakes on time: the OS sleeps all but the last
+/// 200 µs, which are spun.
+#[pyfunction]
+#[pyo3(text_signature = "(seconds)")]
+pub(crate) fn sleep(py: Python<'_>, seconds: Seconds) -> PyResult<()> {
+    let wait = Duration::try_from_secs_f64(seconds.0).map_err(|_| {
+        PyValueError::new_err(format!(
+            "seconds: must be a finite number >= 0, got {}",
+            seconds.0
+        ))
+    })?;
+    py.detach(|| {
+        let until = Instant::now() + wait;
+        if let Some(sleep) = wait.checked_sub(SPIN) {
+            std::thread::sleep(sleep);
+        }
+        while Instant::now() < until {
+            std::hint::spin_loop();
+        }
+    });
+    Ok(())
 }

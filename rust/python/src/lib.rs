@@ -20,5 +20,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<result::PyRateLimitResult>()?;
     m.add_class::<reservation::PyTokenReservation>()?;
     m.add_class::<engine::PyEngineGroup>()?;
+    m.add_function(wrap_pyfunction!(clock::sleep, m)?)?;
     Ok(())
 }
