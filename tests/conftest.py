@@ -114,6 +114,18 @@ def max_excess_over_bucket(times: list[float], burst: float, rate: float, period
     return worst
 
 
+def blocking_acquirer(limiter: Any, admitted: list[float]) -> Callable[[float], None]:
+    """A :func:`thread_hammer` worker: blocking ``acquire("k")`` until the deadline, noting
+    the time of each admission in ``admitted``."""
+
+    def loop(deadline: float) -> None:
+        while time.monotonic() < deadline:
+            if limiter.acquire("k", max_wait=1.0):
+                admitted.append(time.monotonic())
+
+    return loop
+
+
 def thread_hammer(workers: list, duration: float) -> tuple[float, float, float]:
     """Runs ``worker(deadline)`` on threads; returns (started, deadline, finished)."""
     started = time.monotonic()

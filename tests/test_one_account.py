@@ -35,6 +35,7 @@ from flashcard_pipeline.exceptions import RateLimitError
 from conftest import (
     HAMMER,
     HAMMER_BURST,
+    blocking_acquirer,
     check_bounds,
     max_excess_over_bucket,
     max_in_window,
@@ -453,15 +454,9 @@ def test_hammer_threads_in_blocking_acquire_stay_within_the_rate(shards):
     limiter = ShardedRateLimiter(rate=rate, period=1.0, burst_size=HAMMER_BURST, shards=shards)
     admitted: list[list[float]] = [[] for _ in range(3)]
 
-    def worker(mine: list[float]):
-        def loop(deadline: float) -> None:
-            while time.monotonic() < deadline:
-                if limiter.acquire("k", max_wait=1.0):
-                    mine.append(time.monotonic())
-
-        return loop
-
-    started, deadline, finished = thread_hammer([worker(m) for m in admitted], HAMMER)
+    started, deadline, finished = thread_hammer(
+        [blocking_acquirer(limiter, m) for m in admitted], HAMMER
+    )
     check_bounds([at for m in admitted for at in m], started, deadline, finished, rate)
 
 
@@ -490,14 +485,6 @@ def test_hammer_mixed_acquire_reserve_execute_and_cancel_stay_within_the_rate():
     limiter = ShardedRateLimiter(rate=rate, period=1.0, burst_size=HAMMER_BURST, shards=2)
     admitted: list[list[float]] = [[] for _ in range(4)]
     cancelled = [0]
-
-    def acquirer(mine: list[float]):
-        def loop(deadline: float) -> None:
-            while time.monotonic() < deadline:
-                if limiter.acquire("k", max_wait=1.0):
-                    mine.append(time.monotonic())
-
-        return loop
 
     def executor(mine: list[float]):
         def loop(deadline: float) -> None:
@@ -528,7 +515,8 @@ def test_hammer_mixed_acquire_reserve_execute_and_cancel_stay_within_the_rate():
                 cancelled[0] += 1
             time.sleep(0.001)
 
-    workers = [acquirer(m) for m in admitted[:3]] + [executor(admitted[3]), canceller]
+    workers = [blocking_acquirer(limiter, m) for m in admitted[:3]]
+    workers += [executor(admitted[3]), canceller]
     started, deadline, finished = thread_hammer(workers, HAMMER)
     assert cancelled[0] > 0
     assert len(admitted[3]) > 0

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from conftest import check_bounds, thread_hammer
+from conftest import blocking_acquirer, check_bounds, thread_hammer
 from flashcard_pipeline.rate_limiter_v2 import ManualClock, ShardedRateLimiter
 
 
@@ -84,15 +84,9 @@ def test_threads_waiting_at_a_burst_of_one_use_the_whole_rate():
     limiter = ShardedRateLimiter(rate=rate, period=1.0, burst_size=1, shards=1)
     admitted: list[list[float]] = [[] for _ in range(4)]
 
-    def worker(mine: list[float]):
-        def loop(deadline: float) -> None:
-            while time.monotonic() < deadline:
-                if limiter.acquire("k", max_wait=1.0):
-                    mine.append(time.monotonic())
-
-        return loop
-
-    started, deadline, finished = thread_hammer([worker(m) for m in admitted], 1.0)
+    started, deadline, finished = thread_hammer(
+        [blocking_acquirer(limiter, m) for m in admitted], 1.0
+    )
     check_bounds([at for m in admitted for at in m], started, deadline, finished, rate, burst=1)
 
 

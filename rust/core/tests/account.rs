@@ -11,7 +11,8 @@
 
 use proptest::prelude::*;
 use proptest::sample::Index;
-use proptest::test_runner::Config as ProptestConfig;
+mod common;
+use common::cases;
 use ratelimit_core::{
     Algorithm, Booking, Clock, Holder, ManualClock, Quota, RateLimiter, Refusal, ReservationPolicy,
     Scope,
@@ -21,18 +22,6 @@ use std::sync::Arc;
 const PERIOD: f64 = 1.0;
 const PERIOD_NS: u64 = 1_000_000_000;
 const TTL: f64 = 0.25;
-
-/// `n` cases, or `PROPTEST_CASES` from the environment for a longer soak.
-fn cases(n: u32) -> ProptestConfig {
-    ProptestConfig {
-        cases: std::env::var("PROPTEST_CASES")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(n),
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    }
-}
 
 #[derive(Debug, Clone, Copy)]
 struct Setup {

@@ -6,7 +6,8 @@
 //! `burst + rate * t / period` admitted.
 
 use proptest::prelude::*;
-use proptest::test_runner::Config as ProptestConfig;
+mod common;
+use common::cases;
 use ratelimit_core::{Algorithm, Clock, ManualClock, Quota, RateLimiter, ReservationPolicy};
 use std::sync::Arc;
 
@@ -163,18 +164,6 @@ fn retry_after_is_exactly_when_the_tokens_are_there() {
             b.manual.advance(1);
             assert!(b.take(1), "{}: on time", b.what());
         });
-    }
-}
-
-/// `n` cases, or `PROPTEST_CASES` from the environment for a longer soak.
-fn cases(n: u32) -> ProptestConfig {
-    ProptestConfig {
-        cases: std::env::var("PROPTEST_CASES")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(n),
-        failure_persistence: None,
-        ..ProptestConfig::default()
     }
 }
 

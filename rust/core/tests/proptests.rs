@@ -4,7 +4,8 @@
 //! per-limiter random seed).
 
 use proptest::prelude::*;
-use proptest::test_runner::Config as ProptestConfig;
+mod common;
+use common::cases;
 use ratelimit_core::{
     Algorithm, Booking, Clock, ManualClock, Quota, RateLimiter, Refusal, Reservation,
 };
@@ -12,19 +13,6 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 const KEYS: u64 = 50;
-
-/// `n` cases, or `PROPTEST_CASES` from the environment for a longer soak.
-fn cases(n: u32) -> ProptestConfig {
-    ProptestConfig {
-        cases: std::env::var("PROPTEST_CASES")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(n),
-        // Failures are reported with their input; no regression files next to the tests.
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    }
-}
 
 /// How requests pick their key.
 #[derive(Debug, Clone, Copy)]
