@@ -96,3 +96,22 @@ def test_the_precise_sleep_refuses_a_wait_it_cannot_make(seconds):
 
     with pytest.raises(ValueError, match="^seconds: must be a finite number >= 0"):
         sleep(seconds)
+
+
+@pytest.mark.asyncio
+async def test_asyncio_waiters_use_the_rate_at_the_documented_burst():
+    """Fifty tasks awaiting acquire() at 1000/s with a burst of 3 (max(2, rate x 2.5 ms): room
+    for the event loop's timer lateness), for 1 s: never over, at least 95 % of the bound."""
+    rate, burst = 1000, 3
+    limiter = ShardedRateLimiter(rate=rate, period=1.0, burst_size=burst, shards=1)
+    admitted: list[float] = []
+    started = time.monotonic()
+    deadline = started + 1.0
+
+    async def task() -> None:
+        while time.monotonic() < deadline:
+            if await limiter.acquire("k", max_wait=1.0):
+                admitted.append(time.monotonic())
+
+    await asyncio.wait_for(asyncio.gather(*(task() for _ in range(50))), 10.0)
+    check_bounds(admitted, started, deadline, time.monotonic(), rate, burst=burst)
