@@ -5,7 +5,10 @@
 //! where I1 holds for every key on its own).
 //!
 //! An admission happens when the caller may proceed: `try_acquire` returns allowed, or
-//! `execute_reservation` admits. Every interval (token bucket) or window (sliding window)
+//! `execute_reservation` admits. The waiter's side is checked too: a live waiter's turn is
+//! never told `expired` or `unknown_reservation`, and a waiter with a bound (`max_wait`),
+//! asking as its driver does while nothing ahead of it moves (reservations never executed),
+//! is answered within that bound. Every interval (token bucket) or window (sliding window)
 //! of those times is checked against I1 by brute force, per reset (a reset refills), with
 //! the largest rate and burst that were in force.
 
@@ -78,6 +81,13 @@ enum Op {
         key: u64,
         count: u64,
     },
+    /// A waiting `acquire` with a bound, run to its answer at once: nothing else happens
+    /// meanwhile, so whatever is booked ahead of it is never executed.
+    WaitWithin {
+        key: u64,
+        count: u64,
+        max_wait: f64,
+    },
     /// Executes a booking now: early, on time or late, whatever the clock says.
     Execute(Index),
     /// Waits for a booking's slot, then executes it as a waiter would: asking again after
@@ -115,7 +125,9 @@ fn ops() -> impl Strategy<Value = Vec<Op>> {
             prop_oneof![2 => Just(None), 1 => (0.0f64..0.2).prop_map(Some)]
         )
             .prop_map(|(key, count, max_wait)| Op::Reserve { key, count, max_wait }),
-        2 => (key, count).prop_map(|(key, count)| Op::Turn { key, count }),
+        2 => (key.clone(), count.clone()).prop_map(|(key, count)| Op::Turn { key, count }),
+        2 => (key, count, prop_oneof![Just(0.0), 0.0f64..0.5, 0.0f64..3.0])
+            .prop_map(|(key, count, max_wait)| Op::WaitWithin { key, count, max_wait }),
         3 => any::<Index>().prop_map(Op::Execute),
         4 => any::<Index>().prop_map(Op::ExecuteOnTime),
         2 => any::<Index>().prop_map(Op::Cancel),
@@ -242,12 +254,14 @@ impl Run {
                 prop_assert!(wait > 0.0, "not ready with no wait: {:?}", decision);
                 Ok(Some(wait))
             }
-            Some(Refusal::Expired) => {
-                self.booked.swap_remove(i);
-                Ok(None)
-            }
-            Some(Refusal::UnknownReservation) => {
-                // A caller's reservation after a reset, or a turn whose time to live ran out.
+            Some(Refusal::Expired | Refusal::UnknownReservation) => {
+                // A caller's reservation past its ttl or forgotten by a reset; a turn is
+                // neither while its waiter waits.
+                prop_assert!(
+                    booked.holder == Holder::Caller,
+                    "a live waiter's turn refused: {:?}",
+                    decision
+                );
                 self.booked.swap_remove(i);
                 Ok(None)
             }
@@ -255,6 +269,41 @@ impl Run {
                 "execute of a live booking refused {other:?}: {decision:?}"
             ))),
         }
+    }
+
+    /// Books a turn with `max_wait` and asks as the waiting driver does (after each wait it
+    /// is told, with what is left of its bound) until it is answered.
+    fn wait_within(&mut self, key: u64, count: u64, max_wait: f64) -> Result<(), TestCaseError> {
+        let booking = self.limiter.reserve_turn(key, count, max_wait).unwrap();
+        let Booking::Reserved(turn) = booking else {
+            return Ok(()); // refused at once: its wait was already past the bound
+        };
+        let start = self.clock.now();
+        for _ in 0..10_000 {
+            let waited = (self.clock.now() - start) as f64 / 1e9;
+            prop_assert!(
+                waited <= max_wait + 1e-9,
+                "waited {waited} s of {max_wait} s"
+            );
+            let decision = self.limiter.execute_turn(&turn.id, max_wait - waited);
+            if decision.allowed {
+                self.admitted(key, count);
+                return Ok(());
+            }
+            match decision.reason {
+                Some(Refusal::NotReady) => {
+                    let wait = decision.retry_after.unwrap();
+                    self.clock.advance((wait * 1e9).ceil() as u64);
+                }
+                Some(Refusal::MaxWaitExceeded) => return Ok(()),
+                other => {
+                    return Err(TestCaseError::fail(format!(
+                        "a waiting turn refused {other:?}: {decision:?}"
+                    )))
+                }
+            }
+        }
+        Err(TestCaseError::fail("a bounded wait asked 10,000 times"))
     }
 
     fn step(&mut self, op: &Op) -> Result<(), TestCaseError> {
@@ -309,6 +358,11 @@ impl Run {
                     });
                 }
             }
+            Op::WaitWithin {
+                key,
+                count,
+                max_wait,
+            } => self.wait_within(key, count, max_wait)?,
             Op::Execute(ref index) => {
                 if let Some(i) = self.pick(index) {
                     self.execute(i)?;
