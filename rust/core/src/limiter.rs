@@ -16,12 +16,16 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use crate::book::{Book, Entry, Lookup, State};
 use crate::budget::{Budget, Outcome};
 use crate::clock::{Clock, Nanos, NANOS_PER_SEC};
+
 use crate::decision::{
     Booking, Decision, Holder, Refusal, Reservation, ReservationCounts, ReservationPolicy,
 };
 use crate::error::{Error, Result};
 use crate::params::Params;
 use crate::quota::Quota;
+
+/// How soon a waiter asks again when only other waiters' held turns stand before it.
+const RECHECK: Nanos = 1_000_000;
 
 pub(crate) struct Limiter<B: Budget> {
     clock: Clock,
@@ -454,23 +458,32 @@ impl<B: Budget> Limiter<B> {
     /// How long a queued booking should wait before asking again: until the budget could
     /// fund it and everything queued ahead of it (so it moves up when someone ahead
     /// cancels), and no later than its promised slot; when only escrow being spent can
-    /// make room, until the first reservation expires (a waiter's turn never does).
+    /// make room, until the first reservation expires, or, when only waiters' turns are
+    /// booked (they never expire, and their waiters take their tokens as they wake), a
+    /// millisecond.
     fn wait_for_turn(&self, account: &Account, now: Nanos, seq: u64, entry: Entry) -> Nanos {
         let Account { params, book, .. } = account;
-        let tokens = book.queued_ahead(seq).saturating_add(entry.count);
-        let funded = self
-            .budget
-            .wait(now, params, tokens.saturating_mul(params.unit));
-        let wait = match entry.slot.saturating_sub(now) {
-            0 => funded,
-            promised => promised.min(funded),
-        };
-        if wait > 0 {
-            return wait;
+        let units = book
+            .queued_ahead(seq)
+            .saturating_add(entry.count)
+            .saturating_mul(params.unit);
+        // Held tokens lower what the budget can hold: past that, no refill funds the turn.
+        let room = params
+            .capacity
+            .saturating_sub(book.held().saturating_mul(params.unit));
+        if units <= room {
+            let funded = self.budget.wait(now, params, units);
+            let wait = match entry.slot.saturating_sub(now) {
+                0 => funded,
+                promised => promised.min(funded),
+            };
+            if wait > 0 {
+                return wait;
+            }
         }
         book.next_expiry()
             .filter(|&expires| expires != Nanos::MAX)
-            .map_or(1, |expires| expires.saturating_sub(now).max(1))
+            .map_or(RECHECK, |expires| expires.saturating_sub(now).max(1))
     }
 
     /// Gives a booking's escrow back to whoever is next, and forgets it; `true` once,
@@ -532,11 +545,15 @@ impl<B: Budget> Limiter<B> {
         self.budget.served()
     }
 
-    /// Nothing booked and the budget full at `now`: the state of a fresh limiter.
+    /// Nothing booked and the budget full for a whole period: a fresh limiter decides the same.
     pub(crate) fn is_idle(&self, now: Nanos) -> bool {
         let mut account = self.account.lock();
         self.refresh(&mut account, now);
-        account.book.is_empty() && self.budget.available(now) >= account.params.capacity
+        // Full for a whole period, as a quiet key must be before it is dropped: full only
+        // now may be full because the burst was lowered, and a fresh key made after the
+        // burst is raised again would start with more than this one kept.
+        let full = |at: Nanos| self.budget.available(at) >= account.params.capacity;
+        account.book.is_empty() && full(now) && full(now.saturating_sub(account.params.window))
     }
 
     /// Changes rate, period and burst at run time. The free tokens carry over (capped at

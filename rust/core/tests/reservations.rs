@@ -413,3 +413,25 @@ fn a_turn_never_expires_however_far_a_back_off_moves_it() {
         assert!(admitted.allowed, "shards={shards}: {admitted:?}");
     }
 }
+
+#[test]
+fn a_busy_key_full_only_under_a_lowered_burst_is_not_dropped() {
+    // Per key, 26 a second with a burst of 3. A waiter's turn takes the whole burst (the key
+    // turns busy); 40 ms later it holds about one token, which is the whole burst once the
+    // burst is lowered to 1. Dropped then, it would come back with a fresh burst of 3 after
+    // the burst is raised again: 5 tokens in 40 ms, over 3 + 26 * 0.04.
+    let quota = |rate: f64, burst: f64| {
+        Quota::new(rate, 1.0, Some(burst), Algorithm::TokenBucket, Some(1)).unwrap()
+    };
+    let manual = Arc::new(ManualClock::new(0.0));
+    let clock = Clock::Manual(manual.clone());
+    let limiter =
+        RateLimiter::keyed(quota(26.0, 3.0), clock, ReservationPolicy::default(), 10).unwrap();
+    let waiter = turn(&limiter, 3, 3);
+    assert!(limiter.execute_turn(&waiter.id, f64::INFINITY).allowed);
+    manual.advance(40 * MS);
+    limiter.set_quota(quota(6.5, 1.0)).unwrap();
+    assert_eq!(limiter.keys(), 1, "the key has not been full for a period");
+    limiter.set_quota(quota(26.0, 3.0)).unwrap();
+    assert!(!limiter.try_acquire_hashed(3, 2).unwrap().allowed);
+}
