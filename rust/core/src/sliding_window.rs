@@ -255,8 +255,12 @@ impl Budget for SlidingWindow {
     }
 
     /// The log stays: a lower limit refuses until the window has room.
-    fn retune(&self, _now: Nanos, _old: &Params, new: &Params, held: u64, refill: bool) {
+    /// What the new window counts is what the old one counts at the re-rating (the same rule
+    /// as a key's window): entries it had let go are gone, whether or not a call happened to
+    /// drop them from the log before.
+    fn retune(&self, now: Nanos, _old: &Params, new: &Params, held: u64, refill: bool) {
         let mut log = self.log.lock();
+        log.expire(now);
         log.limit = new.capacity;
         log.window = new.window;
         log.held = held;
