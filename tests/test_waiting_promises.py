@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from conftest import blocking_acquirer, check_bounds, thread_hammer
+from conftest import blocking_acquirer, check_within_rate, thread_hammer
 from flashcard_pipeline.rate_limiter_v2 import ManualClock, ShardedRateLimiter
 
 
@@ -79,15 +79,22 @@ async def test_a_waiter_is_admitted_after_a_lower_burst_and_a_short_ttl():
 
 def test_threads_waiting_at_a_burst_of_one_use_the_whole_rate():
     """4 threads in blocking acquire() at 1000/s with a burst of 1, for 1 s: a waiter that wakes
-    late loses the refill meanwhile (the bucket is full), so this needs waking on time."""
+    late loses the refill meanwhile (the bucket is full), so this needs waking on time. Never
+    over in any run; 95 % of the bound in one of two (a busy machine may delay one run's
+    wake-ups)."""
     rate = 1000
-    limiter = ShardedRateLimiter(rate=rate, period=1.0, burst_size=1, shards=1)
-    admitted: list[list[float]] = [[] for _ in range(4)]
-
-    started, deadline, finished = thread_hammer(
-        [blocking_acquirer(limiter, m) for m in admitted], 1.0
-    )
-    check_bounds([at for m in admitted for at in m], started, deadline, finished, rate, burst=1)
+    used = []
+    for _ in range(2):
+        limiter = ShardedRateLimiter(rate=rate, period=1.0, burst_size=1, shards=1)
+        admitted: list[list[float]] = [[] for _ in range(4)]
+        started, deadline, finished = thread_hammer(
+            [blocking_acquirer(limiter, m) for m in admitted], 1.0
+        )
+        times = [at for m in admitted for at in m]
+        used.append(check_within_rate(times, started, deadline, finished, rate, burst=1))
+        if used[-1] >= 0.95:
+            return
+    pytest.fail(f"under 95 % of the rate twice: {used}")
 
 
 @pytest.mark.parametrize("seconds", [-1.0, float("nan"), float("inf")])
@@ -103,15 +110,20 @@ async def test_asyncio_waiters_use_the_rate_at_the_documented_burst():
     """Fifty tasks awaiting acquire() at 1000/s with a burst of 3 (max(2, rate x 2.5 ms): room
     for the event loop's timer lateness), for 1 s: never over, at least 95 % of the bound."""
     rate, burst = 1000, 3
-    limiter = ShardedRateLimiter(rate=rate, period=1.0, burst_size=burst, shards=1)
-    admitted: list[float] = []
-    started = time.monotonic()
-    deadline = started + 1.0
+    used = []
+    for _ in range(2):  # the floor in one of two runs, as for threads
+        limiter = ShardedRateLimiter(rate=rate, period=1.0, burst_size=burst, shards=1)
+        admitted: list[float] = []
+        started = time.monotonic()
+        deadline = started + 1.0
 
-    async def task() -> None:
-        while time.monotonic() < deadline:
-            if await limiter.acquire("k", max_wait=1.0):
-                admitted.append(time.monotonic())
+        async def task() -> None:
+            while time.monotonic() < deadline:
+                if await limiter.acquire("k", max_wait=1.0):
+                    admitted.append(time.monotonic())
 
-    await asyncio.wait_for(asyncio.gather(*(task() for _ in range(50))), 10.0)
-    check_bounds(admitted, started, deadline, time.monotonic(), rate, burst=burst)
+        await asyncio.wait_for(asyncio.gather(*(task() for _ in range(50))), 10.0)
+        used.append(check_within_rate(admitted, started, deadline, time.monotonic(), rate, burst))
+        if used[-1] >= 0.95:
+            return
+    pytest.fail(f"under 95 % of the rate twice: {used}")

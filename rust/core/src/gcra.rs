@@ -95,6 +95,15 @@ impl GcraShard {
             .fetch_max(until.saturating_add(self.capacity()), Ordering::SeqCst);
     }
 
+    /// After the capacity rose by `added` (escrow given back): a shard that still owed refill
+    /// keeps owing the same, so a back-off admits nothing until it ends and then refills
+    /// from empty, the larger capacity included.
+    fn keep_owing(&self, now: u64, added: u64) {
+        if self.tat() > now.saturating_add(self.capacity() - added) {
+            self.tat.fetch_add(added, Ordering::SeqCst);
+        }
+    }
+
     /// Refill owed at `now` before the shard has any credit again.
     fn owed(&self, now: u64) -> u64 {
         self.tat()
@@ -480,7 +489,10 @@ impl Budget for TokenBucket {
     }
 
     fn release(&self, now: Nanos, params: &Params, units: u64) {
-        self.restore(self.ticks(now), params, units, |_, _| {});
+        let now = self.ticks(now);
+        self.restore(now, params, units, |shard, added| {
+            shard.keep_owing(now.now, added)
+        });
     }
 
     fn consume(&self, now: Nanos, params: &Params, hash: u64, units: u64) -> usize {

@@ -33,9 +33,27 @@ struct Log {
     window: Nanos,
     /// Units in escrow.
     held: u64,
+    /// The end of a back-off (0: none): until then the window stays full.
+    owed_until: Nanos,
 }
 
 impl Log {
+    /// While a back-off is owed, every admission in the log, and one at every free place
+    /// (escrow given back, a higher limit), counts until just before it ends: the window is
+    /// full until then, and nothing in it leaves earlier.
+    fn keep_owing(&mut self, now: Nanos) {
+        if now >= self.owed_until {
+            return;
+        }
+        let stamp = self.owed_until.saturating_sub(self.window + 1);
+        for ts in self.entries.iter_mut() {
+            *ts = (*ts).max(stamp);
+        }
+        for _ in 0..self.free() {
+            self.entries.push_front(stamp);
+        }
+    }
+
     /// Drops admissions that no window ending at `now` or later can contain.
     fn expire(&mut self, now: Nanos) {
         while self
@@ -120,6 +138,7 @@ impl Budget for SlidingWindow {
                 limit: params.capacity,
                 window: params.window,
                 held: 0,
+                owed_until: 0,
             }),
             served: (0..params.shards)
                 .map(|_| CachePadded::new(AtomicU64::new(0)))
@@ -227,31 +246,28 @@ impl Budget for SlidingWindow {
         self.log.lock().held += units;
     }
 
-    fn release(&self, _now: Nanos, _params: &Params, units: u64) {
+    fn release(&self, now: Nanos, _params: &Params, units: u64) {
         let mut log = self.log.lock();
         log.held = log.held.saturating_sub(units);
+        log.keep_owing(now);
     }
 
     fn consume(&self, now: Nanos, _params: &Params, hash: u64, units: u64) -> usize {
         let mut log = self.log.lock();
         log.held = log.held.saturating_sub(units);
         log.stamp(now, units);
+        log.keep_owing(now);
         drop(log);
         self.served_by(hash)
     }
 
-    /// Every admission in the log, and one at every free place, counts until just before
-    /// `until`: the window is full until then, and nothing in it leaves earlier.
+    /// The window is full until `until` (see [`Log::keep_owing`]), whatever is given back
+    /// or re-rated meanwhile.
     fn owe_until(&self, now: Nanos, until: Nanos) {
         let mut log = self.log.lock();
         log.expire(now);
-        let stamp = until.saturating_sub(log.window + 1);
-        for ts in log.entries.iter_mut() {
-            *ts = (*ts).max(stamp);
-        }
-        for _ in 0..log.free() {
-            log.entries.push_front(stamp);
-        }
+        log.owed_until = log.owed_until.max(until);
+        log.keep_owing(now);
     }
 
     /// The log stays: a lower limit refuses until the window has room.
@@ -265,8 +281,11 @@ impl Budget for SlidingWindow {
         log.window = new.window;
         log.held = held;
         if refill {
+            // A reset forgives a back-off.
             log.entries.clear();
+            log.owed_until = 0;
         }
+        log.keep_owing(now);
     }
 }
 

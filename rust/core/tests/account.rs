@@ -169,6 +169,9 @@ struct Run {
     booked: Vec<Booked>,
     /// Per budget: one for all keys, or one per key.
     epochs: Vec<Vec<Epoch>>,
+    /// Per budget: the end of its back-off (0: none), before which nothing is admitted
+    /// from it (a reset forgives it).
+    backed_off_until: Vec<u64>,
 }
 
 impl Run {
@@ -196,6 +199,7 @@ impl Run {
             rate: setup.rate,
             booked: Vec::new(),
             epochs: (0..budgets).map(|_| Vec::new()).collect(),
+            backed_off_until: vec![0; budgets],
         };
         run.open_epochs(None);
         run
@@ -209,7 +213,8 @@ impl Run {
         }
     }
 
-    /// A fresh epoch for the budget of `key`, or for every budget.
+    /// A fresh epoch for the budget of `key`, or for every budget (a reset: any back-off is
+    /// forgiven).
     fn open_epochs(&mut self, key: Option<u64>) {
         let quota = self.limiter.quota();
         let budgets = match key {
@@ -217,6 +222,7 @@ impl Run {
             None => (0..self.epochs.len()).collect(),
         };
         for budget in budgets {
+            self.backed_off_until[budget] = 0;
             self.epochs[budget].push(Epoch {
                 admissions: Vec::new(),
                 rate: quota.rate,
@@ -319,6 +325,8 @@ impl Run {
             Op::Try { key, count } => {
                 let decision = self.limiter.try_acquire_hashed(key, count).unwrap();
                 if decision.allowed {
+                    let until = self.backed_off_until[self.budget(key)];
+                    prop_assert!(self.clock.now() >= until, "admitted during a back-off");
                     self.admitted(key, count);
                 } else {
                     prop_assert!(decision.remaining().unwrap() >= 0.0);
@@ -414,9 +422,12 @@ impl Run {
             Op::BackOff { key, intervals } => {
                 let seconds = intervals * PERIOD_NS as f64 / 1e9 / self.rate;
                 self.limiter.back_off(key, seconds).unwrap();
+                let until = self.clock.now() + (seconds * 1e9).ceil() as u64;
+                let budget = self.budget(key);
+                self.backed_off_until[budget] = self.backed_off_until[budget].max(until);
                 if seconds > 0.0 && self.booked.is_empty() {
-                    // Nothing before the back-off ends (a refusal takes nothing); escrow
-                    // given back would be free at once, hence only with nothing booked.
+                    // The wait a refusal states is the back-off's (with something booked, it
+                    // is the slot a booking would get).
                     let decision = self.limiter.try_acquire_hashed(key, 1).unwrap();
                     prop_assert!(!decision.allowed, "admitted right after a back-off");
                     let wait = decision.retry_after.unwrap_or(f64::INFINITY);
