@@ -182,31 +182,32 @@ def test_symptom_3_flipping_the_rate_from_a_thread_never_exceeds_the_larger_rate
 
 
 def test_symptom_4_a_late_execution_does_not_add_a_second_burst(clock, make_limiter):
-    """Token bucket: ten tokens held at 0 stay in escrow, so after 30 s the refilled bucket
-    has nothing more to give; executing lets the ten through, and only those ten."""
+    """Token bucket: ten tokens held at 0 go back to the budget when the reservation's grace
+    ends; executed 30 s later it takes its tokens anew, so after the refilled bucket has let ten
+    through it waits for ten more: never a second burst."""
     limiter = make_limiter(10, 1.0, burst_size=10, shards=1)
     reservation = limiter.reserve(count=10)
     assert reservation.execute_at == 0.0
     clock.advance(30.0)
-    assert limiter.peek() == pytest.approx(0.0, abs=1e-9)
-    assert sum(bool(limiter.try_acquire()) for _ in range(10)) == 0
-    executed = limiter.execute_reservation(reservation.id)
-    assert executed.allowed and executed.reason is None
-    assert not limiter.try_acquire()
-    # Ten proceed at t = 30, not twenty.
-    admitted = [clock.monotonic()] * 10
+    assert limiter.peek() == pytest.approx(10.0)
+    assert sum(bool(limiter.try_acquire()) for _ in range(10)) == 10
+    late = limiter.execute_reservation(reservation.id)
+    assert not late.allowed and late.reason == "not_ready"
+    assert late.retry_after == pytest.approx(1.0, abs=NS)
+    clock.advance(1.0)
+    assert limiter.execute_reservation(reservation.id).allowed
+    admitted = [30.0] * 10 + [31.0] * 10
     assert max_excess_over_bucket(admitted, burst=10, rate=10, period=1.0) <= 1e-9
 
 
 def test_symptom_4_sliding_window_a_late_execution_counts_when_it_proceeds(clock, make_limiter):
-    """Sliding window: ten tokens held at 0 and executed at 30 s are admitted at 30 s, so
-    the window at 30 s has no room for anything else, before or after the execution."""
+    """Sliding window: ten places held at 0 go back when the grace ends; executed at 30 s the
+    reservation is admitted at 30 s and fills the window, so nothing else is admitted until
+    the window has room."""
     limiter = make_limiter(10, 1.0, algorithm="sliding_window", shards=1)
     reservation = limiter.reserve(count=10)
     assert reservation.execute_at == 0.0
     clock.advance(30.0)
-    before = limiter.try_acquire()
-    assert not before.allowed and before.reason == "rate_limited"
     assert limiter.execute_reservation(reservation.id).allowed
     after = limiter.try_acquire()
     assert not after.allowed and after.reason == "rate_limited"

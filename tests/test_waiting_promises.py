@@ -127,3 +127,21 @@ async def test_asyncio_waiters_use_the_rate_at_the_documented_burst():
         if used[-1] >= 0.95:
             return
     pytest.fail(f"under 95 % of the rate twice: {used}")
+
+
+@pytest.mark.parametrize("scope", ["global", "key"])
+def test_abandoned_reservations_cost_their_tokens_for_a_grace_not_the_rate_for_their_ttl(scope):
+    """100/s, burst 5: five reservations never executed, then 2 s of try_acquire every 10 ms.
+    They held the burst until their grace (0.25 s) ended, so at most that stretch of refill is
+    lost: the budget is not frozen for their 60 s time to live."""
+    clock = ManualClock()
+    limiter = ShardedRateLimiter(
+        rate=100, period=1.0, burst_size=5, shards=1, clock=clock, scope=scope
+    )
+    for _ in range(5):
+        limiter.reserve("k")
+    admitted = 0
+    for _ in range(200):
+        clock.advance(0.01)
+        admitted += bool(limiter.try_acquire("k"))
+    assert admitted >= 200 - 25 - 1

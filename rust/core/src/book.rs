@@ -1,7 +1,9 @@
 //! The reservation book: live bookings only, each operation O(log n).
 //!
 //! A booking is *queued* (waiting for the budget to hold its tokens; funded strictly in
-//! booking order) or *held* (its tokens are in escrow). It leaves the book the moment it is
+//! booking order), *held* (its tokens are in escrow) or, a caller's reservation not executed
+//! within [`GRACE`] of its slot, *lapsed* (its tokens went back to the budget; executed later,
+//! it takes them anew if the budget has them). It leaves the book the moment it is
 //! executed, cancelled or expires; a bounded record of recently finished callers' ids
 //! answers repeats, and older ids are unknown. Ids carry their sequence number and a keyed
 //! tag, so a guessed id or one from another limiter does not verify.
@@ -18,10 +20,16 @@ use crate::queue::Queue;
 /// Finished callers' ids remembered, so that a repeat says what became of the reservation.
 const REMEMBERED: usize = 65_536;
 
+/// How long a caller's reservation holds its tokens past its slot (or past the moment they
+/// were funded, if later) before they go back to the budget: an abandoned reservation costs
+/// its own tokens for this long, not the rate for its time to live.
+pub(crate) const GRACE: Nanos = 250_000_000;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum State {
     Queued,
     Held,
+    Lapsed,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -32,6 +40,8 @@ pub(crate) struct Entry {
     pub(crate) expires: Nanos,
     pub(crate) state: State,
     pub(crate) holder: Holder,
+    /// When a held caller's reservation lapses (set by the book when it is held).
+    pub(crate) lapses_at: Nanos,
 }
 
 pub(crate) enum Lookup {
@@ -46,6 +56,8 @@ pub(crate) struct Book {
     /// Queued bookings, in booking order.
     queue: Queue,
     expiry: BTreeSet<(Nanos, u64)>,
+    /// Held callers' reservations, by when their grace ends.
+    lapses: BTreeSet<(Nanos, u64)>,
     promises: VecDeque<Promise>,
     /// Tokens ever promised, and those promised by bookings that left the front.
     through: u64,
@@ -71,6 +83,7 @@ impl Book {
             live: HashMap::new(),
             queue: Queue::default(),
             expiry: BTreeSet::new(),
+            lapses: BTreeSet::new(),
             promises: VecDeque::new(),
             through: 0,
             base: 0,
@@ -138,6 +151,24 @@ impl Book {
         self.expiry.first().map(|&(expires, _)| expires)
     }
 
+    /// The held reservation whose grace ends first, if it has ended by `now`.
+    pub(crate) fn lapsed(&self, now: Nanos) -> Option<u64> {
+        self.lapses
+            .first()
+            .filter(|&&(ends, _)| ends <= now)
+            .map(|&(_, seq)| seq)
+    }
+
+    /// A held reservation's grace is over: its tokens go back (the caller releases them).
+    pub(crate) fn lapse(&mut self, seq: u64) -> Entry {
+        let entry = self.live.get_mut(&seq).expect("a held booking is live");
+        debug_assert_eq!(entry.state, State::Held);
+        entry.state = State::Lapsed;
+        self.held -= entry.count;
+        self.lapses.remove(&(entry.lapses_at, seq));
+        *entry
+    }
+
     /// Adds a booking; returns its id.
     pub(crate) fn push(&mut self, entry: Entry) -> String {
         let seq = self.next_seq;
@@ -149,13 +180,18 @@ impl Book {
         self.id(seq)
     }
 
-    fn insert(&mut self, seq: u64, entry: Entry) {
+    fn insert(&mut self, seq: u64, mut entry: Entry) {
         match entry.state {
             State::Queued => {
                 self.queue.push(seq, entry.count);
                 self.queued += entry.count;
             }
-            State::Held => self.held += entry.count,
+            State::Held => {
+                self.held += entry.count;
+                let from = entry.slot;
+                self.hold_until_grace(seq, &mut entry, from);
+            }
+            State::Lapsed => {}
         }
         self.expiry.insert((entry.expires, seq));
         self.through += entry.count;
@@ -168,14 +204,28 @@ impl Book {
         self.live.insert(seq, entry);
     }
 
-    /// The budget now holds a queued booking's tokens.
-    pub(crate) fn fund(&mut self, seq: u64) {
-        let entry = self.live.get_mut(&seq).expect("a queued booking is live");
-        debug_assert_eq!(entry.state, State::Queued);
+    /// The budget now holds a booking's tokens: a queued one's at `now`, or a lapsed one's
+    /// again (to be executed at once).
+    pub(crate) fn fund(&mut self, seq: u64, now: Nanos) {
+        let mut entry = self.live[&seq];
+        if entry.state == State::Queued {
+            self.queue.remove(seq);
+            self.queued -= entry.count;
+        }
         entry.state = State::Held;
-        self.queue.remove(seq);
-        self.queued -= entry.count;
         self.held += entry.count;
+        let from = entry.slot.max(now);
+        self.hold_until_grace(seq, &mut entry, from);
+        self.live.insert(seq, entry);
+    }
+
+    /// A caller's reservation held from `from` lapses a grace later; a waiter's turn never
+    /// does (its waiter takes the tokens as it wakes).
+    fn hold_until_grace(&mut self, seq: u64, entry: &mut Entry, from: Nanos) {
+        if entry.holder == Holder::Caller {
+            entry.lapses_at = from.saturating_add(GRACE);
+            self.lapses.insert((entry.lapses_at, seq));
+        }
     }
 
     /// Takes a booking out of the book; a caller's id is remembered as `outcome`.
@@ -186,7 +236,11 @@ impl Book {
                 self.queue.remove(seq);
                 self.queued -= entry.count;
             }
-            State::Held => self.held -= entry.count,
+            State::Held => {
+                self.held -= entry.count;
+                self.lapses.remove(&(entry.lapses_at, seq));
+            }
+            State::Lapsed => {}
         }
         self.expiry.remove(&(entry.expires, seq));
         while let Some(front) = self.promises.front() {
@@ -275,6 +329,7 @@ mod tests {
             expires: slot + 100,
             state,
             holder: Holder::Caller,
+            lapses_at: 0,
         }
     }
 
@@ -316,7 +371,7 @@ mod tests {
         book.finish(0, Refusal::AlreadyExecuted);
         assert_eq!(book.promises().tokens(), 1);
         assert_eq!(book.promises().slot_of(1), 20);
-        book.fund(2);
+        book.fund(2, 0);
         assert!(!book.has_queued());
         assert_eq!(book.held(), 1);
     }

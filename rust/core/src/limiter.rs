@@ -317,13 +317,18 @@ impl<B: Budget> Limiter<B> {
                     .release(now, params, entry.count.saturating_mul(params.unit));
             }
         }
+        while let Some(seq) = book.lapsed(now) {
+            let entry = book.lapse(seq);
+            self.budget
+                .release(now, params, entry.count.saturating_mul(params.unit));
+        }
         while let Some((seq, entry)) = book.head() {
             let units = entry.count.saturating_mul(params.unit);
             if self.budget.available(now) < units {
                 break;
             }
             self.budget.hold(now, params, units);
-            book.fund(seq);
+            book.fund(seq, now);
         }
         if book.is_empty() {
             self.tuning.busy.store(false, Ordering::SeqCst);
@@ -416,6 +421,7 @@ impl<B: Budget> Limiter<B> {
             expires,
             state: if now_free { State::Held } else { State::Queued },
             holder,
+            lapses_at: 0,
         });
         Booking::Reserved(Reservation {
             id,
@@ -442,12 +448,27 @@ impl<B: Budget> Limiter<B> {
             }
         };
         let shard = self.budget.candidates(entry.hash).0;
-        if entry.state == State::Queued {
-            let wait = self.wait_for_turn(&account, now, seq, entry);
-            return self.decision(now, shard, Some((Refusal::NotReady, Some(wait))));
+        let units = entry.count.saturating_mul(account.params.unit);
+        match entry.state {
+            State::Queued => {
+                let wait = self.wait_for_turn(&account, now, seq, entry);
+                return self.decision(now, shard, Some((Refusal::NotReady, Some(wait))));
+            }
+            State::Lapsed => {
+                // Its tokens went back when its grace ended: it takes them anew, as a new
+                // request would, or waits as long as a new booking would.
+                let Account { params, book, .. } = &mut *account;
+                if book.has_queued() || self.budget.available(now) < units {
+                    let slot = self.budget.slot(now, params, &book.promises(), units);
+                    let wait = slot.saturating_sub(now).max(1);
+                    return self.decision(now, shard, Some((Refusal::NotReady, Some(wait))));
+                }
+                self.budget.hold(now, params, units);
+                book.fund(seq, now);
+            }
+            State::Held => {}
         }
         account.book.finish(seq, Refusal::AlreadyExecuted);
-        let units = entry.count.saturating_mul(account.params.unit);
         let shard = self.budget.consume(now, &account.params, entry.hash, units);
         if account.book.is_empty() {
             self.tuning.busy.store(false, Ordering::SeqCst);
