@@ -358,7 +358,9 @@ class ShardedRateLimiter:
         The tokens count against the budget at once; reservations made one after another get
         successive slots. Execute it with :meth:`execute_reservation` once
         ``reservation.is_ready()`` (at ``execute_at``), or give the tokens back with
-        :meth:`cancel_reservation`.
+        :meth:`cancel_reservation`. Not executed within 0.25 s of its slot, it gives its tokens
+        back by itself; executed later (until ``expires_at``), it takes them anew when the
+        budget has them.
 
         Raises:
             ReservationRefused: (a :class:`RateLimitError` and a ``ValueError``) the slot is
