@@ -52,14 +52,7 @@ impl Bench {
             Some(shards),
         )
         .unwrap();
-        let manual = Arc::new(ManualClock::new(0.0));
-        let clock = Clock::Manual(manual.clone());
-        let limiter = if keyed {
-            RateLimiter::keyed(quota, clock, ReservationPolicy::default(), 1000)
-        } else {
-            RateLimiter::new(quota, clock)
-        }
-        .unwrap();
+        let (limiter, manual) = on_manual_clock(quota, keyed);
         Self {
             rate,
             period,
@@ -167,18 +160,23 @@ fn retry_after_is_exactly_when_the_tokens_are_there() {
     }
 }
 
+/// A limiter of `quota` on a manual clock at 0: one budget, or (`keyed`) one per key.
+fn on_manual_clock(quota: Quota, keyed: bool) -> (RateLimiter, Arc<ManualClock>) {
+    let manual = Arc::new(ManualClock::new(0.0));
+    let clock = Clock::Manual(manual.clone());
+    let limiter = if keyed {
+        RateLimiter::keyed(quota, clock, ReservationPolicy::default(), 1000)
+    } else {
+        RateLimiter::new(quota, clock)
+    };
+    (limiter.unwrap(), manual)
+}
+
 /// Takes greedily at each of `steps` (nanoseconds apart) and checks every interval between
 /// two admission times against `burst + rate * t / period`; one budget, or one key's.
 fn check_every_interval(quota: Quota, keyed: bool, start: u64, steps: &[u64], count: u64) {
-    let manual = Arc::new(ManualClock::new(0.0));
+    let (limiter, manual) = on_manual_clock(quota, keyed);
     manual.set(start);
-    let clock = Clock::Manual(manual.clone());
-    let limiter = if keyed {
-        RateLimiter::keyed(quota, clock, ReservationPolicy::default(), 10)
-    } else {
-        RateLimiter::new(quota, clock)
-    }
-    .unwrap();
     // (time, tokens admitted at that time)
     let mut admitted: Vec<(u64, u64)> = Vec::new();
     for (i, &step) in steps.iter().enumerate() {

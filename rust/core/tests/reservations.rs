@@ -40,7 +40,11 @@ fn with_policy(shards: usize, policy: ReservationPolicy) -> (RateLimiter, Arc<Ma
 }
 
 fn reserve(limiter: &RateLimiter, key: u64, count: u64) -> Reservation {
-    match limiter.reserve(key, count, f64::INFINITY).unwrap() {
+    reserved(limiter.reserve(key, count, f64::INFINITY).unwrap())
+}
+
+fn reserved(booking: Booking) -> Reservation {
+    match booking {
         Booking::Reserved(reservation) => reservation,
         Booking::Refused(decision) => panic!("refused: {decision:?}"),
     }
@@ -366,10 +370,7 @@ fn reservations_racing_immediate_requests_share_the_budget_exactly() {
 }
 
 fn turn(limiter: &RateLimiter, key: u64, count: u64) -> Reservation {
-    match limiter.reserve_turn(key, count, f64::INFINITY).unwrap() {
-        Booking::Reserved(turn) => turn,
-        Booking::Refused(decision) => panic!("refused: {decision:?}"),
-    }
+    reserved(limiter.reserve_turn(key, count, f64::INFINITY).unwrap())
 }
 
 #[test]
