@@ -1,6 +1,6 @@
 //! The reservation book: live bookings only, each operation O(log n).
 //!
-//! A booking is *queued* (waiting for the budget to hold its tokens; funded strictly in
+//! A booking is *queued* (a promise at its slot, holding nothing; funded at its slot, in
 //! booking order), *held* (its tokens are in escrow) or, a caller's reservation not executed
 //! within [`GRACE`] of its slot, *lapsed* (its tokens went back to the budget; executed later,
 //! it takes them anew if the budget has them). It leaves the book the moment it is
@@ -15,7 +15,7 @@ use std::hash::BuildHasher;
 use crate::budget::{Promise, Promises};
 use crate::clock::Nanos;
 use crate::decision::{Holder, Refusal};
-use crate::queue::Queue;
+use crate::schedule::Schedule;
 
 /// Finished callers' ids remembered, so that a repeat says what became of the reservation.
 const REMEMBERED: usize = 65_536;
@@ -54,7 +54,7 @@ pub(crate) enum Lookup {
 pub(crate) struct Book {
     live: HashMap<u64, Entry>,
     /// Queued bookings, in booking order.
-    queue: Queue,
+    schedule: Schedule,
     expiry: BTreeSet<(Nanos, u64)>,
     /// Held callers' reservations, by when their grace ends.
     lapses: BTreeSet<(Nanos, u64)>,
@@ -64,7 +64,6 @@ pub(crate) struct Book {
     base: u64,
     queued: u64,
     held: u64,
-    tail: Nanos,
     finished: HashMap<u64, Refusal>,
     finished_order: VecDeque<u64>,
     next_seq: u64,
@@ -78,10 +77,11 @@ pub(crate) struct Book {
 }
 
 impl Book {
-    pub(crate) fn new(ttl: Nanos, max: usize) -> Self {
+    /// A book for a budget whose token costs `unit` units.
+    pub(crate) fn new(ttl: Nanos, max: usize, unit: u64) -> Self {
         Self {
             live: HashMap::new(),
-            queue: Queue::default(),
+            schedule: Schedule::new(unit),
             expiry: BTreeSet::new(),
             lapses: BTreeSet::new(),
             promises: VecDeque::new(),
@@ -89,7 +89,6 @@ impl Book {
             base: 0,
             queued: 0,
             held: 0,
-            tail: 0,
             finished: HashMap::new(),
             finished_order: VecDeque::new(),
             next_seq: 0,
@@ -109,10 +108,6 @@ impl Book {
         self.live.is_empty()
     }
 
-    pub(crate) fn has_queued(&self) -> bool {
-        !self.queue.is_empty()
-    }
-
     /// Tokens in escrow.
     pub(crate) fn held(&self) -> u64 {
         self.held
@@ -121,21 +116,34 @@ impl Book {
     pub(crate) fn promises(&self) -> Promises<'_> {
         Promises {
             queued: self.queued,
+            schedule: &self.schedule,
             list: &self.promises,
             base: self.base,
-            tail: self.tail,
+            tail: self.schedule.last_slot(),
         }
+    }
+
+    /// What `f` computes from the promises without the queued booking `seq` (whether it
+    /// could be admitted now, beside every other promise).
+    pub(crate) fn without<T>(&mut self, seq: u64, f: impl FnOnce(&Promises<'_>) -> T) -> T {
+        let parked = self.schedule.park(seq);
+        let count = parked.map_or(0, |_| self.live[&seq].count);
+        self.queued -= count;
+        let answer = f(&self.promises());
+        self.queued += count;
+        self.schedule.unpark(parked);
+        answer
     }
 
     /// The first queued booking.
     pub(crate) fn head(&self) -> Option<(u64, Entry)> {
-        let seq = self.queue.first()?;
+        let (seq, _) = self.schedule.first()?;
         Some((seq, self.live[&seq]))
     }
 
     /// Tokens queued by bookings ahead of the queued booking `seq`.
     pub(crate) fn queued_ahead(&self, seq: u64) -> u64 {
-        self.queue.ahead(seq)
+        self.schedule.tokens_ahead(seq)
     }
 
     /// The booking whose time to live ends first, if it has ended by `now`.
@@ -169,21 +177,27 @@ impl Book {
         *entry
     }
 
-    /// Adds a booking; returns its id.
-    pub(crate) fn push(&mut self, entry: Entry) -> String {
+    /// A re-rating changed the units a token costs.
+    pub(crate) fn set_unit(&mut self, unit: u64) {
+        self.schedule.set_unit(unit);
+    }
+
+    /// Adds a booking, queued at `mark` (its slot as the budget measures refill) or held;
+    /// returns its id.
+    pub(crate) fn push(&mut self, entry: Entry, mark: i128) -> String {
         let seq = self.next_seq;
         self.next_seq += 1;
         if entry.holder == Holder::Caller {
             self.created += 1;
         }
-        self.insert(seq, entry);
+        self.insert(seq, entry, mark);
         self.id(seq)
     }
 
-    fn insert(&mut self, seq: u64, mut entry: Entry) {
+    fn insert(&mut self, seq: u64, mut entry: Entry, mark: i128) {
         match entry.state {
             State::Queued => {
-                self.queue.push(seq, entry.count);
+                self.schedule.push(seq, entry.count, mark, entry.slot);
                 self.queued += entry.count;
             }
             State::Held => {
@@ -200,7 +214,6 @@ impl Book {
             slot: entry.slot,
             through: self.through,
         });
-        self.tail = self.tail.max(entry.slot);
         self.live.insert(seq, entry);
     }
 
@@ -209,7 +222,7 @@ impl Book {
     pub(crate) fn fund(&mut self, seq: u64, now: Nanos) {
         let mut entry = self.live[&seq];
         if entry.state == State::Queued {
-            self.queue.remove(seq);
+            self.schedule.remove(seq);
             self.queued -= entry.count;
         }
         entry.state = State::Held;
@@ -233,7 +246,7 @@ impl Book {
         let entry = self.live.remove(&seq).expect("a finished booking was live");
         match entry.state {
             State::Queued => {
-                self.queue.remove(seq);
+                self.schedule.remove(seq);
                 self.queued -= entry.count;
             }
             State::Held => {
@@ -273,7 +286,7 @@ impl Book {
             .filter(|(_, e)| e.holder == Holder::Waiter)
             .collect();
         waiters.sort_unstable_by_key(|&(seq, _)| seq);
-        let fresh = Book::new(self.ttl, self.max);
+        let fresh = Book::new(self.ttl, self.max, self.schedule.unit());
         *self = Book {
             next_seq: self.next_seq,
             tags: std::mem::take(&mut self.tags),
@@ -283,8 +296,8 @@ impl Book {
     }
 
     /// Puts a waiter's turn back under its old id (after `reset()`).
-    pub(crate) fn requeue(&mut self, seq: u64, entry: Entry) {
-        self.insert(seq, entry);
+    pub(crate) fn requeue(&mut self, seq: u64, entry: Entry, mark: i128) {
+        self.insert(seq, entry, mark);
     }
 
     pub(crate) fn lookup(&self, id: &str) -> Lookup {
@@ -335,10 +348,10 @@ mod tests {
 
     #[test]
     fn ids_verify_only_in_their_own_book() {
-        let mut book = Book::new(100, 10);
-        let mut other = Book::new(100, 10);
-        let id = book.push(entry(0, State::Held));
-        other.push(entry(0, State::Held));
+        let mut book = Book::new(100, 10, 1);
+        let mut other = Book::new(100, 10, 1);
+        let id = book.push(entry(0, State::Held), 0);
+        other.push(entry(0, State::Held), 0);
         assert!(matches!(book.lookup(&id), Lookup::Live(0, _)));
         assert!(matches!(other.lookup(&id), Lookup::Unknown));
         assert!(matches!(book.lookup("0-0000000000000000"), Lookup::Unknown));
@@ -347,8 +360,8 @@ mod tests {
 
     #[test]
     fn a_finished_booking_leaves_at_once_and_its_id_says_why() {
-        let mut book = Book::new(100, 10);
-        let id = book.push(entry(0, State::Held));
+        let mut book = Book::new(100, 10, 1);
+        let id = book.push(entry(0, State::Held), 0);
         book.finish(0, Refusal::AlreadyExecuted);
         assert!(book.is_empty());
         assert!(matches!(
@@ -359,10 +372,10 @@ mod tests {
 
     #[test]
     fn the_queue_is_funded_in_order_and_promises_leave_from_the_front() {
-        let mut book = Book::new(100, 10);
-        book.push(entry(0, State::Held));
-        book.push(entry(10, State::Queued));
-        book.push(entry(20, State::Queued));
+        let mut book = Book::new(100, 10, 1);
+        book.push(entry(0, State::Held), 0);
+        book.push(entry(10, State::Queued), 10);
+        book.push(entry(20, State::Queued), 20);
         assert_eq!(book.head().map(|(seq, _)| seq), Some(1));
         assert_eq!(book.promises().tokens(), 3);
         book.finish(1, Refusal::Cancelled);
@@ -372,15 +385,15 @@ mod tests {
         assert_eq!(book.promises().tokens(), 1);
         assert_eq!(book.promises().slot_of(1), 20);
         book.fund(2, 0);
-        assert!(!book.has_queued());
+        assert!(book.head().is_none());
         assert_eq!(book.held(), 1);
     }
 
     #[test]
     fn expiry_comes_in_time_order() {
-        let mut book = Book::new(100, 10);
-        book.push(entry(50, State::Queued));
-        book.push(entry(10, State::Held));
+        let mut book = Book::new(100, 10, 1);
+        book.push(entry(50, State::Queued), 50);
+        book.push(entry(10, State::Held), 10);
         assert_eq!(book.expired(109), None);
         assert_eq!(book.expired(110), Some(1));
         assert_eq!(book.next_expiry(), Some(110));

@@ -5,15 +5,20 @@
 //! escrow of held reservations. The limiter (`limiter.rs`) owns the gate and the book and
 //! knows no algorithm; each algorithm (`gcra.rs`, `sliding_window.rs`) knows no booking.
 //!
-//! Escrow: `hold(u)` moves `u` units out of the free credit so that they neither refill
-//! nor can be taken; `release(u)` gives them back to the free credit (a cancel, an expiry);
-//! `consume(u)` spends them (an execution: that is its admission). So the free credit plus
-//! the escrow never exceeds the burst, and I1 holds over admission times by construction.
+//! Promises: a booking not yet due holds nothing; it is a promise at its slot, and a take
+//! now is admitted only if every promise is still met at its slot (`chance`, `reserved`).
+//!
+//! Escrow: at its slot a promise's tokens are held: `hold(u)` moves `u` units out of the
+//! free credit so that they neither refill nor can be taken; `release(u)` gives them back
+//! to the free credit (a cancel, a lapse, an expiry); `consume(u)` spends them (an
+//! execution: that is its admission). So the free credit plus the escrow never exceeds the
+//! burst, and I1 holds over admission times by construction.
 
 use std::collections::VecDeque;
 
 use crate::clock::{Clock, Nanos};
 use crate::params::Params;
+use crate::schedule::Schedule;
 
 /// The outcome of one take.
 #[derive(Debug, Clone, PartialEq)]
@@ -43,12 +48,14 @@ pub(crate) struct Promise {
 pub(crate) struct Promises<'a> {
     /// Tokens booked and not yet held (funded).
     pub(crate) queued: u64,
+    /// The bookings not yet held, with their marks (`Budget::mark`).
+    pub(crate) schedule: &'a Schedule,
     /// Live bookings in order, oldest first; finished ones in the middle stay until they
     /// reach the front, so the counts here are never low.
     pub(crate) list: &'a VecDeque<Promise>,
     /// `through` of the last promise that left the front.
     pub(crate) base: u64,
-    /// The latest slot promised so far.
+    /// The latest slot of a booking not yet held (0 with none).
     pub(crate) tail: Nanos,
 }
 
@@ -90,6 +97,13 @@ pub(crate) trait Budget: Send + Sync + Sized {
     /// The earliest slot at which `units` can be held after every promise, if everyone
     /// ahead executes on time.
     fn slot(&self, now: Nanos, params: &Params, promises: &Promises<'_>, units: u64) -> Nanos;
+    /// A slot as the budget measures refill, for the schedule (`schedule.rs`).
+    fn mark(&self, at: Nanos) -> i128;
+    /// Units that must stay free now so that every promise is met at its slot.
+    fn reserved(&self, now: Nanos, params: &Params, promises: &Promises<'_>) -> u64;
+    /// Nanoseconds from `now` until a take of `units` could be admitted beside every
+    /// promise, if everyone executes on time (0: now).
+    fn chance(&self, now: Nanos, params: &Params, promises: &Promises<'_>, units: u64) -> Nanos;
     /// Moves `units` (no more than are free) from the free credit into escrow.
     fn hold(&self, now: Nanos, params: &Params, units: u64);
     /// Gives `units` of escrow back to the free credit.

@@ -380,7 +380,29 @@ impl TokenBucket {
     }
 }
 
+/// Promises a refused take looks past for a gap before it says "after the last one".
+const LOOK_AHEAD: usize = 8;
+
 impl TokenBucket {
+    /// When the settled budget would be full again, as a mark, counting escrow as spent
+    /// and refill owed to a back-off as still to come.
+    fn backlog(&self, now: Nanos, params: &Params) -> i128 {
+        let ticks = self.ticks(now);
+        let free = GcraShard::total_available(&self.set, ticks) as i128;
+        let owed: u64 = self.set.slots.iter().map(|s| s.shard.owed(ticks.now)).sum();
+        self.mark(now) + params.capacity as i128 - free + owed as i128
+    }
+
+    /// The first nanosecond at which the budget has refilled to `mark`.
+    fn at_mark(&self, mark: i128) -> Nanos {
+        let n = self.set.len() as i128;
+        let ticks = (mark.max(0) + n - 1) / n;
+        self.set
+            .shared
+            .scale
+            .nanos(ticks.min(u64::MAX as i128) as u64)
+    }
+
     /// A one-shard bucket whose TAT is `tat` ticks (a key's bucket when it opens a book).
     pub(crate) fn starting_at(params: &Params, tat: u64, now: Nanos) -> Self {
         let now = params.scale.ticks(now);
@@ -454,17 +476,54 @@ impl Budget for TokenBucket {
         GcraShard::wait_for(&self.set, self.ticks(now), units)
     }
 
-    /// Settled, the set refills `N` ticks per tick: the slot is when the free credit has
-    /// grown by what every queued booking and this one need.
+    /// After every promise (each no earlier than its slot, as the schedule's reach says),
+    /// when the budget has `units` again.
     fn slot(&self, now: Nanos, params: &Params, promises: &Promises<'_>, units: u64) -> Nanos {
-        let needed = promises
-            .queued
-            .saturating_mul(params.unit)
-            .saturating_add(units);
-        let short = GcraShard::short(&self.set, self.ticks(now), needed);
-        let n = self.set.len() as u64;
-        now.saturating_add(params.scale.nanos(short.div_ceil(n)))
-            .max(promises.tail)
+        let all = promises.schedule.all();
+        let after = (self.backlog(now, params) + all.units).max(all.reach + all.units);
+        let at = self
+            .mark(now)
+            .max(after + units as i128 - params.capacity as i128);
+        self.at_mark(at).max(now).max(promises.tail)
+    }
+
+    /// Settled, the set refills like one bucket, `N` units per tick (one per shard).
+    fn mark(&self, at: Nanos) -> i128 {
+        self.set.len() as i128 * self.ticks(at).now as i128
+    }
+
+    /// Promise `k` is met if the budget, counting escrow as spent, is full again by
+    /// `mark_k + capacity` after everything promised up to `k`: the credit now must cover
+    /// `mark(now) - slack`.
+    fn reserved(&self, now: Nanos, _params: &Params, promises: &Promises<'_>) -> u64 {
+        let short = self.mark(now) - promises.schedule.all().slack;
+        short.clamp(0, u64::MAX as i128) as u64
+    }
+
+    /// Tries the take in each gap of the schedule, in order: now, then after each promise
+    /// (the budget following it as GCRA: `end = max(end, mark) + units`), the first that
+    /// keeps every promise after it. Past [`LOOK_AHEAD`] promises it answers after the last.
+    fn chance(&self, now: Nanos, params: &Params, promises: &Promises<'_>, units: u64) -> Nanos {
+        let schedule = promises.schedule;
+        let (cap, units) = (params.capacity as i128, units as i128);
+        let start = self.mark(now);
+        let mut end = self.backlog(now, params);
+        let mut before = None;
+        let mut promised = schedule.iter();
+        for _ in 0..=LOOK_AHEAD {
+            let next = promised.next();
+            let at = start.max(end + units - cap);
+            if next.is_none_or(|p| at < p.mark) {
+                let rest = before.map_or_else(|| schedule.all(), |seq| schedule.after(seq));
+                if end.max(at) + units <= cap + rest.slack {
+                    return self.at_mark(at).max(now) - now;
+                }
+            }
+            let Some(p) = next else { break };
+            end = end.max(p.mark) + p.units;
+            before = Some(p.seq);
+        }
+        self.slot(now, params, promises, units as u64) - now
     }
 
     fn hold(&self, now: Nanos, _params: &Params, units: u64) {

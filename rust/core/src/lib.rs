@@ -13,8 +13,8 @@ mod key_window;
 mod keyed;
 mod limiter;
 mod params;
-mod queue;
 mod quota;
+mod schedule;
 mod shard;
 mod sliding_window;
 

@@ -119,7 +119,11 @@ impl<B: Budget> Limiter<B> {
             account: Mutex::new(Account {
                 quota,
                 params,
-                book: Book::new((policy.ttl * NANOS_PER_SEC).ceil() as Nanos, policy.max),
+                book: Book::new(
+                    (policy.ttl * NANOS_PER_SEC).ceil() as Nanos,
+                    policy.max,
+                    params.unit,
+                ),
             }),
             clock,
         })
@@ -263,30 +267,35 @@ impl<B: Budget> Limiter<B> {
         }
     }
 
-    /// A decision while the book is not empty: behind a queue it is refused with the wait
-    /// for the slot it would get; otherwise the budget decides, as when quiet.
+    /// A decision while the book is not empty: admitted if, after it, every promise is
+    /// still met at its slot; otherwise refused with the wait until such a take could be.
     fn take_in_account(&self, hash: u64, count: u64) -> (Decision, Option<Taken<B::Receipt>>) {
         let mut account = self.account.lock();
         let now = self.clock.now();
         self.refresh(&mut account, now);
         let retunes = self.tuning.retunes.load(Ordering::SeqCst);
-        let units = account.params.units(count);
-        match units {
-            Some(units) if account.book.has_queued() => {
-                let slot = self
-                    .budget
-                    .slot(now, &account.params, &account.book.promises(), units);
-                let shard = self.budget.candidates(hash).0;
-                let mut decision =
-                    self.decision(now, shard, Some((Refusal::RateLimited, Some(slot - now))));
-                decision.remaining_units = Some(0);
-                (decision, None)
+        let Account { params, book, .. } = &*account;
+        let promises = book.promises();
+        let outcome = params.units(count).map(|units| {
+            match self.budget.chance(now, params, &promises, units) {
+                0 => self.budget.acquire(&self.clock, now, hash, units),
+                wait => Outcome::Refused {
+                    shard: self.budget.candidates(hash).0,
+                    wait,
+                },
             }
-            _ => {
-                let outcome = units.map(|units| self.budget.acquire(&self.clock, now, hash, units));
-                self.outcome(now, hash, outcome, retunes, true)
-            }
-        }
+        });
+        let (mut decision, taken) = self.outcome(now, hash, outcome, retunes, false);
+        decision.remaining_units = Some(self.spare(now, &account));
+        (decision, taken)
+    }
+
+    /// Units a take could have now beside every promise.
+    fn spare(&self, now: Nanos, account: &Account) -> u64 {
+        let reserved = self
+            .budget
+            .reserved(now, &account.params, &account.book.promises());
+        self.budget.available(now).saturating_sub(reserved)
     }
 
     /// Gives back an admission, unless the limiter was re-rated since (then the new state
@@ -305,9 +314,9 @@ impl<B: Budget> Limiter<B> {
     }
 
     /// Brings the account up to `now`: bookings past their time to live leave (their
-    /// escrow goes back), then queued bookings are funded in order while the budget holds
-    /// their tokens. Funding at `now` rather than at the instant the tokens sufficed gives
-    /// the same state: nothing else could take them in between.
+    /// escrow goes back), reservations past their grace lapse, then bookings whose slot
+    /// has come are funded in order while the budget holds their tokens. Funding at `now`
+    /// rather than at the slot gives the same state: nothing could take them in between.
     fn refresh(&self, account: &mut Account, now: Nanos) {
         let Account { params, book, .. } = account;
         while let Some(seq) = book.expired(now) {
@@ -324,7 +333,7 @@ impl<B: Budget> Limiter<B> {
         }
         while let Some((seq, entry)) = book.head() {
             let units = entry.count.saturating_mul(params.unit);
-            if self.budget.available(now) < units {
+            if entry.slot > now || self.budget.available(now) < units {
                 break;
             }
             self.budget.hold(now, params, units);
@@ -335,8 +344,8 @@ impl<B: Budget> Limiter<B> {
         }
     }
 
-    /// Books `count` tokens: held now when nobody is queued and the budget has them, else
-    /// queued for the next slot. Refused without booking when `count` exceeds the burst or
+    /// Books `count` tokens at the first slot after every promise (held at once if that
+    /// is now). Refused without booking when `count` exceeds the burst or
     /// the slot is more than `max_wait` seconds away. With `max_reservations` bookings kept,
     /// a caller's reservation is an error and a waiter's turn is refused
     /// `too_many_reservations`, with the wait for the slot it would have had.
@@ -398,31 +407,25 @@ impl<B: Budget> Limiter<B> {
         holder: Holder,
     ) -> Booking {
         let shard = self.budget.candidates(hash).0;
-        let Account { params, book, .. } = account;
-        let now_free = !book.has_queued() && self.budget.available(now) >= units;
-        let slot = if now_free {
-            now
-        } else {
-            self.budget.slot(now, params, &book.promises(), units)
-        };
+        let Account { params, book, .. } = &mut *account;
+        let slot = self.budget.slot(now, params, &book.promises(), units);
         let wait = slot - now;
         if seconds(wait) > max_wait {
             let refused = self.decision(now, shard, Some((Refusal::MaxWaitExceeded, Some(wait))));
             return Booking::Refused(refused);
         }
-        if now_free {
-            self.budget.hold(now, params, units);
-        }
         let expires = holder.expires(slot, book.ttl);
-        let id = book.push(Entry {
+        let entry = Entry {
             hash,
             count,
             slot,
             expires,
-            state: if now_free { State::Held } else { State::Queued },
+            state: State::Queued,
             holder,
             lapses_at: 0,
-        });
+        };
+        let id = book.push(entry, self.budget.mark(slot));
+        self.refresh(account, now);
         Booking::Reserved(Reservation {
             id,
             count,
@@ -451,16 +454,22 @@ impl<B: Budget> Limiter<B> {
         let units = entry.count.saturating_mul(account.params.unit);
         match entry.state {
             State::Queued => {
-                let wait = self.wait_for_turn(&account, now, seq, entry);
-                return self.decision(now, shard, Some((Refusal::NotReady, Some(wait))));
+                // Before its slot it is admitted if it could be taken now beside every
+                // other promise (capacity someone gave back), else told when to ask again.
+                let wait = self.wait_for_turn(&mut account, now, seq, entry);
+                if wait > 0 {
+                    return self.decision(now, shard, Some((Refusal::NotReady, Some(wait))));
+                }
+                let Account { params, book, .. } = &mut *account;
+                self.budget.hold(now, params, units);
+                book.fund(seq, now);
             }
             State::Lapsed => {
                 // Its tokens went back when its grace ended: it takes them anew, as a new
                 // request would, or waits as long as a new booking would.
                 let Account { params, book, .. } = &mut *account;
-                if book.has_queued() || self.budget.available(now) < units {
-                    let slot = self.budget.slot(now, params, &book.promises(), units);
-                    let wait = slot.saturating_sub(now).max(1);
+                let wait = self.budget.chance(now, params, &book.promises(), units);
+                if wait > 0 {
                     return self.decision(now, shard, Some((Refusal::NotReady, Some(wait))));
                 }
                 self.budget.hold(now, params, units);
@@ -476,14 +485,31 @@ impl<B: Budget> Limiter<B> {
         self.decision(now, shard, None)
     }
 
-    /// How long a queued booking should wait before asking again: until the budget could
-    /// fund it and everything queued ahead of it (so it moves up when someone ahead
-    /// cancels), and no later than its promised slot; when only escrow being spent can
-    /// make room, until the first reservation expires, or, when only waiters' turns are
-    /// booked (they never expire, and their waiters take their tokens as they wake), a
-    /// millisecond.
-    fn wait_for_turn(&self, account: &Account, now: Nanos, seq: u64, entry: Entry) -> Nanos {
+    /// How long a queued booking should wait before asking again (0: it can be admitted
+    /// now beside every other promise): until it could be taken beside the others, and no
+    /// later than its slot; past its slot (someone ahead was late, or a back-off or
+    /// re-rating moved the budget), no later than the budget could fund it and everything
+    /// queued ahead of it, or, when only escrow being spent can make room, the first
+    /// reservation's expiry, or, when only waiters' turns are booked (they never expire,
+    /// and their waiters take their tokens as they wake), a millisecond.
+    fn wait_for_turn(&self, account: &mut Account, now: Nanos, seq: u64, entry: Entry) -> Nanos {
         let Account { params, book, .. } = account;
+        let units = entry.count.saturating_mul(params.unit);
+        let early = book.without(seq, |others| self.budget.chance(now, params, others, units));
+        if early == 0 || entry.slot > now {
+            return early.min(entry.slot.saturating_sub(now).max(1));
+        }
+        early.min(self.wait_past_slot(params, book, now, seq, entry))
+    }
+
+    fn wait_past_slot(
+        &self,
+        params: &Params,
+        book: &Book,
+        now: Nanos,
+        seq: u64,
+        entry: Entry,
+    ) -> Nanos {
         let units = book
             .queued_ahead(seq)
             .saturating_add(entry.count)
@@ -493,11 +519,7 @@ impl<B: Budget> Limiter<B> {
             .capacity
             .saturating_sub(book.held().saturating_mul(params.unit));
         if units <= room {
-            let funded = self.budget.wait(now, params, units);
-            let wait = match entry.slot.saturating_sub(now) {
-                0 => funded,
-                promised => promised.min(funded),
-            };
+            let wait = self.budget.wait(now, params, units);
             if wait > 0 {
                 return wait;
             }
@@ -536,15 +558,13 @@ impl<B: Budget> Limiter<B> {
         }
     }
 
-    /// Tokens a `try_acquire` could take now.
+    /// Tokens a `try_acquire` could take now (beside every promise).
     pub(crate) fn peek(&self) -> f64 {
         let now = self.clock.now();
         if self.tuning.busy.load(Ordering::SeqCst) {
             let mut account = self.account.lock();
             self.refresh(&mut account, now);
-            if account.book.has_queued() {
-                return 0.0;
-            }
+            return self.tokens(self.spare(now, &account));
         }
         self.tokens(self.budget.available(now))
     }
@@ -636,15 +656,13 @@ impl<B: Budget> Limiter<B> {
         for (seq, waiter) in waiters {
             let units = waiter.count.saturating_mul(params.unit);
             let slot = self.budget.slot(now, params, &book.promises(), units);
-            book.requeue(
-                seq,
-                Entry {
-                    slot,
-                    expires: waiter.holder.expires(slot, book.ttl),
-                    state: State::Queued,
-                    ..waiter
-                },
-            );
+            let entry = Entry {
+                slot,
+                expires: waiter.holder.expires(slot, book.ttl),
+                state: State::Queued,
+                ..waiter
+            };
+            book.requeue(seq, entry, self.budget.mark(slot));
         }
         self.refresh(&mut account, now);
     }
@@ -658,6 +676,7 @@ impl<B: Budget> Limiter<B> {
         self.budget
             .retune(now, &account.params, &params, account.book.held(), refill);
         account.params = params;
+        account.book.set_unit(params.unit);
         self.tuning.unit.store(params.unit, Ordering::SeqCst);
         self.tuning
             .capacity

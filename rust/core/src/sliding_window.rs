@@ -242,6 +242,25 @@ impl Budget for SlidingWindow {
         at.max(now).max(promises.tail)
     }
 
+    /// The window needs no marks: it keeps room for every promise (see `reserved`).
+    fn mark(&self, _at: Nanos) -> i128 {
+        0
+    }
+
+    /// Room now for every token promised and not yet held: a take that would fit only
+    /// because a promise's slot is more than a window away is refused (the window's slack).
+    fn reserved(&self, _now: Nanos, params: &Params, promises: &Promises<'_>) -> u64 {
+        promises.queued.saturating_mul(params.unit)
+    }
+
+    fn chance(&self, now: Nanos, params: &Params, promises: &Promises<'_>, units: u64) -> Nanos {
+        let reserved = self.reserved(now, params, promises);
+        if self.available(now) >= units.saturating_add(reserved) {
+            return 0;
+        }
+        self.slot(now, params, promises, units).saturating_sub(now)
+    }
+
     fn hold(&self, _now: Nanos, _params: &Params, units: u64) {
         self.log.lock().held += units;
     }

@@ -155,27 +155,42 @@ fn cancelled_pending_reservations_leave_the_budget_exactly_as_before() {
 }
 
 #[test]
-fn a_cancelled_slot_goes_to_the_next_in_line_and_no_later_slot_moves() {
-    let (limiter, manual) = ten_per_second(1);
-    let first = reserve(&limiter, 0, 10);
-    assert!(limiter.execute_reservation(&first.id).allowed);
-    let a = reserve(&limiter, 1, 1);
-    let b = reserve(&limiter, 2, 1);
-    assert_eq!((a.execute_at, b.execute_at), (100 * MS, 200 * MS));
-    assert!(limiter.cancel_reservation(&a.id));
-    // a's token was never taken: b, next in line, gets it at 100 ms; c comes after b.
-    let c = reserve(&limiter, 3, 1);
-    assert_eq!(c.execute_at, 200 * MS);
-    manual.set(100 * MS);
-    assert!(limiter.execute_reservation(&b.id).allowed);
-    assert_eq!(
-        limiter.execute_reservation(&c.id).reason,
-        Some(Refusal::NotReady)
-    );
-    manual.set(200 * MS);
-    assert!(limiter.execute_reservation(&c.id).allowed);
-    // 12 tokens by 200 ms: the burst and two refills, not one more.
-    assert!(!limiter.try_acquire("k", 1).unwrap().allowed);
+fn a_cancelled_slot_is_free_at_once_and_every_promise_keeps_its_slot() {
+    for shards in [1, 4] {
+        // 10/s, burst 1: every token is one slot.
+        let (limiter, manual) = limiter(Algorithm::TokenBucket, 10.0, Some(1.0), shards);
+        assert!(limiter.try_acquire("k", 1).unwrap().allowed);
+        let a = reserve(&limiter, 1, 1);
+        let b = reserve(&limiter, 2, 1);
+        let c = reserve(&limiter, 3, 1);
+        assert_eq!(
+            (a.execute_at, b.execute_at, c.execute_at),
+            (100 * MS, 200 * MS, 300 * MS)
+        );
+        assert!(limiter.cancel_reservation(&b.id));
+        // A new booking comes after c: two promises never share one token (d used to get
+        // 300 ms too, and be admitted 100 ms late).
+        let d = reserve(&limiter, 4, 1);
+        assert_eq!(d.execute_at, 400 * MS);
+        manual.set(100 * MS);
+        assert!(limiter.execute_reservation(&a.id).allowed);
+        // b's token is free for anyone at 200 ms: taking it delays no promise.
+        manual.set(150 * MS);
+        let early = limiter.try_acquire("k", 1).unwrap();
+        assert!(!early.allowed);
+        assert_eq!(early.retry_after, Some(0.05), "shards {shards}");
+        manual.set(200 * MS);
+        assert!(limiter.try_acquire("k", 1).unwrap().allowed);
+        for (r, at) in [(&c, 300), (&d, 400)] {
+            manual.set(at * MS);
+            assert!(
+                limiter.execute_reservation(&r.id).allowed,
+                "shards {shards}"
+            );
+        }
+        // 5 tokens by 400 ms: the burst and four refills, not one more.
+        assert!(!limiter.try_acquire("k", 1).unwrap().allowed);
+    }
 }
 
 #[test]
