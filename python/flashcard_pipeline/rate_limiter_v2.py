@@ -301,7 +301,7 @@ class ShardedRateLimiter:
         """The waiting loop of ``acquire``: yields the seconds to wait before asking again,
         and returns the result. A caller that must wait books a turn in the queue; if it
         stops waiting (the loop is closed or an exception is thrown in), the turn is
-        cancelled and what it held goes to the next in line."""
+        cancelled, so its tokens are free for others."""
         engine = self._engine
         result = engine.try_acquire(key, count)
         if result.reason != "rate_limited":
