@@ -5,12 +5,22 @@
 //! where I1 holds for every key on its own).
 //!
 //! An admission happens when the caller may proceed: `try_acquire` returns allowed, or
-//! `execute_reservation` admits. The waiter's side is checked too: a live waiter's turn is
-//! never told `expired` or `unknown_reservation`, and a waiter with a bound (`max_wait`),
-//! asking as its driver does while nothing ahead of it moves (reservations never executed),
-//! is answered within that bound. Every interval (token bucket) or window (sliding window)
+//! `execute_reservation` admits. Every interval (token bucket) or window (sliding window)
 //! of those times is checked against I1 by brute force, per reset (a reset refills), with
 //! the largest rate and burst that were in force.
+//!
+//! The caller's side is checked as it happens:
+//! - promises are kept: a booking executed at its slot is admitted then, whenever everyone
+//!   ahead of it executed on time and nothing moved its budget (no back-off, re-rating or
+//!   reset) since it was booked;
+//! - no capacity is wasted: a refused `try_acquire` could not have been admitted by any
+//!   schedule that keeps I1 and every promise at its slot (brute force over the admissions
+//!   so far, the request, and every live booking at its slot, or now if due), exactly for
+//!   the token bucket, and with its documented slack for the global sliding window (room
+//!   is kept now for every promised token);
+//! - a live waiter's turn is never told `expired` or `unknown_reservation`, and a waiter
+//!   with a bound (`max_wait`), asking as its driver does while nothing ahead of it moves
+//!   (reservations never executed), is answered within that bound.
 
 use proptest::prelude::*;
 use proptest::sample::Index;
@@ -108,9 +118,20 @@ enum Op {
 }
 
 fn ops() -> impl Strategy<Value = Vec<Op>> {
+    prop::collection::vec(op(true), 1..160)
+}
+
+/// Only what books, takes, executes and cancels: the promises' own interleavings, where
+/// every promise must be kept and no refusal may waste capacity.
+fn promise_ops() -> impl Strategy<Value = Vec<Op>> {
+    prop::collection::vec(op(false), 1..120)
+}
+
+/// One operation; `moves` adds those that move the budget (re-rating, back-off, resets).
+fn op(moves: bool) -> impl Strategy<Value = Op> {
     let key = 0u64..KEYS as u64;
     let count = prop_oneof![4 => Just(1u64), 1 => 1u64..=3];
-    let op = prop_oneof![
+    prop_oneof![
         6 => prop_oneof![
             3 => Just(0.0),
             4 => 0.0f64..1.5,
@@ -118,7 +139,7 @@ fn ops() -> impl Strategy<Value = Vec<Op>> {
             1 => Just(-1.0),
         ]
         .prop_map(Op::Advance),
-        5 => (key.clone(), count.clone()).prop_map(|(key, count)| Op::Try { key, count }),
+        if moves { 5 } else { 8 } => (key.clone(), count.clone()).prop_map(|(key, count)| Op::Try { key, count }),
         3 => (
             key.clone(),
             count.clone(),
@@ -130,15 +151,17 @@ fn ops() -> impl Strategy<Value = Vec<Op>> {
             .prop_map(|(key, count, max_wait)| Op::WaitWithin { key, count, max_wait }),
         3 => any::<Index>().prop_map(Op::Execute),
         4 => any::<Index>().prop_map(Op::ExecuteOnTime),
-        2 => any::<Index>().prop_map(Op::Cancel),
-        1 => prop_oneof![Just(0.5), Just(2.0), 0.25f64..4.0].prop_map(Op::SetRate),
-        1 => Just(Op::Reset),
-        1 => (0u64..KEYS as u64).prop_map(Op::ResetKey),
-        1 => (0u64..KEYS as u64, prop_oneof![Just(0.0), 0.0f64..4.0])
-            .prop_map(|(key, intervals)| Op::BackOff { key, intervals }),
+        if moves { 2 } else { 5 } => any::<Index>().prop_map(Op::Cancel),
+        4 => prop_oneof![
+            prop_oneof![Just(0.5), Just(2.0), 0.25f64..4.0].prop_map(Op::SetRate),
+            Just(Op::Reset),
+            (0u64..KEYS as u64).prop_map(Op::ResetKey),
+            (0u64..KEYS as u64, prop_oneof![Just(0.0), 0.0f64..4.0])
+                .prop_map(|(key, intervals)| Op::BackOff { key, intervals }),
+        ]
+        .prop_map(move |op| if moves { op } else { Op::Sweep }),
         2 => Just(Op::Sweep),
-    ];
-    prop::collection::vec(op, 1..160)
+    ]
 }
 
 /// A booking the test still holds, as its caller knows it.
@@ -148,9 +171,13 @@ struct Booked {
     key: u64,
     count: u64,
     execute_at: u64,
-    /// Unknown (`None`) once a reset has put a waiter's turn back in line.
+    /// Unknown (`None`) once a reset has put a waiter's turn back in line (its slot is
+    /// then unknown too).
     expires_at: Option<u64>,
     holder: Holder,
+    /// When it was booked, nothing of its budget was late: the budget's disturbances then,
+    /// to compare at its slot.
+    clean: Option<u64>,
 }
 
 /// One budget's admissions between two resets, and the largest quota in force meanwhile.
@@ -159,6 +186,8 @@ struct Epoch {
     admissions: Vec<(u64, u64)>,
     rate: f64,
     burst: f64,
+    /// A back-off or a re-rating happened: the quota is no longer the reference's.
+    moved: bool,
 }
 
 struct Run {
@@ -172,6 +201,9 @@ struct Run {
     /// Per budget: the end of its back-off (0: none), before which nothing is admitted
     /// from it (a reset forgives it).
     backed_off_until: Vec<u64>,
+    /// Per budget: events that may make a promise late (a late execution or cancel, a
+    /// back-off, a re-rating, a reset).
+    disturbances: Vec<u64>,
 }
 
 impl Run {
@@ -200,6 +232,7 @@ impl Run {
             booked: Vec::new(),
             epochs: (0..budgets).map(|_| Vec::new()).collect(),
             backed_off_until: vec![0; budgets],
+            disturbances: vec![0; budgets],
         };
         run.open_epochs(None);
         run
@@ -223,10 +256,12 @@ impl Run {
         };
         for budget in budgets {
             self.backed_off_until[budget] = 0;
+            self.disturbances[budget] += 1;
             self.epochs[budget].push(Epoch {
                 admissions: Vec::new(),
                 rate: quota.rate,
                 burst: quota.burst,
+                moved: false,
             });
         }
     }
@@ -241,6 +276,74 @@ impl Run {
             .push((now, count));
     }
 
+    /// The live bookings on the budget of `key`, if every one's slot is known.
+    fn promises(&self, key: u64) -> Option<Vec<&Booked>> {
+        let budget = self.budget(key);
+        let mine: Vec<&Booked> = self
+            .booked
+            .iter()
+            .filter(|b| self.budget(b.key) == budget)
+            .collect();
+        mine.iter().all(|b| b.expires_at.is_some()).then_some(mine)
+    }
+
+    /// The budget's disturbances now, if no booking on it is late (past its slot).
+    fn clean(&self, key: u64) -> Option<u64> {
+        let now = self.clock.now();
+        let promises = self.promises(key)?;
+        promises
+            .iter()
+            .all(|b| b.execute_at >= now)
+            .then(|| self.disturbances[self.budget(key)])
+    }
+
+    /// Something happened at `at` to a booking with slot `slot` on the budget of `key`: if
+    /// it was late, promises behind it may be late too.
+    fn finished(&mut self, key: u64, slot: u64) {
+        if self.clock.now() > slot {
+            let budget = self.budget(key);
+            self.disturbances[budget] += 1;
+        }
+    }
+
+    /// A `try_acquire` of `count` on `key` was refused now: no schedule that keeps I1 and
+    /// every live promise could have admitted it (see the module comment).
+    fn check_refusal(&self, key: u64, count: u64) -> Result<(), TestCaseError> {
+        let epoch = self.epochs[self.budget(key)].last().unwrap();
+        let window = self.setup.algorithm == Algorithm::SlidingWindow;
+        if epoch.moved || (window && self.setup.scope == Scope::Key) {
+            return Ok(());
+        }
+        let Some(promises) = self.promises(key) else {
+            return Ok(());
+        };
+        let now = self.clock.now();
+        let mut schedule = epoch.admissions.clone();
+        schedule.push((now, count));
+        schedule.extend(promises.iter().map(|b| (b.execute_at.max(now), b.count)));
+        schedule.sort_unstable();
+        let admissible = if window {
+            // The documented slack: room now for the request and every promised token.
+            let start = now.saturating_sub(PERIOD_NS);
+            let inside: u64 = epoch
+                .admissions
+                .iter()
+                .filter(|&&(at, _)| at >= start)
+                .map(|&(_, c)| c)
+                .sum();
+            let promised: u64 = promises.iter().map(|b| b.count).sum();
+            inside + promised + count <= epoch.rate.floor() as u64
+        } else {
+            // A thousandth of a token of margin for the clock scale's rounding.
+            fits_token_bucket(&schedule, epoch, 1e-3)
+        };
+        prop_assert!(
+            !admissible,
+            "{count} refused at {now} ns though it fits beside every promise: {schedule:?}"
+        );
+        Ok(())
+    }
+
     fn pick(&self, index: &Index) -> Option<usize> {
         (!self.booked.is_empty()).then(|| index.index(self.booked.len()))
     }
@@ -251,6 +354,7 @@ impl Run {
         let decision = self.limiter.execute_reservation(&booked.id);
         if decision.allowed {
             self.admitted(booked.key, booked.count);
+            self.finished(booked.key, booked.execute_at);
             self.booked.swap_remove(i);
             return Ok(None);
         }
@@ -292,6 +396,9 @@ impl Run {
                 "waited {waited} s of {max_wait} s"
             );
             let decision = self.limiter.execute_turn(&turn.id, max_wait - waited);
+            if decision.allowed || decision.reason == Some(Refusal::MaxWaitExceeded) {
+                self.finished(key, turn.execute_at);
+            }
             if decision.allowed {
                 self.admitted(key, count);
                 return Ok(());
@@ -330,6 +437,9 @@ impl Run {
                     self.admitted(key, count);
                 } else {
                     prop_assert!(decision.remaining().unwrap() >= 0.0);
+                    if decision.reason == Some(Refusal::RateLimited) {
+                        self.check_refusal(key, count)?;
+                    }
                 }
             }
             Op::Reserve {
@@ -338,6 +448,7 @@ impl Run {
                 max_wait,
             } => {
                 let max_wait = max_wait.unwrap_or(f64::INFINITY);
+                let clean = self.clean(key);
                 if let Booking::Reserved(r) = self.limiter.reserve(key, count, max_wait).unwrap() {
                     prop_assert!(r.execute_at >= r.reserved_at);
                     self.booked.push(Booked {
@@ -347,10 +458,12 @@ impl Run {
                         execute_at: r.execute_at,
                         expires_at: Some(r.expires_at),
                         holder: Holder::Caller,
+                        clean,
                     });
                 }
             }
             Op::Turn { key, count } => {
+                let clean = self.clean(key);
                 let booking = self
                     .limiter
                     .reserve_turn(key, count, f64::INFINITY)
@@ -363,6 +476,7 @@ impl Run {
                         execute_at: r.execute_at,
                         expires_at: Some(r.expires_at),
                         holder: Holder::Waiter,
+                        clean,
                     });
                 }
             }
@@ -378,9 +492,26 @@ impl Run {
             }
             Op::ExecuteOnTime(ref index) => {
                 if let Some(i) = self.pick(index) {
-                    let at = self.booked[i].execute_at;
+                    let booked = self.booked[i].clone();
+                    let at = booked.execute_at;
+                    // Kept: on time, everyone ahead gone, and nothing moved the budget.
+                    let kept = self.clock.now() <= at
+                        && booked.clean == Some(self.disturbances[self.budget(booked.key)])
+                        && self
+                            .promises(booked.key)
+                            .is_some_and(|promises| promises.iter().all(|b| b.execute_at >= at));
                     self.clock.set(self.clock.now().max(at));
-                    let id = self.booked[i].id.clone();
+                    if kept {
+                        let decision = self.limiter.execute_reservation(&booked.id);
+                        prop_assert!(
+                            decision.allowed,
+                            "a promise kept by everyone ahead was broken: {booked:?} {decision:?}"
+                        );
+                        self.admitted(booked.key, booked.count);
+                        self.booked.swap_remove(i);
+                        return Ok(());
+                    }
+                    let id = booked.id;
                     for _ in 0..3 {
                         let Some(i) = self.booked.iter().position(|b| b.id == id) else {
                             break;
@@ -396,6 +527,7 @@ impl Run {
                 if let Some(i) = self.pick(index) {
                     let booked = self.booked.swap_remove(i);
                     self.limiter.cancel_reservation(&booked.id);
+                    self.finished(booked.key, booked.execute_at);
                 }
             }
             Op::SetRate(factor) => {
@@ -407,6 +539,10 @@ impl Run {
                     let epoch = epochs.last_mut().unwrap();
                     epoch.rate = epoch.rate.max(quota.rate);
                     epoch.burst = epoch.burst.max(quota.burst);
+                    epoch.moved = true;
+                }
+                for disturbances in &mut self.disturbances {
+                    *disturbances += 1;
                 }
             }
             Op::Reset => {
@@ -425,6 +561,8 @@ impl Run {
                 let until = self.clock.now() + (seconds * 1e9).ceil() as u64;
                 let budget = self.budget(key);
                 self.backed_off_until[budget] = self.backed_off_until[budget].max(until);
+                self.disturbances[budget] += 1;
+                self.epochs[budget].last_mut().unwrap().moved = true;
                 if seconds > 0.0 && self.booked.is_empty() {
                     // The wait a refusal states is the back-off's (with something booked, it
                     // is the slot a booking would get).
@@ -472,6 +610,19 @@ impl Run {
         }
         Ok(())
     }
+}
+
+/// Whether `schedule` (sorted by time) keeps burst + rate * (b - a) - `margin` in every
+/// [a, b].
+fn fits_token_bucket(schedule: &[(u64, u64)], epoch: &Epoch, margin: f64) -> bool {
+    (0..schedule.len()).all(|i| {
+        let mut tokens = 0u64;
+        schedule[i..].iter().all(|&(at, count)| {
+            tokens += count;
+            let elapsed = (at - schedule[i].0) as f64 / PERIOD_NS as f64;
+            tokens as f64 <= epoch.burst + epoch.rate * elapsed / PERIOD - margin
+        })
+    })
 }
 
 /// Token bucket: the tokens admitted in every [a, b] are at most burst + rate * (b - a).
@@ -566,6 +717,45 @@ proptest! {
     fn i1_sliding_window_holds_for_every_key_over_every_admission_time(
         setup in setup(Algorithm::SlidingWindow, Scope::Key),
         ops in ops(),
+    ) {
+        play(setup, &ops)?;
+    }
+
+}
+
+proptest! {
+    // Wasted capacity shows only where a cancel or the refill between promises leaves a gap:
+    // more cases than above, so that a rule that refuses beside promises is caught at once.
+    #![proptest_config(cases(1024))]
+
+    #[test]
+    fn token_bucket_promises_are_kept_and_no_refusal_wastes_capacity(
+        setup in setup(Algorithm::TokenBucket, Scope::Global),
+        ops in promise_ops(),
+    ) {
+        play(setup, &ops)?;
+    }
+
+    #[test]
+    fn sliding_window_promises_are_kept_and_no_refusal_wastes_capacity(
+        setup in setup(Algorithm::SlidingWindow, Scope::Global),
+        ops in promise_ops(),
+    ) {
+        play(setup, &ops)?;
+    }
+
+    #[test]
+    fn token_bucket_promises_are_kept_and_no_refusal_wastes_capacity_per_key(
+        setup in setup(Algorithm::TokenBucket, Scope::Key),
+        ops in promise_ops(),
+    ) {
+        play(setup, &ops)?;
+    }
+
+    #[test]
+    fn sliding_window_promises_are_kept_per_key(
+        setup in setup(Algorithm::SlidingWindow, Scope::Key),
+        ops in promise_ops(),
     ) {
         play(setup, &ops)?;
     }
