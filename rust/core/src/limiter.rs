@@ -281,13 +281,25 @@ impl<B: Budget> Limiter<B> {
                 0 => self.budget.acquire(&self.clock, now, hash, units),
                 wait => Outcome::Refused {
                     shard: self.budget.candidates(hash).0,
-                    wait,
+                    wait: self.hint(params, book, units, wait),
                 },
             }
         });
         let (mut decision, taken) = self.outcome(now, hash, outcome, retunes, false);
         decision.remaining_units = Some(self.spare(now, &account));
         (decision, taken)
+    }
+
+    /// A wait the promise rule gave (`chance`: if everyone executes on time), no sooner
+    /// than [`RECHECK`] when held tokens stand in the way: escrow lowers what the budget
+    /// refills to, so while a booking past its slot keeps it, the rule's wait may come and
+    /// go without room, and asking again at once would only spin.
+    fn hint(&self, params: &Params, book: &Book, units: u64, wait: Nanos) -> Nanos {
+        let held = book.held().saturating_mul(params.unit);
+        if wait > 0 && held > 0 && units > params.capacity.saturating_sub(held) {
+            return wait.max(RECHECK);
+        }
+        wait
     }
 
     /// Units a take could have now beside every promise.
@@ -469,6 +481,7 @@ impl<B: Budget> Limiter<B> {
                 // request would, or waits as long as a new booking would.
                 let Account { params, book, .. } = &mut *account;
                 let wait = self.budget.chance(now, params, &book.promises(), units);
+                let wait = self.hint(params, book, units, wait);
                 if wait > 0 {
                     return self.decision(now, shard, Some((Refusal::NotReady, Some(wait))));
                 }
@@ -496,6 +509,7 @@ impl<B: Budget> Limiter<B> {
         let Account { params, book, .. } = account;
         let units = entry.count.saturating_mul(params.unit);
         let early = book.without(seq, |others| self.budget.chance(now, params, others, units));
+        let early = self.hint(params, book, units, early);
         if early == 0 || entry.slot > now {
             return early.min(entry.slot.saturating_sub(now).max(1));
         }

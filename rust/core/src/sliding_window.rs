@@ -236,10 +236,14 @@ impl Budget for SlidingWindow {
         } else if excess <= logged {
             log.opening(excess).unwrap_or(now)
         } else {
-            let slot = promises.slot_of(excess - logged).max(now);
+            // An admission is stamped no earlier than the newest in the log (a key's log
+            // is stamped at granule ends), and so is a promise when it is executed.
+            let newest = log.entries.back().copied().unwrap_or(0);
+            let slot = promises.slot_of(excess - logged).max(now).max(newest);
             slot.saturating_add(log.window) + 1
         };
-        at.max(now).max(promises.tail)
+        // Nothing is admitted before a back-off ends, whatever is given back meanwhile.
+        at.max(now).max(promises.tail).max(log.owed_until)
     }
 
     /// The window needs no marks: it keeps room for every promise (see `reserved`).
