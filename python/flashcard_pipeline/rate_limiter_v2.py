@@ -287,8 +287,8 @@ class ShardedRateLimiter:
         limiter already keeps ``max_reservations`` reservations and waiting turns;
         ``retry_after``: when its turn would have come), without waiting. It never raises
         for a refusal. A caller that must
-        wait holds the next slot in the reservation queue; if it gives up (its task is
-        cancelled, a timeout fires, Ctrl-C), the slot's tokens go back. From a thread the
+        wait is promised the next slot; if it gives up (its task is cancelled, a timeout
+        fires, Ctrl-C), the promise is given back. From a thread the
         call blocks with the GIL released; inside a running event loop it returns an
         awaitable, so ``await limiter.acquire()`` always works. A result is awaitable too
         (as itself), so one return type serves both forms; reading a result's attribute on
@@ -353,14 +353,16 @@ class ShardedRateLimiter:
     def reserve(
         self, key: str = "default", count: int = 1, max_wait: float | None = None
     ) -> TokenReservation:
-        """Holds ``count`` tokens now for the next slot in the queue (awaitable or plain).
+        """Promises ``count`` tokens at the next slot (awaitable or plain).
 
-        The tokens count against the budget at once; reservations made one after another get
-        successive slots. Execute it with :meth:`execute_reservation` once
-        ``reservation.is_ready()`` (at ``execute_at``), or give the tokens back with
-        :meth:`cancel_reservation`. Not executed within 0.25 s of its slot, it gives its tokens
-        back by itself; executed later (until ``expires_at``), it takes them anew when the
-        budget has them.
+        The slot comes after every earlier promise and is kept for a caller who executes on
+        time; reservations made one after another get successive slots. Nothing is held
+        before the slot; from it, the tokens are held for this reservation. Execute it with
+        :meth:`execute_reservation` once ``reservation.is_ready()`` (at ``execute_at``; if
+        someone ahead was late it answers ``not_ready`` with the wait), or give the promise
+        back with :meth:`cancel_reservation`. Not executed within 0.25 s of its slot, it
+        gives its tokens back by itself; executed later (until ``expires_at``), it is admitted
+        as a new request would be.
 
         Raises:
             ReservationRefused: (a :class:`RateLimitError` and a ``ValueError``) the slot is
