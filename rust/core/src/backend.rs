@@ -333,7 +333,7 @@ impl RateLimiter {
 
     /// Admits a waiter's turn once the budget holds it, as [`Backend::execute_reservation`]
     /// does. A turn still queued whose next chance comes more than `max_wait` seconds from
-    /// now (what is left of its waiter's bound) is given back to the next in line and
+    /// now (what is left of its waiter's bound) is given back and
     /// refused `max_wait_exceeded` with that wait: a waiter never waits past its bound,
     /// whatever happens ahead of it.
     pub fn execute_turn(&self, id: &str, max_wait: f64) -> Decision {
