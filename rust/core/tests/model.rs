@@ -78,11 +78,28 @@ enum Step {
         max_wait: Option<Nanos>,
         waiter: bool,
     },
-    /// A booking made so far, or one past them (an id never issued).
-    Execute(Index),
-    Cancel(Index),
+    /// Callers' reservations or waiters' turns booked one after the other, with no bound.
+    Queue {
+        bookings: u8,
+        count: Count,
+        waiter: bool,
+    },
+    Execute(Pick),
+    Cancel(Pick),
     BackOff(Nanos),
     Peek,
+}
+
+/// A booking: one still in the book, or any made so far or one past them (an id never
+/// issued).
+#[derive(Debug, Clone, Copy)]
+struct Pick {
+    index: Index,
+    live: bool,
+}
+
+fn pick() -> impl Strategy<Value = Pick> {
+    (any::<Index>(), prop::bool::weighted(0.75)).prop_map(|(index, live)| Pick { index, live })
 }
 
 fn count() -> impl Strategy<Value = Count> {
@@ -108,8 +125,15 @@ fn steps() -> impl Strategy<Value = Vec<Step>> {
                 max_wait,
                 waiter,
             }),
-        3 => any::<Index>().prop_map(Step::Execute),
-        1 => any::<Index>().prop_map(Step::Cancel),
+        1 => (2u8..=12, count(), any::<bool>()).prop_map(|(bookings, count, waiter)| {
+            Step::Queue {
+                bookings,
+                count,
+                waiter,
+            }
+        }),
+        4 => pick().prop_map(Step::Execute),
+        1 => pick().prop_map(Step::Cancel),
         1 => prop_oneof![1..=1_000u64, MS..=1_500 * MS].prop_map(Step::BackOff),
         2 => Just(Step::Peek),
     ];
@@ -198,17 +222,28 @@ impl<B: Budget> Pair<B> {
         }
     }
 
-    /// The operation a step asks for, if it is not a move of the clock (which it makes).
-    fn op(&mut self, step: &Step) -> Option<Op> {
+    fn pick(&self, pick: Pick) -> model::Id {
+        let bookings = &self.model.book.bookings;
+        let live: Vec<model::Id> = (0..bookings.len())
+            .filter(|&id| bookings[id].is_live())
+            .collect();
+        if pick.live && !live.is_empty() {
+            return live[pick.index.index(live.len())];
+        }
+        pick.index.index(bookings.len() + 1)
+    }
+
+    /// The operations a step asks for (none for a move of the clock, which it makes).
+    fn ops(&mut self, step: &Step) -> Vec<Op> {
         let now = self.clock.now();
         let op = match *step {
             Step::Advance(ns) => {
                 self.clock.advance(ns);
-                return None;
+                return vec![];
             }
             Step::Tokens(k) => {
                 self.clock.advance(u64::from(k) * SEC / self.rate);
-                return None;
+                return vec![];
             }
             Step::Jump(ref index, offset) => {
                 let mut moments = self.model.moments();
@@ -220,7 +255,7 @@ impl<B: Budget> Pair<B> {
                     let moment = moments[index.index(moments.len())];
                     self.advance_to(moment.saturating_add_signed(offset.into()));
                 }
-                return None;
+                return vec![];
             }
             Step::Take(count) => Op::Take {
                 count: self.count(count),
@@ -234,16 +269,28 @@ impl<B: Budget> Pair<B> {
                 max_wait_ns: max_wait,
                 waiter,
             },
-            Step::Execute(ref index) => Op::Execute {
-                id: index.index(self.ids.len() + 1),
+            Step::Queue {
+                bookings,
+                count,
+                waiter,
+            } => {
+                let book = Op::Book {
+                    count: self.count(count),
+                    max_wait_ns: None,
+                    waiter,
+                };
+                return vec![book; bookings.into()];
+            }
+            Step::Execute(pick) => Op::Execute {
+                id: self.pick(pick),
             },
-            Step::Cancel(ref index) => Op::Cancel {
-                id: index.index(self.ids.len() + 1),
+            Step::Cancel(pick) => Op::Cancel {
+                id: self.pick(pick),
             },
             Step::BackOff(ns) => Op::BackOff { ns },
             Step::Peek => Op::Peek,
         };
-        Some(op)
+        vec![op]
     }
 
     /// `op` on both at the clock's time: the limiter's answer, as the model states answers,
@@ -320,7 +367,7 @@ fn play<B: Budget>(setup: Setup, budget: B, steps: &[Step]) -> Result<(), TestCa
     let mut pair = Pair::new(setup, budget);
     for (i, step) in steps.iter().enumerate() {
         let now = pair.clock.now();
-        if let Some(op) = pair.op(step) {
+        for op in pair.ops(step) {
             let before = pair.model.clone();
             let (observed, expected) = pair.run(&op);
             if known_limiter_bug(&before, &op, &observed, &expected) {
@@ -439,4 +486,35 @@ fn the_last_queued_booking_waits_for_the_promise_before_it() {
         (20, Op::Execute { id: 2 }),
     ];
     agrees(setup, sliding_window(setup), &ops);
+}
+
+/// DESIGN: the window counts the log, then each promise at its slot. A cancelled booking is
+/// no promise, but the limiter (and so the model, which copies its count) still counts every
+/// booking from the oldest live one on: here the take could be admitted when the held
+/// reservation's tokens leave the window, a window after they are spent at 0, yet it is
+/// told to retry a window later than that (behind the cancelled booking's slot).
+#[test]
+#[ignore = "limiter bug: the window counts finished bookings after the oldest live one as promises (retry_after and slots a window late)"]
+fn a_cancelled_booking_is_no_longer_counted_by_the_window() {
+    let setup = Setup {
+        algorithm: Algorithm::SlidingWindow,
+        rate: 2,
+        burst: 1,
+        ttl_ms: 1000,
+    };
+    let mut pair = Pair::new(setup, sliding_window(setup));
+    let held = pair.run(&caller(2)).0;
+    assert!(matches!(held, Answer::Booked { slot: 0, .. }), "{held:?}");
+    let behind = pair.run(&caller(2)).0;
+    assert!(
+        matches!(behind, Answer::Booked { slot, .. } if slot == SEC + 1),
+        "{behind:?}"
+    );
+    assert_eq!(pair.run(&Op::Cancel { id: 1 }).0, Answer::Cancelled(true));
+    let take = pair.run(&Op::Take { count: 1 }).0;
+    let after_the_held = Answer::Refused {
+        reason: Refusal::RateLimited,
+        retry_after: Some(SEC + 1),
+    };
+    assert_eq!(take, after_the_held);
 }

@@ -151,8 +151,9 @@ impl<'a> Promises<'a> {
         self.queued().last().map_or(0, |b| b.slot)
     }
 
-    /// The bookings from the oldest live one on, in order, finished ones after it included
-    /// (the sliding window counts them all: never fewer than are promised). The queued
+    /// The bookings from the oldest live one on, in order, finished ones after it included:
+    /// the sliding window counts them all, as the limiter does (never fewer than are
+    /// promised, but a finished one is no promise: see `tests/model.rs`). The queued
     /// booking left out is still among them.
     pub fn outstanding(&self) -> &'a [Booking] {
         let oldest = self.bookings.iter().position(Booking::is_live);
