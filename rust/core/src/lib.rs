@@ -12,6 +12,7 @@ mod gcra;
 mod key_window;
 mod keyed;
 mod limiter;
+pub mod model;
 mod params;
 mod quota;
 mod schedule;
