@@ -12,18 +12,14 @@ use std::collections::hash_map::RandomState;
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::hash::BuildHasher;
 
-use crate::budget::{Promise, Promises};
+use crate::budget::Promises;
 use crate::clock::Nanos;
 use crate::decision::{Holder, Refusal};
+use crate::model::GRACE;
 use crate::schedule::Schedule;
 
 /// Finished callers' ids remembered, so that a repeat says what became of the reservation.
 const REMEMBERED: usize = 65_536;
-
-/// How long a caller's reservation holds its tokens past its slot (or past the moment they
-/// were funded, if later) before they go back to the budget: an abandoned reservation costs
-/// its own tokens for this long, not the rate for its time to live.
-pub(crate) const GRACE: Nanos = 250_000_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum State {
@@ -58,10 +54,6 @@ pub(crate) struct Book {
     expiry: BTreeSet<(Nanos, u64)>,
     /// Held callers' reservations, by when their grace ends.
     lapses: BTreeSet<(Nanos, u64)>,
-    promises: VecDeque<Promise>,
-    /// Tokens ever promised, and those promised by bookings that left the front.
-    through: u64,
-    base: u64,
     queued: u64,
     held: u64,
     finished: HashMap<u64, Refusal>,
@@ -84,9 +76,6 @@ impl Book {
             schedule: Schedule::new(unit),
             expiry: BTreeSet::new(),
             lapses: BTreeSet::new(),
-            promises: VecDeque::new(),
-            through: 0,
-            base: 0,
             queued: 0,
             held: 0,
             finished: HashMap::new(),
@@ -117,8 +106,6 @@ impl Book {
         Promises {
             queued: self.queued,
             schedule: &self.schedule,
-            list: &self.promises,
-            base: self.base,
             tail: self.schedule.last_slot(),
         }
     }
@@ -208,12 +195,6 @@ impl Book {
             State::Lapsed => {}
         }
         self.expiry.insert((entry.expires, seq));
-        self.through += entry.count;
-        self.promises.push_back(Promise {
-            seq,
-            slot: entry.slot,
-            through: self.through,
-        });
         self.live.insert(seq, entry);
     }
 
@@ -256,13 +237,6 @@ impl Book {
             State::Lapsed => {}
         }
         self.expiry.remove(&(entry.expires, seq));
-        while let Some(front) = self.promises.front() {
-            if self.live.contains_key(&front.seq) {
-                break;
-            }
-            self.base = front.through;
-            self.promises.pop_front();
-        }
         if entry.holder == Holder::Caller {
             if outcome == Refusal::Expired {
                 self.expired += 1;
@@ -371,22 +345,21 @@ mod tests {
     }
 
     #[test]
-    fn the_queue_is_funded_in_order_and_promises_leave_from_the_front() {
+    fn only_live_queued_bookings_are_promises_and_they_are_funded_in_order() {
         let mut book = Book::new(100, 10, 1);
         book.push(entry(0, State::Held), 0);
         book.push(entry(10, State::Queued), 10);
         book.push(entry(20, State::Queued), 20);
         assert_eq!(book.head().map(|(seq, _)| seq), Some(1));
-        assert_eq!(book.promises().tokens(), 3);
+        assert_eq!((book.promises().queued, book.held()), (2, 1));
         book.finish(1, Refusal::Cancelled);
-        // The middle one left, the first still counts: promises stay conservative.
-        assert_eq!(book.promises().tokens(), 3);
-        book.finish(0, Refusal::AlreadyExecuted);
-        assert_eq!(book.promises().tokens(), 1);
-        assert_eq!(book.promises().slot_of(1), 20);
+        // The cancelled one is no promise any more, at once.
+        assert_eq!(book.promises().queued, 1);
+        assert_eq!(book.promises().schedule.slot_of(1), Some(20));
+        assert_eq!(book.promises().tail, 20);
         book.fund(2, 0);
         assert!(book.head().is_none());
-        assert_eq!(book.held(), 1);
+        assert_eq!(book.held(), 2);
     }
 
     #[test]

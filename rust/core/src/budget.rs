@@ -14,8 +14,6 @@
 //! execution: that is its admission). So the free credit plus the escrow never exceeds the
 //! burst, and I1 holds over admission times by construction.
 
-use std::collections::VecDeque;
-
 use crate::clock::{Clock, Nanos};
 use crate::params::Params;
 use crate::schedule::Schedule;
@@ -34,15 +32,6 @@ pub(crate) enum Outcome<R> {
     },
 }
 
-/// One booking's promise, in booking order: its slot and the tokens promised up to and
-/// including it.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Promise {
-    pub(crate) seq: u64,
-    pub(crate) slot: Nanos,
-    pub(crate) through: u64,
-}
-
 /// What the book has promised and not yet delivered.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Promises<'a> {
@@ -50,26 +39,8 @@ pub(crate) struct Promises<'a> {
     pub(crate) queued: u64,
     /// The bookings not yet held, with their marks (`Budget::mark`).
     pub(crate) schedule: &'a Schedule,
-    /// Live bookings in order, oldest first; finished ones in the middle stay until they
-    /// reach the front, so the counts here are never low.
-    pub(crate) list: &'a VecDeque<Promise>,
-    /// `through` of the last promise that left the front.
-    pub(crate) base: u64,
     /// The latest slot of a booking not yet held (0 with none).
     pub(crate) tail: Nanos,
-}
-
-impl Promises<'_> {
-    /// Tokens promised (held or queued).
-    pub(crate) fn tokens(&self) -> u64 {
-        self.list.back().map_or(0, |p| p.through - self.base)
-    }
-
-    /// The slot of the promise that holds the `k`-th promised token (1-based).
-    pub(crate) fn slot_of(&self, k: u64) -> Nanos {
-        let index = self.list.partition_point(|p| p.through - self.base < k);
-        self.list.get(index).map_or(self.tail, |p| p.slot)
-    }
 }
 
 /// An algorithm's state and rules (see the module comment).

@@ -21,11 +21,9 @@ use crate::decision::{
     Booking, Decision, Holder, Refusal, Reservation, ReservationCounts, ReservationPolicy,
 };
 use crate::error::{Error, Result};
+use crate::model::RECHECK;
 use crate::params::Params;
 use crate::quota::Quota;
-
-/// How soon a waiter asks again when only other waiters' held turns stand before it.
-const RECHECK: Nanos = 1_000_000;
 
 pub(crate) struct Limiter<B: Budget> {
     clock: Clock,

@@ -93,11 +93,32 @@ impl Schedule {
         self.leaves[position].map(|leaf| (seq, leaf.slot))
     }
 
-    /// The last promise's slot (0 with none): a new slot is never before it.
+    /// The last promise's slot (0 with none; a parked one does not count): a new slot is
+    /// never before it.
     pub(crate) fn last_slot(&self) -> Nanos {
-        let last = self.positions.last_key_value();
-        last.and_then(|(_, &position)| self.leaves[position])
-            .map_or(0, |leaf| leaf.slot)
+        let mut positions = self.positions.values().rev();
+        let last = positions.find_map(|&position| self.leaves[position]);
+        last.map_or(0, |leaf| leaf.slot)
+    }
+
+    /// The slot of the promise that holds the `k`-th promised token (1-based), if there
+    /// are that many.
+    pub(crate) fn slot_of(&self, k: u64) -> Option<Nanos> {
+        let mut want = k as i128 * self.unit as i128;
+        if k == 0 || want > self.nodes[1].units {
+            return None;
+        }
+        let mut node = 1;
+        while node < self.width {
+            let left = self.nodes[2 * node].units;
+            if want <= left {
+                node *= 2;
+            } else {
+                want -= left;
+                node = 2 * node + 1;
+            }
+        }
+        self.leaves[node - self.width].map(|leaf| leaf.slot)
     }
 
     /// Every promise, as one run.

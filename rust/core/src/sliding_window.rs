@@ -223,24 +223,31 @@ impl Budget for SlidingWindow {
         log.wait(now, units)
     }
 
-    /// Counted in order: the log, then every promise at its slot; the slot is when the
-    /// unit that makes room for `units` leaves the window (an index into the log, or a
-    /// binary search in the promises).
-    fn slot(&self, now: Nanos, _params: &Params, promises: &Promises<'_>, units: u64) -> Nanos {
+    /// Counted in order: the log, then the held tokens (executed now, if on time), then
+    /// every queued promise at its slot; the slot is when the unit that makes room for
+    /// `units` leaves the window (an index into the log, or a descent of the schedule).
+    fn slot(&self, now: Nanos, params: &Params, promises: &Promises<'_>, units: u64) -> Nanos {
         let mut log = self.log.lock();
         log.expire(now);
-        let excess = log.excess(promises.tokens(), units);
+        let queued = promises.queued.saturating_mul(params.unit);
+        let excess = log.excess(log.held.saturating_add(queued), units);
         let logged = log.entries.len() as u64;
         let at = if excess == 0 {
             now
         } else if excess <= logged {
             log.opening(excess).unwrap_or(now)
         } else {
+            let k = excess - logged;
+            let stamped = if k <= log.held {
+                now
+            } else {
+                let token = (k - log.held).div_ceil(params.unit);
+                promises.schedule.slot_of(token).unwrap_or(promises.tail)
+            };
             // An admission is stamped no earlier than the newest in the log (a key's log
             // is stamped at granule ends), and so is a promise when it is executed.
             let newest = log.entries.back().copied().unwrap_or(0);
-            let slot = promises.slot_of(excess - logged).max(now).max(newest);
-            slot.saturating_add(log.window) + 1
+            stamped.max(now).max(newest).saturating_add(log.window) + 1
         };
         // Nothing is admitted before a back-off ends, whatever is given back meanwhile.
         at.max(now).max(promises.tail).max(log.owed_until)

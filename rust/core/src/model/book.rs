@@ -151,20 +151,11 @@ impl<'a> Promises<'a> {
         self.queued().last().map_or(0, |b| b.slot)
     }
 
-    /// The bookings from the oldest live one on, in order, finished ones after it included:
-    /// the sliding window counts them all, as the limiter does (never fewer than are
-    /// promised, but a finished one is no promise: see `tests/model.rs`). The queued
-    /// booking left out is still among them.
-    pub fn outstanding(&self) -> &'a [Booking] {
-        let oldest = self.bookings.iter().position(Booking::is_live);
-        oldest.map_or(&[], |first| &self.bookings[first..])
-    }
-
-    /// The slot of the outstanding booking that holds the `k`-th outstanding token
-    /// (1-based); past them all, the last queued slot.
+    /// The slot of the queued booking that holds the `k`-th queued token (1-based); past
+    /// them all, the last queued slot.
     pub fn slot_of(&self, k: u64) -> Nanos {
         let mut through = 0;
-        for booking in self.outstanding() {
+        for booking in self.queued() {
             through += booking.count;
             if through >= k {
                 return booking.slot;

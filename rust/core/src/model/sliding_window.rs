@@ -130,22 +130,30 @@ impl Budget for SlidingWindow {
         }
     }
 
-    /// Counted in order: the log, then every outstanding booking at its slot; the slot is
-    /// when the one that makes room for `units` leaves the window, and never before the
-    /// last queued promise's.
+    /// Counted in order: the log, then the held tokens (spent now, if on time), then every
+    /// queued promise at its slot, each stamped no earlier than the newest in the log; the
+    /// slot is when the one that makes room for `units` leaves the window, never before
+    /// the last queued promise's, nor before a back-off ends.
     fn slot(&self, now: Nanos, promises: &Promises<'_>, units: Units) -> Nanos {
         let counted = self.counted(now);
         let logged = counted.len() as u64;
-        let outstanding: u64 = promises.outstanding().iter().map(|b| b.count).sum();
-        let excess = (logged + outstanding + units as u64).saturating_sub(self.limit);
+        let promised = self.held + promises.queued_tokens();
+        let excess = (logged + promised + units as u64).saturating_sub(self.limit);
         let at = if excess == 0 {
             now
         } else if excess <= logged {
             self.leaves(counted[excess as usize - 1])
         } else {
-            self.leaves(promises.slot_of(excess - logged).max(now))
+            let k = excess - logged;
+            let stamped = if k <= self.held {
+                now
+            } else {
+                promises.slot_of(k - self.held)
+            };
+            let newest = self.log.last().copied().unwrap_or(0);
+            self.leaves(stamped.max(now).max(newest))
         };
-        at.max(now).max(promises.last_slot())
+        at.max(now).max(promises.last_slot()).max(self.owed_until)
     }
 
     /// Room now for every token queued.
