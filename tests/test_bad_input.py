@@ -282,6 +282,27 @@ CASES = [
     case(
         lambda lim, c: L(10, reservation_ttl=True), Raises(TypeError, "reservation_ttl"), "ttl=True"
     ),
+    case(lambda lim, c: L(10, reservation_grace=-1), Raises(ValueError, "reservation_grace"), "grace<0"),
+    case(
+        lambda lim, c: L(10, reservation_grace=math.nan),
+        Raises(ValueError, "reservation_grace"),
+        "grace=nan",
+    ),
+    case(
+        lambda lim, c: L(10, reservation_grace=math.inf),
+        Raises(ValueError, "reservation_grace"),
+        "grace=inf",
+    ),
+    case(
+        lambda lim, c: L(10, reservation_grace=True),
+        Raises(TypeError, "reservation_grace"),
+        "grace=True",
+    ),
+    case(
+        lambda lim, c: L(10, reservation_grace="0.25"),
+        Raises(TypeError, "reservation_grace"),
+        "grace=str",
+    ),
     case(
         lambda lim, c: L(10, reservation_ttl="60"), Raises(TypeError, "reservation_ttl"), "ttl=str"
     ),

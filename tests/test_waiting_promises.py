@@ -149,3 +149,24 @@ def test_abandoned_reservations_cost_their_tokens_for_a_grace_not_the_rate_for_t
         clock.advance(0.01)
         admitted += bool(limiter.try_acquire("k"))
     assert admitted >= 200 - 25 - 1
+
+
+@pytest.mark.parametrize("scope", ["global", "key"])
+def test_a_shorter_grace_gives_an_abandoned_reservations_tokens_back_sooner(scope):
+    """As above with ``reservation_grace=0.05``: at most 50 ms of refill is lost, and a
+    reservation is held through the end of its grace, inclusive."""
+    clock = ManualClock()
+    limiter = ShardedRateLimiter(
+        rate=100, period=1.0, shards=1, burst_size=5, clock=clock, scope=scope,
+        reservation_grace=0.05,
+    )
+    for _ in range(5):
+        limiter.reserve("k")
+    kept = limiter.reserve("k", max_wait=1.0)  # slot 10 ms: held until 60 ms
+    clock.advance(0.06)
+    assert limiter.execute_reservation(kept.id)
+    admitted = 0
+    for _ in range(200):
+        clock.advance(0.01)
+        admitted += bool(limiter.try_acquire("k"))
+    assert admitted >= 200 - 5 - 1

@@ -122,6 +122,7 @@ class Engine:
         max_wait: float | None = None,
         clock: ManualClock | None = None,
         reservation_ttl: float = 60.0,
+        reservation_grace: float = 0.25,
         max_reservations: int = 10000,
         max_keys: int = 1048576,
     ) -> Self: ...

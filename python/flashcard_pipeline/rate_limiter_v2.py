@@ -83,6 +83,10 @@ class ShardedRateLimiter:
         clock: A :class:`ManualClock` for tests; waits then advance it instead of sleeping.
         reservation_ttl: Seconds after its slot that a reservation can still be executed or
             cancelled (default 60); then it expires and leaves by itself.
+        reservation_grace: Seconds after its slot that a reservation not yet executed keeps
+            its tokens (default 0.25); then they go back to the budget, and executing it
+            later is a new request. An abandoned reservation costs this much of its tokens'
+            time, at most: with a small burst, the whole rate for that long.
         max_reservations: Reservations and waiting ``acquire`` turns kept at once (default
             10,000); one more ``reserve`` raises :class:`RateLimitError`, and an ``acquire``
             that would wait is refused with reason ``too_many_reservations``.

@@ -96,7 +96,7 @@ fn policy() -> ReservationPolicy {
     ReservationPolicy {
         ttl: 1e-3,
         max: 1_000_000,
-        max_wait: None,
+        ..ReservationPolicy::default()
     }
 }
 

@@ -2,7 +2,7 @@
 //!
 //! A booking is *queued* (a promise at its slot, holding nothing; funded at its slot, in
 //! booking order), *held* (its tokens are in escrow) or, a caller's reservation not executed
-//! within [`GRACE`] of its slot, *lapsed* (its tokens went back to the budget; executed later,
+//! within its grace (`reservation_grace`) of its slot, *lapsed* (its tokens went back to the budget; executed later,
 //! it takes them anew if the budget has them). It leaves the book the moment it is
 //! executed, cancelled or expires; a bounded record of recently finished callers' ids
 //! answers repeats, and older ids are unknown. Ids carry their sequence number and a keyed
@@ -15,7 +15,6 @@ use std::hash::BuildHasher;
 use crate::budget::Promises;
 use crate::clock::Nanos;
 use crate::decision::{Holder, Refusal};
-use crate::model::GRACE;
 use crate::schedule::Schedule;
 
 /// Finished callers' ids remembered, so that a repeat says what became of the reservation.
@@ -61,6 +60,8 @@ pub(crate) struct Book {
     next_seq: u64,
     tags: RandomState,
     pub(crate) ttl: Nanos,
+    /// How long a held caller's reservation keeps its tokens past its slot.
+    grace: Nanos,
     pub(crate) max: usize,
     /// Callers' reservations made, and expired, since the book was made (a reset makes a
     /// new one).
@@ -70,7 +71,7 @@ pub(crate) struct Book {
 
 impl Book {
     /// A book for a budget whose token costs `unit` units.
-    pub(crate) fn new(ttl: Nanos, max: usize, unit: u64) -> Self {
+    pub(crate) fn new(ttl: Nanos, grace: Nanos, max: usize, unit: u64) -> Self {
         Self {
             live: HashMap::new(),
             schedule: Schedule::new(unit),
@@ -83,6 +84,7 @@ impl Book {
             next_seq: 0,
             tags: RandomState::new(),
             ttl,
+            grace,
             max,
             created: 0,
             expired: 0,
@@ -217,7 +219,8 @@ impl Book {
     /// does (its waiter takes the tokens as it wakes).
     fn hold_until_grace(&mut self, seq: u64, entry: &mut Entry, from: Nanos) {
         if entry.holder == Holder::Caller {
-            entry.lapses_at = from.saturating_add(GRACE);
+            // Held through `from + grace` inclusive: a grace of 0 still allows the slot.
+            entry.lapses_at = from.saturating_add(self.grace).saturating_add(1);
             self.lapses.insert((entry.lapses_at, seq));
         }
     }
@@ -260,7 +263,7 @@ impl Book {
             .filter(|(_, e)| e.holder == Holder::Waiter)
             .collect();
         waiters.sort_unstable_by_key(|&(seq, _)| seq);
-        let fresh = Book::new(self.ttl, self.max, self.schedule.unit());
+        let fresh = Book::new(self.ttl, self.grace, self.max, self.schedule.unit());
         *self = Book {
             next_seq: self.next_seq,
             tags: std::mem::take(&mut self.tags),
@@ -322,8 +325,8 @@ mod tests {
 
     #[test]
     fn ids_verify_only_in_their_own_book() {
-        let mut book = Book::new(100, 10, 1);
-        let mut other = Book::new(100, 10, 1);
+        let mut book = Book::new(100, 50, 10, 1);
+        let mut other = Book::new(100, 50, 10, 1);
         let id = book.push(entry(0, State::Held), 0);
         other.push(entry(0, State::Held), 0);
         assert!(matches!(book.lookup(&id), Lookup::Live(0, _)));
@@ -334,7 +337,7 @@ mod tests {
 
     #[test]
     fn a_finished_booking_leaves_at_once_and_its_id_says_why() {
-        let mut book = Book::new(100, 10, 1);
+        let mut book = Book::new(100, 50, 10, 1);
         let id = book.push(entry(0, State::Held), 0);
         book.finish(0, Refusal::AlreadyExecuted);
         assert!(book.is_empty());
@@ -346,7 +349,7 @@ mod tests {
 
     #[test]
     fn only_live_queued_bookings_are_promises_and_they_are_funded_in_order() {
-        let mut book = Book::new(100, 10, 1);
+        let mut book = Book::new(100, 50, 10, 1);
         book.push(entry(0, State::Held), 0);
         book.push(entry(10, State::Queued), 10);
         book.push(entry(20, State::Queued), 20);
@@ -364,7 +367,7 @@ mod tests {
 
     #[test]
     fn expiry_comes_in_time_order() {
-        let mut book = Book::new(100, 10, 1);
+        let mut book = Book::new(100, 50, 10, 1);
         book.push(entry(50, State::Queued), 50);
         book.push(entry(10, State::Held), 10);
         assert_eq!(book.expired(109), None);

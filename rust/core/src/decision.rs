@@ -123,6 +123,9 @@ const MAX_TTL_SECONDS: f64 = 100.0 * 365.0 * 86_400.0;
 pub struct ReservationPolicy {
     /// Seconds after its slot during which a reservation can be executed or cancelled.
     pub ttl: f64,
+    /// Seconds a caller's reservation holds its tokens past its slot before they go back
+    /// to the budget (it stays executable, as a new request, until `ttl`).
+    pub grace: f64,
     /// Live reservations (queued or held) kept at once.
     pub max: usize,
     /// The wait bound in seconds for a call that gives none; `None` waits as long as it takes.
@@ -133,6 +136,7 @@ impl Default for ReservationPolicy {
     fn default() -> Self {
         Self {
             ttl: 60.0,
+            grace: crate::model::GRACE as f64 / crate::clock::NANOS_PER_SEC,
             max: 10_000,
             max_wait: None,
         }
@@ -148,6 +152,16 @@ impl ReservationPolicy {
                     "must be a number of seconds > 0 and at most {MAX_TTL_SECONDS:e} (100 \
                      years), got {}",
                     self.ttl
+                ),
+            ));
+        }
+        if !(self.grace >= 0.0 && self.grace <= MAX_TTL_SECONDS) {
+            return Err(Error::invalid(
+                "reservation_grace",
+                format!(
+                    "must be a number of seconds >= 0 and at most {MAX_TTL_SECONDS:e} (100 \
+                     years), got {}",
+                    self.grace
                 ),
             ));
         }

@@ -119,6 +119,7 @@ impl<B: Budget> Limiter<B> {
                 params,
                 book: Book::new(
                     (policy.ttl * NANOS_PER_SEC).ceil() as Nanos,
+                    (policy.grace * NANOS_PER_SEC).ceil() as Nanos,
                     policy.max,
                     params.unit,
                 ),

@@ -44,6 +44,8 @@ struct Setup {
     rate: f64,
     /// Token bucket: the burst as a multiple of the rate (the sliding window's is floor(rate)).
     burst: f64,
+    /// Seconds a held reservation keeps its tokens past its slot.
+    grace: f64,
 }
 
 impl Setup {
@@ -63,13 +65,15 @@ fn setup(algorithm: Algorithm, scope: Scope) -> impl Strategy<Value = Setup> {
         prop::sample::select(vec![1usize, 3, 16]),
         prop_oneof![(1u32..=20).prop_map(f64::from), 1.0f64..200.0],
         prop_oneof![Just(0.0), 0.0f64..0.5],
+        prop::sample::select(vec![0.0, 0.05, 0.25]),
     )
-        .prop_map(move |(shards, rate, burst)| Setup {
+        .prop_map(move |(shards, rate, burst, grace)| Setup {
             algorithm,
             scope,
             shards,
             rate,
             burst,
+            grace,
         })
 }
 
@@ -211,6 +215,7 @@ impl Run {
         let clock = Arc::new(ManualClock::new(0.0));
         let policy = ReservationPolicy {
             ttl: TTL,
+            grace: setup.grace,
             max: 10_000,
             max_wait: None,
         };

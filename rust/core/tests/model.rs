@@ -40,6 +40,7 @@ struct Setup {
     /// Token bucket only (the sliding window's limit is the rate).
     burst: u64,
     ttl_ms: u64,
+    grace_ms: u64,
 }
 
 fn setup(algorithm: Algorithm) -> impl Strategy<Value = Setup> {
@@ -47,12 +48,14 @@ fn setup(algorithm: Algorithm) -> impl Strategy<Value = Setup> {
         prop::sample::select(exact_rates()),
         any::<Index>(),
         prop::sample::select(vec![100u64, 300, 500, 1000]),
+        prop::sample::select(vec![0u64, 50, 250]),
     )
-        .prop_map(move |(rate, burst, ttl_ms)| Setup {
+        .prop_map(move |(rate, burst, ttl_ms, grace_ms)| Setup {
             algorithm,
             rate,
             burst: 1 + burst.index(2 * rate as usize) as u64,
             ttl_ms,
+            grace_ms,
         })
 }
 
@@ -188,16 +191,18 @@ impl<B: Budget> Pair<B> {
         let quota = Quota::new(setup.rate as f64, 1.0, burst, setup.algorithm, Some(1)).unwrap();
         let policy = ReservationPolicy {
             ttl: setup.ttl_ms as f64 / 1e3,
+            grace: setup.grace_ms as f64 / 1e3,
             ..ReservationPolicy::default()
         };
         let clock = Arc::new(ManualClock::new(0.0));
         let limiter =
             RateLimiter::with_reservations(quota, Clock::Manual(clock.clone()), policy).unwrap();
         let ttl = (policy.ttl * 1e9).ceil() as Nanos;
+        let grace = (policy.grace * 1e9).ceil() as Nanos;
         Self {
             limiter,
             clock,
-            model: Model::new(budget, ttl),
+            model: Model::new(budget, ttl, grace),
             ids: Vec::new(),
             retry_at: None,
             capacity: match setup.algorithm {
@@ -448,6 +453,7 @@ fn the_last_queued_booking_waits_for_the_promise_before_it() {
         rate: 8,
         burst: 1,
         ttl_ms: 1000,
+        grace_ms: 250,
     };
     let ops = [
         (0, Op::Take { count: 2 }),
@@ -474,6 +480,7 @@ fn a_cancelled_booking_is_no_longer_counted_by_the_window() {
         rate: 2,
         burst: 1,
         ttl_ms: 1000,
+        grace_ms: 250,
     };
     let mut pair = Pair::new(setup, sliding_window(setup));
     let held = pair.run(&caller(2)).0;

@@ -98,6 +98,7 @@ numbers!(
     BurstSize = "burst_size",
     MaxWait = "max_wait",
     ReservationTtl = "reservation_ttl",
+    ReservationGrace = "reservation_grace",
     Waited = "waited",
     Seconds = "seconds",
     Start = "start",

@@ -15,7 +15,7 @@ use ratelimit_core::{
 
 use crate::args::{
     AlgorithmArg, BurstSize, ClockArg, Count, Key, MaxKeys, MaxReservations, MaxWait, Period, Rate,
-    ReservationId, ReservationTtl, ScopeArg, Seconds, Shards, Tokens, Waited,
+    ReservationGrace, ReservationId, ReservationTtl, ScopeArg, Seconds, Shards, Tokens, Waited,
 };
 use crate::clock::PyManualClock;
 use crate::error::Result;
@@ -87,11 +87,12 @@ impl PyEngine {
         signature = (
             rate=None, period=None, shards=None, algorithm=None, burst_size=None,
             *, scope=None, max_wait=None, clock=None, reservation_ttl=None,
-            max_reservations=None, max_keys=None,
+            reservation_grace=None, max_reservations=None, max_keys=None,
         ),
         text_signature = "(rate, period=60.0, shards=None, algorithm='token_bucket', \
                           burst_size=None, *, scope='global', max_wait=None, clock=None, \
-                          reservation_ttl=60.0, max_reservations=10000, max_keys=1048576)"
+                          reservation_ttl=60.0, reservation_grace=0.25, \
+                          max_reservations=10000, max_keys=1048576)"
     )]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -105,6 +106,7 @@ impl PyEngine {
         max_wait: Option<MaxWait>,
         clock: Option<ClockArg<'_>>,
         reservation_ttl: Option<ReservationTtl>,
+        reservation_grace: Option<ReservationGrace>,
         max_reservations: Option<MaxReservations>,
         max_keys: Option<MaxKeys>,
     ) -> Result<Self> {
@@ -132,6 +134,7 @@ impl PyEngine {
         let defaults = ReservationPolicy::default();
         let policy = ReservationPolicy {
             ttl: reservation_ttl.map_or(defaults.ttl, |t| t.0),
+            grace: reservation_grace.map_or(defaults.grace, |g| g.0),
             max: max_reservations.map_or(defaults.max, |m| m.0),
             max_wait: max_wait.map(|w| w.0),
         };

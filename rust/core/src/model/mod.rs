@@ -27,8 +27,8 @@ use crate::decision::{Holder, Refusal};
 /// Credit, in the budget's units.
 pub type Units = i128;
 
-/// How long a held caller's reservation keeps its tokens past its slot (or past the moment
-/// it was funded, if later) before they go back to the budget.
+/// The default grace: how long a held caller's reservation keeps its tokens past its slot
+/// (or past the moment it was funded, if later) before they go back to the budget.
 pub const GRACE: Nanos = 250_000_000;
 
 /// How soon a booking (or a take) asks again when only held tokens stand in its way
@@ -132,14 +132,17 @@ pub struct Model<B> {
     pub book: Book,
     /// A caller's reservation expires this long after its slot.
     pub ttl: Nanos,
+    /// A held caller's reservation lapses this long after its slot (or its funding).
+    pub grace: Nanos,
 }
 
 impl<B: Budget> Model<B> {
-    pub fn new(budget: B, ttl: Nanos) -> Self {
+    pub fn new(budget: B, ttl: Nanos, grace: Nanos) -> Self {
         Self {
             budget,
             book: Book::default(),
             ttl,
+            grace,
         }
     }
 
@@ -235,7 +238,7 @@ impl<B: Budget> Model<B> {
             }
             self.budget.hold(now, units);
             let lapses = match booking.holder {
-                Holder::Caller => Some(booking.slot.max(now).saturating_add(GRACE)),
+                Holder::Caller => Some(booking.slot.max(now).saturating_add(self.grace) + 1),
                 Holder::Waiter => None,
             };
             self.book.set_state(id, State::Held { lapses });
@@ -383,7 +386,7 @@ mod tests {
 
     #[test]
     fn a_burst_then_slots_one_token_apart() {
-        let mut model = Model::new(TokenBucket::new(10, SECOND, 10, 0), SECOND);
+        let mut model = Model::new(TokenBucket::new(10, SECOND, 10, 0), SECOND, GRACE);
         let take = Op::Take { count: 10 };
         assert_eq!(model.apply(0, &take), Answer::Admitted);
         let book = Op::Book {
@@ -420,18 +423,23 @@ mod tests {
 
     #[test]
     fn a_held_reservation_lapses_after_its_grace_and_expires_after_its_ttl() {
-        let mut model = Model::new(SlidingWindow::new(2, SECOND), SECOND);
+        let mut model = Model::new(SlidingWindow::new(2, SECOND), SECOND, GRACE);
         let book = Op::Book {
             count: 2,
             max_wait_ns: None,
             waiter: false,
         };
         model.apply(0, &book);
-        assert_eq!(model.apply(0, &Op::Peek), Answer::Peeked { units: 0 });
-        assert_eq!(model.apply(GRACE, &Op::Peek), Answer::Peeked { units: 2 });
-        assert_eq!(model.apply(GRACE, &Op::Take { count: 2 }), Answer::Admitted);
+        // Held through the end of its grace, inclusive; lapsed a nanosecond later.
+        assert_eq!(model.apply(GRACE, &Op::Peek), Answer::Peeked { units: 0 });
+        let lapsed = GRACE + 1;
+        assert_eq!(model.apply(lapsed, &Op::Peek), Answer::Peeked { units: 2 });
         assert_eq!(
-            model.apply(GRACE, &Op::Execute { id: 0 }),
+            model.apply(lapsed, &Op::Take { count: 2 }),
+            Answer::Admitted
+        );
+        assert_eq!(
+            model.apply(lapsed, &Op::Execute { id: 0 }),
             refused(Refusal::NotReady, Some(SECOND + 1))
         );
         assert_eq!(
