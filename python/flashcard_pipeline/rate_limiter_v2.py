@@ -187,6 +187,43 @@ class ShardedRateLimiter:
         self._engine.back_off(seconds, key)
         return DONE
 
+    def on_rate_limit(
+        self,
+        retry_after: float | None = None,
+        key: str = "default",
+        *,
+        decrease: float = 0.5,
+        min_rate: float | None = None,
+    ) -> _Done:
+        """An upstream refused (an HTTP 429): the multiplicative decrease of AIMD.
+
+        The rate drops at once to ``decrease`` times itself (default a half), not below
+        ``min_rate`` tokens per period (default a tenth of the configured rate: the one the
+        limiter was made with or last given by :meth:`set_rate`); the period and the burst
+        stay. With ``retry_after`` seconds (an upstream's ``Retry-After``), the budget ``key``
+        draws on also admits nothing for that long, as :meth:`back_off` does. Safe from any
+        thread; ``await`` works too.
+
+        Raises:
+            TypeError, ValueError: ``retry_after`` is not ``None`` or a finite number >= 0,
+                ``decrease`` is not in (0, 1], or ``min_rate`` is not in (0, configured rate].
+        """
+        rate = self._engine.on_rate_limit(retry_after, key, decrease=decrease, min_rate=min_rate)
+        logger.info("on_rate_limit: rate now %g per %g s", rate, self._engine.period)
+        return DONE
+
+    def on_success(self, *, increase: float = 0.01) -> _Done:
+        """An upstream call succeeded: the additive increase of AIMD. The rate rises at once
+        by ``increase`` (default 0.01) of the configured rate, up to it (100 successes
+        climb from nothing back to the configured rate). Safe from any thread; ``await``
+        works too.
+
+        Raises:
+            TypeError, ValueError: ``increase`` is not in (0, 1].
+        """
+        self._engine.on_success(increase=increase)
+        return DONE
+
     def __len__(self) -> int:
         """Keys with a budget of their own (``scope="key"``), after dropping idle ones;
         0 with ``scope="global"``."""

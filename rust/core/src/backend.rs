@@ -8,6 +8,8 @@ use std::any::Any;
 use std::fmt;
 use std::ops::Deref;
 
+use parking_lot::Mutex;
+
 use crate::balance::Balance;
 use crate::budget::Budget;
 use crate::clock::Clock;
@@ -15,6 +17,7 @@ use crate::decision::{
     validate_max_wait, Booking, Decision, Holder, Refusal, ReservationCounts, ReservationPolicy,
 };
 use crate::error::{Error, Result};
+use crate::feedback::{at_rate, decreased, increased, Decrease};
 use crate::gcra::{TokenBucket, TokenCell};
 use crate::key_window::WindowCell;
 use crate::keyed::Keyed;
@@ -175,6 +178,9 @@ pub struct RateLimiter {
     engine: Engine,
     hasher: ahash::RandomState,
     max_wait: Option<f64>,
+    /// The quota as made or last set; upstream feedback moves the rate under it. Its lock
+    /// also orders re-ratings, so feedback never undoes a `set_quota` it raced.
+    configured: Mutex<Quota>,
 }
 
 /// The backend a limiter stands on. Named rather than boxed so that a decision is a
@@ -236,6 +242,7 @@ impl RateLimiter {
             engine,
             hasher: ahash::RandomState::new(),
             max_wait: policy.max_wait,
+            configured: Mutex::new(quota),
         })
     }
 
@@ -264,6 +271,7 @@ impl RateLimiter {
             engine,
             hasher: ahash::RandomState::new(),
             max_wait: policy.max_wait,
+            configured: Mutex::new(quota),
         })
     }
 
@@ -281,6 +289,59 @@ impl RateLimiter {
             Engine::KeyedTokenBucket(keyed) => Some(keyed.max_keys()),
             Engine::KeyedSlidingWindow(keyed) => Some(keyed.max_keys()),
         }
+    }
+
+    /// Changes rate, period and burst at run time ([`Backend::set_quota`]); upstream
+    /// feedback then moves the rate under this one.
+    pub fn set_quota(&self, quota: Quota) -> Result<()> {
+        let mut configured = self.configured.lock();
+        on_engine!(&self.engine, backend => backend.set_quota(quota))?;
+        *configured = self.quota();
+        Ok(())
+    }
+
+    /// An upstream refused (an HTTP 429): the rate drops by `decrease` (see
+    /// [`crate::feedback`]) at once, and with `retry_after` seconds the budget of `hash`
+    /// backs off that long. Returns the new rate.
+    pub fn on_rate_limit(
+        &self,
+        hash: u64,
+        retry_after: Option<f64>,
+        decrease: Decrease,
+    ) -> Result<f64> {
+        if let Some(seconds) = retry_after {
+            if !(seconds.is_finite() && seconds >= 0.0) {
+                return Err(Error::invalid(
+                    "retry_after",
+                    format!("must be None or a finite number of seconds >= 0, got {seconds}"),
+                ));
+            }
+        }
+        let configured = self.configured.lock();
+        let current = self.quota();
+        let rate = decreased(&configured, &current, decrease)?;
+        if rate < current.rate {
+            on_engine!(&self.engine, backend => backend.set_quota(at_rate(&current, rate)?))?;
+        }
+        if let Some(seconds) = retry_after.filter(|&s| s > 0.0) {
+            self.back_off(hash, seconds).map_err(|error| match error {
+                Error::InvalidArgument { message, .. } => Error::invalid("retry_after", message),
+                other => other,
+            })?;
+        }
+        Ok(self.quota().rate)
+    }
+
+    /// An upstream call succeeded: the rate rises by `increase` of the configured rate, up
+    /// to it, at once. Returns the new rate.
+    pub fn on_success(&self, increase: f64) -> Result<f64> {
+        let configured = self.configured.lock();
+        let current = self.quota();
+        let rate = increased(&configured, &current, increase)?;
+        if rate > current.rate {
+            on_engine!(&self.engine, backend => backend.set_quota(at_rate(&current, rate)?))?;
+        }
+        Ok(self.quota().rate)
     }
 
     /// The wait bound of calls that give none (`None`: as long as it takes).

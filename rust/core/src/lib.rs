@@ -8,6 +8,7 @@ mod budget;
 mod clock;
 mod decision;
 mod error;
+mod feedback;
 mod gcra;
 mod key_window;
 mod keyed;
@@ -27,6 +28,7 @@ pub use decision::{
     ReservationPolicy,
 };
 pub use error::{Error, Result};
+pub use feedback::{Decrease, DEFAULT_INCREASE};
 pub use quota::{
     auto_shards, default_key_stripes, key_stripes, Algorithm, Quota, Scope, DEFAULT_MAX_KEYS,
     MAX_SHARDS, MAX_WINDOW_LIMIT,

@@ -101,6 +101,9 @@ numbers!(
     ReservationGrace = "reservation_grace",
     Waited = "waited",
     Seconds = "seconds",
+    DecreaseFactor = "decrease",
+    MinRate = "min_rate",
+    Increase = "increase",
     Start = "start",
 );
 

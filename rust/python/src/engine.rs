@@ -9,13 +9,14 @@ use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString};
 use ratelimit_core::{
-    default_key_stripes, Algorithm, Balance, Booking, Clock, Holder, Quota, RateLimiter,
-    ReservationPolicy, Scope, DEFAULT_MAX_KEYS,
+    default_key_stripes, Algorithm, Balance, Booking, Clock, Decrease, Holder, Quota, RateLimiter,
+    ReservationPolicy, Scope, DEFAULT_INCREASE, DEFAULT_MAX_KEYS,
 };
 
 use crate::args::{
-    AlgorithmArg, BurstSize, ClockArg, Count, Key, MaxKeys, MaxReservations, MaxWait, Period, Rate,
-    ReservationGrace, ReservationId, ReservationTtl, ScopeArg, Seconds, Shards, Tokens, Waited,
+    AlgorithmArg, BurstSize, ClockArg, Count, DecreaseFactor, Increase, Key, MaxKeys,
+    MaxReservations, MaxWait, MinRate, Period, Rate, ReservationGrace, ReservationId,
+    ReservationTtl, RetryAfter, ScopeArg, Seconds, Shards, Tokens, Waited,
 };
 use crate::clock::PyManualClock;
 use crate::error::Result;
@@ -266,6 +267,41 @@ impl PyEngine {
     #[pyo3(signature = (seconds, key=Key::Default), text_signature = "($self, seconds, key='default')")]
     fn back_off(&self, seconds: Seconds, key: Key<'_>) -> Result<()> {
         Ok(self.core.back_off(self.hash(&key)?, seconds.0)?)
+    }
+
+    /// An upstream refused (an HTTP 429): the rate is multiplied by `decrease`, not below
+    /// `min_rate` (default a tenth of the configured rate), at once; with `retry_after`
+    /// seconds the budget `key` draws on also backs off that long. Returns the new rate.
+    #[pyo3(
+        signature = (retry_after=None, key=Key::Default, *, decrease=None, min_rate=None),
+        text_signature = "($self, retry_after=None, key='default', *, decrease=0.5, \
+                          min_rate=None)"
+    )]
+    fn on_rate_limit(
+        &self,
+        retry_after: Option<RetryAfter>,
+        key: Key<'_>,
+        decrease: Option<DecreaseFactor>,
+        min_rate: Option<MinRate>,
+    ) -> Result<f64> {
+        let defaults = Decrease::default();
+        let decrease = Decrease {
+            factor: decrease.map_or(defaults.factor, |d| d.0),
+            floor: min_rate.map(|m| m.0),
+        };
+        let hash = self.hash(&key)?;
+        Ok(self
+            .core
+            .on_rate_limit(hash, retry_after.map(|r| r.0), decrease)?)
+    }
+
+    /// An upstream call succeeded: the rate rises by `increase` of the configured rate
+    /// (default 0.01), up to it, at once. Returns the new rate.
+    #[pyo3(signature = (*, increase=None), text_signature = "($self, *, increase=0.01)")]
+    fn on_success(&self, increase: Option<Increase>) -> Result<f64> {
+        Ok(self
+            .core
+            .on_success(increase.map_or(DEFAULT_INCREASE, |i| i.0))?)
     }
 
     /// Keys with a budget of their own (scope="key"), after dropping idle ones; 0 where
