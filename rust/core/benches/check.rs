@@ -57,11 +57,19 @@ fn single_thread(c: &mut Criterion) {
 /// Aggregate throughput: `threads` threads make `iters` calls each, the time reported is
 /// wall time divided by the thread count, so the per-call figure falls as threads scale.
 /// The one-thread run alternates the two keys, so both runs keep the same shards busy.
+/// At 16 shards the two keys are hot keys of a skewed budget: most shards stay full while
+/// theirs are drained (what adaptive rebalancing is for).
 fn threads(c: &mut Criterion) {
-    let limiter = Arc::new(limiter(4));
+    for (shards, name) in [(4, "separate shards"), (16, "2 hot keys on 16 shards")] {
+        scaling(c, shards, name);
+    }
+}
+
+fn scaling(c: &mut Criterion, shards: usize, name: &str) {
+    let limiter = Arc::new(limiter(shards));
     let hashes = hashes_on_separate_shards(&limiter);
     for threads in [1usize, 2] {
-        c.bench_function(&format!("check/{threads} threads, separate shards"), |b| {
+        c.bench_function(&format!("check/{threads} threads, {name}"), |b| {
             b.iter_custom(|iters| {
                 let barrier = Arc::new(Barrier::new(threads + 1));
                 let workers: Vec<_> = (0..threads)
