@@ -153,11 +153,20 @@ impl GcraShard {
 }
 
 /// What a token-bucket shard set shares: when refill was last settled, the earliest time
-/// any shard can be full (before it there is nothing to settle), and the clock's scale.
+/// any shard can be full (before it there is nothing to settle), the earliest time the
+/// budget as a whole can be full (before it a take need not settle), and the clock's scale.
 #[derive(Debug)]
 pub(crate) struct Settlement {
     settled: CachePadded<AtomicU64>,
     horizon: CachePadded<AtomicU64>,
+    /// Refill is lost only while the budget as a whole is full: its credit plus the refill
+    /// full shards have wasted and nobody has settled yet reaches the shards' capacities.
+    /// That sum grows one tick per shard per tick and takes only lower it, so before this
+    /// tick, computed by the last settle, it cannot be full, and settling later moves the
+    /// same refill: a take from a shard that is not full may skip the settle and touch
+    /// only its own shards. 0 (settle at once) after whatever else raises credit or lowers
+    /// capacity.
+    full_at: CachePadded<AtomicU64>,
     scale: Scale,
 }
 
@@ -167,6 +176,7 @@ impl Settlement {
         Self {
             settled: CachePadded::new(AtomicU64::new(now)),
             horizon: CachePadded::new(AtomicU64::new(now)),
+            full_at: CachePadded::new(AtomicU64::new(0)),
             scale,
         }
     }
@@ -175,6 +185,12 @@ impl Settlement {
     pub(crate) fn restart(&self, now: u64, horizon: u64) {
         self.settled.fetch_max(now, Ordering::SeqCst);
         self.horizon.store(horizon, Ordering::SeqCst);
+        self.unsettle();
+    }
+
+    /// Credit rose or capacity fell other than by refill and takes: the next take settles.
+    fn unsettle(&self) {
+        self.full_at.store(0, Ordering::SeqCst);
     }
 }
 
@@ -255,6 +271,7 @@ impl Shard for GcraShard {
         if let Some(restored) = refund(&set.shard(index).tat, receipt, || scale.ticks(clock.now()))
         {
             set.shared.horizon.fetch_min(restored, Ordering::SeqCst);
+            set.shared.unsettle();
         }
     }
 
@@ -271,8 +288,12 @@ impl Shard for GcraShard {
     fn settle(set: &ShardSet<Self>, now: Ticks) {
         let now = now.now;
         let Settlement {
-            settled, horizon, ..
+            settled,
+            horizon,
+            full_at,
+            ..
         } = &set.shared;
+        let seen_full_at = full_at.load(Ordering::SeqCst);
         let seen_horizon = horizon.load(Ordering::SeqCst);
         if now < seen_horizon {
             return;
@@ -299,12 +320,48 @@ impl Shard for GcraShard {
                 wasted -= shard.deposit(now, wasted, horizon);
             }
             // Whatever is left found every shard full: the whole budget is full and loses it.
+            let (credit, capacity) = shards().fold((0u64, 0u64), |(credit, capacity), s| {
+                (credit + s.credit(s.tat(), now), capacity + s.capacity())
+            });
+            let until_full = (capacity - credit) / set.len() as u64;
+            // Unless something unsettled it meanwhile.
+            let _ = full_at.compare_exchange(
+                seen_full_at,
+                now.saturating_add(until_full),
+                Ordering::SeqCst,
+                Ordering::Relaxed,
+            );
             break;
         }
         let earliest = shards().map(|s| s.tat()).min().unwrap_or(now);
         // Only if nothing lowered the horizon meanwhile; a lower one stays valid.
         let _ =
             horizon.compare_exchange(seen_horizon, earliest, Ordering::SeqCst, Ordering::Relaxed);
+    }
+
+    /// Skipping the settle is exact when the budget as a whole cannot be full yet (see
+    /// `Settlement::full_at`) and the shard is not full: a full shard's refill since it
+    /// filled would vanish under the take, so it settles first.
+    #[inline]
+    fn take_unsettled(
+        set: &ShardSet<Self>,
+        index: usize,
+        now: Ticks,
+        units: u64,
+    ) -> Option<Receipt> {
+        if now.now >= set.shared.full_at.load(Ordering::SeqCst) {
+            return None;
+        }
+        let shard = set.shard(index);
+        let capacity = shard.capacity();
+        let want = |credit| {
+            if credit >= units && credit < capacity {
+                units
+            } else {
+                0
+            }
+        };
+        take_from(&shard.tat, capacity, now, want).map(|(_, receipt)| receipt)
     }
 
     /// Credit held now, plus the waste a settle would move into shards with room.
@@ -377,6 +434,7 @@ impl TokenBucket {
             }
         }
         debug_assert_eq!(rest, 0, "escrow is never more than the shards gave up");
+        self.set.shared.unsettle();
     }
 }
 
@@ -545,6 +603,7 @@ impl Budget for TokenBucket {
             rest -= lowered;
         }
         self.overheld.fetch_add(rest, Ordering::Relaxed);
+        self.set.shared.unsettle();
     }
 
     fn release(&self, now: Nanos, params: &Params, units: u64) {
@@ -571,6 +630,7 @@ impl Budget for TokenBucket {
         for slot in self.set.slots.iter() {
             slot.shard.owe_until(until);
         }
+        self.set.shared.unsettle();
     }
 
     /// Shares the new capacity, less the escrow, among the shards, and the credit (scaled

@@ -43,6 +43,16 @@ pub(crate) trait Shard: Send + Sync + Sized {
     /// Brings the shards up to date before a take, so that together they hold exactly
     /// what one unsharded budget would.
     fn settle(_set: &ShardSet<Self>, _now: Self::Time) {}
+    /// A take without settling first, from a shard that is not full, while nothing left
+    /// unsettled can matter yet; `None` when it must settle first.
+    fn take_unsettled(
+        _set: &ShardSet<Self>,
+        _index: usize,
+        _now: Self::Time,
+        _units: u64,
+    ) -> Option<Self::Receipt> {
+        None
+    }
     /// Units the whole set could hand out at `now`, counting what a settle would move.
     fn total_available(set: &ShardSet<Self>, now: Self::Time) -> u64 {
         set.slots.iter().map(|s| s.shard.available(now)).sum()
@@ -137,7 +147,6 @@ impl<S: Shard> ShardSet<S> {
                 },
             };
         }
-        S::settle(self, now);
         let (a, b) = self.candidates(hash);
         let (first, second) =
             if self.slots[a].shard.available(now) >= self.slots[b].shard.available(now) {
@@ -145,6 +154,11 @@ impl<S: Shard> ShardSet<S> {
             } else {
                 (b, a)
             };
+        // The usual case, whatever the skew: O(1), touching only the candidates' lines.
+        if let Some(receipt) = S::take_unsettled(self, first, now, units) {
+            return self.admitted(first, Taken::One(first, receipt));
+        }
+        S::settle(self, now);
         for index in [first, second] {
             if let Some(receipt) = self.slots[index].shard.try_take(now, units) {
                 return self.admitted(index, Taken::One(index, receipt));
