@@ -70,6 +70,9 @@ const GATHER_ATTEMPTS: usize = 16;
 pub(crate) struct ShardSet<S: Shard> {
     pub(crate) slots: Box<[CachePadded<Slot<S>>]>,
     pub(crate) shared: S::Shared,
+    /// Admissions served by gathering (the slow path), counted by it alone: the fast path
+    /// never writes this line.
+    gathered: CachePadded<AtomicU64>,
 }
 
 impl<S: Shard> ShardSet<S> {
@@ -84,7 +87,11 @@ impl<S: Shard> ShardSet<S> {
             })
             .collect();
         assert!(!slots.is_empty(), "a shard set needs at least one shard");
-        Self { slots, shared }
+        Self {
+            slots,
+            shared,
+            gathered: CachePadded::new(AtomicU64::new(0)),
+        }
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -106,10 +113,16 @@ impl<S: Shard> ShardSet<S> {
             .collect()
     }
 
+    /// Admissions served by gathering, out of all that `served` counts.
+    pub(crate) fn gathered(&self) -> u64 {
+        self.gathered.load(Ordering::Relaxed)
+    }
+
     pub(crate) fn clear_served(&self) {
         for slot in self.slots.iter() {
             slot.served.store(0, Ordering::Relaxed);
         }
+        self.gathered.store(0, Ordering::Relaxed);
     }
 
     /// The key's two candidate shards.
@@ -177,11 +190,12 @@ impl<S: Shard> ShardSet<S> {
                     got += taken;
                     receipts.push((index, receipt));
                     if got == units {
+                        self.gathered.fetch_add(1, Ordering::Relaxed);
                         return self.admitted(first, Taken::Gathered(receipts));
                     }
                 }
             }
-            self.give_back(Taken::Gathered(std::mem::take(&mut receipts)), clock);
+            self.return_receipts(std::mem::take(&mut receipts), clock);
         }
         Outcome::Refused {
             shard: first,
@@ -189,15 +203,22 @@ impl<S: Shard> ShardSet<S> {
         }
     }
 
-    /// Undoes a take (a lost gather race, or a decision that must not stand).
+    /// Undoes an admission (a decision that must not stand); a gathered one is no longer
+    /// counted as gathered.
     pub(crate) fn give_back(&self, taken: Taken<S::Receipt>, clock: &Clock) {
         match taken {
             Taken::One(index, receipt) => S::give_back(self, index, receipt, clock),
             Taken::Gathered(receipts) => {
-                for (index, receipt) in receipts {
-                    S::give_back(self, index, receipt, clock);
-                }
+                self.gathered.fetch_sub(1, Ordering::Relaxed);
+                self.return_receipts(receipts, clock);
             }
+        }
+    }
+
+    /// Gives back what a gather took (its lost race, or its admission undone).
+    fn return_receipts(&self, receipts: Vec<(usize, S::Receipt)>, clock: &Clock) {
+        for (index, receipt) in receipts {
+            S::give_back(self, index, receipt, clock);
         }
     }
 
