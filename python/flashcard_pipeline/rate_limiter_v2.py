@@ -257,8 +257,8 @@ class ShardedRateLimiter:
         because the key's two shards ran short, out of all admissions; 0 with none).
 
         The imbalance ratio is how far the busiest shard serves above its share of the rate,
-        relative to that share: ``max(served_i / total - s_i) / s_i`` with ``s_i`` shard
-        i's fraction of the rate (equal shares: ``(max - mean) / mean``); 0 before traffic."""
+        relative to that share: ``max_i((served_i / total - s_i) / s_i)`` with ``s_i``
+        shard i's fraction of the rate (equal shares: ``(max - mean) / mean``); 0 before traffic."""
         return self._engine.get_shard_balance()
 
     def __repr__(self) -> str:

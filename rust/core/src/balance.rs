@@ -14,7 +14,8 @@ pub struct Shares {
 
 impl Shares {
     /// How `quota` is split over its shards: every shard refills at the same speed, so the
-    /// rate splits equally, and the burst splits as the shards' capacities do.
+    /// rate splits equally, and the burst splits as the shards' capacities do (the sliding
+    /// window, one log, reports the same split of its limit).
     pub(crate) fn of(quota: &Quota, params: &Params) -> Self {
         let n = params.shards;
         Self {
