@@ -54,6 +54,10 @@ pub(crate) trait Shard: Send + Sync + Sized {
 pub(crate) struct Slot<S> {
     pub(crate) shard: S,
     served: AtomicU64,
+    /// Gathered admissions (the slow path) whose first take was from this shard: written
+    /// only by a gather, on the line it has just written; only the sum over shards means
+    /// anything.
+    gathered: AtomicU64,
 }
 
 /// What an admission took, so that it can be given back if it must be undone.
@@ -70,9 +74,6 @@ const GATHER_ATTEMPTS: usize = 16;
 pub(crate) struct ShardSet<S: Shard> {
     pub(crate) slots: Box<[CachePadded<Slot<S>>]>,
     pub(crate) shared: S::Shared,
-    /// Admissions served by gathering (the slow path), counted by it alone: the fast path
-    /// never writes this line.
-    gathered: CachePadded<AtomicU64>,
 }
 
 impl<S: Shard> ShardSet<S> {
@@ -83,15 +84,12 @@ impl<S: Shard> ShardSet<S> {
                 CachePadded::new(Slot {
                     shard,
                     served: AtomicU64::new(0),
+                    gathered: AtomicU64::new(0),
                 })
             })
             .collect();
         assert!(!slots.is_empty(), "a shard set needs at least one shard");
-        Self {
-            slots,
-            shared,
-            gathered: CachePadded::new(AtomicU64::new(0)),
-        }
+        Self { slots, shared }
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -115,14 +113,17 @@ impl<S: Shard> ShardSet<S> {
 
     /// Admissions served by gathering, out of all that `served` counts.
     pub(crate) fn gathered(&self) -> u64 {
-        self.gathered.load(Ordering::Relaxed)
+        self.slots
+            .iter()
+            .map(|s| s.gathered.load(Ordering::Relaxed))
+            .fold(0, u64::wrapping_add)
     }
 
     pub(crate) fn clear_served(&self) {
         for slot in self.slots.iter() {
             slot.served.store(0, Ordering::Relaxed);
+            slot.gathered.store(0, Ordering::Relaxed);
         }
-        self.gathered.store(0, Ordering::Relaxed);
     }
 
     /// The key's two candidate shards.
@@ -190,7 +191,9 @@ impl<S: Shard> ShardSet<S> {
                     got += taken;
                     receipts.push((index, receipt));
                     if got == units {
-                        self.gathered.fetch_add(1, Ordering::Relaxed);
+                        self.slots[receipts[0].0]
+                            .gathered
+                            .fetch_add(1, Ordering::Relaxed);
                         return self.admitted(first, Taken::Gathered(receipts));
                     }
                 }
@@ -209,7 +212,9 @@ impl<S: Shard> ShardSet<S> {
         match taken {
             Taken::One(index, receipt) => S::give_back(self, index, receipt, clock),
             Taken::Gathered(receipts) => {
-                self.gathered.fetch_sub(1, Ordering::Relaxed);
+                self.slots[receipts[0].0]
+                    .gathered
+                    .fetch_sub(1, Ordering::Relaxed);
                 self.return_receipts(receipts, clock);
             }
         }
