@@ -321,6 +321,7 @@ mod tests {
             Outcome::Admitted { .. }
         ));
         assert_eq!(s.available(at(0)), 50);
+        assert_eq!(s.gathered(), 1);
         // Refused without writing anything.
         let before: Vec<u64> = (0..16).map(|i| s.shard(i).available(at(0))).collect();
         assert!(matches!(
@@ -329,5 +330,6 @@ mod tests {
         ));
         let after: Vec<u64> = (0..16).map(|i| s.shard(i).available(at(0))).collect();
         assert_eq!(before, after);
+        assert_eq!(s.gathered(), 1);
     }
 }
