@@ -247,6 +247,9 @@ BALANCE_KEYS = {
     "distribution",
     "most_loaded_shard",
     "least_loaded_shard",
+    "rate_shares",
+    "burst_shares",
+    "slow_path_share",
 }
 
 
@@ -283,6 +286,55 @@ def test_shard_balance_distribution_is_a_copy(make_limiter):
     limiter.try_acquire()
     assert sum(limiter.get_shard_balance()["distribution"]) == 11
     assert sum(snapshot) == 10
+
+
+def test_a_hot_key_that_drains_its_shards_takes_the_slow_path(make_limiter, drain):
+    # 16 shards of 100 tokens: the hot key's two shards serve 200, the other 1400 are
+    # gathered from every shard.
+    limiter = make_limiter(1600, 1.0, shards=16)
+    assert drain(limiter, "hot", calls=2000) == 1600
+    balance = limiter.get_shard_balance()
+    assert balance["slow_path_share"] == 1400 / 1600
+    assert balance["balanced"] is False
+    limiter.reset()
+    assert limiter.get_shard_balance()["slow_path_share"] == 0
+
+
+def test_a_uniform_spread_of_keys_is_balanced_on_the_fast_path(make_limiter):
+    limiter = make_limiter(10_000, 1.0, shards=16)
+    for _ in range(5):
+        for key in range(1000):
+            assert limiter.try_acquire(f"user-{key}")
+    balance = limiter.get_shard_balance()
+    assert balance["slow_path_share"] < 0.01
+    assert balance["imbalance_ratio"] < 0.3
+    assert balance["balanced"] is True
+
+
+@pytest.mark.parametrize("shards", [1, 3, 16, 100])
+@pytest.mark.parametrize(("rate", "burst"), [(1000, 7), (1000, None), (3.3, 2.5), (1e6, 1e9)])
+def test_shares_add_up_exactly_to_the_rate_and_the_burst(make_limiter, rate, burst, shards):
+    limiter = make_limiter(rate, 1.0, shards=shards, burst_size=burst)
+    balance = limiter.get_shard_balance()
+    assert len(balance["rate_shares"]) == len(balance["burst_shares"]) == shards
+    assert sum(balance["rate_shares"]) == rate
+    assert sum(balance["burst_shares"]) == limiter.burst_size
+    assert max(balance["rate_shares"]) == pytest.approx(rate / shards, rel=1e-12)
+
+
+def test_shares_of_a_sliding_window_split_its_limit(make_limiter):
+    limiter = make_limiter(10, 1.0, shards=4, algorithm="sliding_window")
+    balance = limiter.get_shard_balance()
+    assert balance["rate_shares"] == [2.5] * 4
+    assert balance["burst_shares"] == [3, 3, 2, 2]
+
+
+def test_per_key_scope_has_no_shares_and_no_slow_path(make_limiter, drain):
+    limiter = make_limiter(10, 1.0, shards=4, scope="key")
+    assert drain(limiter, "hot") == 10
+    balance = limiter.get_shard_balance()
+    assert (balance["rate_shares"], balance["burst_shares"]) == ([], [])
+    assert balance["slow_path_share"] == 0
 
 
 @pytest.mark.parametrize("shards", [1, 2, 3, 4, 7, 16, 64, 1024])

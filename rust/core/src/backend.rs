@@ -10,7 +10,7 @@ use std::ops::Deref;
 
 use parking_lot::Mutex;
 
-use crate::balance::Balance;
+use crate::balance::{Balance, Shares};
 use crate::budget::Budget;
 use crate::clock::Clock;
 use crate::decision::{
@@ -78,6 +78,10 @@ pub trait Backend: Send + Sync + fmt::Debug {
     fn shard_tokens(&self) -> Vec<f64>;
     /// Admissions served by each shard since the limiter was made or reset.
     fn served(&self) -> Vec<u64>;
+    /// Of those, admissions gathered from every shard (the slow path).
+    fn gathered(&self) -> u64;
+    /// Each shard's share of the rate and the burst.
+    fn shares(&self) -> Shares;
     /// Keys with a budget of their own (0 where keys share one).
     fn keys(&self) -> usize {
         0
@@ -155,6 +159,14 @@ impl<B: Budget + fmt::Debug + 'static> Backend for Limiter<B> {
 
     fn served(&self) -> Vec<u64> {
         Limiter::served(self)
+    }
+
+    fn gathered(&self) -> u64 {
+        Limiter::gathered(self)
+    }
+
+    fn shares(&self) -> Shares {
+        Limiter::shares(self)
     }
 
     fn set_quota(&self, quota: Quota) -> Result<()> {
@@ -411,9 +423,9 @@ impl RateLimiter {
         }
     }
 
-    /// How evenly the shards have served requests (see [`Balance`]).
+    /// How evenly the shards have served requests, each for its share (see [`Balance`]).
     pub fn balance(&self) -> Balance {
-        Balance::of(self.served())
+        Balance::of(self.served(), self.gathered(), self.shares())
     }
 
     /// Takes from every limiter or from none: each part is `(limiter, key hash, count)`.

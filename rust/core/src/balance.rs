@@ -1,41 +1,118 @@
-//! How evenly the shards of a limiter serve: a statistic for `get_shard_balance()`.
+//! How evenly the shards of a limiter serve, each against its share of the budget: a
+//! statistic for `get_shard_balance()`.
 
-/// Requests served per shard and how far the busiest shard is above the mean.
+use crate::params::{share, Params};
+use crate::quota::Quota;
+
+/// Each shard's share of a budget in tokens: of the rate (per period) and of the burst.
+/// Each list, summed in order, adds up to the whole exactly in floating point.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Shares {
+    pub rate: Vec<f64>,
+    pub burst: Vec<f64>,
+}
+
+impl Shares {
+    /// How `quota` is split over its shards: every shard refills at the same speed, so the
+    /// rate splits equally, and the burst splits as the shards' capacities do (the sliding
+    /// window, one log, reports the same split of its limit).
+    pub(crate) fn of(quota: &Quota, params: &Params) -> Self {
+        let n = params.shards;
+        Self {
+            rate: split(quota.rate, (0..n).map(|_| 1)),
+            burst: split(quota.burst, (0..n).map(|i| share(params.capacity, n, i))),
+        }
+    }
+}
+
+/// `whole` in the proportions of `parts` (non-increasing, as `share` gives them). Each piece
+/// is the difference of two running totals of the whole, and each running total is at
+/// least half the next, so every difference is exact: summed in order, every partial sum is
+/// a running total and the last is `whole` exactly (as is their exact sum).
+fn split(whole: f64, parts: impl Iterator<Item = u64> + Clone) -> Vec<f64> {
+    let total: u128 = parts.clone().map(u128::from).sum();
+    let (mut running, mut before) = (0u128, 0.0);
+    parts
+        .map(|part| {
+            running += u128::from(part);
+            let upto = if running == total {
+                whole
+            } else {
+                whole * running as f64 / total as f64
+            };
+            let piece = upto - before;
+            before = upto;
+            piece
+        })
+        .collect()
+}
+
+/// Requests served per shard, measured against each shard's share of the rate, and how many
+/// were gathered from every shard (the slow path).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Balance {
     pub distribution: Vec<u64>,
-    /// `(max - mean) / mean`; 0 when nothing was served yet.
+    /// How far the busiest shard serves above its share: `max_i (served_i / total - s_i) / s_i`,
+    /// `s_i` being shard i's fraction of the rate (with equal shares, `(max - mean) / mean`);
+    /// 0 when nothing was served yet.
     pub imbalance_ratio: f64,
+    /// The shards that served the most and the least for their shares.
     pub most_loaded: usize,
     pub least_loaded: usize,
+    /// Empty where keys share no budget (`scope="key"`): its lock stripes are measured
+    /// against equal shares.
+    pub shares: Shares,
+    /// Gathered admissions out of all served (0 with none).
+    pub slow_path_share: f64,
 }
 
 impl Balance {
-    /// Shards are called balanced while the busiest is within this fraction of the mean.
+    /// Shards are called balanced while the busiest is within this fraction of its share.
     pub const THRESHOLD: f64 = 0.3;
 
-    pub(crate) fn of(distribution: Vec<u64>) -> Self {
+    pub(crate) fn of(distribution: Vec<u64>, gathered: u64, shares: Shares) -> Self {
         let total: u64 = distribution.iter().sum();
-        let mean = total as f64 / distribution.len() as f64;
+        let weights = if shares.rate.is_empty() {
+            vec![1.0; distribution.len()]
+        } else {
+            shares.rate.clone()
+        };
+        debug_assert_eq!(weights.len(), distribution.len(), "a share per shard");
+        let whole: f64 = weights.iter().sum();
+        // Each shard above (> 0) or below (< 0) what its share would have served, relative
+        // to that; 0 before any traffic.
+        let loads: Vec<f64> = distribution
+            .iter()
+            .zip(&weights)
+            .map(|(&served, &weight)| {
+                if total == 0 {
+                    return 0.0;
+                }
+                let expected = total as f64 * weight / whole;
+                (served as f64 - expected) / expected
+            })
+            .collect();
         let (mut most, mut least) = (0, 0);
-        for (i, &served) in distribution.iter().enumerate() {
-            if served > distribution[most] {
+        for (i, &load) in loads.iter().enumerate() {
+            if load > loads[most] {
                 most = i;
             }
-            if served < distribution[least] {
+            if load < loads[least] {
                 least = i;
             }
         }
-        let imbalance_ratio = if total == 0 {
+        let slow_path_share = if total == 0 {
             0.0
         } else {
-            (distribution[most] as f64 - mean) / mean
+            gathered as f64 / total as f64
         };
         Self {
             distribution,
-            imbalance_ratio,
+            imbalance_ratio: loads[most],
             most_loaded: most,
             least_loaded: least,
+            shares,
+            slow_path_share,
         }
     }
 
@@ -47,20 +124,97 @@ impl Balance {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::quota::Algorithm;
+
+    fn equal(n: usize) -> Shares {
+        Shares {
+            rate: vec![10.0; n],
+            burst: vec![10.0; n],
+        }
+    }
 
     #[test]
     fn balance_is_defined_before_any_traffic() {
-        let balance = Balance::of(vec![0, 0, 0, 0]);
+        let balance = Balance::of(vec![0, 0, 0, 0], 0, equal(4));
         assert_eq!(balance.imbalance_ratio, 0.0);
+        assert_eq!(balance.slow_path_share, 0.0);
         assert!(balance.balanced());
         assert_eq!((balance.most_loaded, balance.least_loaded), (0, 0));
     }
 
     #[test]
     fn balance_measures_the_busiest_shard_against_the_mean() {
-        let balance = Balance::of(vec![10, 30, 20, 20]);
+        let balance = Balance::of(vec![10, 30, 20, 20], 8, equal(4));
         assert_eq!(balance.imbalance_ratio, 0.5);
+        assert_eq!(balance.slow_path_share, 0.1);
         assert!(!balance.balanced());
         assert_eq!((balance.most_loaded, balance.least_loaded), (1, 0));
+    }
+
+    #[test]
+    fn a_shard_given_more_that_serves_more_is_balanced() {
+        let shares = Shares {
+            rate: vec![10.0, 30.0, 20.0, 20.0],
+            burst: vec![1.0; 4],
+        };
+        let balance = Balance::of(vec![10, 30, 20, 20], 0, shares.clone());
+        assert_eq!(balance.imbalance_ratio, 0.0);
+        assert!(balance.balanced());
+        // Even service is unbalanced against unequal shares: shard 0 serves 20 for 10.
+        let balance = Balance::of(vec![20, 20, 20, 20], 0, shares);
+        assert_eq!(balance.imbalance_ratio, 1.0);
+        assert_eq!((balance.most_loaded, balance.least_loaded), (0, 1));
+    }
+
+    #[test]
+    fn without_shares_the_stripes_are_measured_against_equal_ones() {
+        let balance = Balance::of(vec![10, 30, 20, 20], 0, Shares::default());
+        assert_eq!(balance.imbalance_ratio, 0.5);
+        assert_eq!(balance.most_loaded, 1);
+    }
+
+    #[test]
+    fn shares_add_up_to_the_rate_and_the_burst_exactly() {
+        let rates = [1000.0, 1.0, 7.0, 3.3, 999_999_937.0, 1e9, 0.1, 1.0 / 3.0];
+        let bursts = [
+            None,
+            Some(7.0),
+            Some(1.0),
+            Some(2.5),
+            Some(1e12),
+            Some(12_345.678),
+        ];
+        for rate in rates {
+            for burst in bursts {
+                for shards in [1, 2, 3, 7, 16, 1000] {
+                    let quota =
+                        Quota::new(rate, 1.0, burst, Algorithm::TokenBucket, Some(shards)).unwrap();
+                    let Ok(params) = Params::new(&quota) else {
+                        continue; // out of range at this shard count
+                    };
+                    let shares = Shares::of(&quota, &params);
+                    let what = format!("rate {rate} burst {burst:?} shards {shards}");
+                    assert_eq!(shares.rate.len(), shards, "{what}");
+                    assert_eq!(shares.rate.iter().sum::<f64>(), rate, "{what}");
+                    assert_eq!(shares.burst.iter().sum::<f64>(), quota.burst, "{what}");
+                    let most = shares.rate.iter().cloned().fold(f64::MIN, f64::max);
+                    let least = shares.rate.iter().cloned().fold(f64::MAX, f64::min);
+                    assert!(most - least <= 4.0 * f64::EPSILON * rate, "{what}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_burst_splits_as_the_shards_capacities_do() {
+        let quota = Quota::new(1000.0, 1.0, Some(7.0), Algorithm::TokenBucket, Some(16)).unwrap();
+        let shares = Shares::of(&quota, &Params::new(&quota).unwrap());
+        assert_eq!(shares.rate, vec![62.5; 16]);
+        assert_eq!(shares.burst, vec![7.0 / 16.0; 16]);
+        // The sliding window's capacity is floor(rate), in whole admissions.
+        let quota = Quota::new(10.9, 1.0, None, Algorithm::SlidingWindow, Some(4)).unwrap();
+        let shares = Shares::of(&quota, &Params::new(&quota).unwrap());
+        assert_eq!(shares.burst, vec![3.0, 3.0, 2.0, 2.0]);
+        assert_eq!(shares.rate.iter().sum::<f64>(), 10.9);
     }
 }

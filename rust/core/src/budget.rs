@@ -61,6 +61,8 @@ pub(crate) trait Budget: Send + Sync + Sized {
     fn shard_available(&self, now: Nanos) -> Vec<u64>;
     /// Admissions served by each shard since the limiter was made or reset.
     fn served(&self) -> Vec<u64>;
+    /// Of those, admissions served by gathering from every shard (the slow path).
+    fn gathered(&self) -> u64;
     fn count_served(&self, shard: usize, served: bool);
     fn clear_served(&self);
     /// Nanoseconds from `now` until `units` are free, if nothing else is taken.

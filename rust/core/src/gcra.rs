@@ -522,6 +522,10 @@ impl Budget for TokenBucket {
         self.set.served()
     }
 
+    fn gathered(&self) -> u64 {
+        self.set.gathered()
+    }
+
     fn count_served(&self, shard: usize, served: bool) {
         self.set.count_served(shard, served);
     }

@@ -28,6 +28,7 @@ use std::fmt;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use crate::backend::{Backend, Undo};
+use crate::balance::Shares;
 use crate::budget::Budget;
 use crate::clock::{Clock, Nanos, NANOS_PER_SEC};
 use crate::decision::{Booking, Decision, Holder, Refusal, ReservationCounts, ReservationPolicy};
@@ -642,6 +643,16 @@ impl<C: KeyCell> Backend for Keyed<C> {
             .iter()
             .map(|s| s.served.load(Ordering::Relaxed))
             .collect()
+    }
+
+    /// Every key decides alone: nothing is gathered.
+    fn gathered(&self) -> u64 {
+        0
+    }
+
+    /// Stripes hold keys, no share of a budget.
+    fn shares(&self) -> Shares {
+        Shares::default()
     }
 
     fn keys(&self) -> usize {

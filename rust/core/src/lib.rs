@@ -21,7 +21,7 @@ mod shard;
 mod sliding_window;
 
 pub use backend::{Backend, RateLimiter, Undo, MAX_KEY_LEN};
-pub use balance::Balance;
+pub use balance::{Balance, Shares};
 pub use clock::{Clock, ManualClock, Nanos};
 pub use decision::{
     validate_max_wait, Booking, Decision, Holder, Refusal, Reservation, ReservationCounts,

@@ -13,6 +13,7 @@ use parking_lot::Mutex;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
+use crate::balance::Shares;
 use crate::book::{Book, Entry, Lookup, State};
 use crate::budget::{Budget, Outcome};
 use crate::clock::{Clock, Nanos, NANOS_PER_SEC};
@@ -597,6 +598,15 @@ impl<B: Budget> Limiter<B> {
 
     pub(crate) fn served(&self) -> Vec<u64> {
         self.budget.served()
+    }
+
+    pub(crate) fn gathered(&self) -> u64 {
+        self.budget.gathered()
+    }
+
+    pub(crate) fn shares(&self) -> Shares {
+        let account = self.account.lock();
+        Shares::of(&account.quota, &account.params)
     }
 
     /// Nothing booked and the budget full for a whole period: a fresh limiter decides the same.

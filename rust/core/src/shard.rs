@@ -64,6 +64,10 @@ pub(crate) trait Shard: Send + Sync + Sized {
 pub(crate) struct Slot<S> {
     pub(crate) shard: S,
     served: AtomicU64,
+    /// Gathered admissions (the slow path) whose first take was from this shard: written
+    /// only by a gather, on the line it has just written; only the sum over shards means
+    /// anything.
+    gathered: AtomicU64,
 }
 
 /// What an admission took, so that it can be given back if it must be undone.
@@ -90,6 +94,7 @@ impl<S: Shard> ShardSet<S> {
                 CachePadded::new(Slot {
                     shard,
                     served: AtomicU64::new(0),
+                    gathered: AtomicU64::new(0),
                 })
             })
             .collect();
@@ -116,9 +121,18 @@ impl<S: Shard> ShardSet<S> {
             .collect()
     }
 
+    /// Admissions served by gathering, out of all that `served` counts.
+    pub(crate) fn gathered(&self) -> u64 {
+        self.slots
+            .iter()
+            .map(|s| s.gathered.load(Ordering::Relaxed))
+            .fold(0, u64::wrapping_add)
+    }
+
     pub(crate) fn clear_served(&self) {
         for slot in self.slots.iter() {
             slot.served.store(0, Ordering::Relaxed);
+            slot.gathered.store(0, Ordering::Relaxed);
         }
     }
 
@@ -191,11 +205,14 @@ impl<S: Shard> ShardSet<S> {
                     got += taken;
                     receipts.push((index, receipt));
                     if got == units {
+                        self.slots[receipts[0].0]
+                            .gathered
+                            .fetch_add(1, Ordering::Relaxed);
                         return self.admitted(first, Taken::Gathered(receipts));
                     }
                 }
             }
-            self.give_back(Taken::Gathered(std::mem::take(&mut receipts)), clock);
+            self.return_receipts(std::mem::take(&mut receipts), clock);
         }
         Outcome::Refused {
             shard: first,
@@ -203,15 +220,24 @@ impl<S: Shard> ShardSet<S> {
         }
     }
 
-    /// Undoes a take (a lost gather race, or a decision that must not stand).
+    /// Undoes an admission (a decision that must not stand); a gathered one is no longer
+    /// counted as gathered.
     pub(crate) fn give_back(&self, taken: Taken<S::Receipt>, clock: &Clock) {
         match taken {
             Taken::One(index, receipt) => S::give_back(self, index, receipt, clock),
             Taken::Gathered(receipts) => {
-                for (index, receipt) in receipts {
-                    S::give_back(self, index, receipt, clock);
-                }
+                self.slots[receipts[0].0]
+                    .gathered
+                    .fetch_sub(1, Ordering::Relaxed);
+                self.return_receipts(receipts, clock);
             }
+        }
+    }
+
+    /// Gives back what a gather took (its lost race, or its admission undone).
+    fn return_receipts(&self, receipts: Vec<(usize, S::Receipt)>, clock: &Clock) {
+        for (index, receipt) in receipts {
+            S::give_back(self, index, receipt, clock);
         }
     }
 
@@ -309,6 +335,7 @@ mod tests {
             Outcome::Admitted { .. }
         ));
         assert_eq!(s.available(at(0)), 50);
+        assert_eq!(s.gathered(), 1);
         // Refused without writing anything.
         let before: Vec<u64> = (0..16).map(|i| s.shard(i).available(at(0))).collect();
         assert!(matches!(
@@ -317,5 +344,6 @@ mod tests {
         ));
         let after: Vec<u64> = (0..16).map(|i| s.shard(i).available(at(0))).collect();
         assert_eq!(before, after);
+        assert_eq!(s.gathered(), 1);
     }
 }

@@ -202,6 +202,11 @@ impl Budget for SlidingWindow {
             .collect()
     }
 
+    /// One log: nothing is ever gathered.
+    fn gathered(&self) -> u64 {
+        0
+    }
+
     fn count_served(&self, shard: usize, served: bool) {
         let counter = &self.served[shard];
         if served {

@@ -456,6 +456,9 @@ impl PyEngine {
         view.set_item("least_loaded_shard", balance.least_loaded)?;
         view.set_item("distribution", balance.distribution)?;
         view.set_item("shard_tokens", self.core.shard_tokens())?;
+        view.set_item("rate_shares", balance.shares.rate)?;
+        view.set_item("burst_shares", balance.shares.burst)?;
+        view.set_item("slow_path_share", balance.slow_path_share)?;
         Ok(view)
     }
 
