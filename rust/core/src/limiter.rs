@@ -427,12 +427,17 @@ impl<B: Budget> Limiter<B> {
             return Booking::Refused(refused);
         }
         let expires = holder.expires(slot, book.ttl);
+        // Due now with nobody queued: held at once, as funding at its slot would.
+        let now_held = slot <= now && book.head().is_none() && self.budget.available(now) >= units;
+        if now_held {
+            self.budget.hold(now, params, units);
+        }
         let entry = Entry {
             hash,
             count,
             slot,
             expires,
-            state: State::Queued,
+            state: if now_held { State::Held } else { State::Queued },
             holder,
             lapses_at: 0,
         };
