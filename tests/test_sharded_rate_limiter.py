@@ -580,3 +580,14 @@ def test_limiters_can_be_weakly_referenced():
     limiter = ShardedRateLimiter(10)
     ref = weakref.ref(limiter)
     assert ref() is limiter
+
+
+def test_shard_details_use_the_shards_real_shares():
+    """get_status()'s per-shard capacity and rate are the balance report's shares, one split
+    computed in one place, adding up to the burst exactly."""
+    limiter = ShardedRateLimiter(rate=1000, period=60.0, shards=16, burst_size=7)
+    details = limiter.get_status()["shard_details"]
+    balance = limiter.get_shard_balance()
+    assert [d["capacity"] for d in details] == balance["burst_shares"]
+    assert [d["rate"] * 60.0 for d in details] == pytest.approx(balance["rate_shares"])
+    assert sum(d["capacity"] for d in details) == 7

@@ -398,17 +398,18 @@ impl PyEngine {
         let served = self.core.served();
         // The previous API's view: each shard's tokens, its share of the burst and of the
         // rate (per second), and the admissions it served.
-        let shards = quota.shards as f64;
+        let shares = self.core.shares();
         let details = shard_tokens
             .iter()
             .zip(&served)
+            .zip(shares.rate.iter().zip(&shares.burst))
             .enumerate()
-            .map(|(shard_id, (tokens, served))| {
+            .map(|(shard_id, ((tokens, served), (rate, burst)))| {
                 let detail = PyDict::new(py);
                 detail.set_item("shard_id", shard_id)?;
                 detail.set_item("tokens_available", tokens)?;
-                detail.set_item("capacity", quota.burst / shards)?;
-                detail.set_item("rate", quota.rate / quota.period / shards)?;
+                detail.set_item("capacity", burst)?;
+                detail.set_item("rate", rate / quota.period)?;
                 detail.set_item("requests_handled", served)?;
                 Ok(detail)
             })
