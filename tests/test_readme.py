@@ -32,7 +32,8 @@ def test_the_layout_names_every_module():
     text = README.read_text(encoding="utf-8")
     layout = text[text.index("## Layout") :].split("```")[1]
     repo = README.parent
-    modules = [p.stem for p in (repo / "rust").glob("*/src/*.rs")]
+    sources = [p for p in (repo / "rust").glob("*/src/**/*.rs") if p.name != "mod.rs"]
+    modules = [p.stem for p in sources] + [p.name for p in (repo / "rust").glob("*/src/*/")]
     modules += [p.name for p in (repo / "python" / "flashcard_pipeline").rglob("*.py*")]
     missing = [
         name for name in modules if name not in ("__init__.py", "utils") and name not in layout

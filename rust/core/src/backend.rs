@@ -11,19 +11,19 @@ use std::ops::Deref;
 use parking_lot::Mutex;
 
 use crate::balance::{Balance, Shares};
-use crate::budget::Budget;
 use crate::clock::Clock;
 use crate::decision::{
     validate_max_wait, Booking, Decision, Holder, Refusal, ReservationCounts, ReservationPolicy,
 };
 use crate::error::{Error, Result};
 use crate::feedback::{at_rate, decreased, increased, Decrease};
-use crate::gcra::{TokenBucket, TokenCell};
-use crate::key_window::WindowCell;
-use crate::keyed::Keyed;
-use crate::limiter::{Limiter, Taken};
+use crate::memory::budget::Budget;
+use crate::memory::gcra::{TokenBucket, TokenCell};
+use crate::memory::key_window::WindowCell;
+use crate::memory::keyed::Keyed;
+use crate::memory::limiter::{Limiter, Taken};
+use crate::memory::sliding_window::SlidingWindow;
 use crate::quota::{Algorithm, Quota, Scope};
-use crate::sliding_window::SlidingWindow;
 
 /// Keys longer than this (in bytes; in characters from Python) are refused: a key is an
 /// identifier, and an unbounded one is almost always a bug.

@@ -1,7 +1,7 @@
 //! How evenly the shards of a limiter serve, each against its share of the budget: a
 //! statistic for `get_shard_balance()`.
 
-use crate::params::{share, Params};
+use crate::memory::params::{share, Params};
 use crate::quota::Quota;
 
 /// Each shard's share of a budget in tokens: of the rate (per period) and of the burst.

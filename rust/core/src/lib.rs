@@ -3,22 +3,13 @@
 
 mod backend;
 mod balance;
-mod book;
-mod budget;
 mod clock;
 mod decision;
 mod error;
 mod feedback;
-mod gcra;
-mod key_window;
-mod keyed;
-mod limiter;
+mod memory;
 pub mod model;
-mod params;
 mod quota;
-mod schedule;
-mod shard;
-mod sliding_window;
 
 pub use backend::{Backend, RateLimiter, Undo, MAX_KEY_LEN};
 pub use balance::{Balance, Shares};

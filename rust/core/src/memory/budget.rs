@@ -15,8 +15,8 @@
 //! burst, and I1 holds over admission times by construction.
 
 use crate::clock::{Clock, Nanos};
-use crate::params::Params;
-use crate::schedule::Schedule;
+use crate::memory::params::Params;
+use crate::memory::schedule::Schedule;
 
 /// The outcome of one take.
 #[derive(Debug, Clone, PartialEq)]

@@ -15,10 +15,10 @@ use parking_lot::Mutex;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::budget::{Budget, Outcome, Promises};
 use crate::clock::{Clock, Nanos};
-use crate::params::{share, Params};
-use crate::shard::candidates;
+use crate::memory::budget::{Budget, Outcome, Promises};
+use crate::memory::params::{share, Params};
+use crate::memory::shard::candidates;
 
 #[derive(Debug)]
 pub(crate) struct SlidingWindow {

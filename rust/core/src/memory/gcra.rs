@@ -25,11 +25,11 @@
 use crossbeam_utils::CachePadded;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::budget::{Budget, Outcome, Promises};
 use crate::clock::{Clock, Nanos};
-use crate::keyed::KeyCell;
-use crate::params::{share, Params, Scale, Ticks};
-use crate::shard::{Shard, ShardSet, Taken};
+use crate::memory::budget::{Budget, Outcome, Promises};
+use crate::memory::keyed::KeyCell;
+use crate::memory::params::{share, Params, Scale, Ticks};
+use crate::memory::shard::{Shard, ShardSet, Taken};
 
 #[derive(Debug)]
 pub(crate) struct GcraShard {
@@ -737,7 +737,7 @@ impl TokenCell {
 mod tests {
     use super::*;
     use crate::clock::ManualClock;
-    use crate::shard::ShardSet;
+    use crate::memory::shard::ShardSet;
     use std::sync::Arc;
 
     /// A reading a whole number of ticks from the origin.

@@ -11,9 +11,9 @@
 use parking_lot::Mutex;
 
 use crate::clock::{Clock, Nanos};
-use crate::keyed::KeyCell;
-use crate::params::Params;
-use crate::sliding_window::SlidingWindow;
+use crate::memory::keyed::KeyCell;
+use crate::memory::params::Params;
+use crate::memory::sliding_window::SlidingWindow;
 
 /// Counters in the ring: as many as fit in 136 bytes with the ring's newest granule and
 /// its lock.
@@ -231,7 +231,7 @@ mod tests {
         let cell = WindowCell::fresh(&p, 0);
         cell.take(&p, 0, 2).unwrap();
         let window = cell.budget(&p, 0);
-        use crate::budget::Budget;
+        use crate::memory::budget::Budget;
         assert_eq!(window.available(SECOND), 0);
         assert_eq!(window.available(granule_len(p.window) + SECOND), 2);
     }

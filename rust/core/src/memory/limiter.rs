@@ -14,16 +14,16 @@ use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use crate::balance::Shares;
-use crate::book::{Book, Entry, Lookup, State};
-use crate::budget::{Budget, Outcome};
 use crate::clock::{Clock, Nanos, NANOS_PER_SEC};
+use crate::memory::book::{Book, Entry, Lookup, State};
+use crate::memory::budget::{Budget, Outcome};
 
 use crate::decision::{
     Booking, Decision, Holder, Refusal, Reservation, ReservationCounts, ReservationPolicy,
 };
 use crate::error::{Error, Result};
+use crate::memory::params::Params;
 use crate::model::RECHECK;
-use crate::params::Params;
 use crate::quota::Quota;
 
 pub(crate) struct Limiter<B: Budget> {

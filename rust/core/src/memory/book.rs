@@ -12,10 +12,10 @@ use std::collections::hash_map::RandomState;
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::hash::BuildHasher;
 
-use crate::budget::Promises;
 use crate::clock::Nanos;
 use crate::decision::{Holder, Refusal};
-use crate::schedule::Schedule;
+use crate::memory::budget::Promises;
+use crate::memory::schedule::Schedule;
 
 /// Finished callers' ids remembered, so that a repeat says what became of the reservation.
 const REMEMBERED: usize = 65_536;

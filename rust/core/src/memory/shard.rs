@@ -9,8 +9,8 @@
 use crossbeam_utils::CachePadded;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::budget::Outcome;
 use crate::clock::{Clock, Nanos};
+use crate::memory::budget::Outcome;
 
 /// One shard's bucket. Capacity and amounts are in the algorithm's own units (clock ticks
 /// of credit for the token bucket), and so is `now` (its `Time`); waits are nanoseconds.
@@ -280,8 +280,8 @@ fn reduce(hash: u64, n: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gcra::{GcraShard, Settlement};
-    use crate::params::{Scale, Ticks};
+    use crate::memory::gcra::{GcraShard, Settlement};
+    use crate::memory::params::{Scale, Ticks};
 
     /// A reading a whole number of ticks from the origin.
     fn at(ticks: u64) -> Ticks {

@@ -29,12 +29,12 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use crate::backend::{Backend, Undo};
 use crate::balance::Shares;
-use crate::budget::Budget;
 use crate::clock::{Clock, Nanos, NANOS_PER_SEC};
 use crate::decision::{Booking, Decision, Holder, Refusal, ReservationCounts, ReservationPolicy};
 use crate::error::{Error, Result};
-use crate::limiter::{back_off_nanos, Limiter, Taken};
-use crate::params::Params;
+use crate::memory::budget::Budget;
+use crate::memory::limiter::{back_off_nanos, Limiter, Taken};
+use crate::memory::params::Params;
 use crate::quota::Quota;
 
 /// A key's budget while nothing is booked for it (see the module comment).
