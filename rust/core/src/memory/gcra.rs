@@ -740,24 +740,16 @@ mod tests {
     use crate::memory::shard::ShardSet;
     use std::sync::Arc;
 
-    /// A reading a whole number of ticks from the origin.
-    fn at(ticks: u64) -> Ticks {
-        Ticks {
-            now: ticks,
-            start: ticks,
-        }
-    }
-
     #[test]
     fn credit_refills_one_tick_per_tick_up_to_capacity() {
         let shard = GcraShard::new(320, 0);
-        assert_eq!(shard.available(at(0)), 320);
-        assert!(shard.try_take(at(0), 320).is_some());
-        assert_eq!(shard.available(at(0)), 0);
-        assert!(shard.try_take(at(0), 1).is_none());
+        assert_eq!(shard.available(Ticks::at(0)), 320);
+        assert!(shard.try_take(Ticks::at(0), 320).is_some());
+        assert_eq!(shard.available(Ticks::at(0)), 0);
+        assert!(shard.try_take(Ticks::at(0), 1).is_none());
         // Times are in ticks: the shards' own clock.
-        assert_eq!(shard.available(at(160)), 160);
-        assert_eq!(shard.available(at(32_000)), 320);
+        assert_eq!(shard.available(Ticks::at(160)), 160);
+        assert_eq!(shard.available(Ticks::at(32_000)), 320);
     }
 
     #[test]
@@ -775,9 +767,9 @@ mod tests {
     #[test]
     fn take_up_to_takes_what_there_is() {
         let shard = GcraShard::new(100, 0);
-        assert_eq!(shard.take_up_to(at(0), 60).map(|t| t.0), Some(60));
-        assert_eq!(shard.take_up_to(at(0), 60).map(|t| t.0), Some(40));
-        assert!(shard.take_up_to(at(0), 60).is_none());
+        assert_eq!(shard.take_up_to(Ticks::at(0), 60).map(|t| t.0), Some(60));
+        assert_eq!(shard.take_up_to(Ticks::at(0), 60).map(|t| t.0), Some(40));
+        assert!(shard.take_up_to(Ticks::at(0), 60).is_none());
     }
 
     #[test]
@@ -787,10 +779,10 @@ mod tests {
             [GcraShard::new(100, 0)],
             Settlement::new(0, Scale::per_nano(32)),
         );
-        let receipt = set.shard(0).try_take(at(0), 70).unwrap();
-        set.shard(0).try_take(at(0), 10).unwrap();
+        let receipt = set.shard(0).try_take(Ticks::at(0), 70).unwrap();
+        set.shard(0).try_take(Ticks::at(0), 10).unwrap();
         GcraShard::give_back(&set, 0, receipt, &clock);
-        assert_eq!(set.shard(0).available(at(0)), 90);
+        assert_eq!(set.shard(0).available(Ticks::at(0)), 90);
     }
 
     #[test]
@@ -802,10 +794,10 @@ mod tests {
             Settlement::new(0, Scale::per_nano(32)),
         );
         let shard = set.shard(0);
-        let receipt = shard.try_take(at(0), 3200).unwrap(); // end = 3200 ticks = 100 ns
+        let receipt = shard.try_take(Ticks::at(0), 3200).unwrap(); // end = 3200 ticks = 100 ns
         manual.advance(60); // 1920 ticks later, the credit from then on is already back
         GcraShard::give_back(&set, 0, receipt, &clock);
-        assert_eq!(shard.available(at(1920)), 3200);
+        assert_eq!(shard.available(Ticks::at(1920)), 3200);
         // Only the 1280 ticks still ahead of the clock came back: TAT = 3200 - 1280.
         assert_eq!(shard.tat.load(Ordering::Relaxed), 1920);
     }
@@ -816,14 +808,14 @@ mod tests {
             [GcraShard::new(320, 0), GcraShard::new(320, 0)],
             Settlement::new(0, Scale::per_nano(32)),
         );
-        set.shard(0).try_take(at(0), 320).unwrap();
-        set.shard(1).try_take(at(0), 160).unwrap();
+        set.shard(0).try_take(Ticks::at(0), 320).unwrap();
+        set.shard(1).try_take(Ticks::at(0), 160).unwrap();
         // 160 available and two ticks of credit per tick: 480 needs 160 ticks = 5 ns.
-        assert_eq!(GcraShard::wait_for(&set, at(0), 480), 5);
+        assert_eq!(GcraShard::wait_for(&set, Ticks::at(0), 480), 5);
         // 40 more: 20 ticks, rounded up to 1 ns.
-        assert_eq!(GcraShard::wait_for(&set, at(0), 200), 1);
+        assert_eq!(GcraShard::wait_for(&set, Ticks::at(0), 200), 1);
         // Everything: once shard 1 is full its refill goes to shard 0, so 240 ticks = 8 ns.
-        assert_eq!(GcraShard::wait_for(&set, at(0), 640), 8);
+        assert_eq!(GcraShard::wait_for(&set, Ticks::at(0), 640), 8);
     }
 
     #[test]
@@ -832,14 +824,14 @@ mod tests {
             [GcraShard::new(320, 0), GcraShard::new(320, 0)],
             Settlement::new(0, Scale::per_nano(32)),
         );
-        set.shard(0).try_take(at(0), 320).unwrap();
+        set.shard(0).try_take(Ticks::at(0), 320).unwrap();
         // 64 ticks later shard 0 refilled 64 and shard 1, already full, wasted 64.
-        assert_eq!(GcraShard::total_available(&set, at(64)), 448);
-        GcraShard::settle(&set, at(64));
-        assert_eq!(set.shard(0).available(at(64)), 128);
-        assert_eq!(set.shard(1).available(at(64)), 320);
-        GcraShard::settle(&set, at(320));
-        assert_eq!(GcraShard::total_available(&set, at(320)), 640);
+        assert_eq!(GcraShard::total_available(&set, Ticks::at(64)), 448);
+        GcraShard::settle(&set, Ticks::at(64));
+        assert_eq!(set.shard(0).available(Ticks::at(64)), 128);
+        assert_eq!(set.shard(1).available(Ticks::at(64)), 320);
+        GcraShard::settle(&set, Ticks::at(320));
+        assert_eq!(GcraShard::total_available(&set, Ticks::at(320)), 640);
     }
 
     #[test]
@@ -849,10 +841,10 @@ mod tests {
             Settlement::new(0, Scale::per_nano(32)),
         );
         // Both full for 100 ns, then a settle-and-take drains shard 1.
-        GcraShard::settle(&set, at(100));
-        set.shard(1).try_take(at(100), 320).unwrap();
-        assert_eq!(GcraShard::total_available(&set, at(100)), 320);
-        GcraShard::settle(&set, at(100));
-        assert_eq!(GcraShard::total_available(&set, at(100)), 320);
+        GcraShard::settle(&set, Ticks::at(100));
+        set.shard(1).try_take(Ticks::at(100), 320).unwrap();
+        assert_eq!(GcraShard::total_available(&set, Ticks::at(100)), 320);
+        GcraShard::settle(&set, Ticks::at(100));
+        assert_eq!(GcraShard::total_available(&set, Ticks::at(100)), 320);
     }
 }

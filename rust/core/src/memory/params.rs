@@ -141,6 +141,17 @@ pub(crate) struct Ticks {
     pub(crate) start: u64,
 }
 
+#[cfg(test)]
+impl Ticks {
+    /// A reading a whole number of ticks from the origin (for tests).
+    pub(crate) fn at(ticks: u64) -> Self {
+        Self {
+            now: ticks,
+            start: ticks,
+        }
+    }
+}
+
 /// Derived, checked sizes of a quota.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) struct Params {

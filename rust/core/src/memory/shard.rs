@@ -283,14 +283,6 @@ mod tests {
     use crate::memory::gcra::{GcraShard, Settlement};
     use crate::memory::params::{Scale, Ticks};
 
-    /// A reading a whole number of ticks from the origin.
-    fn at(ticks: u64) -> Ticks {
-        Ticks {
-            now: ticks,
-            start: ticks,
-        }
-    }
-
     fn set(n: usize) -> ShardSet<GcraShard> {
         ShardSet::new(
             (0..n).map(|_| GcraShard::new(100, 0)),
@@ -316,14 +308,14 @@ mod tests {
         let s = set(2);
         let hash = 7;
         let (a, b) = s.candidates(hash);
-        s.shard(a).try_take(at(0), 60).unwrap();
+        s.shard(a).try_take(Ticks::at(0), 60).unwrap();
         // b has 100 ticks, a has 40: the request goes to b even though a could serve it.
         assert!(matches!(
-            s.acquire(&clock, at(0), hash, 30),
+            s.acquire(&clock, Ticks::at(0), hash, 30),
             Outcome::Admitted { shard, .. } if shard == b
         ));
-        assert_eq!(s.shard(a).available(at(0)), 40);
-        assert_eq!(s.shard(b).available(at(0)), 70);
+        assert_eq!(s.shard(a).available(Ticks::at(0)), 40);
+        assert_eq!(s.shard(b).available(Ticks::at(0)), 70);
     }
 
     #[test]
@@ -331,18 +323,22 @@ mod tests {
         let clock = Clock::Manual(Default::default());
         let s = set(16);
         assert!(matches!(
-            s.acquire(&clock, at(0), 1, 1_550),
+            s.acquire(&clock, Ticks::at(0), 1, 1_550),
             Outcome::Admitted { .. }
         ));
-        assert_eq!(s.available(at(0)), 50);
+        assert_eq!(s.available(Ticks::at(0)), 50);
         assert_eq!(s.gathered(), 1);
         // Refused without writing anything.
-        let before: Vec<u64> = (0..16).map(|i| s.shard(i).available(at(0))).collect();
+        let before: Vec<u64> = (0..16)
+            .map(|i| s.shard(i).available(Ticks::at(0)))
+            .collect();
         assert!(matches!(
-            s.acquire(&clock, at(0), 1, 60),
+            s.acquire(&clock, Ticks::at(0), 1, 60),
             Outcome::Refused { .. }
         ));
-        let after: Vec<u64> = (0..16).map(|i| s.shard(i).available(at(0))).collect();
+        let after: Vec<u64> = (0..16)
+            .map(|i| s.shard(i).available(Ticks::at(0)))
+            .collect();
         assert_eq!(before, after);
         assert_eq!(s.gathered(), 1);
     }
