@@ -3,10 +3,11 @@
 //! While no reservation or waiter is in the book the limiter is *quiet*: a decision is one
 //! lock-free take from the budget. The first booking makes it *busy*: from then until the
 //! book is empty again, every decision, booking, execution and cancel goes through the
-//! account (one lock), which before anything else expires what is due and funds queued
-//! bookings, in order, while the budget has their tokens. So there is one path that
-//! decides admission, and the budget's escrow (see `budget.rs`) makes I1 hold over the
-//! moments callers may proceed.
+//! account (one lock), which before anything else expires what is due, lapses what is past
+//! its grace, and funds bookings whose slot has come, in order. A take there is admitted
+//! only if every promise is still met at its slot (`Budget::chance`). So there is one path
+//! that decides admission, and the budget's escrow (see `budget.rs`) makes I1 hold over the
+//! moments callers may proceed. The rules are `crate::model`'s.
 
 use crossbeam_utils::CachePadded;
 use parking_lot::Mutex;
@@ -548,7 +549,7 @@ impl<B: Budget> Limiter<B> {
             .map_or(RECHECK, |expires| expires.saturating_sub(now).max(1))
     }
 
-    /// Gives a booking's escrow back to whoever is next, and forgets it; `true` once,
+    /// Gives a booking's escrow (if held) back to the budget, and forgets it; `true` once,
     /// `false` for an id that is unknown, expired, executed or already cancelled.
     pub(crate) fn cancel(&self, id: &str) -> bool {
         let mut account = self.account.lock();
