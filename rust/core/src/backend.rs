@@ -1,20 +1,15 @@
-//! The limiter-level seam: what a Python limiter asks of whatever holds its budget.
-//!
-//! The in-memory limiter (`limiter.rs`, one budget per algorithm) and the per-key store
-//! (`keyed.rs`, one budget per key) implement it; a Redis backend will too. Every call returns a
-//! fully computed answer, so nothing above it reads the budget again later.
+//! `RateLimiter`, the public handle: key hashing, wait budgets, reservations and turns,
+//! all-or-nothing groups and upstream feedback, over one backend behind the seam
+//! (`seam.rs`), chosen when it is made.
 
-use std::any::Any;
 use std::fmt;
 use std::ops::Deref;
 
 use parking_lot::Mutex;
 
-use crate::balance::{Balance, Shares};
+use crate::balance::Balance;
 use crate::clock::Clock;
-use crate::decision::{
-    validate_max_wait, Booking, Decision, Holder, Refusal, ReservationCounts, ReservationPolicy,
-};
+use crate::decision::{validate_max_wait, Booking, Decision, Holder, Refusal, ReservationPolicy};
 use crate::error::{Error, Result};
 use crate::feedback::{at_rate, decreased, increased, Decrease};
 use crate::memory::budget::Budget;
@@ -24,162 +19,17 @@ use crate::memory::keyed::Keyed;
 use crate::memory::limiter::{Limiter, Taken};
 use crate::memory::sliding_window::SlidingWindow;
 use crate::quota::{Algorithm, Quota, Scope};
+use crate::seam::{Backend, Undo};
 
 /// Keys longer than this (in bytes; in characters from Python) are refused: a key is an
 /// identifier, and an unbounded one is almost always a bug.
 pub const MAX_KEY_LEN: usize = 1024;
-
-/// An admission that can still be given back (see [`RateLimiter::try_acquire_all`]).
-pub struct Undo(pub(crate) Box<dyn Any + Send>);
-
-impl fmt::Debug for Undo {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Undo")
-    }
-}
 
 /// A take that [`RateLimiter::try_acquire_all`] may still give back.
 enum Held {
     TokenBucket(Taken<<TokenBucket as Budget>::Receipt>),
     SlidingWindow(Taken<<SlidingWindow as Budget>::Receipt>),
     Boxed(Undo),
-}
-
-/// A rate limiter's budget, wherever it lives.
-pub trait Backend: Send + Sync + fmt::Debug {
-    fn clock(&self) -> &Clock;
-    fn quota(&self) -> Quota;
-    /// The two shards that serve a key's hash first.
-    fn candidates(&self, hash: u64) -> (usize, usize);
-    /// Takes `count` tokens for the key with `hash` now, or refuses without waiting; the
-    /// decision tells the tokens left right after it.
-    fn try_acquire_hashed(&self, hash: u64, count: u64) -> Result<Decision> {
-        self.take(hash, count).map(|(decision, _)| decision)
-    }
-    /// [`Backend::try_acquire_hashed`] without the tokens left (`remaining_units` is
-    /// `None`): the cheapest decision, for callers that only need allowed or not.
-    fn check_hashed(&self, hash: u64, count: u64) -> Result<Decision> {
-        self.try_acquire_hashed(hash, count)
-    }
-    /// [`Backend::try_acquire_hashed`], keeping what it took so that it can be undone.
-    fn take(&self, hash: u64, count: u64) -> Result<(Decision, Option<Undo>)>;
-    fn undo(&self, undo: Undo);
-    /// Books `count` tokens for a caller's reservation or a waiter's turn.
-    fn book(&self, hash: u64, count: u64, max_wait: f64, holder: Holder) -> Result<Booking>;
-    fn execute_reservation(&self, id: &str) -> Decision;
-    fn cancel_reservation(&self, id: &str) -> bool;
-    /// Live bookings.
-    fn reservations(&self) -> usize {
-        self.reservation_counts().active
-    }
-    fn reservation_counts(&self) -> ReservationCounts;
-    /// Tokens a `try_acquire` for the key with `hash` could take now.
-    fn peek(&self, hash: u64) -> f64;
-    fn shard_tokens(&self) -> Vec<f64>;
-    /// Admissions served by each shard since the limiter was made or reset.
-    fn served(&self) -> Vec<u64>;
-    /// Of those, admissions gathered from every shard (the slow path).
-    fn gathered(&self) -> u64;
-    /// Each shard's share of the rate and the burst.
-    fn shares(&self) -> Shares;
-    /// Keys with a budget of their own (0 where keys share one).
-    fn keys(&self) -> usize {
-        0
-    }
-    fn set_quota(&self, quota: Quota) -> Result<()>;
-    /// Admits nothing from the budget the key with `hash` draws on for `seconds`, then
-    /// refills from empty (what an upstream's `Retry-After` asks).
-    fn back_off(&self, hash: u64, seconds: f64) -> Result<()>;
-    fn reset(&self);
-    /// Resets the budget the key with `hash` draws on (all of it where keys share one).
-    fn reset_key(&self, _hash: u64) {
-        self.reset()
-    }
-}
-
-impl<B: Budget + fmt::Debug + 'static> Backend for Limiter<B> {
-    fn clock(&self) -> &Clock {
-        Limiter::clock(self)
-    }
-
-    fn quota(&self) -> Quota {
-        Limiter::quota(self)
-    }
-
-    fn candidates(&self, hash: u64) -> (usize, usize) {
-        Limiter::candidates(self, hash)
-    }
-
-    #[inline]
-    fn try_acquire_hashed(&self, hash: u64, count: u64) -> Result<Decision> {
-        Limiter::take(self, hash, count, true).map(|(decision, _)| decision)
-    }
-
-    #[inline]
-    fn check_hashed(&self, hash: u64, count: u64) -> Result<Decision> {
-        Limiter::take(self, hash, count, false).map(|(decision, _)| decision)
-    }
-
-    fn take(&self, hash: u64, count: u64) -> Result<(Decision, Option<Undo>)> {
-        let (decision, taken) = Limiter::take(self, hash, count, true)?;
-        Ok((decision, taken.map(|t| Undo(Box::new(t)))))
-    }
-
-    fn undo(&self, undo: Undo) {
-        let taken = undo
-            .0
-            .downcast::<Taken<B::Receipt>>()
-            .expect("a take is undone on the limiter that made it");
-        Limiter::undo(self, *taken);
-    }
-
-    fn book(&self, hash: u64, count: u64, max_wait: f64, holder: Holder) -> Result<Booking> {
-        Limiter::book(self, hash, count, max_wait, holder)
-    }
-
-    fn execute_reservation(&self, id: &str) -> Decision {
-        self.execute(id)
-    }
-
-    fn cancel_reservation(&self, id: &str) -> bool {
-        self.cancel(id)
-    }
-
-    fn reservation_counts(&self) -> ReservationCounts {
-        Limiter::reservation_counts(self)
-    }
-
-    fn peek(&self, _hash: u64) -> f64 {
-        Limiter::peek(self)
-    }
-
-    fn shard_tokens(&self) -> Vec<f64> {
-        Limiter::shard_tokens(self)
-    }
-
-    fn served(&self) -> Vec<u64> {
-        Limiter::served(self)
-    }
-
-    fn gathered(&self) -> u64 {
-        Limiter::gathered(self)
-    }
-
-    fn shares(&self) -> Shares {
-        Limiter::shares(self)
-    }
-
-    fn set_quota(&self, quota: Quota) -> Result<()> {
-        Limiter::set_quota(self, quota)
-    }
-
-    fn back_off(&self, _hash: u64, seconds: f64) -> Result<()> {
-        Limiter::back_off(self, seconds)
-    }
-
-    fn reset(&self) {
-        Limiter::reset(self)
-    }
 }
 
 /// A sharded rate limiter over one shared budget (SPEC `scope="global"`), in memory.

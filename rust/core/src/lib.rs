@@ -10,8 +10,9 @@ mod feedback;
 mod memory;
 pub mod model;
 mod quota;
+mod seam;
 
-pub use backend::{Backend, RateLimiter, Undo, MAX_KEY_LEN};
+pub use backend::{RateLimiter, MAX_KEY_LEN};
 pub use balance::{Balance, Shares};
 pub use clock::{Clock, ManualClock, Nanos};
 pub use decision::{
@@ -24,3 +25,4 @@ pub use quota::{
     auto_shards, default_key_stripes, key_stripes, Algorithm, Quota, Scope, DEFAULT_MAX_KEYS,
     MAX_SHARDS, MAX_WINDOW_LIMIT,
 };
+pub use seam::{Backend, Undo};

@@ -27,7 +27,6 @@ use parking_lot::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::fmt;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-use crate::backend::{Backend, Undo};
 use crate::balance::Shares;
 use crate::clock::{Clock, Nanos, NANOS_PER_SEC};
 use crate::decision::{Booking, Decision, Holder, Refusal, ReservationCounts, ReservationPolicy};
@@ -36,6 +35,7 @@ use crate::memory::budget::Budget;
 use crate::memory::limiter::{back_off_nanos, Limiter, Taken};
 use crate::memory::params::Params;
 use crate::quota::Quota;
+use crate::seam::{Backend, Undo};
 
 /// A key's budget while nothing is booked for it (see the module comment).
 pub(crate) trait KeyCell: Send + Sync + Sized + fmt::Debug + 'static {

@@ -26,6 +26,7 @@ use crate::error::{Error, Result};
 use crate::memory::params::Params;
 use crate::model::RECHECK;
 use crate::quota::Quota;
+use crate::seam::{Backend, Undo};
 
 pub(crate) struct Limiter<B: Budget> {
     clock: Clock,
@@ -712,5 +713,90 @@ impl<B: Budget> Limiter<B> {
             .store(params.capacity, Ordering::SeqCst);
         self.tuning.retunes.fetch_add(1, Ordering::SeqCst);
         self.tuning.version.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+impl<B: Budget + fmt::Debug + 'static> Backend for Limiter<B> {
+    fn clock(&self) -> &Clock {
+        Limiter::clock(self)
+    }
+
+    fn quota(&self) -> Quota {
+        Limiter::quota(self)
+    }
+
+    fn candidates(&self, hash: u64) -> (usize, usize) {
+        Limiter::candidates(self, hash)
+    }
+
+    #[inline]
+    fn try_acquire_hashed(&self, hash: u64, count: u64) -> Result<Decision> {
+        Limiter::take(self, hash, count, true).map(|(decision, _)| decision)
+    }
+
+    #[inline]
+    fn check_hashed(&self, hash: u64, count: u64) -> Result<Decision> {
+        Limiter::take(self, hash, count, false).map(|(decision, _)| decision)
+    }
+
+    fn take(&self, hash: u64, count: u64) -> Result<(Decision, Option<Undo>)> {
+        let (decision, taken) = Limiter::take(self, hash, count, true)?;
+        Ok((decision, taken.map(|t| Undo(Box::new(t)))))
+    }
+
+    fn undo(&self, undo: Undo) {
+        let taken = undo
+            .0
+            .downcast::<Taken<B::Receipt>>()
+            .expect("a take is undone on the limiter that made it");
+        Limiter::undo(self, *taken);
+    }
+
+    fn book(&self, hash: u64, count: u64, max_wait: f64, holder: Holder) -> Result<Booking> {
+        Limiter::book(self, hash, count, max_wait, holder)
+    }
+
+    fn execute_reservation(&self, id: &str) -> Decision {
+        self.execute(id)
+    }
+
+    fn cancel_reservation(&self, id: &str) -> bool {
+        self.cancel(id)
+    }
+
+    fn reservation_counts(&self) -> ReservationCounts {
+        Limiter::reservation_counts(self)
+    }
+
+    fn peek(&self, _hash: u64) -> f64 {
+        Limiter::peek(self)
+    }
+
+    fn shard_tokens(&self) -> Vec<f64> {
+        Limiter::shard_tokens(self)
+    }
+
+    fn served(&self) -> Vec<u64> {
+        Limiter::served(self)
+    }
+
+    fn gathered(&self) -> u64 {
+        Limiter::gathered(self)
+    }
+
+    fn shares(&self) -> Shares {
+        Limiter::shares(self)
+    }
+
+    fn set_quota(&self, quota: Quota) -> Result<()> {
+        Limiter::set_quota(self, quota)
+    }
+
+    fn back_off(&self, _hash: u64, seconds: f64) -> Result<()> {
+        Limiter::back_off(self, seconds)
+    }
+
+    fn reset(&self) {
+        Limiter::reset(self)
     }
 }
