@@ -30,6 +30,7 @@ use crate::memory::budget::{Budget, Outcome, Promises};
 use crate::memory::keyed::KeyCell;
 use crate::memory::params::{share, Params, Scale, Ticks};
 use crate::memory::shard::{Shard, ShardSet, Taken};
+use crate::model::LOOK_AHEAD;
 
 #[derive(Debug)]
 pub(crate) struct GcraShard {
@@ -437,9 +438,6 @@ impl TokenBucket {
         self.set.shared.unsettle();
     }
 }
-
-/// Promises a refused take looks past for a gap before it says "after the last one".
-const LOOK_AHEAD: usize = 8;
 
 impl TokenBucket {
     /// When the settled budget would be full again, as a mark, counting escrow as spent
