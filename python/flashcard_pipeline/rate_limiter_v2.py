@@ -436,15 +436,17 @@ class ShardedRateLimiter:
 
 
 class AdaptiveShardedRateLimiter(ShardedRateLimiter):
-    """A :class:`ShardedRateLimiter` that keeps capacity where the demand is.
+    """A :class:`ShardedRateLimiter` with the guide's constructor.
 
-    Capacity already follows demand on every call: before a take, refill that idle (full)
-    shards cannot hold moves into shards with room, so busy shards get it and the total stays
-    exactly ``rate``, with no background task and nothing spawned per call. What this class
-    adds is the guide's constructor: ``initial_shards`` is the shard count,
-    ``rebalance_threshold`` is the imbalance above which :meth:`get_shard_balance` reports
-    ``balanced: False``, and ``rebalance_interval`` is accepted for compatibility (there is
-    no periodic pass to schedule).
+    What every sharded limiter already does: refill that idle (full) shards cannot hold
+    moves into shards with room when a take needs it, so busy shards get it and the total
+    stays exactly ``rate``, with no background task and nothing spawned per call; and
+    :meth:`on_rate_limit`/:meth:`on_success` follow an upstream's answers. Each shard keeps an
+    equal share of the rate: shares do not move toward demand yet, and hot keys are not
+    spread beyond their two shards (:meth:`get_shard_balance` shows the slow-path share
+    that costs). ``initial_shards`` is the shard count, ``rebalance_threshold`` the
+    imbalance above which :meth:`get_shard_balance` reports ``balanced: False``, and
+    ``rebalance_interval`` is accepted for compatibility (there is no periodic pass yet).
     """
 
     def __init__(
