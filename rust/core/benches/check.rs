@@ -117,7 +117,7 @@ fn reservations(c: &mut Criterion) {
             let Booking::Reserved(r) = limiter.reserve(1, 1, 0.0).unwrap() else {
                 unreachable!("a huge budget serves at once")
             };
-            black_box(limiter.execute_reservation(&r.id))
+            black_box(limiter.execute_reservation(&r.id).unwrap())
         })
     });
     // 1000 tokens per second, burst 1: every reservation waits 1 ms for its slot.
@@ -131,7 +131,7 @@ fn reservations(c: &mut Criterion) {
                 unreachable!("no max_wait")
             };
             manual.set(r.execute_at);
-            black_box(queued.execute_reservation(&r.id))
+            black_box(queued.execute_reservation(&r.id).unwrap())
         })
     });
 }

@@ -259,18 +259,18 @@ impl RateLimiter {
     /// now (what is left of its waiter's bound) is given back and
     /// refused `max_wait_exceeded` with that wait: a waiter never waits past its bound,
     /// whatever happens ahead of it.
-    pub fn execute_turn(&self, id: &str, max_wait: f64) -> Decision {
-        let decision = self.execute_reservation(id);
-        match decision.retry_after {
+    pub fn execute_turn(&self, id: &str, max_wait: f64) -> Result<Decision> {
+        let decision = self.execute_reservation(id)?;
+        Ok(match decision.retry_after {
             Some(wait) if decision.reason == Some(Refusal::NotReady) && wait > max_wait => {
-                self.cancel_reservation(id);
+                self.cancel_reservation(id)?;
                 Decision {
                     reason: Some(Refusal::MaxWaitExceeded),
                     ..decision
                 }
             }
             _ => decision,
-        }
+        })
     }
 
     /// How evenly the shards have served requests, each for its share (see [`Balance`]).
@@ -312,7 +312,8 @@ impl RateLimiter {
                     };
                     if !matches!(rest, Ok(Decision { allowed: true, .. })) {
                         if let Some(held) = held {
-                            limiter.give_back(held);
+                            // A give-back the store did not take stays charged: never over.
+                            limiter.give_back(held)?;
                         }
                     }
                     rest
@@ -334,10 +335,16 @@ impl RateLimiter {
         }
     }
 
-    fn give_back(&self, held: Held) {
+    fn give_back(&self, held: Held) -> Result<()> {
         match (&self.engine, held) {
-            (Engine::TokenBucket(limiter), Held::TokenBucket(taken)) => limiter.undo(taken),
-            (Engine::SlidingWindow(limiter), Held::SlidingWindow(taken)) => limiter.undo(taken),
+            (Engine::TokenBucket(limiter), Held::TokenBucket(taken)) => {
+                limiter.undo(taken);
+                Ok(())
+            }
+            (Engine::SlidingWindow(limiter), Held::SlidingWindow(taken)) => {
+                limiter.undo(taken);
+                Ok(())
+            }
             (_, Held::Boxed(undo)) => self.undo(undo),
             _ => unreachable!("a take is given back to the limiter that made it"),
         }

@@ -11,6 +11,9 @@ pub enum Error {
     },
     /// The limiter already keeps its maximum number of reservations.
     TooManyReservations { max: usize },
+    /// The store that holds the budget did not answer (a shared budget's server); `cause`
+    /// says why. Nothing was decided.
+    Unavailable { cause: String },
 }
 
 impl Error {
@@ -31,6 +34,7 @@ impl Error {
         match self {
             Error::InvalidArgument { argument, .. } => argument,
             Error::TooManyReservations { .. } => "max_reservations",
+            Error::Unavailable { .. } => "backend",
         }
     }
 }
@@ -44,6 +48,9 @@ impl fmt::Display for Error {
                 "max_reservations: this limiter already keeps {max} reservations; execute or \
                  cancel some, or let them expire"
             ),
+            Error::Unavailable { cause } => {
+                write!(f, "the rate limit store did not answer: {cause}")
+            }
         }
     }
 }

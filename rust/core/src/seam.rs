@@ -2,7 +2,10 @@
 //!
 //! The in-memory stores implement it (`memory::limiter`, one budget per algorithm;
 //! `memory::keyed`, one budget per key); a Redis backend will too. Every call returns a
-//! fully computed answer, so nothing above it reads the budget again later.
+//! fully computed answer, so nothing above it reads the budget again later. Every call that
+//! asks the store returns a `Result`: a store that does not answer is
+//! [`crate::Error::Unavailable`]. The shard views (candidates, per-shard tokens and counts,
+//! shares) are the in-memory stores' own.
 
 use std::any::Any;
 use std::fmt;
@@ -40,18 +43,18 @@ pub trait Backend: Send + Sync + fmt::Debug {
     }
     /// [`Backend::try_acquire_hashed`], keeping what it took so that it can be undone.
     fn take(&self, hash: u64, count: u64) -> Result<(Decision, Option<Undo>)>;
-    fn undo(&self, undo: Undo);
+    fn undo(&self, undo: Undo) -> Result<()>;
     /// Books `count` tokens for a caller's reservation or a waiter's turn.
     fn book(&self, hash: u64, count: u64, max_wait: f64, holder: Holder) -> Result<Booking>;
-    fn execute_reservation(&self, id: &str) -> Decision;
-    fn cancel_reservation(&self, id: &str) -> bool;
+    fn execute_reservation(&self, id: &str) -> Result<Decision>;
+    fn cancel_reservation(&self, id: &str) -> Result<bool>;
     /// Live bookings.
-    fn reservations(&self) -> usize {
-        self.reservation_counts().active
+    fn reservations(&self) -> Result<usize> {
+        self.reservation_counts().map(|counts| counts.active)
     }
-    fn reservation_counts(&self) -> ReservationCounts;
+    fn reservation_counts(&self) -> Result<ReservationCounts>;
     /// Tokens a `try_acquire` for the key with `hash` could take now.
-    fn peek(&self, hash: u64) -> f64;
+    fn peek(&self, hash: u64) -> Result<f64>;
     fn shard_tokens(&self) -> Vec<f64>;
     /// Admissions served by each shard since the limiter was made or reset.
     fn served(&self) -> Vec<u64>;
@@ -60,16 +63,16 @@ pub trait Backend: Send + Sync + fmt::Debug {
     /// Each shard's share of the rate and the burst.
     fn shares(&self) -> Shares;
     /// Keys with a budget of their own (0 where keys share one).
-    fn keys(&self) -> usize {
-        0
+    fn keys(&self) -> Result<usize> {
+        Ok(0)
     }
     fn set_quota(&self, quota: Quota) -> Result<()>;
     /// Admits nothing from the budget the key with `hash` draws on for `seconds`, then
     /// refills from empty (what an upstream's `Retry-After` asks).
     fn back_off(&self, hash: u64, seconds: f64) -> Result<()>;
-    fn reset(&self);
+    fn reset(&self) -> Result<()>;
     /// Resets the budget the key with `hash` draws on (all of it where keys share one).
-    fn reset_key(&self, _hash: u64) {
+    fn reset_key(&self, _hash: u64) -> Result<()> {
         self.reset()
     }
 }

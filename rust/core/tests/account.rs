@@ -356,7 +356,7 @@ impl Run {
     /// Executes booking `i` now; forgets it unless it is not ready yet.
     fn execute(&mut self, i: usize) -> Result<Option<f64>, TestCaseError> {
         let booked = self.booked[i].clone();
-        let decision = self.limiter.execute_reservation(&booked.id);
+        let decision = self.limiter.execute_reservation(&booked.id).unwrap();
         if decision.allowed {
             self.admitted(booked.key, booked.count);
             self.finished(booked.key, booked.execute_at);
@@ -400,7 +400,10 @@ impl Run {
                 waited <= max_wait + 1e-9,
                 "waited {waited} s of {max_wait} s"
             );
-            let decision = self.limiter.execute_turn(&turn.id, max_wait - waited);
+            let decision = self
+                .limiter
+                .execute_turn(&turn.id, max_wait - waited)
+                .unwrap();
             if decision.allowed || decision.reason == Some(Refusal::MaxWaitExceeded) {
                 self.finished(key, turn.execute_at);
             }
@@ -507,7 +510,7 @@ impl Run {
                             .is_some_and(|promises| promises.iter().all(|b| b.execute_at >= at));
                     self.clock.set(self.clock.now().max(at));
                     if kept {
-                        let decision = self.limiter.execute_reservation(&booked.id);
+                        let decision = self.limiter.execute_reservation(&booked.id).unwrap();
                         prop_assert!(
                             decision.allowed,
                             "a promise kept by everyone ahead was broken: {booked:?} {decision:?}"
@@ -531,7 +534,7 @@ impl Run {
             Op::Cancel(ref index) => {
                 if let Some(i) = self.pick(index) {
                     let booked = self.booked.swap_remove(i);
-                    self.limiter.cancel_reservation(&booked.id);
+                    self.limiter.cancel_reservation(&booked.id).unwrap();
                     self.finished(booked.key, booked.execute_at);
                 }
             }
@@ -551,12 +554,12 @@ impl Run {
                 }
             }
             Op::Reset => {
-                self.limiter.reset();
+                self.limiter.reset().unwrap();
                 self.after_reset(None)?;
             }
             Op::ResetKey(key) => {
                 let hash = key;
-                self.limiter.reset_key(hash);
+                self.limiter.reset_key(hash).unwrap();
                 let reset = (self.setup.scope == Scope::Key).then_some(key);
                 self.after_reset(reset)?;
             }
@@ -578,7 +581,7 @@ impl Run {
                 }
             }
             Op::Sweep => {
-                self.limiter.keys();
+                self.limiter.keys().unwrap();
             }
         }
         Ok(())
@@ -597,7 +600,10 @@ impl Run {
                 i += 1;
                 continue;
             }
-            let decision = self.limiter.execute_reservation(&self.booked[i].id);
+            let decision = self
+                .limiter
+                .execute_reservation(&self.booked[i].id)
+                .unwrap();
             let booked = &mut self.booked[i];
             let live = booked.expires_at.is_some_and(|at| at > self.clock.now());
             if decision.allowed {

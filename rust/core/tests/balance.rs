@@ -57,7 +57,7 @@ fn a_uniform_spread_of_keys_stays_on_the_fast_path_and_balanced() {
 #[test]
 fn reset_clears_the_slow_path_count() {
     let limiter = hot_key_limiter();
-    limiter.reset();
+    limiter.reset().unwrap();
     assert_eq!(limiter.gathered(), 0);
     let balance = limiter.balance();
     assert_eq!(

@@ -69,7 +69,12 @@ fn i3_thousand_calls_with_a_frozen_clock_admit_exactly_the_burst() {
                     .filter(|i| acquire(&limiter, &format!("key-{}", i % keys), 1).allowed)
                     .count();
                 assert_eq!(admitted, 100, "{} keys={keys}", label(algorithm, shards));
-                assert_eq!(limiter.peek(0), 0.0, "{}", label(algorithm, shards));
+                assert_eq!(
+                    limiter.peek(0).unwrap(),
+                    0.0,
+                    "{}",
+                    label(algorithm, shards)
+                );
             }
         }
     }
@@ -184,7 +189,7 @@ fn i2_a_single_key_gets_the_whole_burst_at_16_shards() {
             .filter(|_| acquire(&limiter, "hot", 5).allowed)
             .count();
         assert_eq!(admitted, 4, "{}", algorithm.name());
-        assert_eq!(limiter.peek(0), 0.0, "{}", algorithm.name());
+        assert_eq!(limiter.peek(0).unwrap(), 0.0, "{}", algorithm.name());
         let refused = acquire(&limiter, "hot", 5);
         assert_eq!(refused.reason, Some(Refusal::RateLimited));
     }
@@ -197,7 +202,7 @@ fn i2_five_tokens_spread_over_shards_serve_a_request_of_five() {
         for i in 0..15 {
             assert!(acquire(&limiter, &format!("spread-{i}"), 1).allowed);
         }
-        assert_eq!(limiter.peek(0), 5.0, "{}", algorithm.name());
+        assert_eq!(limiter.peek(0).unwrap(), 5.0, "{}", algorithm.name());
         let shards = limiter.shard_tokens();
         let holding = shards.iter().filter(|&&t| t > 0.0).count();
         assert!(
@@ -207,7 +212,7 @@ fn i2_five_tokens_spread_over_shards_serve_a_request_of_five() {
         );
         let decision = acquire(&limiter, "hot", 5);
         assert!(decision.allowed, "{}: {decision:?}", algorithm.name());
-        assert_eq!(limiter.peek(0), 0.0);
+        assert_eq!(limiter.peek(0).unwrap(), 0.0);
         assert!(!acquire(&limiter, "hot", 1).allowed);
     }
 }
@@ -283,7 +288,7 @@ fn i7_count_above_burst_is_refused_at_once_as_exceeds_capacity() {
                 acquire(&limiter, "k", 101).reason,
                 Some(Refusal::ExceedsCapacity)
             );
-            assert_eq!(limiter.peek(0), 100.0);
+            assert_eq!(limiter.peek(0).unwrap(), 100.0);
         }
     }
     // A fractional burst: 2.5 tokens hold two requests of 1, never one of 3.
@@ -305,7 +310,7 @@ fn i7_count_zero_is_an_error_naming_count() {
             assert!(err.to_string().contains("count"), "{err}");
             let err = limiter.try_acquire_hashed(42, 0).unwrap_err();
             assert_eq!(err.argument(), "count");
-            assert_eq!(limiter.peek(0), 100.0);
+            assert_eq!(limiter.peek(0).unwrap(), 100.0);
         }
     }
 }
@@ -477,7 +482,7 @@ fn a_refusal_does_not_change_state() {
             }
             drain(&limiter, "k0");
             manual.advance(3 * MS + 17);
-            let peek = limiter.peek(0);
+            let peek = limiter.peek(0).unwrap();
             let shard_tokens = limiter.shard_tokens();
             let served = limiter.served();
             assert!(peek < 5.0, "{what}: {peek}");
@@ -485,7 +490,7 @@ fn a_refusal_does_not_change_state() {
                 for _ in 0..3 {
                     let decision = acquire(&limiter, key, count);
                     assert!(!decision.allowed, "{what}: count {count} admitted");
-                    assert_eq!(limiter.peek(0), peek, "{what}: count {count}");
+                    assert_eq!(limiter.peek(0).unwrap(), peek, "{what}: count {count}");
                     assert_eq!(
                         limiter.shard_tokens(),
                         shard_tokens,
@@ -570,7 +575,7 @@ fn a_day_long_period_works() {
         let retry_after = acquire(&limiter, "k", 1).retry_after.unwrap();
         assert!((retry_after - 86.4).abs() < 1e-3, "{retry_after}");
         manual.advance(86400 * SEC);
-        assert_eq!(limiter.peek(0), 1000.0);
+        assert_eq!(limiter.peek(0).unwrap(), 1000.0);
 
         let (limiter, manual) = limiter_sw(1000.0, 86400.0, shards);
         assert_eq!(drain(&limiter, "k"), 1000, "shards={shards}");
@@ -609,7 +614,7 @@ fn count_equal_to_burst_is_admitted_with_a_day_long_period() {
 fn a_bucket_that_takes_days_to_refill_starts_full_and_refills() {
     let (limiter, manual) = new_limiter(Algorithm::TokenBucket, 14.0, 86400.0, Some(177.0), 6);
     assert_eq!(
-        limiter.peek(0).round(),
+        limiter.peek(0).unwrap().round(),
         177.0,
         "{:?}",
         limiter.shard_tokens()
@@ -618,7 +623,7 @@ fn a_bucket_that_takes_days_to_refill_starts_full_and_refills() {
     assert!(acquire(&limiter, "k", 170).allowed);
     manual.advance(400 * 86400 * SEC);
     assert_eq!(
-        limiter.peek(0).round(),
+        limiter.peek(0).unwrap().round(),
         177.0,
         "{:?}",
         limiter.shard_tokens()
@@ -640,24 +645,28 @@ fn set_quota_carries_the_available_tokens_over() {
     for _ in 0..40 {
         assert!(acquire(&limiter, "k", 1).allowed);
     }
-    assert_eq!(limiter.peek(0), 60.0);
+    assert_eq!(limiter.peek(0).unwrap(), 60.0);
     // A larger quota: the 60 tokens come along, no more.
     limiter.set_quota(quota(tb, 200.0, Some(200.0), 4)).unwrap();
     assert_eq!(limiter.quota().rate, 200.0);
-    assert!((limiter.peek(0) - 60.0).abs() < 1e-9, "{}", limiter.peek(0));
+    assert!(
+        (limiter.peek(0).unwrap() - 60.0).abs() < 1e-9,
+        "{}",
+        limiter.peek(0).unwrap()
+    );
     assert_eq!(drain(&limiter, "k"), 60);
     // Then it refills at the new rate: 200 per second, up to the new burst.
     manual.advance(SEC / 2);
     assert!(
-        (limiter.peek(0) - 100.0).abs() < 1e-9,
+        (limiter.peek(0).unwrap() - 100.0).abs() < 1e-9,
         "{}",
-        limiter.peek(0)
+        limiter.peek(0).unwrap()
     );
     manual.advance(SEC);
-    assert_eq!(limiter.peek(0), 200.0);
+    assert_eq!(limiter.peek(0).unwrap(), 200.0);
     // A smaller burst caps what carries over.
     limiter.set_quota(quota(tb, 100.0, Some(50.0), 4)).unwrap();
-    assert_eq!(limiter.peek(0), 50.0);
+    assert_eq!(limiter.peek(0).unwrap(), 50.0);
     assert_eq!(drain(&limiter, "k"), 50);
 
     // The sliding window carries its log: 40 admissions still count against a limit of 50.
@@ -667,7 +676,7 @@ fn set_quota_carries_the_available_tokens_over() {
         assert!(acquire(&limiter, "k", 1).allowed);
     }
     limiter.set_quota(quota(sw, 50.0, None, 4)).unwrap();
-    assert_eq!(limiter.peek(0), 10.0);
+    assert_eq!(limiter.peek(0).unwrap(), 10.0);
     assert_eq!(drain(&limiter, "k"), 10);
     manual.advance(SEC);
     assert!(!acquire(&limiter, "k", 1).allowed);
@@ -696,8 +705,13 @@ fn reset_refills_the_budget_and_clears_the_counters() {
             let (limiter, _manual) = per_second_100(algorithm, shards);
             assert_eq!(drain(&limiter, "k"), 100);
             assert_eq!(limiter.served().iter().sum::<u64>(), 100);
-            limiter.reset();
-            assert_eq!(limiter.peek(0), 100.0, "{}", label(algorithm, shards));
+            limiter.reset().unwrap();
+            assert_eq!(
+                limiter.peek(0).unwrap(),
+                100.0,
+                "{}",
+                label(algorithm, shards)
+            );
             assert_eq!(limiter.served().iter().sum::<u64>(), 0);
             assert_eq!(limiter.quota().shards, shards);
             assert_eq!(drain(&limiter, "k"), 100, "{}", label(algorithm, shards));
@@ -748,7 +762,7 @@ fn eight_threads_with_a_frozen_clock_admit_exactly_the_burst() {
                 });
                 let total: u64 = per_thread.iter().map(|(admitted, _)| admitted).sum();
                 assert_eq!(total, 100, "{what}");
-                assert_eq!(limiter.peek(0), 0.0, "{what}");
+                assert_eq!(limiter.peek(0).unwrap(), 0.0, "{what}");
                 assert_eq!(limiter.served().iter().sum::<u64>(), 100, "{what}");
                 assert!(per_thread
                     .iter()
@@ -787,7 +801,10 @@ fn re_rating_while_threads_take_never_admits_more_than_the_budget() {
             let what = label(algorithm, shards);
             assert!(admitted <= 100, "{what}: admitted {admitted}");
             assert!(admitted > 0, "{what}");
-            assert!(limiter.peek(0) <= (100 - admitted) as f64, "{what}");
+            assert!(
+                limiter.peek(0).unwrap() <= (100 - admitted) as f64,
+                "{what}"
+            );
         }
     }
 }
@@ -814,17 +831,17 @@ fn try_acquire_all_takes_from_every_limiter_or_from_none() {
         let refusal = both(1, f64::INFINITY);
         assert_eq!(refusal.reason, Some(Refusal::RateLimited));
         assert_eq!(
-            bucket.peek(0),
+            bucket.peek(0).unwrap(),
             5.0,
             "shards={shards}: the bucket was given back its token"
         );
-        assert_eq!(window.peek(0), 0.0);
+        assert_eq!(window.peek(0).unwrap(), 0.0);
         assert_eq!(bucket.served().iter().sum::<u64>(), 5);
         // A wait longer than max_wait is named as such; nothing is taken either way.
         let refusal = both(1, 0.5);
         assert_eq!(refusal.reason, Some(Refusal::MaxWaitExceeded));
         assert!(refusal.retry_after.unwrap() > 0.5);
-        assert_eq!(bucket.peek(0), 5.0);
+        assert_eq!(bucket.peek(0).unwrap(), 5.0);
         // A refusal by the first part takes nothing from the second.
         assert!(bucket.try_acquire("k", 5).unwrap().allowed);
         manual.advance(SEC + 1);
@@ -832,7 +849,7 @@ fn try_acquire_all_takes_from_every_limiter_or_from_none() {
             both(11, f64::INFINITY).reason,
             Some(Refusal::ExceedsCapacity)
         );
-        assert_eq!(window.peek(0), 5.0);
+        assert_eq!(window.peek(0).unwrap(), 5.0);
     }
 }
 

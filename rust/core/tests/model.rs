@@ -327,8 +327,10 @@ impl<B: Budget> Pair<B> {
                     Booking::Refused(decision) => answer(&decision),
                 }
             }
-            Op::Execute { id } => answer(&self.limiter.execute_reservation(&self.key(id))),
-            Op::Cancel { id } => Answer::Cancelled(self.limiter.cancel_reservation(&self.key(id))),
+            Op::Execute { id } => answer(&self.limiter.execute_reservation(&self.key(id)).unwrap()),
+            Op::Cancel { id } => {
+                Answer::Cancelled(self.limiter.cancel_reservation(&self.key(id)).unwrap())
+            }
             Op::BackOff { ns } => {
                 self.limiter
                     .back_off(KEY, seconds_rounding_up_to(ns))
@@ -336,7 +338,7 @@ impl<B: Budget> Pair<B> {
                 Answer::BackedOff
             }
             Op::Peek => {
-                let tokens = self.limiter.peek(KEY);
+                let tokens = self.limiter.peek(KEY).unwrap();
                 let unit = self.model.budget.unit() as f64;
                 let units = (tokens * unit).round() as i128;
                 // Within 1e-9 of a token of the model's is the model's.

@@ -420,7 +420,7 @@ proptest! {
                 let retry_after = decision.retry_after.unwrap();
                 prop_assert_eq!((retry_after * 1e9).round() as u64, wait, "arrival {}", i);
             }
-            prop_assert_eq!(limiter.peek(0), (ideal.limit - ideal.log.len() as u64) as f64);
+            prop_assert_eq!(limiter.peek(0).unwrap(), (ideal.limit - ideal.log.len() as u64) as f64);
         }
     }
 
@@ -438,9 +438,9 @@ proptest! {
         let mut admissions = Vec::new();
         for (i, arrival) in arrivals.iter().enumerate() {
             if re_rate_at.contains(&i) {
-                let before = limiter.peek(0);
+                let before = limiter.peek(0).unwrap();
                 limiter.set_quota(config.quota()).unwrap();
-                prop_assert!((limiter.peek(0) - before).abs() < 1e-6, "{} != {}", limiter.peek(0), before);
+                prop_assert!((limiter.peek(0).unwrap() - before).abs() < 1e-6, "{} != {}", limiter.peek(0).unwrap(), before);
             }
             manual.advance((arrival.advance * config.period_ns()) as u64);
             let count = count_of(arrival, capacity);
@@ -694,7 +694,7 @@ fn fresh_bucket_admits_whole_burst(
             return Ok(());
         }
     };
-    prop_assert_eq!(limiter.peek(0).round(), f64::from(burst));
+    prop_assert_eq!(limiter.peek(0).unwrap().round(), f64::from(burst));
     let decision = limiter.try_acquire_hashed(1, u64::from(burst)).unwrap();
     prop_assert!(decision.allowed, "{:?}", decision);
     Ok(())
@@ -767,7 +767,7 @@ proptest! {
                 _ if held.is_empty() => {}
                 2 => {
                     let r = held.remove((pick * held.len() as f64) as usize % held.len());
-                    let decision = limiter.execute_reservation(&r.id);
+                    let decision = limiter.execute_reservation(&r.id).unwrap();
                     if decision.allowed {
                         admissions.push((manual.now(), r.count));
                     } else if decision.reason == Some(Refusal::NotReady) {
@@ -777,13 +777,13 @@ proptest! {
                 _ => {
                     let r = held.remove((pick * held.len() as f64) as usize % held.len());
                     let expired = r.expires_at <= manual.now();
-                    prop_assert_eq!(limiter.cancel_reservation(&r.id), !expired);
+                    prop_assert_eq!(limiter.cancel_reservation(&r.id).unwrap(), !expired);
                 }
             }
         }
         for r in held {
             manual.set(r.execute_at.max(manual.now()));
-            if limiter.execute_reservation(&r.id).allowed {
+            if limiter.execute_reservation(&r.id).unwrap().allowed {
                 admissions.push((manual.now(), r.count));
             }
         }

@@ -70,7 +70,7 @@ fn held_tokens_count_against_the_budget_at_once() {
     for shards in [1, 4] {
         let (limiter, _manual) = ten_per_second(shards);
         reserve(&limiter, 1, 10);
-        assert_eq!(limiter.peek(0), 0.0);
+        assert_eq!(limiter.peek(0).unwrap(), 0.0);
         let pending = reserve(&limiter, 2, 1);
         assert_eq!(pending.execute_at, 100 * MS);
         // Immediate requests queue behind the pending reservation.
@@ -88,26 +88,29 @@ fn held_tokens_count_against_the_budget_at_once() {
 fn a_reservation_executes_once_when_its_slot_has_come() {
     let (limiter, manual) = ten_per_second(4);
     let first = reserve(&limiter, 1, 10);
-    assert!(limiter.execute_reservation(&first.id).allowed);
+    assert!(limiter.execute_reservation(&first.id).unwrap().allowed);
     let r = reserve(&limiter, 2, 2);
     assert_eq!(r.execute_at, 200 * MS);
-    let early = limiter.execute_reservation(&r.id);
+    let early = limiter.execute_reservation(&r.id).unwrap();
     assert_eq!(early.reason, Some(Refusal::NotReady));
     assert!((early.retry_after.unwrap() - 0.2).abs() < 1e-9);
     manual.advance(200 * MS);
-    let on_time = limiter.execute_reservation(&r.id);
+    let on_time = limiter.execute_reservation(&r.id).unwrap();
     assert!(on_time.allowed, "{on_time:?}");
     // Charged nothing more: the budget is as the slot left it.
-    assert_eq!(limiter.peek(0), 0.0);
-    let again = limiter.execute_reservation(&r.id);
+    assert_eq!(limiter.peek(0).unwrap(), 0.0);
+    let again = limiter.execute_reservation(&r.id).unwrap();
     assert_eq!(again.reason, Some(Refusal::AlreadyExecuted));
     assert_eq!(
-        limiter.execute_reservation("0-0000000000000000").reason,
+        limiter
+            .execute_reservation("0-0000000000000000")
+            .unwrap()
+            .reason,
         Some(Refusal::UnknownReservation)
     );
     let (other, _) = ten_per_second(4);
     assert_eq!(
-        other.execute_reservation(&r.id).reason,
+        other.execute_reservation(&r.id).unwrap().reason,
         Some(Refusal::UnknownReservation)
     );
 }
@@ -120,12 +123,16 @@ fn cancelling_returns_the_tokens_once() {
             let (limiter, _manual) = limiter(algorithm, 10.0, burst, shards);
             let r = reserve(&limiter, 1, 10);
             assert!(!limiter.try_acquire("k", 1).unwrap().allowed);
-            assert!(limiter.cancel_reservation(&r.id));
-            assert!(!limiter.cancel_reservation(&r.id));
-            assert_eq!(limiter.peek(0), 10.0, "{algorithm:?} shards={shards}");
+            assert!(limiter.cancel_reservation(&r.id).unwrap());
+            assert!(!limiter.cancel_reservation(&r.id).unwrap());
+            assert_eq!(
+                limiter.peek(0).unwrap(),
+                10.0,
+                "{algorithm:?} shards={shards}"
+            );
             assert!(limiter.try_acquire("k", 10).unwrap().allowed);
             assert_eq!(
-                limiter.execute_reservation(&r.id).reason,
+                limiter.execute_reservation(&r.id).unwrap().reason,
                 Some(Refusal::Cancelled)
             );
         }
@@ -137,14 +144,14 @@ fn cancelled_pending_reservations_leave_the_budget_exactly_as_before() {
     for shards in [1, 4, 16] {
         let (limiter, _manual) = ten_per_second(shards);
         assert!(limiter.try_acquire("k", 10).unwrap().allowed);
-        let before = limiter.peek(0);
+        let before = limiter.peek(0).unwrap();
         let queued: Vec<Reservation> = (0..1000).map(|i| reserve(&limiter, i, 1)).collect();
         assert_eq!(queued[999].execute_at, 1000 * 100 * MS);
         // Cancel from the front, so later slots would have to move if anything did.
         for r in &queued {
-            assert!(limiter.cancel_reservation(&r.id));
+            assert!(limiter.cancel_reservation(&r.id).unwrap());
         }
-        assert_eq!(limiter.peek(0), before);
+        assert_eq!(limiter.peek(0).unwrap(), before);
         // Nobody is queued any more: the next token comes at 100 ms, as if nothing happened.
         let decision = limiter.try_acquire("k", 1).unwrap();
         assert!(
@@ -167,13 +174,13 @@ fn a_cancelled_slot_is_free_at_once_and_every_promise_keeps_its_slot() {
             (a.execute_at, b.execute_at, c.execute_at),
             (100 * MS, 200 * MS, 300 * MS)
         );
-        assert!(limiter.cancel_reservation(&b.id));
+        assert!(limiter.cancel_reservation(&b.id).unwrap());
         // A new booking comes after c: two promises never share one token (d used to get
         // 300 ms too, and be admitted 100 ms late).
         let d = reserve(&limiter, 4, 1);
         assert_eq!(d.execute_at, 400 * MS);
         manual.set(100 * MS);
-        assert!(limiter.execute_reservation(&a.id).allowed);
+        assert!(limiter.execute_reservation(&a.id).unwrap().allowed);
         // b's token is free for anyone at 200 ms: taking it delays no promise.
         manual.set(150 * MS);
         let early = limiter.try_acquire("k", 1).unwrap();
@@ -184,7 +191,7 @@ fn a_cancelled_slot_is_free_at_once_and_every_promise_keeps_its_slot() {
         for (r, at) in [(&c, 300), (&d, 400)] {
             manual.set(at * MS);
             assert!(
-                limiter.execute_reservation(&r.id).allowed,
+                limiter.execute_reservation(&r.id).unwrap().allowed,
                 "shards {shards}"
             );
         }
@@ -204,14 +211,14 @@ fn expired_reservations_leave_by_themselves() {
         },
     );
     let r = reserve(&limiter, 1, 3);
-    assert_eq!(limiter.reservations(), 1);
+    assert_eq!(limiter.reservations().unwrap(), 1);
     manual.advance(SEC);
-    assert_eq!(limiter.reservations(), 0);
+    assert_eq!(limiter.reservations().unwrap(), 0);
     assert_eq!(
-        limiter.execute_reservation(&r.id).reason,
+        limiter.execute_reservation(&r.id).unwrap().reason,
         Some(Refusal::Expired)
     );
-    assert!(!limiter.cancel_reservation(&r.id));
+    assert!(!limiter.cancel_reservation(&r.id).unwrap());
 }
 
 #[test]
@@ -255,7 +262,7 @@ fn a_slot_beyond_max_wait_is_refused_without_holding_anything() {
         }
         booked => panic!("{booked:?}"),
     }
-    assert_eq!(limiter.reservations(), 1);
+    assert_eq!(limiter.reservations().unwrap(), 1);
     match limiter.reserve(1, 11, f64::INFINITY).unwrap() {
         Booking::Refused(decision) => assert_eq!(decision.reason, Some(Refusal::ExceedsCapacity)),
         booked => panic!("{booked:?}"),
@@ -280,7 +287,7 @@ fn pending_reservations_take_their_slots_in_order_and_never_go_over() {
         let mut admitted_at = Vec::new();
         for r in &batch {
             manual.set(r.execute_at);
-            let decision = limiter.execute_reservation(&r.id);
+            let decision = limiter.execute_reservation(&r.id).unwrap();
             assert!(decision.allowed, "shards={shards}: {decision:?}");
             admitted_at.push(manual.now());
         }
@@ -306,7 +313,7 @@ fn threads_waiting_in_acquire_are_admitted_in_the_order_they_queued() {
                 while manual.now() < r.execute_at {
                     std::thread::yield_now();
                 }
-                assert!(limiter.execute_reservation(&r.id).allowed);
+                assert!(limiter.execute_reservation(&r.id).unwrap().allowed);
                 finished.lock().unwrap().push((r.execute_at, i));
             });
         }
@@ -333,21 +340,21 @@ fn a_waiters_turn_is_admitted_once_funded_and_leaves_the_book() {
     };
     assert_eq!(turn.execute_at, 200 * MS);
     manual.set(150 * MS);
-    let early = limiter.execute_reservation(&turn.id);
+    let early = limiter.execute_reservation(&turn.id).unwrap();
     assert_eq!(early.reason, Some(Refusal::NotReady));
     assert!((early.retry_after.unwrap() - 0.05).abs() < 1e-9);
     manual.set(200 * MS);
-    assert!(limiter.execute_reservation(&turn.id).allowed);
-    assert_eq!(limiter.reservations(), 0);
+    assert!(limiter.execute_reservation(&turn.id).unwrap().allowed);
+    assert_eq!(limiter.reservations().unwrap(), 0);
     // A waiter that gives up: its turn is cancelled and what it held goes back.
     let Booking::Reserved(turn) = limiter.reserve_turn(hash, 5, f64::INFINITY).unwrap() else {
         panic!("a turn within max_wait is booked");
     };
     manual.set(700 * MS);
-    assert_eq!(limiter.peek(0), 0.0);
-    assert!(limiter.cancel_reservation(&turn.id));
-    assert_eq!(limiter.reservations(), 0);
-    assert_eq!(limiter.peek(0), 5.0);
+    assert_eq!(limiter.peek(0).unwrap(), 0.0);
+    assert!(limiter.cancel_reservation(&turn.id).unwrap());
+    assert_eq!(limiter.reservations().unwrap(), 0);
+    assert_eq!(limiter.peek(0).unwrap(), 5.0);
 }
 
 #[test]
@@ -398,7 +405,9 @@ fn a_turn_whose_chance_moves_past_its_bound_is_given_back() {
     // driver would, after each wait it is told, until its bound is past.
     let mut waited = 0;
     let refused = loop {
-        let answer = limiter.execute_turn(&waiter.id, 0.25 - waited as f64 / SEC as f64);
+        let answer = limiter
+            .execute_turn(&waiter.id, 0.25 - waited as f64 / SEC as f64)
+            .unwrap();
         if answer.reason != Some(Refusal::NotReady) {
             break answer;
         }
@@ -408,7 +417,11 @@ fn a_turn_whose_chance_moves_past_its_bound_is_given_back() {
     };
     assert_eq!(refused.reason, Some(Refusal::MaxWaitExceeded));
     assert!(waited <= 250 * MS, "waited {waited} ns");
-    assert_eq!(limiter.reservations(), 1, "the turn was given back");
+    assert_eq!(
+        limiter.reservations().unwrap(),
+        1,
+        "the turn was given back"
+    );
 }
 
 #[test]
@@ -422,10 +435,10 @@ fn a_turn_never_expires_however_far_a_back_off_moves_it() {
         assert_eq!(waiter.expires_at, u64::MAX);
         limiter.back_off(0, 120.0).unwrap(); // longer than the 60 s reservation ttl
         manual.advance(119 * SEC);
-        let early = limiter.execute_turn(&waiter.id, f64::INFINITY);
+        let early = limiter.execute_turn(&waiter.id, f64::INFINITY).unwrap();
         assert_eq!(early.reason, Some(Refusal::NotReady), "shards={shards}");
         manual.advance(SEC + 100 * MS);
-        let admitted = limiter.execute_turn(&waiter.id, f64::INFINITY);
+        let admitted = limiter.execute_turn(&waiter.id, f64::INFINITY).unwrap();
         assert!(admitted.allowed, "shards={shards}: {admitted:?}");
     }
 }
@@ -444,10 +457,19 @@ fn a_busy_key_full_only_under_a_lowered_burst_is_not_dropped() {
     let limiter =
         RateLimiter::keyed(quota(26.0, 3.0), clock, ReservationPolicy::default(), 10).unwrap();
     let waiter = turn(&limiter, 3, 3);
-    assert!(limiter.execute_turn(&waiter.id, f64::INFINITY).allowed);
+    assert!(
+        limiter
+            .execute_turn(&waiter.id, f64::INFINITY)
+            .unwrap()
+            .allowed
+    );
     manual.advance(40 * MS);
     limiter.set_quota(quota(6.5, 1.0)).unwrap();
-    assert_eq!(limiter.keys(), 1, "the key has not been full for a period");
+    assert_eq!(
+        limiter.keys().unwrap(),
+        1,
+        "the key has not been full for a period"
+    );
     limiter.set_quota(quota(26.0, 3.0)).unwrap();
     assert!(!limiter.try_acquire_hashed(3, 2).unwrap().allowed);
 }

@@ -203,7 +203,7 @@ impl PyEngine {
         reservation_id: ReservationId<'_, '_>,
         waited: Waited,
     ) -> Result<PyRateLimitResult> {
-        let decision = self.core.execute_reservation(reservation_id.0.to_str()?);
+        let decision = self.core.execute_reservation(reservation_id.0.to_str()?)?;
         Ok(PyRateLimitResult::new(decision, waited.0))
     }
 
@@ -217,14 +217,14 @@ impl PyEngine {
         waited: Waited,
         max_wait: MaxWait,
     ) -> Result<PyRateLimitResult> {
-        let decision = self.core.execute_turn(turn_id.0.to_str()?, max_wait.0);
+        let decision = self.core.execute_turn(turn_id.0.to_str()?, max_wait.0)?;
         Ok(PyRateLimitResult::new(decision, waited.0))
     }
 
     /// Gives a reservation's tokens back; `True` once, `False` after that or for an id that
     /// is unknown, expired or executed.
     fn cancel_reservation(&self, reservation_id: ReservationId<'_, '_>) -> Result<bool> {
-        Ok(self.core.cancel_reservation(reservation_id.0.to_str()?))
+        Ok(self.core.cancel_reservation(reservation_id.0.to_str()?)?)
     }
 
     /// The wait bound in seconds for a call: its own `max_wait`, else the engine's.
@@ -241,7 +241,7 @@ impl PyEngine {
     /// Tokens available now in the budget `key` draws on, without taking any.
     #[pyo3(signature = (key=Key::Default), text_signature = "($self, key='default')")]
     fn peek(&self, key: Key<'_>) -> Result<f64> {
-        Ok(self.core.peek(self.hash(&key)?))
+        Ok(self.core.peek(self.hash(&key)?)?)
     }
 
     /// Refills the budget `key` draws on (every budget when no key is given), forgets its
@@ -251,12 +251,12 @@ impl PyEngine {
     fn reset(&self, key: Option<Key<'_>>) -> Result<()> {
         match key {
             None => {
-                self.core.reset();
+                self.core.reset()?;
                 for counter in self.refused.iter() {
                     counter.store(0, Ordering::Relaxed);
                 }
             }
-            Some(key) => self.core.reset_key(self.hash(&key)?),
+            Some(key) => self.core.reset_key(self.hash(&key)?)?,
         }
         Ok(())
     }
@@ -306,8 +306,8 @@ impl PyEngine {
 
     /// Keys with a budget of their own (scope="key"), after dropping idle ones; 0 where
     /// all keys share one budget.
-    fn __len__(&self) -> usize {
-        self.core.keys()
+    fn __len__(&self) -> Result<usize> {
+        Ok(self.core.keys()?)
     }
 
     /// Changes rate, period and burst at run time; the tokens available now carry over,
@@ -378,7 +378,7 @@ impl PyEngine {
     }
 
     /// Configuration and live state of the budget.
-    fn get_status<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+    fn get_status<'py>(&self, py: Python<'py>) -> Result<Bound<'py, PyDict>> {
         let quota = self.core.quota();
         let status = PyDict::new(py);
         status.set_item("algorithm", quota.algorithm.name())?;
@@ -389,7 +389,7 @@ impl PyEngine {
         status.set_item("burst_size", quota.burst)?;
         status.set_item("shards", quota.shards)?;
         status.set_item("max_wait", self.core.max_wait())?;
-        let tokens = self.core.peek(self.default_hash);
+        let tokens = self.core.peek(self.default_hash)?;
         status.set_item("tokens_remaining", tokens)?;
         status.set_item("total_tokens_available", tokens)?;
         let shard_tokens = self.core.shard_tokens();
@@ -433,14 +433,14 @@ impl PyEngine {
         };
         statistics.set_item("success_rate", success_rate)?;
         status.set_item("statistics", statistics)?;
-        let counts = self.core.reservation_counts();
+        let counts = self.core.reservation_counts()?;
         let reservations = PyDict::new(py);
         reservations.set_item("active", counts.active)?;
         reservations.set_item("total_created", counts.created)?;
         reservations.set_item("expired", counts.expired)?;
         status.set_item("reservations", reservations)?;
         if let Some(max_keys) = self.core.max_keys() {
-            status.set_item("keys", self.core.keys())?;
+            status.set_item("keys", self.core.keys()?)?;
             status.set_item("max_keys", max_keys)?;
         }
         Ok(status)

@@ -1,6 +1,6 @@
 //! The one mapping from errors to Python exceptions.
 
-use pyo3::exceptions::PyValueError;
+use pyo3::exceptions::{PyConnectionError, PyValueError};
 use pyo3::PyErr;
 use ratelimit_core::Error;
 
@@ -26,8 +26,9 @@ impl From<PyErr> for Failure {
     }
 }
 
-/// A bad argument is `ValueError("<argument>: <what is allowed>")`, and a full reservation
-/// book is the package's `RateLimitError`, like any other refusal that raises.
+/// A bad argument is `ValueError("<argument>: <what is allowed>")`, a full reservation book
+/// is the package's `RateLimitError`, like any other refusal that raises, and a store that
+/// did not answer is a `ConnectionError`.
 impl From<Failure> for PyErr {
     fn from(failure: Failure) -> Self {
         match failure {
@@ -37,6 +38,9 @@ impl From<Failure> for PyErr {
             }
             Failure::Core(err @ Error::TooManyReservations { .. }) => {
                 RateLimitError::new_err((err.to_string(),))
+            }
+            Failure::Core(err @ Error::Unavailable { .. }) => {
+                PyConnectionError::new_err(err.to_string())
             }
         }
     }
@@ -81,6 +85,20 @@ mod tests {
             let err = PyErr::from(Failure::from(Error::TooManyReservations { max: 3 }));
             assert!(err.is_instance_of::<RateLimitError>(py), "{err}");
             assert!(err.to_string().contains("max_reservations"), "{err}");
+        });
+    }
+
+    #[test]
+    fn a_store_that_did_not_answer_is_a_connection_error() {
+        Python::initialize();
+        Python::attach(|py| {
+            let cause = "timed out after 50 ms".to_string();
+            let err = PyErr::from(Failure::from(Error::Unavailable { cause }));
+            assert!(err.is_instance_of::<PyConnectionError>(py), "{err}");
+            assert!(
+                err.to_string().contains("did not answer: timed out"),
+                "{err}"
+            );
         });
     }
 }

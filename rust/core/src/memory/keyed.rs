@@ -577,19 +577,20 @@ impl<C: KeyCell> Backend for Keyed<C> {
         Ok((decision, taken.map(|taken| Undo(Box::new(taken)))))
     }
 
-    fn undo(&self, undo: Undo) {
+    fn undo(&self, undo: Undo) -> Result<()> {
         let taken = undo
             .0
             .downcast::<KeyTaken<C>>()
             .expect("a take is undone on the limiter that made it");
         self.undo_key(*taken);
+        Ok(())
     }
 
     fn book(&self, hash: u64, count: u64, max_wait: f64, holder: Holder) -> Result<Booking> {
         self.book_key(hash, count, max_wait, holder)
     }
 
-    fn execute_reservation(&self, id: &str) -> Decision {
+    fn execute_reservation(&self, id: &str) -> Result<Decision> {
         let executed = self.with_booked(id, |index, limiter, inner| {
             let mut decision = limiter.execute(inner);
             decision.shard = index;
@@ -598,16 +599,18 @@ impl<C: KeyCell> Backend for Keyed<C> {
             }
             decision
         });
-        executed.unwrap_or_else(|| self.unkept(self.clock.now(), 0, Refusal::UnknownReservation))
+        Ok(executed
+            .unwrap_or_else(|| self.unkept(self.clock.now(), 0, Refusal::UnknownReservation)))
     }
 
-    fn cancel_reservation(&self, id: &str) -> bool {
-        self.with_booked(id, |_, limiter, inner| limiter.cancel(inner))
-            .unwrap_or(false)
+    fn cancel_reservation(&self, id: &str) -> Result<bool> {
+        Ok(self
+            .with_booked(id, |_, limiter, inner| limiter.cancel(inner))
+            .unwrap_or(false))
     }
 
     /// Summed over the keys kept now: a key dropped when idle takes its counts along.
-    fn reservation_counts(&self) -> ReservationCounts {
+    fn reservation_counts(&self) -> Result<ReservationCounts> {
         let mut counts = ReservationCounts::default();
         for stripe in self.stripes.iter() {
             for (_, state) in stripe.table.read().entries.iter() {
@@ -616,21 +619,21 @@ impl<C: KeyCell> Backend for Keyed<C> {
                 }
             }
         }
-        counts
+        Ok(counts)
     }
 
-    fn peek(&self, hash: u64) -> f64 {
+    fn peek(&self, hash: u64) -> Result<f64> {
         let now = self.clock.now();
         let (index, table_hash) = self.locate(hash);
         let table = self.stripes[index].table.read();
         let params = &table.params;
-        match table.entries.find(table_hash, |e| e.0 == hash) {
+        Ok(match table.entries.find(table_hash, |e| e.0 == hash) {
             None => params.capacity as f64 / params.unit as f64,
             Some((_, KeyState::Quiet(cell))) => {
                 cell.available(params, now) as f64 / params.unit as f64
             }
             Some((_, KeyState::Busy(limiter))) => limiter.peek(),
-        }
+        })
     }
 
     /// Per-key budgets have no shards of a shared budget.
@@ -655,8 +658,8 @@ impl<C: KeyCell> Backend for Keyed<C> {
         Shares::default()
     }
 
-    fn keys(&self) -> usize {
-        self.len()
+    fn keys(&self) -> Result<usize> {
+        Ok(self.len())
     }
 
     /// Re-rates every key, one stripe at a time: each key keeps what it has used.
@@ -713,7 +716,7 @@ impl<C: KeyCell> Backend for Keyed<C> {
     }
 
     /// Forgets every quiet key and resets every busy one (its waiters keep their turns).
-    fn reset(&self) {
+    fn reset(&self) -> Result<()> {
         for stripe in self.stripes.iter() {
             let mut table = stripe.table.write();
             let before = table.entries.len();
@@ -729,9 +732,10 @@ impl<C: KeyCell> Backend for Keyed<C> {
             table.epoch += 1;
             stripe.served.store(0, Ordering::Relaxed);
         }
+        Ok(())
     }
 
-    fn reset_key(&self, hash: u64) {
+    fn reset_key(&self, hash: u64) -> Result<()> {
         let (index, table_hash) = self.locate(hash);
         let mut table = self.stripes[index].table.write();
         table.epoch += 1;
@@ -744,5 +748,6 @@ impl<C: KeyCell> Backend for Keyed<C> {
                 }
             }
         }
+        Ok(())
     }
 }

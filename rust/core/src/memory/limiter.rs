@@ -744,32 +744,33 @@ impl<B: Budget + fmt::Debug + 'static> Backend for Limiter<B> {
         Ok((decision, taken.map(|t| Undo(Box::new(t)))))
     }
 
-    fn undo(&self, undo: Undo) {
+    fn undo(&self, undo: Undo) -> Result<()> {
         let taken = undo
             .0
             .downcast::<Taken<B::Receipt>>()
             .expect("a take is undone on the limiter that made it");
         Limiter::undo(self, *taken);
+        Ok(())
     }
 
     fn book(&self, hash: u64, count: u64, max_wait: f64, holder: Holder) -> Result<Booking> {
         Limiter::book(self, hash, count, max_wait, holder)
     }
 
-    fn execute_reservation(&self, id: &str) -> Decision {
-        self.execute(id)
+    fn execute_reservation(&self, id: &str) -> Result<Decision> {
+        Ok(self.execute(id))
     }
 
-    fn cancel_reservation(&self, id: &str) -> bool {
-        self.cancel(id)
+    fn cancel_reservation(&self, id: &str) -> Result<bool> {
+        Ok(self.cancel(id))
     }
 
-    fn reservation_counts(&self) -> ReservationCounts {
-        Limiter::reservation_counts(self)
+    fn reservation_counts(&self) -> Result<ReservationCounts> {
+        Ok(Limiter::reservation_counts(self))
     }
 
-    fn peek(&self, _hash: u64) -> f64 {
-        Limiter::peek(self)
+    fn peek(&self, _hash: u64) -> Result<f64> {
+        Ok(Limiter::peek(self))
     }
 
     fn shard_tokens(&self) -> Vec<f64> {
@@ -796,7 +797,8 @@ impl<B: Budget + fmt::Debug + 'static> Backend for Limiter<B> {
         Limiter::back_off(self, seconds)
     }
 
-    fn reset(&self) {
-        Limiter::reset(self)
+    fn reset(&self) -> Result<()> {
+        Limiter::reset(self);
+        Ok(())
     }
 }
