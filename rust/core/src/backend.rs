@@ -183,7 +183,7 @@ impl RateLimiter {
         let current = self.quota();
         let rate = decreased(&configured, &current, decrease)?;
         if rate < current.rate {
-            on_engine!(&self.engine, backend => backend.set_quota(at_rate(&current, rate)?))?;
+            self.rerate(&current, rate)?;
         }
         if let Some(seconds) = retry_after.filter(|&s| s > 0.0) {
             self.back_off(hash, seconds).map_err(|error| match error {
@@ -201,9 +201,14 @@ impl RateLimiter {
         let current = self.quota();
         let rate = increased(&configured, &current, increase)?;
         if rate > current.rate {
-            on_engine!(&self.engine, backend => backend.set_quota(at_rate(&current, rate)?))?;
+            self.rerate(&current, rate)?;
         }
         Ok(self.quota().rate)
+    }
+
+    /// Feedback's change: `current` at `rate`, the configured quota left as it is.
+    fn rerate(&self, current: &Quota, rate: f64) -> Result<()> {
+        on_engine!(&self.engine, backend => backend.set_quota(at_rate(current, rate)?))
     }
 
     /// The wait bound of calls that give none (`None`: as long as it takes).

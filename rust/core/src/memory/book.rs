@@ -53,7 +53,6 @@ pub(crate) struct Book {
     expiry: BTreeSet<(Nanos, u64)>,
     /// Held callers' reservations, by when their grace ends.
     lapses: BTreeSet<(Nanos, u64)>,
-    queued: u64,
     held: u64,
     finished: HashMap<u64, Refusal>,
     finished_order: VecDeque<u64>,
@@ -77,7 +76,6 @@ impl Book {
             schedule: Schedule::new(unit),
             expiry: BTreeSet::new(),
             lapses: BTreeSet::new(),
-            queued: 0,
             held: 0,
             finished: HashMap::new(),
             finished_order: VecDeque::new(),
@@ -106,9 +104,7 @@ impl Book {
 
     pub(crate) fn promises(&self) -> Promises<'_> {
         Promises {
-            queued: self.queued,
             schedule: &self.schedule,
-            tail: self.schedule.last_slot(),
         }
     }
 
@@ -116,17 +112,14 @@ impl Book {
     /// could be admitted now, beside every other promise).
     pub(crate) fn without<T>(&mut self, seq: u64, f: impl FnOnce(&Promises<'_>) -> T) -> T {
         let parked = self.schedule.park(seq);
-        let count = parked.map_or(0, |_| self.live[&seq].count);
-        self.queued -= count;
         let answer = f(&self.promises());
-        self.queued += count;
         self.schedule.unpark(parked);
         answer
     }
 
     /// The first queued booking.
     pub(crate) fn head(&self) -> Option<(u64, Entry)> {
-        let (seq, _) = self.schedule.first()?;
+        let seq = self.schedule.first()?;
         Some((seq, self.live[&seq]))
     }
 
@@ -187,7 +180,6 @@ impl Book {
         match entry.state {
             State::Queued => {
                 self.schedule.push(seq, entry.count, mark, entry.slot);
-                self.queued += entry.count;
             }
             State::Held => {
                 self.held += entry.count;
@@ -206,7 +198,6 @@ impl Book {
         let mut entry = self.live[&seq];
         if entry.state == State::Queued {
             self.schedule.remove(seq);
-            self.queued -= entry.count;
         }
         entry.state = State::Held;
         self.held += entry.count;
@@ -231,7 +222,6 @@ impl Book {
         match entry.state {
             State::Queued => {
                 self.schedule.remove(seq);
-                self.queued -= entry.count;
             }
             State::Held => {
                 self.held -= entry.count;
@@ -354,12 +344,12 @@ mod tests {
         book.push(entry(10, State::Queued), 10);
         book.push(entry(20, State::Queued), 20);
         assert_eq!(book.head().map(|(seq, _)| seq), Some(1));
-        assert_eq!((book.promises().queued, book.held()), (2, 1));
+        assert_eq!((book.promises().queued_units(), book.held()), (2, 1));
         book.finish(1, Refusal::Cancelled);
         // The cancelled one is no promise any more, at once.
-        assert_eq!(book.promises().queued, 1);
+        assert_eq!(book.promises().queued_units(), 1);
         assert_eq!(book.promises().schedule.slot_of(1), Some(20));
-        assert_eq!(book.promises().tail, 20);
+        assert_eq!(book.promises().tail(), 20);
         book.fund(2, 0);
         assert!(book.head().is_none());
         assert_eq!(book.held(), 2);

@@ -32,15 +32,23 @@ pub(crate) enum Outcome<R> {
     },
 }
 
-/// What the book has promised and not yet delivered.
+/// What the book has promised and not yet delivered: the bookings not yet held, with
+/// their marks (`Budget::mark`).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Promises<'a> {
-    /// Tokens booked and not yet held (funded).
-    pub(crate) queued: u64,
-    /// The bookings not yet held, with their marks (`Budget::mark`).
     pub(crate) schedule: &'a Schedule,
+}
+
+impl Promises<'_> {
+    /// Units booked and not yet held (funded).
+    pub(crate) fn queued_units(&self) -> u64 {
+        self.schedule.all().units as u64
+    }
+
     /// The latest slot of a booking not yet held (0 with none).
-    pub(crate) tail: Nanos,
+    pub(crate) fn tail(&self) -> Nanos {
+        self.schedule.last_slot()
+    }
 }
 
 /// An algorithm's state and rules (see the module comment).

@@ -544,7 +544,7 @@ impl Budget for TokenBucket {
         let at = self
             .mark(now)
             .max(after + units as i128 - params.capacity as i128);
-        self.at_mark(at).max(now).max(promises.tail)
+        self.at_mark(at).max(now).max(promises.tail())
     }
 
     /// Settled, the set refills like one bucket, `N` units per tick (one per shard).

@@ -444,7 +444,6 @@ impl<B: Budget> Limiter<B> {
             lapses_at: 0,
         };
         let id = book.push(entry, self.budget.mark(slot));
-        self.refresh(account, now);
         Booking::Reserved(Reservation {
             id,
             count,

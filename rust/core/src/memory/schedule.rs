@@ -87,10 +87,9 @@ impl Schedule {
         }
     }
 
-    /// The first promise: its sequence number and slot.
-    pub(crate) fn first(&self) -> Option<(u64, Nanos)> {
-        let (&seq, &position) = self.positions.first_key_value()?;
-        self.leaves[position].map(|leaf| (seq, leaf.slot))
+    /// The first promise's sequence number.
+    pub(crate) fn first(&self) -> Option<u64> {
+        self.positions.first_key_value().map(|(&seq, _)| seq)
     }
 
     /// The last promise's slot (0 with none; a parked one does not count): a new slot is
@@ -323,7 +322,7 @@ mod tests {
             let ahead: u64 = live[..at].iter().map(|l| l.1).sum();
             assert_eq!(schedule.tokens_ahead(middle), ahead);
         }
-        assert_eq!(schedule.first().map(|f| f.0), Some(live[0].0));
+        assert_eq!(schedule.first(), Some(live[0].0));
         let order: Vec<u64> = schedule.iter().map(|p| p.seq).collect();
         assert_eq!(order, live.iter().map(|l| l.0).collect::<Vec<_>>());
     }

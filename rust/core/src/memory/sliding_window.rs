@@ -234,8 +234,7 @@ impl Budget for SlidingWindow {
     fn slot(&self, now: Nanos, params: &Params, promises: &Promises<'_>, units: u64) -> Nanos {
         let mut log = self.log.lock();
         log.expire(now);
-        let queued = promises.queued.saturating_mul(params.unit);
-        let excess = log.excess(log.held.saturating_add(queued), units);
+        let excess = log.excess(log.held.saturating_add(promises.queued_units()), units);
         let logged = log.entries.len() as u64;
         let at = if excess == 0 {
             now
@@ -247,7 +246,7 @@ impl Budget for SlidingWindow {
                 now
             } else {
                 let token = (k - log.held).div_ceil(params.unit);
-                promises.schedule.slot_of(token).unwrap_or(promises.tail)
+                promises.schedule.slot_of(token).unwrap_or(promises.tail())
             };
             // An admission is stamped no earlier than the newest in the log (a key's log
             // is stamped at granule ends), and so is a promise when it is executed.
@@ -255,7 +254,7 @@ impl Budget for SlidingWindow {
             stamped.max(now).max(newest).saturating_add(log.window) + 1
         };
         // Nothing is admitted before a back-off ends, whatever is given back meanwhile.
-        at.max(now).max(promises.tail).max(log.owed_until)
+        at.max(now).max(promises.tail()).max(log.owed_until)
     }
 
     /// The window needs no marks: it keeps room for every promise (see `reserved`).
@@ -265,8 +264,8 @@ impl Budget for SlidingWindow {
 
     /// Room now for every token promised and not yet held: a take that would fit only
     /// because a promise's slot is more than a window away is refused (the window's slack).
-    fn reserved(&self, _now: Nanos, params: &Params, promises: &Promises<'_>) -> u64 {
-        promises.queued.saturating_mul(params.unit)
+    fn reserved(&self, _now: Nanos, _params: &Params, promises: &Promises<'_>) -> u64 {
+        promises.queued_units()
     }
 
     fn chance(&self, now: Nanos, params: &Params, promises: &Promises<'_>, units: u64) -> Nanos {
