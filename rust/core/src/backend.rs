@@ -17,6 +17,7 @@ use crate::memory::gcra::{TokenBucket, TokenCell};
 use crate::memory::key_window::WindowCell;
 use crate::memory::keyed::Keyed;
 use crate::memory::limiter::{Limiter, Taken};
+use crate::memory::rebalance::Rebalancing;
 use crate::memory::sliding_window::SlidingWindow;
 use crate::quota::{Algorithm, Quota, Scope};
 use crate::seam::{Backend, Undo};
@@ -141,6 +142,26 @@ impl RateLimiter {
         match self.engine {
             Engine::TokenBucket(_) | Engine::SlidingWindow(_) => Scope::Global,
             Engine::KeyedTokenBucket(_) | Engine::KeyedSlidingWindow(_) => Scope::Key,
+        }
+    }
+
+    /// Moves the shards' shares of the budget toward demand as `rebalancing` says (see
+    /// `memory::rebalance`): for a token bucket over one shared budget and more than one
+    /// shard; other limiters have no shares to move and are left as they are.
+    pub fn rebalancing(self, rebalancing: Rebalancing) -> Self {
+        let engine = match self.engine {
+            Engine::TokenBucket(limiter) => Engine::TokenBucket(limiter.rebalancing(rebalancing)),
+            other => other,
+        };
+        Self { engine, ..self }
+    }
+
+    /// Moves the shares to the demand measured since they last moved, now, if anything
+    /// was asked since; whether they moved (never for a limiter without shares to move).
+    pub fn rebalance(&self) -> bool {
+        match &self.engine {
+            Engine::TokenBucket(limiter) => limiter.rebalance(true),
+            _ => false,
         }
     }
 
@@ -280,7 +301,11 @@ impl RateLimiter {
 
     /// How evenly the shards have served requests, each for its share (see [`Balance`]).
     pub fn balance(&self) -> Balance {
-        Balance::of(self.served(), self.gathered(), self.shares())
+        let rebalances = match &self.engine {
+            Engine::TokenBucket(limiter) => limiter.rebalances(),
+            _ => 0,
+        };
+        Balance::of(self.served(), self.gathered(), self.shares(), rebalances)
     }
 
     /// Takes from every limiter or from none: each part is `(limiter, key hash, count)`.

@@ -1,7 +1,6 @@
 //! How evenly the shards of a limiter serve, each against its share of the budget: a
 //! statistic for `get_shard_balance()`.
 
-use crate::memory::params::{share, Params};
 use crate::quota::Quota;
 
 /// Each shard's share of a budget in tokens: of the rate (per period) and of the burst.
@@ -13,32 +12,33 @@ pub struct Shares {
 }
 
 impl Shares {
-    /// How `quota` is split over its shards: every shard refills at the same speed, so the
-    /// rate splits equally, and the burst splits as the shards' capacities do (the sliding
-    /// window, one log, reports the same split of its limit).
-    pub(crate) fn of(quota: &Quota, params: &Params) -> Self {
-        let n = params.shards;
+    /// How `quota` is split over its shards, given each shard's weight in the refill and
+    /// its part of the capacity (`Budget::parts`): even until rebalancing moves them.
+    pub(crate) fn of(quota: &Quota, (rate, burst): (Vec<u64>, Vec<u64>)) -> Self {
         Self {
-            rate: split(quota.rate, (0..n).map(|_| 1)),
-            burst: split(quota.burst, (0..n).map(|i| share(params.capacity, n, i))),
+            rate: split(quota.rate, &rate),
+            burst: split(quota.burst, &burst),
         }
     }
 }
 
-/// `whole` in the proportions of `parts` (non-increasing, as `share` gives them). Each piece
-/// is the difference of two running totals of the whole, and each running total is at
-/// least half the next, so every difference is exact: summed in order, every partial sum is
-/// a running total and the last is `whole` exactly (as is their exact sum).
-fn split(whole: f64, parts: impl Iterator<Item = u64> + Clone) -> Vec<f64> {
-    let total: u128 = parts.clone().map(u128::from).sum();
+/// `whole` in the proportions of `parts`. Every running total is rounded to a multiple of
+/// the spacing of floating-point numbers at `whole`, so each piece (the difference of two
+/// running totals) is exact, and so is every partial sum in order: summed in order, the
+/// pieces add up to `whole` exactly.
+fn split(whole: f64, parts: &[u64]) -> Vec<f64> {
+    let total: u128 = parts.iter().map(|&p| u128::from(p)).sum();
+    let spacing = f64::from_bits(whole.to_bits() + 1) - whole;
     let (mut running, mut before) = (0u128, 0.0);
     parts
-        .map(|part| {
+        .iter()
+        .map(|&part| {
             running += u128::from(part);
             let upto = if running == total {
                 whole
             } else {
-                whole * running as f64 / total as f64
+                let exact = whole * running as f64 / total as f64;
+                ((exact / spacing).round() * spacing).min(whole)
             };
             let piece = upto - before;
             before = upto;
@@ -64,13 +64,21 @@ pub struct Balance {
     pub shares: Shares,
     /// Gathered admissions out of all served (0 with none).
     pub slow_path_share: f64,
+    /// Times rebalancing moved the shares toward demand (the counts above are since the
+    /// last time).
+    pub rebalances: u64,
 }
 
 impl Balance {
     /// Shards are called balanced while the busiest is within this fraction of its share.
     pub const THRESHOLD: f64 = 0.3;
 
-    pub(crate) fn of(distribution: Vec<u64>, gathered: u64, shares: Shares) -> Self {
+    pub(crate) fn of(
+        distribution: Vec<u64>,
+        gathered: u64,
+        shares: Shares,
+        rebalances: u64,
+    ) -> Self {
         let total: u64 = distribution.iter().sum();
         let weights = if shares.rate.is_empty() {
             vec![1.0; distribution.len()]
@@ -113,6 +121,7 @@ impl Balance {
             least_loaded: least,
             shares,
             slow_path_share,
+            rebalances,
         }
     }
 
@@ -124,7 +133,17 @@ impl Balance {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::memory::params::Params;
+    use crate::memory::weights::{Weights, EVEN};
     use crate::quota::Algorithm;
+
+    fn even(quota: &Quota, params: &Params) -> Shares {
+        let n = params.shards;
+        Shares::of(
+            quota,
+            (vec![EVEN; n], Weights::even(n).split(params.capacity)),
+        )
+    }
 
     fn equal(n: usize) -> Shares {
         Shares {
@@ -135,7 +154,7 @@ mod tests {
 
     #[test]
     fn balance_is_defined_before_any_traffic() {
-        let balance = Balance::of(vec![0, 0, 0, 0], 0, equal(4));
+        let balance = Balance::of(vec![0, 0, 0, 0], 0, equal(4), 0);
         assert_eq!(balance.imbalance_ratio, 0.0);
         assert_eq!(balance.slow_path_share, 0.0);
         assert!(balance.balanced());
@@ -144,7 +163,7 @@ mod tests {
 
     #[test]
     fn balance_measures_the_busiest_shard_against_the_mean() {
-        let balance = Balance::of(vec![10, 30, 20, 20], 8, equal(4));
+        let balance = Balance::of(vec![10, 30, 20, 20], 8, equal(4), 0);
         assert_eq!(balance.imbalance_ratio, 0.5);
         assert_eq!(balance.slow_path_share, 0.1);
         assert!(!balance.balanced());
@@ -157,18 +176,18 @@ mod tests {
             rate: vec![10.0, 30.0, 20.0, 20.0],
             burst: vec![1.0; 4],
         };
-        let balance = Balance::of(vec![10, 30, 20, 20], 0, shares.clone());
+        let balance = Balance::of(vec![10, 30, 20, 20], 0, shares.clone(), 0);
         assert_eq!(balance.imbalance_ratio, 0.0);
         assert!(balance.balanced());
         // Even service is unbalanced against unequal shares: shard 0 serves 20 for 10.
-        let balance = Balance::of(vec![20, 20, 20, 20], 0, shares);
+        let balance = Balance::of(vec![20, 20, 20, 20], 0, shares, 0);
         assert_eq!(balance.imbalance_ratio, 1.0);
         assert_eq!((balance.most_loaded, balance.least_loaded), (0, 1));
     }
 
     #[test]
     fn without_shares_the_stripes_are_measured_against_equal_ones() {
-        let balance = Balance::of(vec![10, 30, 20, 20], 0, Shares::default());
+        let balance = Balance::of(vec![10, 30, 20, 20], 0, Shares::default(), 0);
         assert_eq!(balance.imbalance_ratio, 0.5);
         assert_eq!(balance.most_loaded, 1);
     }
@@ -192,7 +211,7 @@ mod tests {
                     let Ok(params) = Params::new(&quota) else {
                         continue; // out of range at this shard count
                     };
-                    let shares = Shares::of(&quota, &params);
+                    let shares = even(&quota, &params);
                     let what = format!("rate {rate} burst {burst:?} shards {shards}");
                     assert_eq!(shares.rate.len(), shards, "{what}");
                     assert_eq!(shares.rate.iter().sum::<f64>(), rate, "{what}");
@@ -208,13 +227,45 @@ mod tests {
     #[test]
     fn the_burst_splits_as_the_shards_capacities_do() {
         let quota = Quota::new(1000.0, 1.0, Some(7.0), Algorithm::TokenBucket, Some(16)).unwrap();
-        let shares = Shares::of(&quota, &Params::new(&quota).unwrap());
+        let shares = even(&quota, &Params::new(&quota).unwrap());
         assert_eq!(shares.rate, vec![62.5; 16]);
         assert_eq!(shares.burst, vec![7.0 / 16.0; 16]);
         // The sliding window's capacity is floor(rate), in whole admissions.
         let quota = Quota::new(10.9, 1.0, None, Algorithm::SlidingWindow, Some(4)).unwrap();
-        let shares = Shares::of(&quota, &Params::new(&quota).unwrap());
+        let shares = even(&quota, &Params::new(&quota).unwrap());
         assert_eq!(shares.burst, vec![3.0, 3.0, 2.0, 2.0]);
         assert_eq!(shares.rate.iter().sum::<f64>(), 10.9);
+    }
+
+    #[test]
+    fn moved_shares_still_add_up_exactly_in_order() {
+        let demands = [
+            vec![1, 0, 0, 0, 0, 0, 0, 0],
+            vec![9, 1, 5, 1000, 3],
+            vec![7; 16],
+        ];
+        for rate in [1000.0, 1.0 / 3.0, 999_999_937.0, 0.1, 12_345.678] {
+            for demand in &demands {
+                let weights = Weights::toward(demand, demand.len());
+                let n = demand.len();
+                let parts = (0..n).map(|i| weights.get(i)).collect::<Vec<_>>();
+                let burst = weights.split(1_000_003);
+                let shares = Shares::of(
+                    &Quota::new(
+                        rate,
+                        1.0,
+                        Some(rate * 3.0 + 1.0),
+                        Algorithm::TokenBucket,
+                        Some(n),
+                    )
+                    .unwrap(),
+                    (parts, burst),
+                );
+                let what = format!("rate {rate} demand {demand:?}");
+                assert_eq!(shares.rate.iter().sum::<f64>(), rate, "{what}");
+                assert_eq!(shares.burst.iter().sum::<f64>(), rate * 3.0 + 1.0, "{what}");
+                assert!(shares.rate.iter().all(|&s| s > 0.0), "{what}");
+            }
+        }
     }
 }

@@ -16,7 +16,9 @@
 
 use crate::clock::{Clock, Nanos};
 use crate::memory::params::Params;
+use crate::memory::rebalance::Demand;
 use crate::memory::schedule::Schedule;
+use crate::memory::weights::{Weights, EVEN};
 
 /// The outcome of one take.
 #[derive(Debug, Clone, PartialEq)]
@@ -97,4 +99,26 @@ pub(crate) trait Budget: Send + Sync + Sized {
     /// Applies `new` params, keeping the free credit (capped) unless `refill`, with
     /// `held` tokens in escrow. Runs while no take can start.
     fn retune(&self, now: Nanos, old: &Params, new: &Params, held: u64, refill: bool);
+    /// Each shard's weight in the refill and its part of `params.capacity`: even unless
+    /// rebalancing moved them.
+    fn parts(&self, params: &Params) -> (Vec<u64>, Vec<u64>) {
+        let n = params.shards;
+        (vec![EVEN; n], Weights::even(n).split(params.capacity))
+    }
+
+    /// Rebalancing, where the algorithm's shards hold shares of the budget (the token
+    /// bucket; the sliding window is one log): the shares now and the shards keys spread
+    /// over, `None` where there are none to move. Asking starts the count of demand.
+    fn rebalanced(&self) -> Option<(Weights, usize)> {
+        None
+    }
+    /// What the shards were asked so far, once `rebalanced` was asked.
+    fn demand(&self) -> Demand {
+        Demand::default()
+    }
+    /// Moves the shares toward `weights` at `now`, keys then spreading over the first
+    /// `active` shards; whether it did. Runs while no take can start.
+    fn reweigh(&self, _now: Nanos, _weights: Weights, _active: usize) -> bool {
+        false
+    }
 }

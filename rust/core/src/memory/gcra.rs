@@ -28,15 +28,124 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use crate::clock::{Clock, Nanos};
 use crate::memory::budget::{Budget, Outcome, Promises};
 use crate::memory::keyed::KeyCell;
-use crate::memory::params::{share, Params, Scale, Ticks};
+use crate::memory::params::{Params, Scale, Ticks};
+use crate::memory::rebalance::Demand;
 use crate::memory::shard::{Shard, ShardSet, Taken};
+use crate::memory::weights::{Weights, EVEN};
 use crate::model::LOOK_AHEAD;
+use parking_lot::Mutex;
 
 #[derive(Debug)]
 pub(crate) struct GcraShard {
+    /// In the shard's own time (`Pace`), as is everything below that reads `now`.
     tat: AtomicU64,
-    /// Changes only while the limiter is being re-rated (see `limiter.rs`).
+    /// Changes only while the limiter is being re-rated or rebalanced (see `limiter.rs`).
     capacity: AtomicU64,
+    pace: Pace,
+    /// Takes that lost a race for the TAT and tried again: how contended the shard is.
+    collisions: AtomicU64,
+}
+
+/// How fast a shard refills: its time runs at `weight / EVEN` of the set's,
+/// `local(t) = base + ((t - epoch) * weight + carry) / EVEN`, so that a shard of weight `w`
+/// gains `w / EVEN` ticks of credit per tick. Every weight is [`EVEN`] (the shard's time is
+/// the set's) until rebalancing moves them, and then they still add up to `n * EVEN`: the
+/// set refills `n` ticks per tick, less at most `n - 1` in fractions of a tick not yet
+/// whole in some shard (`Settlement::lag`). A change of weight rebases the map at that
+/// instant, carrying the fraction, so no shard's time jumps. Written only while no take
+/// can start (the limiter's version is odd); a take that read it half-written decides again.
+#[derive(Debug)]
+struct Pace {
+    base: AtomicU64,
+    epoch: AtomicU64,
+    /// `weight << 16 | carry`, the carry being the fraction of a tick (in 1/EVEN).
+    weight: AtomicU64,
+}
+
+/// The packed weight of a shard whose time is the set's.
+const SAME: u64 = EVEN << 16;
+
+impl Pace {
+    fn same() -> Self {
+        Self {
+            base: AtomicU64::new(0),
+            epoch: AtomicU64::new(0),
+            weight: AtomicU64::new(SAME),
+        }
+    }
+
+    /// The set's tick `t` in this shard's time, as a multiple of 1/EVEN of a tick.
+    #[inline(always)]
+    fn exact(&self, t: u64) -> (u64, u128) {
+        let base = self.base.load(Ordering::Relaxed);
+        let since = t.saturating_sub(self.epoch.load(Ordering::Relaxed));
+        let packed = self.weight.load(Ordering::Relaxed);
+        let scaled = since as u128 * (packed >> 16) as u128 + (packed & (EVEN - 1)) as u128;
+        (base, scaled)
+    }
+
+    /// The set's tick `t` in this shard's time, rounded down.
+    #[inline(always)]
+    fn local(&self, t: u64) -> u64 {
+        if self.weight.load(Ordering::Relaxed) == SAME {
+            let since = t.saturating_sub(self.epoch.load(Ordering::Relaxed));
+            return self.base.load(Ordering::Relaxed).saturating_add(since);
+        }
+        let (base, scaled) = self.exact(t);
+        base.saturating_add((scaled >> 16).min(u64::MAX as u128) as u64)
+    }
+
+    /// A reading of the set's time in this shard's: down for credit, up for a restart.
+    #[inline(always)]
+    fn read(&self, now: Ticks) -> Ticks {
+        if self.weight.load(Ordering::Relaxed) == SAME {
+            return Ticks {
+                now: self.local(now.now),
+                start: self.local(now.start),
+            };
+        }
+        let (base, scaled) = self.exact(now.start);
+        let start = base.saturating_add(scaled.div_ceil(EVEN as u128).min(u64::MAX as u128) as u64);
+        Ticks {
+            now: self.local(now.now),
+            start,
+        }
+    }
+
+    /// The first tick of the set's time at which this shard's time reaches `local`.
+    fn global(&self, local: u64) -> u64 {
+        let base = self.base.load(Ordering::Relaxed);
+        let epoch = self.epoch.load(Ordering::Relaxed);
+        let packed = self.weight.load(Ordering::Relaxed);
+        let (weight, carry) = ((packed >> 16) as u128, (packed & (EVEN - 1)) as u128);
+        if weight == 0 {
+            return u64::MAX; // never refills
+        }
+        let ahead = (local.saturating_sub(base) as u128) << 16;
+        let since = ahead.saturating_sub(carry).div_ceil(weight);
+        epoch.saturating_add(since.min(u64::MAX as u128) as u64)
+    }
+
+    /// From the set's tick `t` on, runs at `weight`, without a jump at `t`.
+    fn rebase(&self, t: u64, weight: u64) {
+        let (base, scaled) = self.exact(t);
+        let whole = (scaled >> 16).min(u64::MAX as u128) as u64;
+        self.base
+            .store(base.saturating_add(whole), Ordering::SeqCst);
+        self.epoch
+            .store(t.max(self.epoch.load(Ordering::Relaxed)), Ordering::SeqCst);
+        let carry = (scaled & u128::from(EVEN - 1)) as u64;
+        self.weight.store(weight << 16 | carry, Ordering::SeqCst);
+    }
+
+    /// Runs at `weight` from the set's tick `t`, the shard's time reading `t` there (a
+    /// re-rating sets every shard anew); at an even weight, the set's time throughout.
+    fn restart(&self, t: u64, weight: u64) {
+        let t = if weight == EVEN { 0 } else { t };
+        self.base.store(t, Ordering::SeqCst);
+        self.epoch.store(t, Ordering::SeqCst);
+        self.weight.store(weight << 16, Ordering::SeqCst);
+    }
 }
 
 /// A take, recorded so that it can be given back: `taken` ticks, leaving the TAT at `end`.
@@ -52,6 +161,8 @@ impl GcraShard {
         Self {
             tat: AtomicU64::new(tat),
             capacity: AtomicU64::new(capacity),
+            pace: Pace::same(),
+            collisions: AtomicU64::new(0),
         }
     }
 
@@ -63,10 +174,18 @@ impl GcraShard {
         self.tat.load(Ordering::Relaxed)
     }
 
-    /// Re-sizes the shard and sets its state; only for a limiter being re-rated or reset.
-    pub(crate) fn reconfigure(&self, capacity: u64, tat: u64) {
+    /// Re-sizes the shard and sets its state, its time starting at the set's tick `now`;
+    /// only for a limiter being re-rated or reset.
+    fn reconfigure(&self, capacity: u64, tat: u64, now: u64, weight: u64) {
+        self.pace.restart(now, weight);
         self.capacity.store(capacity, Ordering::SeqCst);
         self.tat.store(tat, Ordering::SeqCst);
+    }
+
+    /// The set's tick `now` in this shard's time.
+    #[inline(always)]
+    fn local(&self, now: u64) -> u64 {
+        self.pace.local(now)
     }
 
     /// Re-sizes the shard, TAT unchanged: its credit moves by the same amount (escrow).
@@ -77,6 +196,7 @@ impl GcraShard {
     /// Takes `taken` ticks whatever the credit (escrow being spent: its capacity was just
     /// raised by as much).
     fn force_take(&self, now: Ticks, taken: u64) {
+        let now = self.pace.read(now);
         let _ = self
             .tat
             .fetch_update(Ordering::SeqCst, Ordering::Relaxed, |tat| {
@@ -92,6 +212,7 @@ impl GcraShard {
     /// Empty until `until` (ticks), refilling from there: the TAT moves to at least
     /// `until + capacity`. Composes with racing takes, which only raise it too.
     fn owe_until(&self, until: u64) {
+        let until = self.local(until);
         self.tat
             .fetch_max(until.saturating_add(self.capacity()), Ordering::SeqCst);
     }
@@ -100,6 +221,7 @@ impl GcraShard {
     /// keeps owing the same, so a back-off admits nothing until it ends and then refills
     /// from empty, the larger capacity included.
     fn keep_owing(&self, now: u64, added: u64) {
+        let now = self.local(now);
         if self.tat() > now.saturating_add(self.capacity() - added) {
             self.tat.fetch_add(added, Ordering::SeqCst);
         }
@@ -108,14 +230,27 @@ impl GcraShard {
     /// Refill owed at `now` before the shard has any credit again.
     fn owed(&self, now: u64) -> u64 {
         self.tat()
-            .saturating_sub(now.saturating_add(self.capacity()))
+            .saturating_sub(self.local(now).saturating_add(self.capacity()))
+    }
+
+    /// The set's tick at which a back-off this shard owes ends (its credit starts to
+    /// refill from empty); at or before `now` when it owes nothing.
+    fn owed_until(&self) -> u64 {
+        self.pace.global(self.tat().saturating_sub(self.capacity()))
     }
 }
 
 impl GcraShard {
+    /// Refill the set owes after a back-off, before it has credit again: what the shards
+    /// keys spread over owe (a draining shard's debt is its own, see `reweigh_shards`).
+    fn owed_by(set: &ShardSet<Self>, now: u64) -> u64 {
+        let active = set.slots[..set.active()].iter();
+        active.map(|s| s.shard.owed(now)).sum()
+    }
+
     /// Ticks of credit the set lacks for `units`, counting refill owed after a back-off.
     fn short(set: &ShardSet<Self>, now: Ticks, units: u64) -> u64 {
-        let owed: u64 = set.slots.iter().map(|s| s.shard.owed(now.now)).sum();
+        let owed = Self::owed_by(set, now.now);
         units
             .saturating_add(owed)
             .saturating_sub(<Self as Shard>::total_available(set, now))
@@ -125,11 +260,13 @@ impl GcraShard {
     /// counting what was settled before `settled`.
     #[inline]
     fn waste(&self, now: u64, settled: u64) -> u64 {
-        now.saturating_sub(self.tat().max(settled))
+        self.local(now)
+            .saturating_sub(self.tat().max(self.local(settled)))
     }
 
     /// Adds up to `amount` ticks of credit, never past capacity; returns what it added.
     fn deposit(&self, now: u64, amount: u64, horizon: &AtomicU64) -> u64 {
+        let now = self.local(now);
         let mut current = self.tat.load(Ordering::Relaxed);
         loop {
             // Room is how far the TAT stands ahead of `now`.
@@ -144,7 +281,7 @@ impl GcraShard {
                 Ordering::Relaxed,
             ) {
                 Ok(_) => {
-                    horizon.fetch_min(current - added, Ordering::SeqCst);
+                    horizon.fetch_min(self.pace.global(current - added), Ordering::SeqCst);
                     return added;
                 }
                 Err(actual) => current = actual,
@@ -168,6 +305,9 @@ pub(crate) struct Settlement {
     /// only its own shards. 0 (settle at once) after whatever else raises credit or lowers
     /// capacity.
     full_at: CachePadded<AtomicU64>,
+    /// Ticks of refill that may still be fractions in the shards (`Pace`): 0 while the
+    /// weights are even, `n - 1` otherwise; waits and slots count it as not yet there.
+    lag: AtomicU64,
     scale: Scale,
 }
 
@@ -178,15 +318,26 @@ impl Settlement {
             settled: CachePadded::new(AtomicU64::new(now)),
             horizon: CachePadded::new(AtomicU64::new(now)),
             full_at: CachePadded::new(AtomicU64::new(0)),
+            lag: AtomicU64::new(0),
             scale,
         }
     }
 
-    /// After every shard was set anew (re-rating): nothing older than `now` to settle.
-    pub(crate) fn restart(&self, now: u64, horizon: u64) {
-        self.settled.fetch_max(now, Ordering::SeqCst);
+    /// After every shard was set anew (re-rating, rebalancing): nothing older than `now`
+    /// to settle.
+    fn restart(&self, now: u64, horizon: u64) {
+        self.settled.store(now, Ordering::SeqCst);
         self.horizon.store(horizon, Ordering::SeqCst);
         self.unsettle();
+    }
+
+    /// Until `restart`, no settle can claim refill: the shards' times are being changed.
+    fn suspend(&self) {
+        self.settled.store(u64::MAX, Ordering::SeqCst);
+    }
+
+    fn lag(&self) -> u64 {
+        self.lag.load(Ordering::Relaxed)
     }
 
     /// Credit rose or capacity fell other than by refill and takes: the next take settles.
@@ -203,13 +354,14 @@ fn credit(capacity: u64, tat: u64, now: u64) -> u64 {
 
 /// One CAS loop for every kind of take, a shard's or a key's: `want(credit)` says how much
 /// to take from the TAT `tat` of a bucket of `capacity` ticks. A bucket that was full
-/// restarts from `now.start` (see [`Ticks`]).
+/// restarts from `now.start` (see [`Ticks`]). Each lost race counts in `collisions`.
 #[inline]
 fn take_from(
     tat: &AtomicU64,
     capacity: u64,
     now: Ticks,
     want: impl Fn(u64) -> u64,
+    collisions: Option<&AtomicU64>,
 ) -> Option<(u64, Receipt)> {
     let mut current = tat.load(Ordering::Relaxed);
     loop {
@@ -222,7 +374,12 @@ fn take_from(
         // with it; on x86 a locked CAS costs the same either way.
         match tat.compare_exchange_weak(current, end, Ordering::SeqCst, Ordering::Relaxed) {
             Ok(_) => return Some((taken, Receipt { taken, end })),
-            Err(actual) => current = actual,
+            Err(actual) => {
+                if let Some(collisions) = collisions {
+                    collisions.fetch_add(1, Ordering::Relaxed);
+                }
+                current = actual;
+            }
         }
     }
 }
@@ -259,27 +416,36 @@ impl Shard for GcraShard {
 
     #[inline]
     fn available(&self, now: Ticks) -> u64 {
-        self.credit(self.tat.load(Ordering::Relaxed), now.now)
+        self.credit(self.tat.load(Ordering::Relaxed), self.local(now.now))
     }
 
     #[inline]
     fn take(&self, now: Ticks, want: impl Fn(u64) -> u64) -> Option<(u64, Receipt)> {
-        take_from(&self.tat, self.capacity(), now, want)
+        let collisions = Some(&self.collisions);
+        take_from(
+            &self.tat,
+            self.capacity(),
+            self.pace.read(now),
+            want,
+            collisions,
+        )
     }
 
     fn give_back(set: &ShardSet<Self>, index: usize, receipt: Receipt, clock: &Clock) {
-        let scale = set.shared.scale;
-        if let Some(restored) = refund(&set.shard(index).tat, receipt, || scale.ticks(clock.now()))
-        {
+        let (scale, shard) = (set.shared.scale, set.shard(index));
+        let now = || shard.local(scale.ticks(clock.now()));
+        if let Some(restored) = refund(&shard.tat, receipt, now) {
+            let restored = shard.pace.global(restored);
             set.shared.horizon.fetch_min(restored, Ordering::SeqCst);
             set.shared.unsettle();
         }
     }
 
     /// Settled, the set refills like one bucket: `N` ticks of credit per tick of time
-    /// (one per shard) until the whole budget is full.
+    /// (the shards' weights add up to `N`) until the whole budget is full, less what is
+    /// still a fraction of a tick in some shard.
     fn wait_for(set: &ShardSet<Self>, now: Ticks, units: u64) -> Nanos {
-        let short = Self::short(set, now, units);
+        let short = Self::short(set, now, units).saturating_add(set.shared.lag());
         set.shared.scale.nanos(short.div_ceil(set.len() as u64))
     }
 
@@ -322,7 +488,10 @@ impl Shard for GcraShard {
             }
             // Whatever is left found every shard full: the whole budget is full and loses it.
             let (credit, capacity) = shards().fold((0u64, 0u64), |(credit, capacity), s| {
-                (credit + s.credit(s.tat(), now), capacity + s.capacity())
+                (
+                    credit + s.credit(s.tat(), s.local(now)),
+                    capacity + s.capacity(),
+                )
             });
             let until_full = (capacity - credit) / set.len() as u64;
             // Unless something unsettled it meanwhile.
@@ -334,7 +503,10 @@ impl Shard for GcraShard {
             );
             break;
         }
-        let earliest = shards().map(|s| s.tat()).min().unwrap_or(now);
+        let earliest = shards()
+            .map(|s| s.pace.global(s.tat()))
+            .min()
+            .unwrap_or(now);
         // Only if nothing lowered the horizon meanwhile; a lower one stays valid.
         let _ =
             horizon.compare_exchange(seen_horizon, earliest, Ordering::SeqCst, Ordering::Relaxed);
@@ -362,7 +534,9 @@ impl Shard for GcraShard {
                 0
             }
         };
-        take_from(&shard.tat, capacity, now, want).map(|(_, receipt)| receipt)
+        let collisions = Some(&shard.collisions);
+        take_from(&shard.tat, capacity, shard.pace.read(now), want, collisions)
+            .map(|(_, receipt)| receipt)
     }
 
     /// Credit held now, plus the waste a settle would move into shards with room.
@@ -372,16 +546,16 @@ impl Shard for GcraShard {
         let shards = set.slots.iter().map(|s| &s.shard);
         if now < set.shared.horizon.load(Ordering::Relaxed) {
             // No shard is full, so none has wasted anything: the credits are the answer.
-            return shards.map(|s| s.credit(s.tat(), now)).sum();
+            return shards.map(|s| s.credit(s.tat(), s.local(now))).sum();
         }
         let settled = set.shared.settled.load(Ordering::SeqCst);
         let (mut credit, mut waste, mut room) = (0u64, 0u64, 0u64);
         for slot in set.slots.iter() {
             let shard = &slot.shard;
-            let tat = shard.tat();
-            credit += shard.credit(tat, now);
+            let (tat, local) = (shard.tat(), shard.local(now));
+            credit += shard.credit(tat, local);
             waste += shard.waste(now, settled);
-            room += tat.saturating_sub(now).min(shard.capacity());
+            room += tat.saturating_sub(local).min(shard.capacity());
         }
         credit + waste.min(room)
     }
@@ -394,6 +568,10 @@ pub(crate) struct TokenBucket {
     /// Escrow no shard's capacity could hold (after `set_rate` lowered the burst below
     /// it); paid back first. Touched only while the limiter's account is locked.
     overheld: AtomicU64,
+    /// Each shard's share of the refill and the burst; changed while no take can start.
+    weights: Mutex<Weights>,
+    /// Capacity each draining shard still owes the others (see `reweigh_shards`).
+    lent: Mutex<Vec<u64>>,
 }
 
 impl TokenBucket {
@@ -418,16 +596,14 @@ impl TokenBucket {
         let paid = overheld.min(units);
         self.overheld.store(overheld - paid, Ordering::Relaxed);
         let mut rest = units - paid;
-        let n = self.set.len();
-        for (i, slot) in self.set.slots.iter().enumerate() {
+        let shares = self.burst_shares(params);
+        for (slot, share) in self.set.slots.iter().zip(shares) {
             if rest == 0 {
                 break;
             }
             let shard = &slot.shard;
             let capacity = shard.capacity();
-            let added = share(params.capacity, n, i)
-                .saturating_sub(capacity)
-                .min(rest);
+            let added = share.saturating_sub(capacity).min(rest);
             if added > 0 {
                 shard.set_capacity(capacity + added);
                 restored(shard, added);
@@ -440,13 +616,14 @@ impl TokenBucket {
 }
 
 impl TokenBucket {
-    /// When the settled budget would be full again, as a mark, counting escrow as spent
-    /// and refill owed to a back-off as still to come.
+    /// When the settled budget would be full again, as a mark, counting escrow as spent,
+    /// refill owed to a back-off as still to come, and so the fractions of refill.
     fn backlog(&self, now: Nanos, params: &Params) -> i128 {
         let ticks = self.ticks(now);
         let free = GcraShard::total_available(&self.set, ticks) as i128;
-        let owed: u64 = self.set.slots.iter().map(|s| s.shard.owed(ticks.now)).sum();
-        self.mark(now) + params.capacity as i128 - free + owed as i128
+        let owed = GcraShard::owed_by(&self.set, ticks.now);
+        let lag = self.set.shared.lag() as i128;
+        self.mark(now) + params.capacity as i128 - free + owed as i128 + lag
     }
 
     /// The first nanosecond at which the budget has refilled to `mark`.
@@ -459,6 +636,102 @@ impl TokenBucket {
             .nanos(ticks.min(u64::MAX as i128) as u64)
     }
 
+    /// Each shard's part of the capacity `params` give, less what draining shards lent:
+    /// the live shards' shares of the burst.
+    fn burst_shares(&self, params: &Params) -> Vec<u64> {
+        let lent = self.lent.lock();
+        let weights = self.weights.lock();
+        let live = |i: usize| lent[i] == 0 && weights.get(i) > 0;
+        weights.split_among(params.capacity - lent.iter().sum::<u64>(), live)
+    }
+
+    /// The set's first tick at which some shard is full.
+    fn earliest_full(&self) -> u64 {
+        let shards = self.set.slots.iter().map(|s| &s.shard);
+        shards.map(|s| s.pace.global(s.tat())).min().unwrap_or(0)
+    }
+
+    /// Moves the shards' shares of the refill and the burst toward `weights` at `now`,
+    /// keys then spreading over the first `active` shards, keeping every unit and never
+    /// writing a TAT: a take that raced this and gives itself back leaves the state exact.
+    ///
+    /// Each shard's time is rebased to its new weight without a jump, and capacity moves
+    /// from shards with credit to shards whose share grew, never below what a shard has
+    /// used. A shard that `weights` leaves without a share hands its credit over at once,
+    /// but what it has used is refill still owed, and only its own time can repay it: it
+    /// *drains*, with no capacity (nothing to take) and its weight, its use turned debt,
+    /// and lends the others that much capacity. Each later call gives back, as capacity
+    /// and credit, what it has repaid since (its refill, and any take given back to it),
+    /// and once it owes nothing its weight goes to the others too. Returns whether the
+    /// shares moved: not during a back-off. Runs while no take can start.
+    fn reweigh_shards(&self, now: Nanos, weights: Weights, active: usize) -> bool {
+        let ticks = self.ticks(now);
+        GcraShard::settle(&self.set, ticks);
+        let shards: Vec<&GcraShard> = self.set.slots.iter().map(|s| &s.shard).collect();
+        if GcraShard::owed_by(&self.set, ticks.now) > 0 {
+            return false;
+        }
+        self.set.shared.suspend();
+        let mut lent = self.lent.lock();
+        let used: Vec<u64> = shards
+            .iter()
+            .map(|s| s.tat().saturating_sub(s.local(ticks.now)))
+            .collect();
+        let mut capacity: u64 = shards.iter().map(|s| s.capacity()).sum();
+        // Repaid debts come back, and a draining shard given a share again takes its
+        // debt back as use within its capacity; a shard left without a share starts
+        // draining with its use as debt (or, owing nothing, simply stops).
+        let mut draining = vec![false; shards.len()];
+        for i in 0..shards.len() {
+            if weights.get(i) > 0 {
+                capacity += std::mem::take(&mut lent[i]);
+            } else {
+                let owed = if lent[i] > 0 {
+                    let owed = used[i].min(lent[i]);
+                    capacity += lent[i] - owed;
+                    owed
+                } else {
+                    let owed = used[i].min(shards[i].capacity());
+                    capacity -= owed;
+                    owed
+                };
+                lent[i] = owed;
+                draining[i] = owed > 0;
+            }
+        }
+        let weights = weights.keeping(&self.weights.lock(), &draining);
+        // The split by weight among the live shards, then each raised to what it has
+        // used, paid for by the room the others have beyond theirs, in order.
+        let live = |i: usize| !draining[i] && weights.get(i) > 0;
+        let mut capacities: Vec<u64> = weights.split_among(capacity, live);
+        let mut excess = 0;
+        for (i, c) in capacities.iter_mut().enumerate().filter(|&(i, _)| live(i)) {
+            excess += used[i].saturating_sub(*c);
+            *c = (*c).max(used[i]);
+        }
+        for (i, c) in capacities.iter_mut().enumerate().filter(|&(i, _)| live(i)) {
+            let cut = (*c - used[i]).min(excess);
+            *c -= cut;
+            excess -= cut;
+        }
+        debug_assert_eq!(excess, 0, "the shards hold what they have used");
+        for (i, shard) in shards.iter().enumerate() {
+            shard.pace.rebase(ticks.now, weights.get(i));
+            shard.capacity.store(capacities[i], Ordering::SeqCst);
+        }
+        let lag = if weights.is_even() {
+            0
+        } else {
+            shards.len() as u64 - 1
+        };
+        self.set.shared.lag.store(lag, Ordering::SeqCst);
+        self.set.set_active(active);
+        // Escrow given back later refills shards toward their new shares of the burst.
+        *self.weights.lock() = weights;
+        self.set.shared.restart(ticks.now, self.earliest_full());
+        true
+    }
+
     /// A one-shard bucket whose TAT is `tat` ticks (a key's bucket when it opens a book).
     pub(crate) fn starting_at(params: &Params, tat: u64, now: Nanos) -> Self {
         let now = params.scale.ticks(now);
@@ -468,6 +741,8 @@ impl TokenBucket {
                 Settlement::new(now, params.scale),
             ),
             overheld: AtomicU64::new(0),
+            weights: Mutex::new(Weights::even(1)),
+            lent: Mutex::new(vec![0]),
         }
     }
 }
@@ -481,10 +756,15 @@ impl Budget for TokenBucket {
         Self {
             // Every shard starts full: its TAT is now.
             set: ShardSet::new(
-                (0..n).map(|i| GcraShard::new(share(params.capacity, n, i), start)),
+                Weights::even(n)
+                    .split(params.capacity)
+                    .into_iter()
+                    .map(|capacity| GcraShard::new(capacity, start)),
                 Settlement::new(start, params.scale),
             ),
             overheld: AtomicU64::new(0),
+            weights: Mutex::new(Weights::even(n)),
+            lent: Mutex::new(vec![0; n]),
         }
     }
 
@@ -557,7 +837,10 @@ impl Budget for TokenBucket {
     /// `mark(now) - slack`.
     fn reserved(&self, now: Nanos, _params: &Params, promises: &Promises<'_>) -> u64 {
         let short = self.mark(now) - promises.schedule.all().slack;
-        short.clamp(0, u64::MAX as i128) as u64
+        if short <= 0 {
+            return 0;
+        }
+        (short + self.set.shared.lag() as i128).min(u64::MAX as i128) as u64
     }
 
     /// Tries the take in each gap of the schedule, in order: now, then after each promise
@@ -653,21 +936,64 @@ impl Budget for TokenBucket {
             0
         } else {
             let ticks = self.ticks(now).now;
-            let owed = self.set.slots.iter().map(|s| s.shard.owed(ticks)).max();
-            old.scale.nanos(owed.unwrap_or(0))
+            let active = self.set.slots[..self.set.active()].iter();
+            let until = active.map(|s| s.shard.owed_until()).max();
+            old.scale.nanos(until.unwrap_or(0).saturating_sub(ticks))
         };
-        let n = self.set.len();
-        let ticks = new.scale.ticks(now);
-        for (i, slot) in self.set.slots.iter().enumerate() {
-            let (capacity, credit) = (share(capacity, n, i), share(credit, n, i));
-            slot.shard
-                .reconfigure(capacity, ticks + (capacity - credit));
+        // Debts of draining shards are forgiven: every shard is set anew from the credit.
+        self.lent.lock().fill(0);
+        let mut weights = self.weights.lock();
+        if refill {
+            // A reset forgets where demand was (and keeps the shards keys spread over).
+            *weights = Weights::even_over(self.set.len(), self.set.active());
+            let lag = if weights.is_even() {
+                0
+            } else {
+                self.set.len() as u64 - 1
+            };
+            self.set.shared.lag.store(lag, Ordering::SeqCst);
         }
+        let ticks = new.scale.ticks(now);
+        let capacities = weights.split(capacity);
+        let credits = weights.split_within(credit, &capacities);
+        for (i, slot) in self.set.slots.iter().enumerate() {
+            let (capacity, credit) = (capacities[i], credits[i]);
+            slot.shard
+                .reconfigure(capacity, ticks + (capacity - credit), ticks, weights.get(i));
+        }
+        drop(weights);
         if owed > 0 {
             self.owe_until(now, now.saturating_add(owed));
         }
-        let earliest = self.set.slots.iter().map(|s| s.shard.tat()).min();
-        self.set.shared.restart(ticks, earliest.unwrap_or(ticks));
+        self.set.shared.restart(ticks, self.earliest_full());
+    }
+
+    fn parts(&self, params: &Params) -> (Vec<u64>, Vec<u64>) {
+        let weights = self.weights.lock().clone();
+        let n = weights.len();
+        (
+            (0..n).map(|i| weights.get(i)).collect(),
+            self.burst_shares(params),
+        )
+    }
+
+    fn rebalanced(&self) -> Option<(Weights, usize)> {
+        self.set.measure_demand();
+        Some((self.weights.lock().clone(), self.set.active()))
+    }
+
+    fn demand(&self) -> Demand {
+        let collisions = self.set.slots.iter().map(|s| &s.shard.collisions);
+        Demand {
+            asked: self.set.asked(),
+            collisions: collisions
+                .map(|c| c.load(Ordering::Relaxed))
+                .fold(0, u64::wrapping_add),
+        }
+    }
+
+    fn reweigh(&self, now: Nanos, weights: Weights, active: usize) -> bool {
+        self.reweigh_shards(now, weights, active)
     }
 }
 
@@ -688,7 +1014,7 @@ impl KeyCell for TokenCell {
     fn take(&self, params: &Params, now: Nanos, units: u64) -> std::result::Result<Receipt, Nanos> {
         let now = params.scale.read(now);
         let all_or_nothing = |credit| if credit >= units { units } else { 0 };
-        match take_from(&self.0, params.capacity, now, all_or_nothing) {
+        match take_from(&self.0, params.capacity, now, all_or_nothing, None) {
             Some((_, receipt)) => Ok(receipt),
             None => {
                 let short = units.saturating_sub(self.credit(params, now.now));

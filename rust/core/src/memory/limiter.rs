@@ -24,6 +24,7 @@ use crate::decision::{
 };
 use crate::error::{Error, Result};
 use crate::memory::params::Params;
+use crate::memory::rebalance::{Rebalancer, Rebalancing, Since};
 use crate::model::RECHECK;
 use crate::quota::Quota;
 use crate::seam::{Backend, Undo};
@@ -33,6 +34,8 @@ pub(crate) struct Limiter<B: Budget> {
     tuning: CachePadded<Tuning>,
     budget: B,
     account: Mutex<Account>,
+    /// Moves the shards' shares toward demand (an adaptive limiter's token bucket).
+    rebalancer: Option<Rebalancer>,
 }
 
 /// What every decision reads, on one read-mostly cache line.
@@ -128,7 +131,63 @@ impl<B: Budget> Limiter<B> {
                 ),
             }),
             clock,
+            rebalancer: None,
         })
+    }
+
+    /// Moves the shards' shares toward demand as `rebalancing` says, where the algorithm
+    /// has shares to move and there is more than one shard (otherwise it changes nothing).
+    pub(crate) fn rebalancing(mut self, rebalancing: Rebalancing) -> Self {
+        if self.account.get_mut().params.shards > 1 && self.budget.rebalanced().is_some() {
+            self.rebalancer = Some(Rebalancer::new(rebalancing, self.clock.now()));
+        }
+        self
+    }
+
+    /// Looks at demand now and moves the shares if it calls for it, or, with `force`,
+    /// whenever anything was asked since they last moved; whether they moved.
+    pub(crate) fn rebalance(&self, force: bool) -> bool {
+        let Some(rebalancer) = &self.rebalancer else {
+            return false;
+        };
+        let now = self.clock.now();
+        let Some(mut since) = rebalancer.look(now, force) else {
+            return false;
+        };
+        let Some(current) = self.budget.rebalanced() else {
+            return false;
+        };
+        let unit = self.tuning.unit.load(Ordering::Relaxed);
+        let demand = self.budget.demand();
+        let current = (&current.0, current.1);
+        let Some(movement) = rebalancer.decide(&since, now, demand, unit, current, force) else {
+            return false;
+        };
+        let mut account = self.account.lock();
+        // As a booking does: quiet takes wait, and one that overlapped gives itself back.
+        self.tuning.version.fetch_add(1, Ordering::SeqCst);
+        let now = self.clock.now();
+        self.refresh(&mut account, now);
+        let moved = self.budget.reweigh(now, movement.weights, movement.active);
+        self.tuning.version.fetch_add(1, Ordering::SeqCst);
+        if moved {
+            let fresh = Since {
+                demand: movement.demand,
+                served: self.budget.served(),
+                gathered: self.budget.gathered(),
+                rebalances: since.rebalances + 1,
+                ..Since::default()
+            };
+            rebalancer.restart(&mut since, now, fresh);
+        }
+        moved
+    }
+
+    /// Times the shares moved toward demand.
+    pub(crate) fn rebalances(&self) -> u64 {
+        self.rebalancer
+            .as_ref()
+            .map_or(0, |rebalancer| rebalancer.since().rebalances)
     }
 
     pub(crate) fn clock(&self) -> &Clock {
@@ -189,18 +248,24 @@ impl<B: Budget> Limiter<B> {
         if count == 0 {
             return Err(Error::invalid_count(&count));
         }
-        loop {
+        let decided = loop {
             let version = self.tuning.version.load(Ordering::SeqCst);
             if version & 1 == 0 {
                 if self.tuning.busy.load(Ordering::SeqCst) {
-                    return Ok(self.take_in_account(hash, count));
+                    break self.take_in_account(hash, count);
                 }
                 if let Some(decided) = self.take_quietly(version, hash, count, tally) {
-                    return Ok(decided);
+                    break decided;
                 }
             }
             std::thread::yield_now();
+        };
+        if let Some(rebalancer) = &self.rebalancer {
+            if rebalancer.due(decided.0.at) {
+                self.rebalance(false);
+            }
         }
+        Ok(decided)
     }
 
     /// One lock-free decision under `version`; `None` when a booking or a re-rating began
@@ -602,17 +667,33 @@ impl<B: Budget> Limiter<B> {
             .collect()
     }
 
+    /// Admissions each shard served since the limiter was made or reset, or the shares
+    /// last moved.
     pub(crate) fn served(&self) -> Vec<u64> {
-        self.budget.served()
+        let served = self.budget.served();
+        match &self.rebalancer {
+            Some(rebalancer) => {
+                let since = rebalancer.since();
+                let before = |i| since.served.get(i).copied().unwrap_or(0);
+                let served = served.iter().enumerate();
+                served.map(|(i, s)| s.wrapping_sub(before(i))).collect()
+            }
+            None => served,
+        }
     }
 
+    /// Of those, admissions gathered from every shard.
     pub(crate) fn gathered(&self) -> u64 {
-        self.budget.gathered()
+        let gathered = self.budget.gathered();
+        match &self.rebalancer {
+            Some(rebalancer) => gathered.wrapping_sub(rebalancer.since().gathered),
+            None => gathered,
+        }
     }
 
     pub(crate) fn shares(&self) -> Shares {
         let account = self.account.lock();
-        Shares::of(&account.quota, &account.params)
+        Shares::of(&account.quota, self.budget.parts(&account.params))
     }
 
     /// Nothing booked and the budget full for a whole period: a fresh limiter decides the same.
@@ -675,12 +756,25 @@ impl<B: Budget> Limiter<B> {
     /// Refills the budget, clears the per-shard counters and forgets callers'
     /// reservations; waiters keep their turns, in order, on the fresh budget.
     pub(crate) fn reset(&self) {
+        // The rebalancer's record before the account, in the order `rebalance` takes them.
+        let since = self
+            .rebalancer
+            .as_ref()
+            .map(|r| (r, r.look(self.clock.now(), true)));
         let mut account = self.account.lock();
         let waiters = account.book.take_waiters();
         let params = account.params;
         self.retune(&mut account, params, true);
         self.budget.clear_served();
         let now = self.clock.now();
+        if let Some((rebalancer, Some(mut since))) = since {
+            let fresh = Since {
+                demand: self.budget.demand(),
+                rebalances: since.rebalances,
+                ..Since::default()
+            };
+            rebalancer.restart(&mut since, now, fresh);
+        }
         let Account { params, book, .. } = &mut *account;
         for (seq, waiter) in waiters {
             let units = waiter.count.saturating_mul(params.unit);

@@ -11,6 +11,8 @@ pub(crate) mod key_window;
 pub(crate) mod keyed;
 pub(crate) mod limiter;
 pub(crate) mod params;
+pub(crate) mod rebalance;
 pub(crate) mod schedule;
 pub(crate) mod shard;
 pub(crate) mod sliding_window;
+pub(crate) mod weights;

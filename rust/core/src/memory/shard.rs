@@ -7,7 +7,7 @@
 //! candidates touches only their cache lines, so threads on different shards do not meet.
 
 use crossbeam_utils::CachePadded;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use crate::clock::{Clock, Nanos};
 use crate::memory::budget::Outcome;
@@ -68,13 +68,20 @@ pub(crate) struct Slot<S> {
     /// only by a gather, on the line it has just written; only the sum over shards means
     /// anything.
     gathered: AtomicU64,
+    /// Units asked of this shard as a key's fuller candidate, admitted or not: its demand,
+    /// counted only while the set measures it (`ShardSet::measure_demand`).
+    asked: AtomicU64,
 }
 
 /// What an admission took, so that it can be given back if it must be undone.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Taken<R> {
     One(usize, R),
-    Gathered(Vec<(usize, R)>),
+    /// Taken from several shards; `slow` when not only from the key's two candidates.
+    Gathered {
+        receipts: Vec<(usize, R)>,
+        slow: bool,
+    },
 }
 
 /// Gathering retries when other threads drain shards between our read and our take.
@@ -84,6 +91,11 @@ const GATHER_ATTEMPTS: usize = 16;
 pub(crate) struct ShardSet<S: Shard> {
     pub(crate) slots: Box<[CachePadded<Slot<S>>]>,
     pub(crate) shared: S::Shared,
+    /// Count what is asked of each shard (for rebalancing; a refusal then writes a line).
+    measuring: AtomicBool,
+    /// Keys are spread over the first `active` shards (rebalancing may run on fewer than
+    /// it has, see `rebalance.rs`); the others serve only gathers.
+    active: AtomicUsize,
 }
 
 impl<S: Shard> ShardSet<S> {
@@ -95,11 +107,41 @@ impl<S: Shard> ShardSet<S> {
                     shard,
                     served: AtomicU64::new(0),
                     gathered: AtomicU64::new(0),
+                    asked: AtomicU64::new(0),
                 })
             })
             .collect();
         assert!(!slots.is_empty(), "a shard set needs at least one shard");
-        Self { slots, shared }
+        let active = AtomicUsize::new(slots.len());
+        Self {
+            slots,
+            shared,
+            measuring: AtomicBool::new(false),
+            active,
+        }
+    }
+
+    /// Spreads keys over the first `active` shards; only while no take can start.
+    pub(crate) fn set_active(&self, active: usize) {
+        self.active.store(active, Ordering::SeqCst);
+    }
+
+    /// The shards keys spread over.
+    pub(crate) fn active(&self) -> usize {
+        self.active.load(Ordering::Relaxed)
+    }
+
+    /// From now on, counts the units asked of each shard.
+    pub(crate) fn measure_demand(&self) {
+        self.measuring.store(true, Ordering::Relaxed);
+    }
+
+    /// Units asked of each shard since the set was made (wrapping).
+    pub(crate) fn asked(&self) -> Vec<u64> {
+        self.slots
+            .iter()
+            .map(|s| s.asked.load(Ordering::Relaxed))
+            .collect()
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -136,10 +178,10 @@ impl<S: Shard> ShardSet<S> {
         }
     }
 
-    /// The key's two candidate shards.
+    /// The key's two candidate shards (among the active ones).
     #[inline]
     pub(crate) fn candidates(&self, hash: u64) -> (usize, usize) {
-        candidates(hash, self.slots.len())
+        candidates(hash, self.active.load(Ordering::Relaxed))
     }
 
     /// Takes `units` for the key with `hash`, or refuses without writing anything.
@@ -168,6 +210,9 @@ impl<S: Shard> ShardSet<S> {
             } else {
                 (b, a)
             };
+        if self.measuring.load(Ordering::Relaxed) {
+            self.slots[first].asked.fetch_add(units, Ordering::Relaxed);
+        }
         // The usual case, whatever the skew: O(1), touching only the candidates' lines.
         if let Some(receipt) = S::take_unsettled(self, first, now, units) {
             return self.admitted(first, Taken::One(first, receipt));
@@ -178,37 +223,43 @@ impl<S: Shard> ShardSet<S> {
                 return self.admitted(index, Taken::One(index, receipt));
             }
         }
-        self.gather(clock, now, first, units)
+        self.gather(clock, now, (first, second), units)
     }
 
-    /// Serves a request no single candidate can: takes from every shard, fullest
-    /// candidate first, and gives everything back if other threads got there first.
+    /// Serves a request no single candidate can: takes what the fuller candidate has,
+    /// then the other, then every other shard in turn (the slow path), and gives
+    /// everything back if other threads got there first.
     #[cold]
     fn gather(
         &self,
         clock: &Clock,
         now: S::Time,
-        first: usize,
+        (first, second): (usize, usize),
         units: u64,
     ) -> Outcome<Taken<S::Receipt>> {
         let n = self.slots.len();
+        let others = (1..n)
+            .map(|offset| (first + offset) % n)
+            .filter(|&index| index != second);
+        let order = || [first, second].into_iter().chain(others.clone());
         let mut receipts = Vec::new();
         for _ in 0..GATHER_ATTEMPTS {
             if self.available(now) < units {
                 break;
             }
             let mut got = 0;
-            for offset in 0..n {
-                let index = (first + offset) % n;
+            for index in order() {
                 if let Some((taken, receipt)) = self.slots[index].shard.take_up_to(now, units - got)
                 {
                     got += taken;
                     receipts.push((index, receipt));
                     if got == units {
-                        self.slots[receipts[0].0]
-                            .gathered
-                            .fetch_add(1, Ordering::Relaxed);
-                        return self.admitted(first, Taken::Gathered(receipts));
+                        let slow = receipts.iter().any(|&(i, _)| i != first && i != second);
+                        if slow {
+                            let counter = &self.slots[receipts[0].0].gathered;
+                            counter.fetch_add(1, Ordering::Relaxed);
+                        }
+                        return self.admitted(first, Taken::Gathered { receipts, slow });
                     }
                 }
             }
@@ -225,10 +276,12 @@ impl<S: Shard> ShardSet<S> {
     pub(crate) fn give_back(&self, taken: Taken<S::Receipt>, clock: &Clock) {
         match taken {
             Taken::One(index, receipt) => S::give_back(self, index, receipt, clock),
-            Taken::Gathered(receipts) => {
-                self.slots[receipts[0].0]
-                    .gathered
-                    .fetch_sub(1, Ordering::Relaxed);
+            Taken::Gathered { receipts, slow } => {
+                if slow {
+                    self.slots[receipts[0].0]
+                        .gathered
+                        .fetch_sub(1, Ordering::Relaxed);
+                }
                 self.return_receipts(receipts, clock);
             }
         }
