@@ -251,9 +251,7 @@ fn rebalancing_while_four_threads_take_loses_and_duplicates_nothing() {
         for worker in workers {
             worker.join().unwrap();
         }
-        // A shard that drained meanwhile gives back at the next rebalance what it repaid
-        // (a take given back to it, say): then a last drain finds it.
-        limiter.rebalance();
+        // What is left, one thread on many keys: nothing may be stranded anywhere.
         for key in 0..64 {
             while limiter.try_acquire(&format!("k{key}"), 1).unwrap().allowed {
                 admitted.fetch_add(1, Ordering::Relaxed);

@@ -44,6 +44,9 @@ pub(crate) struct GcraShard {
     pace: Pace,
     /// Takes that lost a race for the TAT and tried again: how contended the shard is.
     collisions: AtomicU64,
+    /// Capacity a draining shard lent the others and still owes them: its capacity is 0,
+    /// its use turned debt, and what it repays goes back to them (see `reweigh_shards`).
+    lent: AtomicU64,
 }
 
 /// How fast a shard refills: its time runs at `weight / EVEN` of the set's,
@@ -163,6 +166,7 @@ impl GcraShard {
             capacity: AtomicU64::new(capacity),
             pace: Pace::same(),
             collisions: AtomicU64::new(0),
+            lent: AtomicU64::new(0),
         }
     }
 
@@ -233,6 +237,21 @@ impl GcraShard {
             .saturating_sub(self.local(now).saturating_add(self.capacity()))
     }
 
+    /// What a draining shard has repaid of what it lent and not yet given back.
+    fn repaid(&self, now: u64) -> u64 {
+        let lent = self.lent.load(Ordering::SeqCst);
+        lent.saturating_sub(self.tat().saturating_sub(self.local(now)))
+    }
+
+    /// The set's first tick at which this shard is full (a draining shard: at once, so
+    /// that settles run and give its repayments back).
+    fn full_from(&self) -> u64 {
+        if self.lent.load(Ordering::Relaxed) > 0 {
+            return 0;
+        }
+        self.pace.global(self.tat())
+    }
+
     /// The set's tick at which a back-off this shard owes ends (its credit starts to
     /// refill from empty); at or before `now` when it owes nothing.
     fn owed_until(&self) -> u64 {
@@ -246,6 +265,29 @@ impl GcraShard {
     fn owed_by(set: &ShardSet<Self>, now: u64) -> u64 {
         let active = set.slots[..set.active()].iter();
         active.map(|s| s.shard.owed(now)).sum()
+    }
+
+    /// Gives back what draining shards repaid, as capacity (and so credit) of a shard
+    /// keys spread over: raising a capacity is safe beside racing takes.
+    fn repay(set: &ShardSet<Self>, now: u64) {
+        for (i, slot) in set.slots.iter().enumerate() {
+            let shard = &slot.shard;
+            let lent = shard.lent.load(Ordering::SeqCst);
+            let repaid = shard.repaid(now);
+            if repaid == 0 {
+                continue;
+            }
+            // Claimed once, by whoever lowers what is lent.
+            if shard
+                .lent
+                .compare_exchange(lent, lent - repaid, Ordering::SeqCst, Ordering::Relaxed)
+                .is_ok()
+            {
+                let heir = &set.slots[i % set.active()].shard;
+                heir.capacity.fetch_add(repaid, Ordering::SeqCst);
+                set.shared.unsettle();
+            }
+        }
     }
 
     /// Ticks of credit the set lacks for `units`, counting refill owed after a back-off.
@@ -503,10 +545,8 @@ impl Shard for GcraShard {
             );
             break;
         }
-        let earliest = shards()
-            .map(|s| s.pace.global(s.tat()))
-            .min()
-            .unwrap_or(now);
+        Self::repay(set, now);
+        let earliest = shards().map(GcraShard::full_from).min().unwrap_or(now);
         // Only if nothing lowered the horizon meanwhile; a lower one stays valid.
         let _ =
             horizon.compare_exchange(seen_horizon, earliest, Ordering::SeqCst, Ordering::Relaxed);
@@ -553,9 +593,11 @@ impl Shard for GcraShard {
         for slot in set.slots.iter() {
             let shard = &slot.shard;
             let (tat, local) = (shard.tat(), shard.local(now));
-            credit += shard.credit(tat, local);
+            // A draining shard's repayments count as credit, and its debt as room.
+            let lent = shard.lent.load(Ordering::Relaxed);
+            credit += shard.credit(tat, local) + shard.repaid(now);
             waste += shard.waste(now, settled);
-            room += tat.saturating_sub(local).min(shard.capacity());
+            room += tat.saturating_sub(local).min(shard.capacity().max(lent));
         }
         credit + waste.min(room)
     }
@@ -570,8 +612,6 @@ pub(crate) struct TokenBucket {
     overheld: AtomicU64,
     /// Each shard's share of the refill and the burst; changed while no take can start.
     weights: Mutex<Weights>,
-    /// Capacity each draining shard still owes the others (see `reweigh_shards`).
-    lent: Mutex<Vec<u64>>,
 }
 
 impl TokenBucket {
@@ -639,16 +679,22 @@ impl TokenBucket {
     /// Each shard's part of the capacity `params` give, less what draining shards lent:
     /// the live shards' shares of the burst.
     fn burst_shares(&self, params: &Params) -> Vec<u64> {
-        let lent = self.lent.lock();
+        let lent: Vec<u64> = self
+            .shards()
+            .map(|s| s.lent.load(Ordering::SeqCst))
+            .collect();
         let weights = self.weights.lock();
         let live = |i: usize| lent[i] == 0 && weights.get(i) > 0;
         weights.split_among(params.capacity - lent.iter().sum::<u64>(), live)
     }
 
+    fn shards(&self) -> impl Iterator<Item = &GcraShard> {
+        self.set.slots.iter().map(|s| &s.shard)
+    }
+
     /// The set's first tick at which some shard is full.
     fn earliest_full(&self) -> u64 {
-        let shards = self.set.slots.iter().map(|s| &s.shard);
-        shards.map(|s| s.pace.global(s.tat())).min().unwrap_or(0)
+        self.shards().map(GcraShard::full_from).min().unwrap_or(0)
     }
 
     /// Moves the shards' shares of the refill and the burst toward `weights` at `now`,
@@ -672,7 +718,10 @@ impl TokenBucket {
             return false;
         }
         self.set.shared.suspend();
-        let mut lent = self.lent.lock();
+        let mut lent: Vec<u64> = shards
+            .iter()
+            .map(|s| s.lent.load(Ordering::SeqCst))
+            .collect();
         let used: Vec<u64> = shards
             .iter()
             .map(|s| s.tat().saturating_sub(s.local(ticks.now)))
@@ -718,6 +767,7 @@ impl TokenBucket {
         for (i, shard) in shards.iter().enumerate() {
             shard.pace.rebase(ticks.now, weights.get(i));
             shard.capacity.store(capacities[i], Ordering::SeqCst);
+            shard.lent.store(lent[i], Ordering::SeqCst);
         }
         let lag = if weights.is_even() {
             0
@@ -742,7 +792,6 @@ impl TokenBucket {
             ),
             overheld: AtomicU64::new(0),
             weights: Mutex::new(Weights::even(1)),
-            lent: Mutex::new(vec![0]),
         }
     }
 }
@@ -764,7 +813,6 @@ impl Budget for TokenBucket {
             ),
             overheld: AtomicU64::new(0),
             weights: Mutex::new(Weights::even(n)),
-            lent: Mutex::new(vec![0; n]),
         }
     }
 
@@ -941,7 +989,9 @@ impl Budget for TokenBucket {
             old.scale.nanos(until.unwrap_or(0).saturating_sub(ticks))
         };
         // Debts of draining shards are forgiven: every shard is set anew from the credit.
-        self.lent.lock().fill(0);
+        for shard in self.shards() {
+            shard.lent.store(0, Ordering::SeqCst);
+        }
         let mut weights = self.weights.lock();
         if refill {
             // A reset forgets where demand was (and keeps the shards keys spread over).
@@ -1170,5 +1220,110 @@ mod tests {
         assert_eq!(GcraShard::total_available(&set, Ticks::at(100)), 320);
         GcraShard::settle(&set, Ticks::at(100));
         assert_eq!(GcraShard::total_available(&set, Ticks::at(100)), 320);
+    }
+
+    mod rebalancing {
+        use super::*;
+        use crate::quota::{Algorithm, Quota};
+
+        const MS: Nanos = 1_000_000;
+
+        /// 1,000 tokens a second, a burst of 100, on 4 shards, at t = 0.
+        fn bucket() -> (TokenBucket, Params, Clock) {
+            let quota =
+                Quota::new(1000.0, 1.0, Some(100.0), Algorithm::TokenBucket, Some(4)).unwrap();
+            let params = Params::new(&quota).unwrap();
+            let bucket = TokenBucket::new(&params, 0);
+            bucket.rebalanced();
+            (
+                bucket,
+                params,
+                Clock::Manual(Arc::new(ManualClock::new(0.0))),
+            )
+        }
+
+        fn take(bucket: &TokenBucket, params: &Params, now: Nanos, hash: u64, tokens: u64) {
+            let clock = Clock::Manual(Arc::new(ManualClock::new(0.0)));
+            let outcome = bucket.acquire(&clock, now, hash, tokens * params.unit);
+            assert!(matches!(outcome, Outcome::Admitted { .. }), "{outcome:?}");
+        }
+
+        fn capacities(bucket: &TokenBucket) -> u64 {
+            bucket
+                .shards()
+                .map(|s| s.capacity() + s.lent.load(Ordering::SeqCst))
+                .sum()
+        }
+
+        #[test]
+        fn moving_the_shares_keeps_every_unit_and_refills_at_the_weights() {
+            let (bucket, params, _) = bucket();
+            take(&bucket, &params, 0, 7, 60);
+            let before = bucket.available(0);
+            assert!(bucket.reweigh(0, Weights::toward(&[5, 1, 1, 1], 4), 4));
+            assert_eq!(bucket.available(0), before);
+            assert_eq!(capacities(&bucket), params.capacity);
+            // 10 ms later: 10 tokens refilled in all, however the weights split it.
+            assert_eq!(bucket.available(10 * MS), before + 10 * params.unit);
+            // Shard 0 refills at its weight: 5/8 of 4 shards' worth.
+            let shard = &bucket.set.slots[0].shard;
+            let (weight, local) = (
+                shard.pace.weight.load(Ordering::SeqCst) >> 16,
+                shard.local(0),
+            );
+            assert_eq!(weight, Weights::toward(&[5, 1, 1, 1], 4).get(0));
+            let ticks = params.scale.ticks(10 * MS);
+            assert_eq!(
+                shard.local(ticks) - local,
+                (ticks as u128 * weight as u128 / EVEN as u128) as u64
+            );
+        }
+
+        #[test]
+        fn a_shard_left_without_a_share_drains_and_gives_back_what_it_repays() {
+            let (bucket, params, _) = bucket();
+            // Every shard used: 25 tokens each, the budget empty.
+            for hash in 0..1000 {
+                let clock = Clock::Manual(Arc::new(ManualClock::new(0.0)));
+                bucket.acquire(&clock, 0, hash, params.unit);
+            }
+            assert_eq!(bucket.available(0), 0);
+            // Keys now spread over shard 0 alone; the others drain.
+            assert!(bucket.reweigh(0, Weights::even_over(4, 1), 1));
+            assert_eq!(bucket.set.active(), 1);
+            assert_eq!(capacities(&bucket), params.capacity);
+            assert_eq!(bucket.available(0), 0);
+            // 40 ms: 40 tokens refilled in all, part of them repaid by the draining shards,
+            // and all of them can be taken through shard 0's keys.
+            let now = 40 * MS;
+            assert_eq!(bucket.available(now), 40 * params.unit);
+            for _ in 0..40 {
+                take(&bucket, &params, now, 1, 1);
+            }
+            assert_eq!(bucket.available(now), 0);
+            // Once they have repaid everything, a later move hands their weight over.
+            let later = 200 * MS;
+            assert_eq!(bucket.available(later), 100 * params.unit);
+            GcraShard::settle(&bucket.set, bucket.ticks(later));
+            assert!(bucket.shards().all(|s| s.lent.load(Ordering::SeqCst) == 0));
+            assert!(bucket.reweigh(later, Weights::even_over(4, 1), 1));
+            assert_eq!(bucket.weights.lock().clone(), Weights::even_over(4, 1));
+            assert_eq!(bucket.set.slots[0].shard.capacity(), params.capacity);
+            assert_eq!(bucket.available(later), 100 * params.unit);
+        }
+
+        #[test]
+        fn a_take_given_back_after_its_shard_drained_comes_back_whole() {
+            let (bucket, params, clock) = bucket();
+            let receipt = match bucket.acquire(&clock, 0, 3, 20 * params.unit) {
+                Outcome::Admitted { receipt, .. } => receipt,
+                refused => panic!("{refused:?}"),
+            };
+            assert!(bucket.reweigh(0, Weights::even_over(4, 1), 1));
+            assert_eq!(bucket.available(0), 80 * params.unit);
+            bucket.give_back(receipt, &clock);
+            assert_eq!(bucket.available(0), 100 * params.unit);
+            assert_eq!(capacities(&bucket), params.capacity);
+        }
     }
 }
