@@ -1,8 +1,9 @@
 //! The one account of admission: random interleavings of every operation (try_acquire,
 //! waiting turns, reserve, execute early / on time / late / never, cancel, expiry,
-//! set_quota, reset, reset of one key, sweeps of idle keys) on a manual clock, at 1, 3 and 16 shards, for both
-//! algorithms, with one budget for all keys and with one budget per key (`scope="key"`,
-//! where I1 holds for every key on its own).
+//! set_quota, reset, reset of one key, sweeps of idle keys, rebalancing) on a manual
+//! clock, at 1, 3 and 16 shards, for both algorithms, with one budget for all keys and
+//! with one budget per key (`scope="key"`, where I1 holds for every key on its own), and
+//! for an adaptive token bucket (whose shares move and shards drain as it goes).
 //!
 //! An admission happens when the caller may proceed: `try_acquire` returns allowed, or
 //! `execute_reservation` admits. Every interval (token bucket) or window (sliding window)
@@ -27,8 +28,8 @@ use proptest::sample::Index;
 mod common;
 use common::cases;
 use ratelimit_core::{
-    Algorithm, Booking, Clock, Holder, ManualClock, Quota, RateLimiter, Refusal, ReservationPolicy,
-    Scope,
+    Algorithm, Booking, Clock, Holder, ManualClock, Quota, RateLimiter, Rebalancing, Refusal,
+    ReservationPolicy, Scope,
 };
 use std::sync::Arc;
 
@@ -46,6 +47,8 @@ struct Setup {
     burst: f64,
     /// Seconds a held reservation keeps its tokens past its slot.
     grace: f64,
+    /// Rebalances (an adaptive limiter): shares move and shards drain as it goes.
+    adaptive: bool,
 }
 
 impl Setup {
@@ -74,7 +77,17 @@ fn setup(algorithm: Algorithm, scope: Scope) -> impl Strategy<Value = Setup> {
             rate,
             burst,
             grace,
+            adaptive: false,
         })
+}
+
+/// An adaptive token bucket over one budget: moving shares and draining shards inline,
+/// every 50 ms of the clock, and whenever `Op::Rebalance` says.
+fn adaptive() -> impl Strategy<Value = Setup> {
+    setup(Algorithm::TokenBucket, Scope::Global).prop_map(|setup| Setup {
+        adaptive: true,
+        ..setup
+    })
 }
 
 #[derive(Debug, Clone)]
@@ -119,6 +132,8 @@ enum Op {
     },
     /// Counts the keys, dropping idle ones (a busy key's limiter among them).
     Sweep,
+    /// Moves the shares to demand now (adaptive limiters; nothing otherwise).
+    Rebalance,
 }
 
 fn ops() -> impl Strategy<Value = Vec<Op>> {
@@ -165,6 +180,7 @@ fn op(moves: bool) -> impl Strategy<Value = Op> {
         ]
         .prop_map(move |op| if moves { op } else { Op::Sweep }),
         2 => Just(Op::Sweep),
+        2 => Just(Op::Rebalance),
     ]
 }
 
@@ -225,6 +241,11 @@ impl Run {
             Scope::Key => RateLimiter::keyed(quota, manual, policy, 1_000),
         }
         .unwrap();
+        let limiter = if setup.adaptive {
+            limiter.rebalancing(Rebalancing::new(0.3, 0.05).unwrap())
+        } else {
+            limiter
+        };
         let budgets = match setup.scope {
             Scope::Global => 1,
             Scope::Key => KEYS,
@@ -583,6 +604,9 @@ impl Run {
             Op::Sweep => {
                 self.limiter.keys().unwrap();
             }
+            Op::Rebalance => {
+                self.limiter.rebalance();
+            }
         }
         Ok(())
     }
@@ -725,6 +749,14 @@ proptest! {
     }
 
     #[test]
+    fn i1_adaptive_token_bucket_holds_over_every_admission_time(
+        setup in adaptive(),
+        ops in ops(),
+    ) {
+        play(setup, &ops)?;
+    }
+
+    #[test]
     fn i1_sliding_window_holds_for_every_key_over_every_admission_time(
         setup in setup(Algorithm::SlidingWindow, Scope::Key),
         ops in ops(),
@@ -742,6 +774,14 @@ proptest! {
     #[test]
     fn token_bucket_promises_are_kept_and_no_refusal_wastes_capacity(
         setup in setup(Algorithm::TokenBucket, Scope::Global),
+        ops in promise_ops(),
+    ) {
+        play(setup, &ops)?;
+    }
+
+    #[test]
+    fn adaptive_token_bucket_promises_are_kept_and_no_refusal_wastes_capacity(
+        setup in adaptive(),
         ops in promise_ops(),
     ) {
         play(setup, &ops)?;

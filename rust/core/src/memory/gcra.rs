@@ -107,12 +107,16 @@ impl Pace {
                 start: self.local(now.start),
             };
         }
-        let (base, scaled) = self.exact(now.start);
-        let start = base.saturating_add(scaled.div_ceil(EVEN as u128).min(u64::MAX as u128) as u64);
         Ticks {
             now: self.local(now.now),
-            start,
+            start: self.local_up(now.start),
         }
+    }
+
+    /// The set's tick `t` in this shard's time, rounded up.
+    fn local_up(&self, t: u64) -> u64 {
+        let (base, scaled) = self.exact(t);
+        base.saturating_add(scaled.div_ceil(EVEN as u128).min(u64::MAX as u128) as u64)
     }
 
     /// The first tick of the set's time at which this shard's time reaches `local`.
@@ -121,11 +125,14 @@ impl Pace {
         let epoch = self.epoch.load(Ordering::Relaxed);
         let packed = self.weight.load(Ordering::Relaxed);
         let (weight, carry) = ((packed >> 16) as u128, (packed & (EVEN - 1)) as u128);
-        if weight == 0 {
-            return u64::MAX; // never refills
+        let ahead = ((local.saturating_sub(base) as u128) << 16).saturating_sub(carry);
+        if ahead == 0 {
+            return epoch;
         }
-        let ahead = (local.saturating_sub(base) as u128) << 16;
-        let since = ahead.saturating_sub(carry).div_ceil(weight);
+        if weight == 0 {
+            return u64::MAX; // its time stands still
+        }
+        let since = ahead.div_ceil(weight);
         epoch.saturating_add(since.min(u64::MAX as u128) as u64)
     }
 
@@ -218,23 +225,31 @@ impl GcraShard {
     fn owe_until(&self, until: u64) {
         let until = self.local(until);
         self.tat
-            .fetch_max(until.saturating_add(self.capacity()), Ordering::SeqCst);
+            .fetch_max(until.saturating_add(self.headroom()), Ordering::SeqCst);
     }
 
     /// After the capacity rose by `added` (escrow given back): a shard that still owed refill
     /// keeps owing the same, so a back-off admits nothing until it ends and then refills
     /// from empty, the larger capacity included.
     fn keep_owing(&self, now: u64, added: u64) {
-        let now = self.local(now);
+        let now = self.pace.local_up(now);
         if self.tat() > now.saturating_add(self.capacity() - added) {
             self.tat.fetch_add(added, Ordering::SeqCst);
         }
     }
 
-    /// Refill owed at `now` before the shard has any credit again.
+    /// Refill owed at `now` before the shard has any credit again, beyond what a draining
+    /// shard owes for what it lent. Measured from the shard's time rounded up: a shard that
+    /// restarted from there (see `Ticks`) owes nothing.
     fn owed(&self, now: u64) -> u64 {
         self.tat()
-            .saturating_sub(self.local(now).saturating_add(self.capacity()))
+            .saturating_sub(self.pace.local_up(now).saturating_add(self.headroom()))
+    }
+
+    /// How far the TAT may stand ahead of the shard's time without a back-off: its
+    /// capacity, or, draining, what it lent.
+    fn headroom(&self) -> u64 {
+        self.capacity() + self.lent.load(Ordering::SeqCst)
     }
 
     /// What a draining shard has repaid of what it lent and not yet given back.
@@ -255,16 +270,14 @@ impl GcraShard {
     /// The set's tick at which a back-off this shard owes ends (its credit starts to
     /// refill from empty); at or before `now` when it owes nothing.
     fn owed_until(&self) -> u64 {
-        self.pace.global(self.tat().saturating_sub(self.capacity()))
+        self.pace.global(self.tat().saturating_sub(self.headroom()))
     }
 }
 
 impl GcraShard {
-    /// Refill the set owes after a back-off, before it has credit again: what the shards
-    /// keys spread over owe (a draining shard's debt is its own, see `reweigh_shards`).
+    /// Refill the set owes after a back-off, before it has credit again.
     fn owed_by(set: &ShardSet<Self>, now: u64) -> u64 {
-        let active = set.slots[..set.active()].iter();
-        active.map(|s| s.shard.owed(now)).sum()
+        set.slots.iter().map(|s| s.shard.owed(now)).sum()
     }
 
     /// Gives back what draining shards repaid, as capacity (and so credit) of a shard
@@ -487,7 +500,10 @@ impl Shard for GcraShard {
     /// (the shards' weights add up to `N`) until the whole budget is full, less what is
     /// still a fraction of a tick in some shard.
     fn wait_for(set: &ShardSet<Self>, now: Ticks, units: u64) -> Nanos {
-        let short = Self::short(set, now, units).saturating_add(set.shared.lag());
+        let short = match Self::short(set, now, units) {
+            0 => 0,
+            short => short.saturating_add(set.shared.lag()),
+        };
         set.shared.scale.nanos(short.div_ceil(set.len() as u64))
     }
 
@@ -656,14 +672,23 @@ impl TokenBucket {
 }
 
 impl TokenBucket {
-    /// When the settled budget would be full again, as a mark, counting escrow as spent,
-    /// refill owed to a back-off as still to come, and so the fractions of refill.
+    /// When the settled budget would be full again, as a mark, counting escrow as spent
+    /// and refill owed to a back-off as still to come.
     fn backlog(&self, now: Nanos, params: &Params) -> i128 {
         let ticks = self.ticks(now);
         let free = GcraShard::total_available(&self.set, ticks) as i128;
         let owed = GcraShard::owed_by(&self.set, ticks.now);
-        let lag = self.set.shared.lag() as i128;
-        self.mark(now) + params.capacity as i128 - free + owed as i128 + lag
+        self.mark(now) + params.capacity as i128 - free + owed as i128
+    }
+
+    /// The mark at which the budget, at `start` now, has refilled to `needed`: that, and
+    /// what may still be fractions of a tick in the shards (`Settlement::lag`), if it has
+    /// anything to refill.
+    fn refilled(&self, start: i128, needed: i128) -> i128 {
+        if needed <= start {
+            return start;
+        }
+        needed + self.set.shared.lag() as i128
     }
 
     /// The first nanosecond at which the budget has refilled to `mark`.
@@ -869,9 +894,10 @@ impl Budget for TokenBucket {
     fn slot(&self, now: Nanos, params: &Params, promises: &Promises<'_>, units: u64) -> Nanos {
         let all = promises.schedule.all();
         let after = (self.backlog(now, params) + all.units).max(all.reach + all.units);
-        let at = self
-            .mark(now)
-            .max(after + units as i128 - params.capacity as i128);
+        let at = self.refilled(
+            self.mark(now),
+            after + units as i128 - params.capacity as i128,
+        );
         self.at_mark(at).max(now).max(promises.tail())
     }
 
@@ -897,16 +923,16 @@ impl Budget for TokenBucket {
     fn chance(&self, now: Nanos, params: &Params, promises: &Promises<'_>, units: u64) -> Nanos {
         let schedule = promises.schedule;
         let (cap, units) = (params.capacity as i128, units as i128);
-        let start = self.mark(now);
+        let (start, lag) = (self.mark(now), self.set.shared.lag() as i128);
         let mut end = self.backlog(now, params);
         let mut before = None;
         let mut promised = schedule.iter();
         for _ in 0..=LOOK_AHEAD {
             let next = promised.next();
-            let at = start.max(end + units - cap);
+            let at = self.refilled(start, end + units - cap);
             if next.is_none_or(|p| at < p.mark) {
                 let rest = before.map_or_else(|| schedule.all(), |seq| schedule.after(seq));
-                if end.max(at) + units <= cap + rest.slack {
+                if end.max(at) + units + lag <= cap + rest.slack {
                     return self.at_mark(at).max(now) - now;
                 }
             }
@@ -984,8 +1010,7 @@ impl Budget for TokenBucket {
             0
         } else {
             let ticks = self.ticks(now).now;
-            let active = self.set.slots[..self.set.active()].iter();
-            let until = active.map(|s| s.shard.owed_until()).max();
+            let until = self.shards().map(GcraShard::owed_until).max();
             old.scale.nanos(until.unwrap_or(0).saturating_sub(ticks))
         };
         // Debts of draining shards are forgiven: every shard is set anew from the credit.
