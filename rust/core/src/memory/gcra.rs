@@ -77,46 +77,35 @@ impl Pace {
         }
     }
 
-    /// The set's tick `t` in this shard's time, as a multiple of 1/EVEN of a tick.
+    /// The map as it stands (one read of each field).
     #[inline(always)]
-    fn exact(&self, t: u64) -> (u64, u128) {
-        let base = self.base.load(Ordering::Relaxed);
-        let since = t.saturating_sub(self.epoch.load(Ordering::Relaxed));
-        let packed = self.weight.load(Ordering::Relaxed);
-        let scaled = since as u128 * (packed >> 16) as u128 + (packed & (EVEN - 1)) as u128;
-        (base, scaled)
+    fn map(&self) -> Map {
+        Map {
+            base: self.base.load(Ordering::Relaxed),
+            epoch: self.epoch.load(Ordering::Relaxed),
+            packed: self.weight.load(Ordering::Relaxed),
+        }
     }
 
     /// The set's tick `t` in this shard's time, rounded down.
     #[inline(always)]
     fn local(&self, t: u64) -> u64 {
-        if self.weight.load(Ordering::Relaxed) == SAME {
-            let since = t.saturating_sub(self.epoch.load(Ordering::Relaxed));
-            return self.base.load(Ordering::Relaxed).saturating_add(since);
-        }
-        let (base, scaled) = self.exact(t);
-        base.saturating_add((scaled >> 16).min(u64::MAX as u128) as u64)
+        self.map().local(t)
+    }
+
+    /// The set's tick `t` in this shard's time, rounded up.
+    fn local_up(&self, t: u64) -> u64 {
+        self.map().local_up(t)
     }
 
     /// A reading of the set's time in this shard's: down for credit, up for a restart.
     #[inline(always)]
     fn read(&self, now: Ticks) -> Ticks {
-        if self.weight.load(Ordering::Relaxed) == SAME {
-            return Ticks {
-                now: self.local(now.now),
-                start: self.local(now.start),
-            };
-        }
+        let map = self.map();
         Ticks {
-            now: self.local(now.now),
-            start: self.local_up(now.start),
+            now: map.local(now.now),
+            start: map.local_up(now.start),
         }
-    }
-
-    /// The set's tick `t` in this shard's time, rounded up.
-    fn local_up(&self, t: u64) -> u64 {
-        let (base, scaled) = self.exact(t);
-        base.saturating_add(scaled.div_ceil(EVEN as u128).min(u64::MAX as u128) as u64)
     }
 
     /// The first tick of the set's time at which this shard's time reaches `local`.
@@ -138,7 +127,7 @@ impl Pace {
 
     /// From the set's tick `t` on, runs at `weight`, without a jump at `t`.
     fn rebase(&self, t: u64, weight: u64) {
-        let (base, scaled) = self.exact(t);
+        let (base, scaled) = self.map().exact(t);
         let whole = (scaled >> 16).min(u64::MAX as u128) as u64;
         self.base
             .store(base.saturating_add(whole), Ordering::SeqCst);
@@ -155,6 +144,42 @@ impl Pace {
         self.base.store(t, Ordering::SeqCst);
         self.epoch.store(t, Ordering::SeqCst);
         self.weight.store(weight << 16, Ordering::SeqCst);
+    }
+}
+
+/// A shard's `Pace` read at once.
+#[derive(Clone, Copy)]
+struct Map {
+    base: u64,
+    epoch: u64,
+    packed: u64,
+}
+
+impl Map {
+    /// The set's tick `t` in the shard's time, as a multiple of 1/EVEN of a tick past `base`.
+    #[inline(always)]
+    fn exact(self, t: u64) -> (u64, u128) {
+        let since = t.saturating_sub(self.epoch) as u128;
+        let scaled = since * (self.packed >> 16) as u128 + (self.packed & (EVEN - 1)) as u128;
+        (self.base, scaled)
+    }
+
+    #[inline(always)]
+    fn local(self, t: u64) -> u64 {
+        if self.packed == SAME {
+            return self.base.saturating_add(t.saturating_sub(self.epoch));
+        }
+        let (base, scaled) = self.exact(t);
+        base.saturating_add((scaled >> 16).min(u64::MAX as u128) as u64)
+    }
+
+    #[inline(always)]
+    fn local_up(self, t: u64) -> u64 {
+        if self.packed == SAME {
+            return self.local(t);
+        }
+        let (base, scaled) = self.exact(t);
+        base.saturating_add(scaled.div_ceil(EVEN as u128).min(u64::MAX as u128) as u64)
     }
 }
 

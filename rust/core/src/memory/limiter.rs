@@ -53,6 +53,8 @@ struct Tuning {
     /// Odd while a re-rating or reset rewrites the budget: a take that overlapped one must
     /// stay charged rather than be given back into a state that may already count it.
     retunes: AtomicU64,
+    /// When a decision should next look at demand (`u64::MAX`: never; see `rebalance.rs`).
+    next_look: AtomicU64,
 }
 
 struct Account {
@@ -118,6 +120,7 @@ impl<B: Budget> Limiter<B> {
                 capacity: AtomicU64::new(params.capacity),
                 busy: AtomicBool::new(false),
                 retunes: AtomicU64::new(0),
+                next_look: AtomicU64::new(u64::MAX),
             }),
             budget,
             account: Mutex::new(Account {
@@ -139,7 +142,10 @@ impl<B: Budget> Limiter<B> {
     /// has shares to move and there is more than one shard (otherwise it changes nothing).
     pub(crate) fn rebalancing(mut self, rebalancing: Rebalancing) -> Self {
         if self.account.get_mut().params.shards > 1 && self.budget.rebalanced().is_some() {
-            self.rebalancer = Some(Rebalancer::new(rebalancing, self.clock.now()));
+            let now = self.clock.now();
+            let rebalancer = Rebalancer::new(rebalancing, now);
+            *self.tuning.next_look.get_mut() = rebalancer.next_look(now);
+            self.rebalancer = Some(rebalancer);
         }
         self
     }
@@ -151,9 +157,12 @@ impl<B: Budget> Limiter<B> {
             return false;
         };
         let now = self.clock.now();
-        let Some(mut since) = rebalancer.look(now, force) else {
+        let Some(mut since) = rebalancer.look(force) else {
             return false;
         };
+        self.tuning
+            .next_look
+            .store(rebalancer.next_look(now), Ordering::Relaxed);
         let Some(current) = self.budget.rebalanced() else {
             return false;
         };
@@ -248,24 +257,18 @@ impl<B: Budget> Limiter<B> {
         if count == 0 {
             return Err(Error::invalid_count(&count));
         }
-        let decided = loop {
+        loop {
             let version = self.tuning.version.load(Ordering::SeqCst);
             if version & 1 == 0 {
                 if self.tuning.busy.load(Ordering::SeqCst) {
-                    break self.take_in_account(hash, count);
+                    return Ok(self.take_in_account(hash, count));
                 }
                 if let Some(decided) = self.take_quietly(version, hash, count, tally) {
-                    break decided;
+                    return Ok(decided);
                 }
             }
             std::thread::yield_now();
-        };
-        if let Some(rebalancer) = &self.rebalancer {
-            if rebalancer.due(decided.0.at) {
-                self.rebalance(false);
-            }
         }
-        Ok(decided)
     }
 
     /// One lock-free decision under `version`; `None` when a booking or a re-rating began
@@ -297,7 +300,24 @@ impl<B: Budget> Limiter<B> {
             }
             return None;
         }
-        Some(self.outcome(now, hash, outcome, retunes, tally))
+        let decided = self.outcome(now, hash, outcome, retunes, tally);
+        self.look_if_due(now);
+        Some(decided)
+    }
+
+    /// Looks at demand (see `rebalance.rs`) if one is due at `now`: one load of a
+    /// read-mostly line on the decision path, and the look itself out of line.
+    #[inline(always)]
+    fn look_if_due(&self, now: Nanos) {
+        if now >= self.tuning.next_look.load(Ordering::Relaxed) {
+            self.look();
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn look(&self) {
+        self.rebalance(false);
     }
 
     #[inline(always)]
@@ -354,6 +374,8 @@ impl<B: Budget> Limiter<B> {
         });
         let (mut decision, taken) = self.outcome(now, hash, outcome, retunes, false);
         decision.remaining_units = Some(self.spare(now, &account));
+        drop(account);
+        self.look_if_due(now);
         (decision, taken)
     }
 
@@ -757,10 +779,7 @@ impl<B: Budget> Limiter<B> {
     /// reservations; waiters keep their turns, in order, on the fresh budget.
     pub(crate) fn reset(&self) {
         // The rebalancer's record before the account, in the order `rebalance` takes them.
-        let since = self
-            .rebalancer
-            .as_ref()
-            .map(|r| (r, r.look(self.clock.now(), true)));
+        let since = self.rebalancer.as_ref().map(|r| (r, r.look(true)));
         let mut account = self.account.lock();
         let waiters = account.book.take_waiters();
         let params = account.params;

@@ -2,8 +2,8 @@
 //! shard's share of the refill and the burst, follow what callers do.
 //!
 //! Decisions look at the clock they already read: at most once per [`CHECK`] (or per
-//! interval, if shorter) one of them, the one that wins a `try_lock`, looks at what was
-//! asked since the shares last moved, once enough was ([`SAMPLE`] tokens per shard keys
+//! interval, if shorter) one of them, the one that wins a `try_lock`, looks (out of line,
+//! after its own decision) at what was asked since the shares last moved, once enough was ([`SAMPLE`] tokens per shard keys
 //! spread over). Nothing runs in the background and nothing is spawned.
 //!
 //! - **Contention sets the shard count.** Shards exist so that threads do not race for
@@ -19,7 +19,6 @@
 //!   (`Weights::toward`: every shard keys spread over keeps a floor).
 
 use parking_lot::{Mutex, MutexGuard};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::clock::{Nanos, NANOS_PER_SEC};
 use crate::error::{Error, Result};
@@ -65,7 +64,6 @@ pub(crate) struct Rebalancer {
     threshold: f64,
     interval: Nanos,
     check_every: Nanos,
-    next_check: AtomicU64,
     since: Mutex<Since>,
 }
 
@@ -109,7 +107,6 @@ impl Rebalancer {
             threshold: rebalancing.threshold,
             interval,
             check_every,
-            next_check: AtomicU64::new(now.saturating_add(check_every)),
             since: Mutex::new(Since {
                 at: now,
                 ..Since::default()
@@ -117,23 +114,18 @@ impl Rebalancer {
         }
     }
 
-    /// Whether a decision at `now` should look at demand (one load on the hot path).
-    #[inline(always)]
-    pub(crate) fn due(&self, now: Nanos) -> bool {
-        now >= self.next_check.load(Ordering::Relaxed)
+    /// When a decision after a look at `now` should look again.
+    pub(crate) fn next_look(&self, now: Nanos) -> Nanos {
+        now.saturating_add(self.check_every)
     }
 
     /// Locks the record for a look at demand, unless another decision is looking (or
     /// `force`, which waits for it).
-    pub(crate) fn look(&self, now: Nanos, force: bool) -> Option<MutexGuard<'_, Since>> {
-        let since = if force {
-            self.since.lock()
-        } else {
-            self.since.try_lock()?
-        };
-        self.next_check
-            .store(now.saturating_add(self.check_every), Ordering::Relaxed);
-        Some(since)
+    pub(crate) fn look(&self, force: bool) -> Option<MutexGuard<'_, Since>> {
+        if force {
+            return Some(self.since.lock());
+        }
+        self.since.try_lock()
     }
 
     /// Where the shares should go, given what was asked so far, one token's units, the
