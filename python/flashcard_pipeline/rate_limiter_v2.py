@@ -34,7 +34,7 @@ from flashcard_pipeline._native import (
     RateLimitResult,
     TokenReservation,
 )
-from flashcard_pipeline._arguments import named, number
+from flashcard_pipeline._arguments import named
 from flashcard_pipeline._waiting import Steps, wait, wait_blocking
 from flashcard_pipeline.config import env_int, env_number, setting
 from flashcard_pipeline.exceptions import RateLimitError
@@ -436,17 +436,27 @@ class ShardedRateLimiter:
 
 
 class AdaptiveShardedRateLimiter(ShardedRateLimiter):
-    """A :class:`ShardedRateLimiter` with the guide's constructor.
+    """A :class:`ShardedRateLimiter` whose shards follow what its callers do.
 
-    What every sharded limiter already does: refill that idle (full) shards cannot hold
-    moves into shards with room when a take needs it, so busy shards get it and the total
-    stays exactly ``rate``, with no background task and nothing spawned per call; and
-    :meth:`on_rate_limit`/:meth:`on_success` follow an upstream's answers. Each shard keeps an
-    equal share of the rate: shares do not move toward demand yet, and hot keys are not
-    spread beyond their two shards (:meth:`get_shard_balance` shows the slow-path share
-    that costs). ``initial_shards`` is the shard count, ``rebalance_threshold`` the
-    imbalance above which :meth:`get_shard_balance` reports ``balanced: False``, and
-    ``rebalance_interval`` is accepted for compatibility (there is no periodic pass yet).
+    Shards exist so that threads do not race for one bucket; spread over shards nobody
+    contends for, a busy budget only has its last tokens in fractions on several of them,
+    slower to gather. So this limiter starts on ``initial_shards`` (default: automatic)
+    and, looking at what was asked at most every 100 ms (inline, after a decision: no
+    background task or thread, nothing spawned per call):
+
+    - spreads keys over twice as many shards when more than 1 in 100 tokens asked lost a
+      race for its shard, and over half as many (down to one) when fewer than 1 in 10,000
+      did;
+    - moves each shard's share of the rate and of the burst toward the demand it sees,
+      when that demand's imbalance ratio passes ``rebalance_threshold`` or every
+      ``rebalance_interval`` seconds (each shard keys spread over keeps at least an eighth
+      of an even share).
+
+    The totals stay exactly ``rate`` and ``burst_size``, and a move neither loses nor
+    creates a token. :meth:`rebalance` moves the shares at once. :meth:`get_shard_balance`
+    adds ``active_shards`` and ``rebalances``; its counts start again when the shares move.
+    With ``algorithm="sliding_window"`` (one exact log) or ``scope="key"`` (a budget per
+    key) there are no shares to move, and it is a :class:`ShardedRateLimiter`.
     """
 
     def __init__(
@@ -458,12 +468,21 @@ class AdaptiveShardedRateLimiter(ShardedRateLimiter):
         rebalance_interval: float = 300.0,
         **options: Any,
     ) -> None:
-        threshold = number("rebalance_threshold", rebalance_threshold, above=0)
-        interval = number("rebalance_interval", rebalance_interval, above=0)
         with named(shards="initial_shards"):
-            super().__init__(rate, period, initial_shards, **options)
-        self._rebalance_threshold = threshold
-        self.rebalance_interval = interval
+            super().__init__(
+                rate,
+                period,
+                initial_shards,
+                rebalancing=(rebalance_threshold, rebalance_interval),
+                **options,
+            )
+        self._rebalance_threshold = rebalance_threshold
+        self.rebalance_interval = rebalance_interval
+
+    def rebalance(self) -> bool:
+        """Moves the shares to the demand seen since they last moved, now (if anything
+        was asked since); whether they moved."""
+        return self._engine.rebalance()
 
     @property
     def rebalance_threshold(self) -> float:

@@ -301,11 +301,15 @@ impl RateLimiter {
 
     /// How evenly the shards have served requests, each for its share (see [`Balance`]).
     pub fn balance(&self) -> Balance {
-        let rebalances = match &self.engine {
-            Engine::TokenBucket(limiter) => limiter.rebalances(),
-            _ => 0,
+        let (rebalances, active) = match &self.engine {
+            Engine::TokenBucket(limiter) => (limiter.rebalances(), limiter.active()),
+            Engine::SlidingWindow(limiter) => (0, limiter.active()),
+            _ => (0, self.quota().shards),
         };
-        Balance::of(self.served(), self.gathered(), self.shares(), rebalances)
+        Balance {
+            active,
+            ..Balance::of(self.served(), self.gathered(), self.shares(), rebalances)
+        }
     }
 
     /// Takes from every limiter or from none: each part is `(limiter, key hash, count)`.

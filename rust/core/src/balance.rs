@@ -67,6 +67,8 @@ pub struct Balance {
     /// Times rebalancing moved the shares toward demand (the counts above are since the
     /// last time).
     pub rebalances: u64,
+    /// The shards keys spread over: all of them, unless rebalancing left fewer.
+    pub active: usize,
 }
 
 impl Balance {
@@ -122,6 +124,7 @@ impl Balance {
             shares,
             slow_path_share,
             rebalances,
+            active: 0,
         }
     }
 

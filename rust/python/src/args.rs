@@ -105,6 +105,8 @@ numbers!(
     MinRate = "min_rate",
     Increase = "increase",
     Start = "start",
+    RebalanceThreshold = "rebalance_threshold",
+    RebalanceInterval = "rebalance_interval",
 );
 
 /// `shards`: an int from 1 to `MAX_SHARDS`.

@@ -10,13 +10,14 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString};
 use ratelimit_core::{
     default_key_stripes, Algorithm, Balance, Booking, Clock, Decrease, Holder, Quota, RateLimiter,
-    ReservationPolicy, Scope, DEFAULT_INCREASE, DEFAULT_MAX_KEYS,
+    Rebalancing, ReservationPolicy, Scope, DEFAULT_INCREASE, DEFAULT_MAX_KEYS,
 };
 
 use crate::args::{
     AlgorithmArg, BurstSize, ClockArg, Count, DecreaseFactor, Increase, Key, MaxKeys,
-    MaxReservations, MaxWait, MinRate, Period, Rate, ReservationGrace, ReservationId,
-    ReservationTtl, RetryAfter, ScopeArg, Seconds, Shards, Tokens, Waited,
+    MaxReservations, MaxWait, MinRate, Period, Rate, RebalanceInterval, RebalanceThreshold,
+    ReservationGrace, ReservationId, ReservationTtl, RetryAfter, ScopeArg, Seconds, Shards, Tokens,
+    Waited,
 };
 use crate::clock::PyManualClock;
 use crate::error::Result;
@@ -89,11 +90,12 @@ impl PyEngine {
             rate=None, period=None, shards=None, algorithm=None, burst_size=None,
             *, scope=None, max_wait=None, clock=None, reservation_ttl=None,
             reservation_grace=None, max_reservations=None, max_keys=None,
+            rebalancing=None,
         ),
         text_signature = "(rate, period=60.0, shards=None, algorithm='token_bucket', \
                           burst_size=None, *, scope='global', max_wait=None, clock=None, \
                           reservation_ttl=60.0, reservation_grace=0.25, \
-                          max_reservations=10000, max_keys=1048576)"
+                          max_reservations=10000, max_keys=1048576, rebalancing=None)"
     )]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -110,6 +112,7 @@ impl PyEngine {
         reservation_grace: Option<ReservationGrace>,
         max_reservations: Option<MaxReservations>,
         max_keys: Option<MaxKeys>,
+        rebalancing: Option<(RebalanceThreshold, RebalanceInterval)>,
     ) -> Result<Self> {
         let rate = rate.ok_or_else(|| {
             PyTypeError::new_err("rate: required (tokens per period, a number > 0)")
@@ -151,6 +154,13 @@ impl PyEngine {
                 policy,
                 max_keys.map_or(DEFAULT_MAX_KEYS, |m| m.0),
             )?,
+        };
+        // `(rebalance_threshold, rebalance_interval)`: an adaptive limiter.
+        let core = match rebalancing {
+            None => core,
+            Some((threshold, interval)) => {
+                core.rebalancing(Rebalancing::new(threshold.0, interval.0)?)
+            }
         };
         let shards = core.quota().shards;
         Ok(Self {
@@ -302,6 +312,12 @@ impl PyEngine {
         Ok(self
             .core
             .on_success(increase.map_or(DEFAULT_INCREASE, |i| i.0))?)
+    }
+
+    /// Moves the shares to the demand seen since they last moved, now, if anything was
+    /// asked since; whether they moved (never for a limiter that does not rebalance).
+    fn rebalance(&self) -> bool {
+        self.core.rebalance()
     }
 
     /// Keys with a budget of their own (scope="key"), after dropping idle ones; 0 where
@@ -460,6 +476,8 @@ impl PyEngine {
         view.set_item("rate_shares", balance.shares.rate)?;
         view.set_item("burst_shares", balance.shares.burst)?;
         view.set_item("slow_path_share", balance.slow_path_share)?;
+        view.set_item("rebalances", balance.rebalances)?;
+        view.set_item("active_shards", balance.active)?;
         Ok(view)
     }
 

@@ -112,6 +112,10 @@ pub(crate) trait Budget: Send + Sync + Sized {
     fn rebalanced(&self) -> Option<(Weights, usize)> {
         None
     }
+    /// The shards keys spread over (all of them, unless rebalancing moved them).
+    fn active(&self) -> usize {
+        self.served().len()
+    }
     /// What the shards were asked so far, once `rebalanced` was asked.
     fn demand(&self) -> Demand {
         Demand::default()

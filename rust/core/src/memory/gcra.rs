@@ -1082,6 +1082,10 @@ impl Budget for TokenBucket {
         Some((self.weights.lock().clone(), self.set.active()))
     }
 
+    fn active(&self) -> usize {
+        self.set.active()
+    }
+
     fn demand(&self) -> Demand {
         let collisions = self.set.slots.iter().map(|s| &s.shard.collisions);
         Demand {

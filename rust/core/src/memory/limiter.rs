@@ -192,6 +192,11 @@ impl<B: Budget> Limiter<B> {
         moved
     }
 
+    /// The shards keys spread over.
+    pub(crate) fn active(&self) -> usize {
+        self.budget.active()
+    }
+
     /// Times the shares moved toward demand.
     pub(crate) fn rebalances(&self) -> u64 {
         self.rebalancer
