@@ -61,6 +61,7 @@ bench: build $(BENCH_DEPS) ## Side-by-side benchmarks: ours vs token-bucket and 
 	$(PY) benches/side_by_side.py
 	$(PY) benches/shim_vs_old.py
 	$(PY) benches/pending_reservations.py
+	$(PY) benches/skewed.py
 	$(PY) benches/keys.py
 	$(PY) -m pytest benches --benchmark-enable --benchmark-only --benchmark-columns=min,mean,ops -q
 	cargo bench -p ratelimit-core --bench check

@@ -24,3 +24,9 @@ def test_pending_reservations_measures_every_call(pending):
     bench = _load("pending_reservations")
     costs = {**bench.queued(pending), **bench.held(pending)}
     assert len(costs) == 8 and all(cost > 0 for cost in costs.values())
+
+
+def test_skewed_measures_both_limiters_from_one_and_four_threads():
+    results = _load("skewed").main(0.05)
+    assert len(results) == 4
+    assert all(r.calls_per_second > 0 and 0 <= r.slow_path_share <= 1 for r in results.values())

@@ -302,13 +302,13 @@ impl GcraShard {
 impl GcraShard {
     /// Refill the set owes after a back-off, before it has credit again.
     fn owed_by(set: &ShardSet<Self>, now: u64) -> u64 {
-        set.slots.iter().map(|s| s.shard.owed(now)).sum()
+        set.live().iter().map(|s| s.shard.owed(now)).sum()
     }
 
     /// Gives back what draining shards repaid, as capacity (and so credit) of a shard
     /// keys spread over: raising a capacity is safe beside racing takes.
     fn repay(set: &ShardSet<Self>, now: u64) {
-        for (i, slot) in set.slots.iter().enumerate() {
+        for (i, slot) in set.live().iter().enumerate() {
             let shard = &slot.shard;
             let lent = shard.lent.load(Ordering::SeqCst);
             let repaid = shard.repaid(now);
@@ -548,7 +548,7 @@ impl Shard for GcraShard {
         if now < seen_horizon {
             return;
         }
-        let shards = || set.slots.iter().map(|s| &s.shard);
+        let shards = || set.live().iter().map(|s| &s.shard);
         loop {
             let since = settled.load(Ordering::SeqCst);
             if since >= now {
@@ -624,14 +624,14 @@ impl Shard for GcraShard {
     #[inline]
     fn total_available(set: &ShardSet<Self>, now: Ticks) -> u64 {
         let now = now.now;
-        let shards = set.slots.iter().map(|s| &s.shard);
+        let shards = set.live().iter().map(|s| &s.shard);
         if now < set.shared.horizon.load(Ordering::Relaxed) {
             // No shard is full, so none has wasted anything: the credits are the answer.
             return shards.map(|s| s.credit(s.tat(), s.local(now))).sum();
         }
         let settled = set.shared.settled.load(Ordering::SeqCst);
         let (mut credit, mut waste, mut room) = (0u64, 0u64, 0u64);
-        for slot in set.slots.iter() {
+        for slot in set.live() {
             let shard = &slot.shard;
             let (tat, local) = (shard.tat(), shard.local(now));
             // A draining shard's repayments count as credit, and its debt as room.
@@ -825,7 +825,7 @@ impl TokenBucket {
             shards.len() as u64 - 1
         };
         self.set.shared.lag.store(lag, Ordering::SeqCst);
-        self.set.set_active(active);
+        self.set.set_active(active, weights.span());
         // Escrow given back later refills shards toward their new shares of the burst.
         *self.weights.lock() = weights;
         self.set.shared.restart(ticks.now, self.earliest_full());
@@ -1053,6 +1053,7 @@ impl Budget for TokenBucket {
             };
             self.set.shared.lag.store(lag, Ordering::SeqCst);
         }
+        self.set.set_active(self.set.active(), weights.span());
         let ticks = new.scale.ticks(now);
         let capacities = weights.split(capacity);
         let credits = weights.split_within(credit, &capacities);

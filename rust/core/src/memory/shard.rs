@@ -96,6 +96,9 @@ pub(crate) struct ShardSet<S: Shard> {
     /// Keys are spread over the first `active` shards (rebalancing may run on fewer than
     /// it has, see `rebalance.rs`); the others serve only gathers.
     active: AtomicUsize,
+    /// Only the first `span` shards have a share of the refill: the others hold nothing,
+    /// waste nothing and owe nothing, and whatever scans the set skips them.
+    span: AtomicUsize,
 }
 
 impl<S: Shard> ShardSet<S> {
@@ -112,18 +115,27 @@ impl<S: Shard> ShardSet<S> {
             })
             .collect();
         assert!(!slots.is_empty(), "a shard set needs at least one shard");
-        let active = AtomicUsize::new(slots.len());
+        let (active, span) = (AtomicUsize::new(slots.len()), AtomicUsize::new(slots.len()));
         Self {
             slots,
             shared,
             measuring: AtomicBool::new(false),
             active,
+            span,
         }
     }
 
-    /// Spreads keys over the first `active` shards; only while no take can start.
-    pub(crate) fn set_active(&self, active: usize) {
+    /// Spreads keys over the first `active` shards, the first `span` having a share of the
+    /// refill; only while no take can start.
+    pub(crate) fn set_active(&self, active: usize, span: usize) {
         self.active.store(active, Ordering::SeqCst);
+        self.span.store(span, Ordering::SeqCst);
+    }
+
+    /// The shards with a share of the refill (the others hold nothing).
+    #[inline]
+    pub(crate) fn live(&self) -> &[CachePadded<Slot<S>>] {
+        &self.slots[..self.span.load(Ordering::Relaxed)]
     }
 
     /// The shards keys spread over.
@@ -194,7 +206,8 @@ impl<S: Shard> ShardSet<S> {
         hash: u64,
         units: u64,
     ) -> Outcome<Taken<S::Receipt>> {
-        if self.slots.len() == 1 {
+        if self.span.load(Ordering::Relaxed) == 1 {
+            self.count_asked(0, units);
             return match self.slots[0].shard.try_take(now, units) {
                 Some(receipt) => self.admitted(0, Taken::One(0, receipt)),
                 None => Outcome::Refused {
@@ -210,9 +223,7 @@ impl<S: Shard> ShardSet<S> {
             } else {
                 (b, a)
             };
-        if self.measuring.load(Ordering::Relaxed) {
-            self.slots[first].asked.fetch_add(units, Ordering::Relaxed);
-        }
+        self.count_asked(first, units);
         // The usual case, whatever the skew: O(1), touching only the candidates' lines.
         if let Some(receipt) = S::take_unsettled(self, first, now, units) {
             return self.admitted(first, Taken::One(first, receipt));
@@ -226,6 +237,14 @@ impl<S: Shard> ShardSet<S> {
         self.gather(clock, now, (first, second), units)
     }
 
+    /// Counts `units` asked of shard `index`, while the set measures demand.
+    #[inline(always)]
+    fn count_asked(&self, index: usize, units: u64) {
+        if self.measuring.load(Ordering::Relaxed) {
+            self.slots[index].asked.fetch_add(units, Ordering::Relaxed);
+        }
+    }
+
     /// Serves a request no single candidate can: takes what the fuller candidate has,
     /// then the other, then every other shard in turn (the slow path), and gives
     /// everything back if other threads got there first.
@@ -237,7 +256,7 @@ impl<S: Shard> ShardSet<S> {
         (first, second): (usize, usize),
         units: u64,
     ) -> Outcome<Taken<S::Receipt>> {
-        let n = self.slots.len();
+        let n = self.live().len();
         let others = (1..n)
             .map(|offset| (first + offset) % n)
             .filter(|&index| index != second);

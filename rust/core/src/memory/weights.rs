@@ -25,6 +25,14 @@ impl Weights {
         Self::toward(&vec![1; active], n)
     }
 
+    /// The shards up to the last with a weight: every one beyond has none.
+    pub(crate) fn span(&self) -> usize {
+        self.0
+            .iter()
+            .rposition(|&w| w > 0)
+            .map_or(0, |last| last + 1)
+    }
+
     /// `self`, except that the shards `keep` says keep their weight in `current`; the
     /// rest of the whole is split among the others in these proportions.
     pub(crate) fn keeping(&self, current: &Weights, keep: &[bool]) -> Self {
