@@ -21,7 +21,7 @@ import random
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from flashcard_pipeline.rate_limiter_v2 import AdaptiveShardedRateLimiter, ShardedRateLimiter
 
@@ -37,8 +37,7 @@ def zipf_keys(count: int, seed: int = 7) -> list[str]:
 KEYS = zipf_keys(100_000)
 
 
-@dataclass
-class Result:
+class Result(NamedTuple):
     calls_per_second: float
     admitted_share: float
     slow_path_share: float
