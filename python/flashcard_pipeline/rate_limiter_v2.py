@@ -284,18 +284,22 @@ class ShardedRateLimiter:
 
     def get_shard_balance(self) -> dict[str, Any]:
         """How evenly the shards serve, each for its share: always the same keys, traffic or
-        not. ``distribution`` (admissions served per shard since made or reset),
-        ``imbalance_ratio``, ``threshold``, ``balanced`` (ratio <= threshold),
-        ``most_loaded_shard``/``least_loaded_shard`` (serving most and least for their
-        shares), ``shard_tokens`` (tokens free now), ``rate_shares`` and ``burst_shares``
-        (each shard's share of the rate, in tokens per period, and of the burst; they add
-        up to ``rate`` and ``burst_size``; empty with ``scope="key"``, whose shards are lock
-        stripes of keys) and ``slow_path_share`` (admissions gathered from every shard
-        because the key's two shards ran short, out of all admissions; 0 with none).
+        not. ``distribution`` (admissions served per shard since made or reset, or since the
+        shares last moved), ``imbalance_ratio``, ``threshold``, ``balanced`` (ratio <=
+        threshold), ``most_loaded_shard``/``least_loaded_shard`` (serving most and least for
+        their shares), ``shard_tokens`` (tokens free now), ``rate_shares`` and
+        ``burst_shares`` (each shard's share of the rate, in tokens per period, and of the
+        burst; they add up to ``rate`` and ``burst_size``; empty with ``scope="key"``, whose
+        shards are lock stripes of keys), ``slow_path_share`` (admissions gathered from
+        shards other than the key's two because those ran short, out of all admissions; 0
+        with none), ``active_shards`` (the shards keys spread over: all of them unless an
+        adaptive limiter left fewer) and ``rebalances`` (times an adaptive limiter moved the
+        shares).
 
         The imbalance ratio is how far the busiest shard serves above its share of the rate,
         relative to that share: ``max_i((served_i / total - s_i) / s_i)`` with ``s_i``
-        shard i's fraction of the rate (equal shares: ``(max - mean) / mean``); 0 before traffic."""
+        shard i's fraction of the rate, over the shards with a share (equal shares:
+        ``(max - mean) / mean``); 0 before traffic."""
         return self._engine.get_shard_balance()
 
     def __repr__(self) -> str:

@@ -95,15 +95,16 @@ impl Balance {
             .iter()
             .zip(&weights)
             .map(|(&served, &weight)| {
-                if total == 0 {
-                    return 0.0;
+                if total == 0 || weight == 0.0 {
+                    return 0.0; // nothing served yet, or a shard with no share (not in use)
                 }
                 let expected = total as f64 * weight / whole;
                 (served as f64 - expected) / expected
             })
             .collect();
         let (mut most, mut least) = (0, 0);
-        for (i, &load) in loads.iter().enumerate() {
+        let in_use = loads.iter().enumerate().filter(|&(i, _)| weights[i] > 0.0);
+        for (i, &load) in in_use {
             if load > loads[most] {
                 most = i;
             }
