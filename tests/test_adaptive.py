@@ -151,6 +151,21 @@ def test_rebalancing_while_four_threads_take_loses_and_duplicates_nothing():
         expected += 2500.1
 
 
+def test_a_key_asking_more_than_a_shards_share_is_reported_by_name():
+    clock = ManualClock()
+    limiter = AdaptiveShardedRateLimiter(10_000, 1.0, initial_shards=16, burst_size=10_000, clock=clock)
+    stream = random.Random(5)
+    assert limiter.get_shard_balance()["hot_keys"] == []
+    step = 0
+    while limiter.get_shard_balance()["rebalances"] == 0:
+        limiter.try_acquire("hot" if step % 2 == 0 else f"k{stream.randrange(1000)}")
+        clock.advance(0.00005)
+        step += 1
+    (hot,) = limiter.get_shard_balance()["hot_keys"]
+    assert hot["key"] == "hot"
+    assert hot["share"] == pytest.approx(0.5, abs=0.1)
+
+
 @pytest.mark.parametrize("options", [{"algorithm": "sliding_window"}, {"scope": "key"}])
 def test_without_shares_to_move_it_is_a_sharded_limiter(options):
     limiter = AdaptiveShardedRateLimiter(100, 1.0, initial_shards=4, clock=ManualClock(), **options)
@@ -160,3 +175,4 @@ def test_without_shares_to_move_it_is_a_sharded_limiter(options):
     balance = limiter.get_shard_balance()
     assert balance["rebalances"] == 0
     assert balance["active_shards"] == limiter.shards
+    assert balance["hot_keys"] == []

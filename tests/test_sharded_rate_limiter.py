@@ -250,6 +250,9 @@ BALANCE_KEYS = {
     "rate_shares",
     "burst_shares",
     "slow_path_share",
+    "active_shards",
+    "rebalances",
+    "hot_keys",
 }
 
 

@@ -293,8 +293,9 @@ class ShardedRateLimiter:
         shards are lock stripes of keys), ``slow_path_share`` (admissions gathered from
         shards other than the key's two because those ran short, out of all admissions; 0
         with none), ``active_shards`` (the shards keys spread over: all of them unless an
-        adaptive limiter left fewer) and ``rebalances`` (times an adaptive limiter moved the
-        shares).
+        adaptive limiter left fewer), ``rebalances`` (times an adaptive limiter moved the
+        shares) and ``hot_keys`` (the keys an adaptive limiter spreads over every shard in
+        use: ``{"key": name, "share": share of the demand}``, hottest first).
 
         The imbalance ratio is how far the busiest shard serves above its share of the rate,
         relative to that share: ``max_i((served_i / total - s_i) / s_i)`` with ``s_i``
@@ -454,11 +455,14 @@ class AdaptiveShardedRateLimiter(ShardedRateLimiter):
     - moves each shard's share of the rate and of the burst toward the demand it sees,
       when that demand's imbalance ratio passes ``rebalance_threshold`` or every
       ``rebalance_interval`` seconds (each shard keys spread over keeps at least an eighth
-      of an even share).
+      of an even share);
+    - spreads a key that asks more than one shard's share of the demand (found in a sample
+      of the decisions) over every shard in use, instead of its two.
 
     The totals stay exactly ``rate`` and ``burst_size``, and a move neither loses nor
     creates a token. :meth:`rebalance` moves the shares at once. :meth:`get_shard_balance`
-    adds ``active_shards`` and ``rebalances``; its counts start again when the shares move.
+    reports ``active_shards``, ``rebalances`` and ``hot_keys``; its counts start again when
+    the shares move.
     With ``algorithm="sliding_window"`` (one exact log) or ``scope="key"`` (a budget per
     key) there are no shares to move, and it is a :class:`ShardedRateLimiter`.
     """

@@ -156,6 +156,14 @@ impl RateLimiter {
         Self { engine, ..self }
     }
 
+    /// Names the key with `hash` for the hot-key report: what a caller does after a decision
+    /// that says `sampled` (the key's text is the caller's; the limiter keeps only hashes).
+    pub fn name_key(&self, hash: u64, name: &str) {
+        if let Engine::TokenBucket(limiter) = &self.engine {
+            limiter.name_key(hash, name);
+        }
+    }
+
     /// Moves the shares to the demand measured since they last moved, now, if anything
     /// was asked since; whether they moved (never for a limiter without shares to move).
     pub fn rebalance(&self) -> bool {
@@ -301,13 +309,16 @@ impl RateLimiter {
 
     /// How evenly the shards have served requests, each for its share (see [`Balance`]).
     pub fn balance(&self) -> Balance {
-        let (rebalances, active) = match &self.engine {
-            Engine::TokenBucket(limiter) => (limiter.rebalances(), limiter.active()),
-            Engine::SlidingWindow(limiter) => (0, limiter.active()),
-            _ => (0, self.quota().shards),
+        let (rebalances, active, hot) = match &self.engine {
+            Engine::TokenBucket(limiter) => {
+                (limiter.rebalances(), limiter.active(), limiter.hot_keys())
+            }
+            Engine::SlidingWindow(limiter) => (0, limiter.active(), Vec::new()),
+            _ => (0, self.quota().shards, Vec::new()),
         };
         Balance {
             active,
+            hot,
             ..Balance::of(self.served(), self.gathered(), self.shares(), rebalances)
         }
     }

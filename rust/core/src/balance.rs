@@ -1,6 +1,7 @@
 //! How evenly the shards of a limiter serve, each against its share of the budget: a
 //! statistic for `get_shard_balance()`.
 
+use crate::memory::hot::HotKey;
 use crate::quota::Quota;
 
 /// Each shard's share of a budget in tokens: of the rate (per period) and of the burst.
@@ -69,6 +70,8 @@ pub struct Balance {
     pub rebalances: u64,
     /// The shards keys spread over: all of them, unless rebalancing left fewer.
     pub active: usize,
+    /// Keys an adaptive limiter spreads over every shard in use, hottest first.
+    pub hot: Vec<HotKey>,
 }
 
 impl Balance {
@@ -126,6 +129,7 @@ impl Balance {
             slow_path_share,
             rebalances,
             active: 0,
+            hot: Vec::new(),
         }
     }
 

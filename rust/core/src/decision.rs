@@ -62,6 +62,9 @@ pub struct Decision {
     /// as integers so the decision costs no division (see [`Decision::remaining`]).
     pub remaining_units: Option<u64>,
     pub unit: u64,
+    /// An adaptive limiter sampled this decision's key for its hot-key sketch: the caller
+    /// may name the key (`RateLimiter::name_key`), so that the report shows it by name.
+    pub sampled: bool,
 }
 
 impl Decision {

@@ -21,6 +21,7 @@ pub use decision::{
 };
 pub use error::{Error, Result};
 pub use feedback::{Decrease, DEFAULT_INCREASE};
+pub use memory::hot::HotKey;
 pub use memory::rebalance::Rebalancing;
 pub use quota::{
     auto_shards, default_key_stripes, key_stripes, Algorithm, Quota, Scope, DEFAULT_MAX_KEYS,

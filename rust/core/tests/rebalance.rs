@@ -272,3 +272,48 @@ fn rebalancing_while_four_threads_take_loses_and_duplicates_nothing() {
     }
     assert!(limiter.balance().rebalances > 0);
 }
+
+#[test]
+fn a_key_asking_more_than_a_shards_share_is_named_and_spread() {
+    let (limiter, manual) = limiter(
+        10_000.0,
+        10_000.0,
+        16,
+        Some(Rebalancing::new(0.3, 300.0).unwrap()),
+    );
+    let hot = limiter.hash_key("hot").unwrap();
+    let mut stream = Stream(11);
+    // Half the calls for one key, the rest over 1,000 others, until the first look.
+    let mut step = 0;
+    while limiter.balance().rebalances == 0 {
+        let (key, hash) = if step % 2 == 0 {
+            ("hot".to_owned(), hot)
+        } else {
+            let key = format!("k{}", stream.next() % 1000);
+            let hash = limiter.hash_key(&key).unwrap();
+            (key, hash)
+        };
+        if limiter.try_acquire_hashed(hash, 1).unwrap().sampled {
+            limiter.name_key(hash, &key);
+        }
+        manual.advance(50_000);
+        step += 1;
+    }
+    let balance = limiter.balance();
+    assert_eq!(balance.hot.len(), 1, "{:?}", balance.hot);
+    assert_eq!(balance.hot[0].name.as_deref(), Some("hot"));
+    assert!(
+        (balance.hot[0].share - 0.5).abs() < 0.1,
+        "{:?}",
+        balance.hot
+    );
+    // Its decisions now draw their shards from every shard in use, not from two.
+    let served = |l: &RateLimiter| l.served();
+    let before = served(&limiter);
+    for _ in 0..200 {
+        assert!(limiter.try_acquire_hashed(hot, 1).unwrap().allowed);
+    }
+    let after = served(&limiter);
+    let used = before.iter().zip(&after).filter(|(b, a)| a > b).count();
+    assert!(used > 2, "the hot key was served by {used} shards");
+}

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use crossbeam_utils::CachePadded;
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyString};
+use pyo3::types::{PyDict, PyList, PyString};
 use ratelimit_core::{
     default_key_stripes, Algorithm, Balance, Booking, Clock, Decrease, Holder, Quota, RateLimiter,
     Rebalancing, ReservationPolicy, Scope, DEFAULT_INCREASE, DEFAULT_MAX_KEYS,
@@ -52,6 +52,17 @@ impl PyEngine {
             Key::Default => Ok(self.default_hash),
             Key::Given(key) => Ok(key.hash()? as u64),
         }
+    }
+
+    /// After a decision an adaptive engine sampled: gives the key's text to its hot-key
+    /// sketch, which keeps only hashes otherwise.
+    #[cold]
+    fn name_sampled(&self, key: &Key<'_>, hash: u64) -> PyResult<()> {
+        match key {
+            Key::Default => self.core.name_key(hash, "default"),
+            Key::Given(key) => self.core.name_key(hash, &key.to_cow()?),
+        }
+        Ok(())
     }
 
     /// Books `count` tokens for `holder` within the call's wait bound, as Python sees it:
@@ -174,9 +185,13 @@ impl PyEngine {
     /// Takes `count` tokens for `key` now, or says when to retry. Never waits.
     #[pyo3(signature = (key=Key::Default, count=Count::ONE), text_signature = "($self, key='default', count=1)")]
     fn try_acquire(&self, key: Key<'_>, count: Count) -> Result<PyRateLimitResult> {
-        let decision = self.core.try_acquire_hashed(self.hash(&key)?, count.0)?;
+        let hash = self.hash(&key)?;
+        let decision = self.core.try_acquire_hashed(hash, count.0)?;
         if !decision.allowed {
             self.count_refusal(decision.shard);
+        }
+        if decision.sampled {
+            self.name_sampled(&key, hash)?;
         }
         Ok(PyRateLimitResult::new(decision, 0.0))
     }
@@ -478,6 +493,14 @@ impl PyEngine {
         view.set_item("slow_path_share", balance.slow_path_share)?;
         view.set_item("rebalances", balance.rebalances)?;
         view.set_item("active_shards", balance.active)?;
+        let hot = PyList::empty(py);
+        for key in balance.hot {
+            let entry = PyDict::new(py);
+            entry.set_item("key", key.name)?;
+            entry.set_item("share", key.share)?;
+            hot.append(entry)?;
+        }
+        view.set_item("hot_keys", hot)?;
         Ok(view)
     }
 

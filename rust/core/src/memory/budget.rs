@@ -15,6 +15,7 @@
 //! burst, and I1 holds over admission times by construction.
 
 use crate::clock::{Clock, Nanos};
+use crate::memory::hot::HotKeys;
 use crate::memory::params::Params;
 use crate::memory::rebalance::Demand;
 use crate::memory::schedule::Schedule;
@@ -124,5 +125,15 @@ pub(crate) trait Budget: Send + Sync + Sized {
     /// `active` shards; whether it did. Runs while no take can start.
     fn reweigh(&self, _now: Nanos, _weights: Weights, _active: usize) -> bool {
         false
+    }
+    /// The hot keys, once `rebalanced` was asked (see `hot.rs`).
+    fn hot_keys(&self) -> Option<&HotKeys> {
+        None
+    }
+    /// Counts a sampled decision of `count` tokens for `hash` in the hot-key sketch.
+    fn observe(&self, hash: u64, count: u64) {
+        if let Some(hot) = self.hot_keys() {
+            hot.observe(hash, count);
+        }
     }
 }

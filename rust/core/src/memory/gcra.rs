@@ -27,6 +27,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::clock::{Clock, Nanos};
 use crate::memory::budget::{Budget, Outcome, Promises};
+use crate::memory::hot::HotKeys;
 use crate::memory::keyed::KeyCell;
 use crate::memory::params::{Params, Scale, Ticks};
 use crate::memory::rebalance::Demand;
@@ -1099,6 +1100,10 @@ impl Budget for TokenBucket {
 
     fn reweigh(&self, now: Nanos, weights: Weights, active: usize) -> bool {
         self.reweigh_shards(now, weights, active)
+    }
+
+    fn hot_keys(&self) -> Option<&HotKeys> {
+        Some(&self.set.hot)
     }
 }
 

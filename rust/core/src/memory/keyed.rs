@@ -154,6 +154,7 @@ fn seconds(nanos: Nanos) -> f64 {
 /// A refusal decided here rather than by a key's limiter.
 fn refused(now: Nanos, shard: usize, reason: Refusal, wait: Option<Nanos>, unit: u64) -> Decision {
     Decision {
+        sampled: false,
         allowed: false,
         reason: Some(reason),
         shard,
@@ -400,6 +401,7 @@ impl<C: KeyCell> Keyed<C> {
                             at: now,
                             remaining_units: tally.then(|| cell.available(params, now)),
                             unit: params.unit,
+                            sampled: false,
                         };
                         let epoch = table.epoch;
                         (

@@ -23,6 +23,7 @@ use crate::decision::{
     Booking, Decision, Holder, Refusal, Reservation, ReservationCounts, ReservationPolicy,
 };
 use crate::error::{Error, Result};
+use crate::memory::hot::{self, HotKey};
 use crate::memory::params::Params;
 use crate::memory::rebalance::{Rebalancer, Rebalancing, Since};
 use crate::model::RECHECK;
@@ -55,6 +56,8 @@ struct Tuning {
     retunes: AtomicU64,
     /// When a decision should next look at demand (`u64::MAX`: never; see `rebalance.rs`).
     next_look: AtomicU64,
+    /// The budget samples keys for its hot-key sketch (see `hot.rs`).
+    sampling: AtomicBool,
 }
 
 struct Account {
@@ -121,6 +124,7 @@ impl<B: Budget> Limiter<B> {
                 busy: AtomicBool::new(false),
                 retunes: AtomicU64::new(0),
                 next_look: AtomicU64::new(u64::MAX),
+                sampling: AtomicBool::new(false),
             }),
             budget,
             account: Mutex::new(Account {
@@ -145,6 +149,7 @@ impl<B: Budget> Limiter<B> {
             let now = self.clock.now();
             let rebalancer = Rebalancer::new(rebalancing, now);
             *self.tuning.next_look.get_mut() = rebalancer.next_look(now);
+            *self.tuning.sampling.get_mut() = true;
             self.rebalancer = Some(rebalancer);
         }
         self
@@ -166,6 +171,9 @@ impl<B: Budget> Limiter<B> {
         let Some(current) = self.budget.rebalanced() else {
             return false;
         };
+        if let Some(hot) = self.budget.hot_keys() {
+            hot.publish(current.1);
+        }
         let unit = self.tuning.unit.load(Ordering::Relaxed);
         let demand = self.budget.demand();
         let current = (&current.0, current.1);
@@ -195,6 +203,22 @@ impl<B: Budget> Limiter<B> {
     /// The shards keys spread over.
     pub(crate) fn active(&self) -> usize {
         self.budget.active()
+    }
+
+    /// The keys spread over every shard in use because their demand exceeds a shard's
+    /// share, hottest first.
+    pub(crate) fn hot_keys(&self) -> Vec<HotKey> {
+        match (&self.rebalancer, self.budget.hot_keys()) {
+            (Some(_), Some(hot)) => hot.report(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Gives the key with `hash` its name in the hot-key sketch (after a sampled decision).
+    pub(crate) fn name_key(&self, hash: u64, name: &str) {
+        if let Some(hot) = self.budget.hot_keys() {
+            hot.name(hash, name);
+        }
     }
 
     /// Times the shares moved toward demand.
@@ -247,6 +271,7 @@ impl<B: Budget> Limiter<B> {
             at: now,
             remaining_units: tally.then(|| self.budget.available(now)),
             unit: self.tuning.unit.load(Ordering::Relaxed),
+            sampled: false,
         }
     }
 
@@ -306,23 +331,25 @@ impl<B: Budget> Limiter<B> {
             return None;
         }
         let decided = self.outcome(now, hash, outcome, retunes, tally);
-        self.look_if_due(now);
+        if self.tuning.sampling.load(Ordering::Relaxed) {
+            return Some(self.adapt(decided, hash, count));
+        }
         Some(decided)
     }
 
-    /// Looks at demand (see `rebalance.rs`) if one is due at `now`: one load of a
-    /// read-mostly line on the decision path, and the look itself out of line.
-    #[inline(always)]
-    fn look_if_due(&self, now: Nanos) {
-        if now >= self.tuning.next_look.load(Ordering::Relaxed) {
-            self.look();
-        }
-    }
-
-    #[cold]
+    /// What an adaptive limiter does after a decision, out of line so that the others pay
+    /// one load of a read-mostly line: one in `hot::SAMPLE_EVERY` of each thread's decisions
+    /// counts in the hot-key sketch, and a look at demand runs if one is due.
     #[inline(never)]
-    fn look(&self) {
-        self.rebalance(false);
+    fn adapt<T>(&self, mut decided: (Decision, T), hash: u64, count: u64) -> (Decision, T) {
+        if hot::draw() % hot::SAMPLE_EVERY == 0 {
+            self.budget.observe(hash, count);
+            decided.0.sampled = true;
+        }
+        if decided.0.at >= self.tuning.next_look.load(Ordering::Relaxed) {
+            self.rebalance(false);
+        }
+        decided
     }
 
     #[inline(always)]
@@ -380,7 +407,9 @@ impl<B: Budget> Limiter<B> {
         let (mut decision, taken) = self.outcome(now, hash, outcome, retunes, false);
         decision.remaining_units = Some(self.spare(now, &account));
         drop(account);
-        self.look_if_due(now);
+        if self.tuning.sampling.load(Ordering::Relaxed) {
+            return self.adapt((decision, taken), hash, count);
+        }
         (decision, taken)
     }
 
@@ -791,6 +820,9 @@ impl<B: Budget> Limiter<B> {
         self.retune(&mut account, params, true);
         self.budget.clear_served();
         let now = self.clock.now();
+        if let Some(hot) = self.budget.hot_keys() {
+            hot.clear();
+        }
         if let Some((rebalancer, Some(mut since))) = since {
             let fresh = Since {
                 demand: self.budget.demand(),

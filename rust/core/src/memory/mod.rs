@@ -7,6 +7,7 @@
 pub(crate) mod book;
 pub(crate) mod budget;
 pub(crate) mod gcra;
+pub(crate) mod hot;
 pub(crate) mod key_window;
 pub(crate) mod keyed;
 pub(crate) mod limiter;

@@ -17,6 +17,8 @@
 //!   fuller candidate, admitted or not. When its imbalance against the shares passes the
 //!   threshold, or the interval has passed since they last moved, the shares move to it
 //!   (`Weights::toward`: every shard keys spread over keeps a floor).
+//! - **A key asking more than a shard's share is spread** over every shard in use: each look
+//!   publishes such keys from a sampled sketch (`hot.rs`).
 
 use parking_lot::{Mutex, MutexGuard};
 

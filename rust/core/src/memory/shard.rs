@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use crate::clock::{Clock, Nanos};
 use crate::memory::budget::Outcome;
+use crate::memory::hot::{self, HotKeys};
 
 /// One shard's bucket. Capacity and amounts are in the algorithm's own units (clock ticks
 /// of credit for the token bucket), and so is `now` (its `Time`); waits are nanoseconds.
@@ -99,6 +100,8 @@ pub(crate) struct ShardSet<S: Shard> {
     /// Only the first `span` shards have a share of the refill: the others hold nothing,
     /// waste nothing and owe nothing, and whatever scans the set skips them.
     span: AtomicUsize,
+    /// The keys whose demand exceeds a shard's share, spread over every shard in use.
+    pub(crate) hot: HotKeys,
 }
 
 impl<S: Shard> ShardSet<S> {
@@ -122,6 +125,7 @@ impl<S: Shard> ShardSet<S> {
             measuring: AtomicBool::new(false),
             active,
             span,
+            hot: HotKeys::default(),
         }
     }
 
@@ -216,6 +220,12 @@ impl<S: Shard> ShardSet<S> {
                 },
             };
         }
+        let measuring = self.measuring.load(Ordering::Relaxed);
+        let hash = if measuring && self.hot.is_hot(hash) {
+            hot::spread(hash, hot::draw())
+        } else {
+            hash
+        };
         let (a, b) = self.candidates(hash);
         let (first, second) =
             if self.slots[a].shard.available(now) >= self.slots[b].shard.available(now) {
