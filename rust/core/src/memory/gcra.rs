@@ -634,12 +634,19 @@ impl Shard for GcraShard {
         let (mut credit, mut waste, mut room) = (0u64, 0u64, 0u64);
         for slot in set.live() {
             let shard = &slot.shard;
-            let (tat, local) = (shard.tat(), shard.local(now));
+            let map = shard.pace.map();
+            let (tat, local, capacity) = (shard.tat(), map.local(now), shard.capacity());
+            let ahead = tat.saturating_sub(local);
+            credit += capacity.saturating_sub(ahead);
+            waste += local.saturating_sub(tat.max(map.local(settled)));
             // A draining shard's repayments count as credit, and its debt as room.
-            let lent = shard.lent.load(Ordering::Relaxed);
-            credit += shard.credit(tat, local) + shard.repaid(now);
-            waste += shard.waste(now, settled);
-            room += tat.saturating_sub(local).min(shard.capacity().max(lent));
+            match shard.lent.load(Ordering::Relaxed) {
+                0 => room += ahead.min(capacity),
+                lent => {
+                    credit += lent.saturating_sub(ahead);
+                    room += ahead.min(lent);
+                }
+            }
         }
         credit + waste.min(room)
     }
