@@ -810,7 +810,8 @@ impl TokenBucket {
         // The split by weight among the live shards, then each raised to what it has
         // used, paid for by the room the others have beyond theirs, in order.
         let live = |i: usize| !draining[i] && weights.get(i) > 0;
-        let mut capacities: Vec<u64> = weights.split_among(capacity, live);
+        let split: Vec<u64> = weights.split_among(capacity, live);
+        let mut capacities = split.clone();
         let mut excess = 0;
         for (i, c) in capacities.iter_mut().enumerate().filter(|&(i, _)| live(i)) {
             excess += used[i].saturating_sub(*c);
@@ -821,7 +822,14 @@ impl TokenBucket {
             *c -= cut;
             excess -= cut;
         }
-        debug_assert_eq!(excess, 0, "the shards hold what they have used");
+        // Only shards that restarted from the next whole tick of their time (see `Ticks`)
+        // can have used more than their capacity, by under a tick each, and so more than
+        // all there is: what nobody had room to pay for stays their debt, never capacity.
+        for (i, c) in capacities.iter_mut().enumerate().filter(|&(i, _)| live(i)) {
+            let back = c.saturating_sub(split[i]).min(excess);
+            *c -= back;
+            excess -= back;
+        }
         for (i, shard) in shards.iter().enumerate() {
             shard.pace.rebase(ticks.now, weights.get(i));
             shard.capacity.store(capacities[i], Ordering::SeqCst);
@@ -1377,6 +1385,33 @@ mod tests {
             assert_eq!(bucket.weights.lock().clone(), Weights::even_over(4, 1));
             assert_eq!(bucket.set.slots[0].shard.capacity(), params.capacity);
             assert_eq!(bucket.available(later), 100 * params.unit);
+        }
+
+        #[test]
+        fn shards_drained_between_two_ticks_of_their_time_move_exactly() {
+            let (bucket, params, _) = bucket();
+            assert!(bucket.reweigh(0, Weights::toward(&[7, 3, 2, 1], 4), 4));
+            // 1 ms and 1 ns later the shards' times stand between two ticks; every shard,
+            // full, restarts from the next whole tick of its time as it is drained.
+            let now = MS + 1;
+            let clock = Clock::Manual(Arc::new(ManualClock::new(0.0)));
+            for hash in 0..4000 {
+                bucket.acquire(&clock, now, hash, params.unit / 4);
+            }
+            for hash in 0..100 {
+                match bucket.available(now) {
+                    0 => break,
+                    left => {
+                        bucket.acquire(&clock, now, hash, left);
+                    }
+                }
+            }
+            assert_eq!(bucket.available(now), 0);
+            assert!(bucket.reweigh(now, Weights::toward(&[1, 1, 1, 5], 4), 4));
+            assert_eq!(bucket.available(now), 0);
+            assert_eq!(capacities(&bucket), params.capacity);
+            // A second later the budget is full again: exactly full.
+            assert_eq!(bucket.available(now + 1_000 * MS), params.capacity);
         }
 
         #[test]

@@ -188,14 +188,13 @@ impl<B: Budget> Limiter<B> {
         let moved = self.budget.reweigh(now, movement.weights, movement.active);
         self.tuning.version.fetch_add(1, Ordering::SeqCst);
         if moved {
-            let fresh = Since {
+            *since = Since {
+                at: now,
                 demand: movement.demand,
                 served: self.budget.served(),
                 gathered: self.budget.gathered(),
                 rebalances: since.rebalances + 1,
-                ..Since::default()
             };
-            rebalancer.restart(&mut since, now, fresh);
         }
         moved
     }
@@ -813,7 +812,7 @@ impl<B: Budget> Limiter<B> {
     /// reservations; waiters keep their turns, in order, on the fresh budget.
     pub(crate) fn reset(&self) {
         // The rebalancer's record before the account, in the order `rebalance` takes them.
-        let since = self.rebalancer.as_ref().map(|r| (r, r.look(true)));
+        let since = self.rebalancer.as_ref().and_then(|r| r.look(true));
         let mut account = self.account.lock();
         let waiters = account.book.take_waiters();
         let params = account.params;
@@ -823,13 +822,13 @@ impl<B: Budget> Limiter<B> {
         if let Some(hot) = self.budget.hot_keys() {
             hot.clear();
         }
-        if let Some((rebalancer, Some(mut since))) = since {
-            let fresh = Since {
+        if let Some(mut since) = since {
+            *since = Since {
+                at: now,
                 demand: self.budget.demand(),
                 rebalances: since.rebalances,
                 ..Since::default()
             };
-            rebalancer.restart(&mut since, now, fresh);
         }
         let Account { params, book, .. } = &mut *account;
         for (seq, waiter) in waiters {

@@ -3,8 +3,9 @@
 //!
 //! Decisions look at the clock they already read: at most once per [`CHECK`] (or per
 //! interval, if shorter) one of them, the one that wins a `try_lock`, looks (out of line,
-//! after its own decision) at what was asked since the shares last moved, once enough was ([`SAMPLE`] tokens per shard keys
-//! spread over). Nothing runs in the background and nothing is spawned.
+//! after its own decision) at what was asked since the shares last moved, once enough was
+//! ([`SAMPLE`] tokens per shard keys spread over). Nothing runs in the background and
+//! nothing is spawned.
 //!
 //! - **Contention sets the shard count.** Shards exist so that threads do not race for
 //!   one bucket; the cost is that under load a budget spread thin over many shards has
@@ -176,11 +177,6 @@ impl Rebalancer {
             active: spread,
             demand,
         })
-    }
-
-    /// A fresh record after the shares moved (or the limiter was reset).
-    pub(crate) fn restart(&self, since: &mut Since, now: Nanos, fresh: Since) {
-        *since = Since { at: now, ..fresh };
     }
 
     pub(crate) fn since(&self) -> Since {
