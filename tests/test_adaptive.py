@@ -7,9 +7,10 @@ import asyncio
 import itertools
 import random
 import threading
+import time
 
 import pytest
-from conftest import max_excess_over_bucket
+from conftest import HAMMER, HAMMER_BURST, check_within_rate, max_excess_over_bucket, thread_hammer
 
 from flashcard_pipeline.rate_limiter_v2 import (
     AdaptiveShardedRateLimiter,
@@ -164,6 +165,50 @@ def test_a_key_asking_more_than_a_shards_share_is_reported_by_name():
     (hot,) = limiter.get_shard_balance()["hot_keys"]
     assert hot["key"] == "hot"
     assert hot["share"] == pytest.approx(0.5, abs=0.1)
+
+
+def test_hammer_threads_in_blocking_acquire_on_skewed_keys_stay_within_the_rate():
+    """Real clock: four threads in blocking acquire() on Zipf keys at 2,000/s, the shards
+    moving as they go (looks every 100 ms): never over, nothing lost."""
+    rate = 2000
+    limiter = AdaptiveShardedRateLimiter(rate, 1.0, initial_shards=16, burst_size=HAMMER_BURST)
+    admitted: list[float] = []
+
+    def worker(t: int):
+        keys = zipf_keys(50_000, seed=t)
+
+        def loop(deadline: float) -> None:
+            for key in keys:
+                if time.monotonic() >= deadline:
+                    return
+                if limiter.acquire(key, max_wait=1.0):
+                    admitted.append(time.monotonic())
+
+        return loop
+
+    started, deadline, finished = thread_hammer([worker(t) for t in range(4)], HAMMER)
+    check_within_rate(admitted, started, deadline, finished, rate)
+
+
+@pytest.mark.asyncio
+async def test_hammer_asyncio_tasks_on_skewed_keys_stay_within_the_rate():
+    """Real clock: forty asyncio tasks awaiting acquire() on Zipf keys at 2,000/s."""
+    rate = 2000
+    limiter = AdaptiveShardedRateLimiter(rate, 1.0, initial_shards=16, burst_size=HAMMER_BURST)
+    admitted: list[float] = []
+    keys = [zipf_keys(5_000, seed=t) for t in range(40)]
+    started = time.monotonic()
+    deadline = started + HAMMER
+
+    async def task(keys: list[str]) -> None:
+        for key in keys:
+            if time.monotonic() >= deadline:
+                return
+            if await limiter.acquire(key, max_wait=1.0):
+                admitted.append(time.monotonic())
+
+    await asyncio.gather(*(task(mine) for mine in keys))
+    check_within_rate(admitted, started, deadline, time.monotonic(), rate)
 
 
 @pytest.mark.parametrize("options", [{"algorithm": "sliding_window"}, {"scope": "key"}])

@@ -2,9 +2,10 @@
 //!
 //! Sharding is a concurrency device, never a way to lose capacity (SPEC I2): a request is
 //! served by the fuller of its key's two candidate shards (load-aware power-of-two choices,
-//! I5); when neither holds enough, it is gathered from every shard, so one key can always
-//! use the whole rate and the whole burst. A refusal only reads. A request served by its
-//! candidates touches only their cache lines, so threads on different shards do not meet.
+//! I5); when neither holds enough, it is gathered from both, then from every shard, so one
+//! key can always use the whole rate and the whole burst. A refusal only reads (but for an
+//! adaptive limiter's count of what was asked). A request served by its candidates touches
+//! only their cache lines, so threads on different shards do not meet.
 
 use crossbeam_utils::CachePadded;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
