@@ -450,8 +450,8 @@ class AdaptiveShardedRateLimiter(ShardedRateLimiter):
     background task or thread, nothing spawned per call):
 
     - spreads keys over twice as many shards when more than 1 in 100 tokens asked lost a
-      race for its shard, and over half as many (down to one) when fewer than 1 in 10,000
-      did;
+      race for its shard, and, when fewer than 1 in 10,000 did, over as few as would keep
+      the races under 1 in 100 (at most half as many; one when there were none);
     - moves each shard's share of the rate and of the burst toward the demand it sees,
       when that demand's imbalance ratio passes ``rebalance_threshold`` or every
       ``rebalance_interval`` seconds (each shard keys spread over keeps at least an eighth

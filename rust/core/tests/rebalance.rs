@@ -274,7 +274,7 @@ fn rebalancing_while_four_threads_take_loses_and_duplicates_nothing() {
 }
 
 #[test]
-fn a_key_asking_more_than_a_shards_share_is_named_and_spread() {
+fn a_key_asking_more_than_a_shards_share_is_reported_by_name() {
     let (limiter, manual) = limiter(
         10_000.0,
         10_000.0,
@@ -307,13 +307,5 @@ fn a_key_asking_more_than_a_shards_share_is_named_and_spread() {
         "{:?}",
         balance.hot
     );
-    // Its decisions now draw their shards from every shard in use, not from two.
-    let served = |l: &RateLimiter| l.served();
-    let before = served(&limiter);
-    for _ in 0..200 {
-        assert!(limiter.try_acquire_hashed(hot, 1).unwrap().allowed);
-    }
-    let after = served(&limiter);
-    let used = before.iter().zip(&after).filter(|(b, a)| a > b).count();
-    assert!(used > 2, "the hot key was served by {used} shards");
+    // (How its decisions then spread: `memory::gcra` tests, where the shard count holds.)
 }

@@ -1415,6 +1415,26 @@ mod tests {
         }
 
         #[test]
+        fn a_hot_key_is_served_by_every_shard_in_use() {
+            let (bucket, params, clock) = bucket();
+            let (hot, cold) = (7, 8);
+            for _ in 0..100 {
+                bucket.observe(hot, 1);
+            }
+            bucket.set.hot.publish(4);
+            let served = |hash| {
+                let before = bucket.served();
+                for _ in 0..40 {
+                    bucket.acquire(&clock, 0, hash, params.unit);
+                }
+                let after = bucket.served();
+                before.iter().zip(&after).filter(|(b, a)| a > b).count()
+            };
+            assert_eq!(served(cold), 2, "a key is served by its two candidates");
+            assert_eq!(served(hot), 4, "a hot key draws its pair among all four");
+        }
+
+        #[test]
         fn a_take_given_back_after_its_shard_drained_comes_back_whole() {
             let (bucket, params, clock) = bucket();
             let receipt = match bucket.acquire(&clock, 0, 3, 20 * params.unit) {

@@ -11,9 +11,10 @@
 //!   one bucket; the cost is that under load a budget spread thin over many shards has
 //!   its last tokens in fractions on several of them, which an exact limiter must gather
 //!   (the slow path). So keys spread over twice as many shards when more than
-//!   1 in [`CONTENDED`] tokens asked lost a race for its shard, and half as many when
-//!   fewer than 1 in [`QUIET`] did (from the shard count the limiter was made with, down
-//!   to one).
+//!   1 in [`CONTENDED`] tokens asked lost a race for its shard, and, when fewer than 1 in
+//!   [`QUIET`] did, over as few as would keep the races (more of them on fewer shards)
+//!   under 1 in [`CONTENDED`]: at most half as many, and one when there were none (from
+//!   the shard count the limiter was made with, down to one).
 //! - **Demand sets the shares.** Demand is the units asked of each shard as a key's
 //!   fuller candidate, admitted or not. When its imbalance against the shares passes the
 //!   threshold, or the interval has passed since they last moved, the shares move to it
@@ -156,7 +157,10 @@ impl Rebalancer {
         let spread = if collisions * u128::from(CONTENDED) > tokens {
             (active * 2).min(n)
         } else if collisions * u128::from(QUIET) < tokens {
-            (active / 2).max(1)
+            // Races grow as the shards they fall on fewer: as few shards as would still keep
+            // them under 1 in CONTENDED (one, when there were none), and at least halving.
+            let enough = (collisions * active as u128 * u128::from(CONTENDED)).div_ceil(tokens);
+            (enough as usize).clamp(1, (active / 2).max(1))
         } else {
             active
         };
