@@ -55,7 +55,6 @@ def test_zipf_demand_rebalances_off_the_slow_path():
     for admitted in (fixed, adaptive):
         assert max_excess_over_bucket(admitted, BURST, RATE, 1.0) <= 1e-9
         assert len(admitted) >= 0.99 * bound
-    assert fixed_after["imbalance_ratio"] > 0.3
     # Uncontended (one thread), the adaptive limiter runs on one shard: nothing to gather.
     assert first["rebalances"] >= 1
     assert after["active_shards"] == 1
