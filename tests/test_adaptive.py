@@ -163,7 +163,7 @@ def test_a_key_asking_more_than_a_shards_share_is_reported_by_name():
         step += 1
     (hot,) = limiter.get_shard_balance()["hot_keys"]
     assert hot["key"] == "hot"
-    assert hot["share"] == pytest.approx(0.5, abs=0.1)
+    assert hot["share"] == pytest.approx(0.5, abs=0.2)  # of about 125 sampled decisions
 
 
 def test_hammer_threads_in_blocking_acquire_on_skewed_keys_stay_within_the_rate():
