@@ -30,6 +30,11 @@ fn limiter(
     (limiter, manual)
 }
 
+/// The adaptive limiter's defaults: shares move at an imbalance of 0.3, or every 5 minutes.
+fn adaptive() -> Option<Rebalancing> {
+    Some(Rebalancing::new(0.3, 300.0).unwrap())
+}
+
 /// splitmix64: a fixed, seeded stream of keys.
 struct Stream(u64);
 
@@ -127,7 +132,7 @@ fn assert_within_the_bound(run: &Run) {
 #[test]
 fn zipf_demand_rebalances_off_the_slow_path() {
     let fixed = zipf_run(None);
-    let adaptive = zipf_run(Some(Rebalancing::new(0.3, 300.0).unwrap()));
+    let adaptive = zipf_run(adaptive());
     // The last request comes 7,999 steps after the first.
     let bound = BURST + RATE * (7_999 * STEP) as f64 / 1e9;
     for run in [&fixed, &adaptive] {
@@ -158,7 +163,7 @@ fn zipf_demand_rebalances_off_the_slow_path() {
 
 #[test]
 fn the_shares_add_up_to_the_rate_and_the_burst_after_every_rebalance() {
-    let (limiter, manual) = limiter(999.9, 77.7, 16, Some(Rebalancing::new(0.3, 300.0).unwrap()));
+    let (limiter, manual) = limiter(999.9, 77.7, 16, adaptive());
     let mut stream = Stream(3);
     for round in 0..50 {
         // Demand on a few keys, different every round.
@@ -177,12 +182,7 @@ fn the_shares_add_up_to_the_rate_and_the_burst_after_every_rebalance() {
 
 #[test]
 fn one_hot_key_gets_the_whole_budget() {
-    let (limiter, manual) = limiter(
-        1_600.0,
-        1_600.0,
-        16,
-        Some(Rebalancing::new(0.3, 300.0).unwrap()),
-    );
+    let (limiter, manual) = limiter(1_600.0, 1_600.0, 16, adaptive());
     let hot = limiter.hash_key("hot").unwrap();
     let mut admitted = 0;
     // Ten seconds at one call a millisecond: all 1,600 of the burst, then every token as it
@@ -213,12 +213,7 @@ fn one_hot_key_gets_the_whole_budget() {
 
 #[test]
 fn rebalancing_while_four_threads_take_loses_and_duplicates_nothing() {
-    let (limiter, manual) = limiter(
-        10_000.0,
-        5_000.0,
-        16,
-        Some(Rebalancing::new(0.3, 300.0).unwrap()),
-    );
+    let (limiter, manual) = limiter(10_000.0, 5_000.0, 16, adaptive());
     let limiter = Arc::new(limiter);
     let mut expected = 5_000.0;
     let mut total = 0;
@@ -276,12 +271,7 @@ fn rebalancing_while_four_threads_take_loses_and_duplicates_nothing() {
 
 #[test]
 fn a_key_asking_more_than_a_shards_share_is_reported_by_name() {
-    let (limiter, manual) = limiter(
-        10_000.0,
-        10_000.0,
-        16,
-        Some(Rebalancing::new(0.3, 300.0).unwrap()),
-    );
+    let (limiter, manual) = limiter(10_000.0, 10_000.0, 16, adaptive());
     let hot = limiter.hash_key("hot").unwrap();
     let mut stream = Stream(11);
     // Half the calls for one key, the rest over 1,000 others, until the first look.

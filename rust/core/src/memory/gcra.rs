@@ -6,7 +6,8 @@
 //! otherwise so that the rate is exact to one part in a million (rounded down); u64 ticks
 //! last at least 18 years of limiter uptime. A shard with capacity `C` ticks and TAT `t` has
 //! `C - max(t - now, 0)` ticks of credit at `now`, and gains one tick of credit per tick of
-//! time until full. Taking `x` ticks moves the TAT to `max(t, now) + x`, with `now` rounded
+//! its own time until full (a shard's time runs at its share of the refill, `Pace`: the
+//! set's time, until an adaptive limiter moves the shares). Taking `x` ticks moves the TAT to `max(t, now) + x`, with `now` rounded
 //! down for the credit and up for the TAT (`Ticks`). A refusal never writes, so a hot
 //! refused key does not bounce its line.
 //!
@@ -46,7 +47,7 @@ pub(crate) struct GcraShard {
     /// Takes that lost a race for the TAT and tried again: how contended the shard is.
     collisions: AtomicU64,
     /// Capacity a draining shard lent the others and still owes them: its capacity is 0,
-    /// its use turned debt, and what it repays goes back to them (see `reweigh_shards`).
+    /// its use turned debt, and what it repays goes back to them (see `TokenBucket::reweigh`).
     lent: AtomicU64,
 }
 
@@ -755,99 +756,6 @@ impl TokenBucket {
         self.shards().map(GcraShard::full_from).min().unwrap_or(0)
     }
 
-    /// Moves the shards' shares of the refill and the burst toward `weights` at `now`,
-    /// keys then spreading over the first `active` shards, keeping every unit and never
-    /// writing a TAT: a take that raced this and gives itself back leaves the state exact.
-    ///
-    /// Each shard's time is rebased to its new weight without a jump, and capacity moves
-    /// from shards with credit to shards whose share grew, never below what a shard has
-    /// used. A shard that `weights` leaves without a share hands its credit over at once,
-    /// but what it has used is refill still owed, and only its own time can repay it: it
-    /// *drains*, with no capacity (nothing to take) and its weight, its use turned debt,
-    /// and lends the others that much capacity. Each later call gives back, as capacity
-    /// and credit, what it has repaid since (its refill, and any take given back to it),
-    /// and once it owes nothing its weight goes to the others too. Returns whether the
-    /// shares moved: not during a back-off. Runs while no take can start.
-    fn reweigh_shards(&self, now: Nanos, weights: Weights, active: usize) -> bool {
-        let ticks = self.ticks(now);
-        GcraShard::settle(&self.set, ticks);
-        let shards: Vec<&GcraShard> = self.set.slots.iter().map(|s| &s.shard).collect();
-        if GcraShard::owed_by(&self.set, ticks.now) > 0 {
-            return false;
-        }
-        self.set.shared.suspend();
-        let mut lent: Vec<u64> = shards
-            .iter()
-            .map(|s| s.lent.load(Ordering::SeqCst))
-            .collect();
-        let used: Vec<u64> = shards
-            .iter()
-            .map(|s| s.tat().saturating_sub(s.local(ticks.now)))
-            .collect();
-        let mut capacity: u64 = shards.iter().map(|s| s.capacity()).sum();
-        // Repaid debts come back, and a draining shard given a share again takes its
-        // debt back as use within its capacity; a shard left without a share starts
-        // draining with its use as debt (or, owing nothing, simply stops).
-        let mut draining = vec![false; shards.len()];
-        for i in 0..shards.len() {
-            if weights.get(i) > 0 {
-                capacity += std::mem::take(&mut lent[i]);
-            } else {
-                let owed = if lent[i] > 0 {
-                    let owed = used[i].min(lent[i]);
-                    capacity += lent[i] - owed;
-                    owed
-                } else {
-                    let owed = used[i].min(shards[i].capacity());
-                    capacity -= owed;
-                    owed
-                };
-                lent[i] = owed;
-                draining[i] = owed > 0;
-            }
-        }
-        let weights = weights.keeping(&self.weights.lock(), &draining);
-        // The split by weight among the live shards, then each raised to what it has
-        // used, paid for by the room the others have beyond theirs, in order.
-        let live = |i: usize| !draining[i] && weights.get(i) > 0;
-        let split: Vec<u64> = weights.split_among(capacity, live);
-        let mut capacities = split.clone();
-        let mut excess = 0;
-        for (i, c) in capacities.iter_mut().enumerate().filter(|&(i, _)| live(i)) {
-            excess += used[i].saturating_sub(*c);
-            *c = (*c).max(used[i]);
-        }
-        for (i, c) in capacities.iter_mut().enumerate().filter(|&(i, _)| live(i)) {
-            let cut = (*c - used[i]).min(excess);
-            *c -= cut;
-            excess -= cut;
-        }
-        // Only shards that restarted from the next whole tick of their time (see `Ticks`)
-        // can have used more than their capacity, by under a tick each, and so more than
-        // all there is: what nobody had room to pay for stays their debt, never capacity.
-        for (i, c) in capacities.iter_mut().enumerate().filter(|&(i, _)| live(i)) {
-            let back = c.saturating_sub(split[i]).min(excess);
-            *c -= back;
-            excess -= back;
-        }
-        for (i, shard) in shards.iter().enumerate() {
-            shard.pace.rebase(ticks.now, weights.get(i));
-            shard.capacity.store(capacities[i], Ordering::SeqCst);
-            shard.lent.store(lent[i], Ordering::SeqCst);
-        }
-        let lag = if weights.is_even() {
-            0
-        } else {
-            shards.len() as u64 - 1
-        };
-        self.set.shared.lag.store(lag, Ordering::SeqCst);
-        self.set.set_active(active, weights.span());
-        // Escrow given back later refills shards toward their new shares of the burst.
-        *self.weights.lock() = weights;
-        self.set.shared.restart(ticks.now, self.earliest_full());
-        true
-    }
-
     /// A one-shard bucket whose TAT is `tat` ticks (a key's bucket when it opens a book).
     pub(crate) fn starting_at(params: &Params, tat: u64, now: Nanos) -> Self {
         let now = params.scale.ticks(now);
@@ -942,7 +850,8 @@ impl Budget for TokenBucket {
         self.at_mark(at).max(now).max(promises.tail())
     }
 
-    /// Settled, the set refills like one bucket, `N` units per tick (one per shard).
+    /// Settled, the set refills like one bucket, `N` units per tick (the shards' weights add
+    /// up to `N`).
     fn mark(&self, at: Nanos) -> i128 {
         self.set.len() as i128 * self.ticks(at).now as i128
     }
@@ -1113,8 +1022,97 @@ impl Budget for TokenBucket {
         }
     }
 
+    /// Moves the shards' shares of the refill and the burst toward `weights` at `now`,
+    /// keys then spreading over the first `active` shards, keeping every unit and never
+    /// writing a TAT: a take that raced this and gives itself back leaves the state exact.
+    ///
+    /// Each shard's time is rebased to its new weight without a jump, and capacity moves
+    /// from shards with credit to shards whose share grew, never below what a shard has
+    /// used. A shard that `weights` leaves without a share hands its credit over at once,
+    /// but what it has used is refill still owed, and only its own time can repay it: it
+    /// *drains*, with no capacity (nothing to take) and its weight, its use turned debt,
+    /// and lends the others that much capacity. Each later call gives back, as capacity
+    /// and credit, what it has repaid since (its refill, and any take given back to it),
+    /// and once it owes nothing its weight goes to the others too. Returns whether the
+    /// shares moved: not during a back-off. Runs while no take can start.
     fn reweigh(&self, now: Nanos, weights: Weights, active: usize) -> bool {
-        self.reweigh_shards(now, weights, active)
+        let ticks = self.ticks(now);
+        GcraShard::settle(&self.set, ticks);
+        let shards: Vec<&GcraShard> = self.set.slots.iter().map(|s| &s.shard).collect();
+        if GcraShard::owed_by(&self.set, ticks.now) > 0 {
+            return false;
+        }
+        self.set.shared.suspend();
+        let mut lent: Vec<u64> = shards
+            .iter()
+            .map(|s| s.lent.load(Ordering::SeqCst))
+            .collect();
+        let used: Vec<u64> = shards
+            .iter()
+            .map(|s| s.tat().saturating_sub(s.local(ticks.now)))
+            .collect();
+        let mut capacity: u64 = shards.iter().map(|s| s.capacity()).sum();
+        // Repaid debts come back, and a draining shard given a share again takes its
+        // debt back as use within its capacity; a shard left without a share starts
+        // draining with its use as debt (or, owing nothing, simply stops).
+        let mut draining = vec![false; shards.len()];
+        for i in 0..shards.len() {
+            if weights.get(i) > 0 {
+                capacity += std::mem::take(&mut lent[i]);
+            } else {
+                let owed = if lent[i] > 0 {
+                    let owed = used[i].min(lent[i]);
+                    capacity += lent[i] - owed;
+                    owed
+                } else {
+                    let owed = used[i].min(shards[i].capacity());
+                    capacity -= owed;
+                    owed
+                };
+                lent[i] = owed;
+                draining[i] = owed > 0;
+            }
+        }
+        let weights = weights.keeping(&self.weights.lock(), &draining);
+        // The split by weight among the live shards, then each raised to what it has
+        // used, paid for by the room the others have beyond theirs, in order.
+        let live = |i: usize| !draining[i] && weights.get(i) > 0;
+        let split: Vec<u64> = weights.split_among(capacity, live);
+        let mut capacities = split.clone();
+        let mut excess = 0;
+        for (i, c) in capacities.iter_mut().enumerate().filter(|&(i, _)| live(i)) {
+            excess += used[i].saturating_sub(*c);
+            *c = (*c).max(used[i]);
+        }
+        for (i, c) in capacities.iter_mut().enumerate().filter(|&(i, _)| live(i)) {
+            let cut = (*c - used[i]).min(excess);
+            *c -= cut;
+            excess -= cut;
+        }
+        // Only shards that restarted from the next whole tick of their time (see `Ticks`)
+        // can have used more than their capacity, by under a tick each, and so more than
+        // all there is: what nobody had room to pay for stays their debt, never capacity.
+        for (i, c) in capacities.iter_mut().enumerate().filter(|&(i, _)| live(i)) {
+            let back = c.saturating_sub(split[i]).min(excess);
+            *c -= back;
+            excess -= back;
+        }
+        for (i, shard) in shards.iter().enumerate() {
+            shard.pace.rebase(ticks.now, weights.get(i));
+            shard.capacity.store(capacities[i], Ordering::SeqCst);
+            shard.lent.store(lent[i], Ordering::SeqCst);
+        }
+        let lag = if weights.is_even() {
+            0
+        } else {
+            shards.len() as u64 - 1
+        };
+        self.set.shared.lag.store(lag, Ordering::SeqCst);
+        self.set.set_active(active, weights.span());
+        // Escrow given back later refills shards toward their new shares of the burst.
+        *self.weights.lock() = weights;
+        self.set.shared.restart(ticks.now, self.earliest_full());
+        true
     }
 
     fn hot_keys(&self) -> Option<&HotKeys> {
