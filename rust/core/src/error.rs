@@ -14,6 +14,9 @@ pub enum Error {
     /// The store that holds the budget did not answer (a shared budget's server); `cause`
     /// says why. Nothing was decided.
     Unavailable { cause: String },
+    /// The store answered but refused the command (an ACL that does not cover the key or
+    /// the command); `cause` is its answer. Nothing was decided.
+    Denied { cause: String },
 }
 
 impl Error {
@@ -34,7 +37,7 @@ impl Error {
         match self {
             Error::InvalidArgument { argument, .. } => argument,
             Error::TooManyReservations { .. } => "max_reservations",
-            Error::Unavailable { .. } => "backend",
+            Error::Unavailable { .. } | Error::Denied { .. } => "backend",
         }
     }
 }
@@ -51,6 +54,7 @@ impl fmt::Display for Error {
             Error::Unavailable { cause } => {
                 write!(f, "the rate limit store did not answer: {cause}")
             }
+            Error::Denied { cause } => write!(f, "the rate limit store refused: {cause}"),
         }
     }
 }

@@ -1,6 +1,6 @@
 //! The one mapping from errors to Python exceptions.
 
-use pyo3::exceptions::{PyConnectionError, PyValueError};
+use pyo3::exceptions::{PyConnectionError, PyPermissionError, PyValueError};
 use pyo3::PyErr;
 use ratelimit_core::Error;
 
@@ -41,6 +41,9 @@ impl From<Failure> for PyErr {
             }
             Failure::Core(err @ Error::Unavailable { .. }) => {
                 PyConnectionError::new_err(err.to_string())
+            }
+            Failure::Core(err @ Error::Denied { .. }) => {
+                PyPermissionError::new_err(err.to_string())
             }
         }
     }

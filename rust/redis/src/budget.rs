@@ -1,0 +1,542 @@
+//! `RedisBudget`: one token bucket per namespace (or per key), decided by `bucket.lua` in the
+//! server, through one multiplexed connection that every thread and task shares.
+//!
+//! Every call is bounded by the budget's `timeout`, connecting and reconnecting included:
+//! the connection manager tries once per call and never waits between tries, so a server
+//! that is down fails a call at once and one that hangs (SIGSTOP) fails it at the timeout;
+//! the next call after the server is back reconnects, and a script the server forgot is
+//! loaded again. A process forked after the budget was made opens its own connection (the
+//! parent's runtime threads do not exist in the child).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use ratelimit_core::{Decision, Error, ManualClock, Quota, Refusal, Result, Scope};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{Client, RedisError, Script, Value};
+use tokio::runtime::Runtime;
+
+use crate::layout::Layout;
+use crate::price::Price;
+
+/// A wait the script is told to allow when the caller allows any (microseconds, ~142 years).
+const FOREVER_MICROS: u64 = 1 << 52;
+
+/// What a budget is made with.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// `redis://[user:password@]host[:port][/db]` or `unix:///path/to.sock[?db=N]`.
+    pub url: String,
+    pub namespace: String,
+    pub scope: Scope,
+    /// The bound on every call, connecting included.
+    pub timeout: Duration,
+    /// A test's clock: its time is passed to the script instead of the server's `TIME`.
+    pub clock: Option<Arc<ManualClock>>,
+}
+
+/// A waiting caller's booked turn: admitted when `wait` seconds have passed. Giving it up
+/// before then ([`RedisBudget::give_back`]) returns its tokens if nothing happened since.
+#[derive(Debug, Clone)]
+pub struct Turn {
+    pub wait: f64,
+    key: Vec<u8>,
+    before: Vec<u8>,
+    after: Vec<u8>,
+}
+
+/// A booking's answer: the turn, or the refusal.
+#[derive(Debug, Clone)]
+pub enum Booked {
+    Turn(Turn),
+    Refused(Decision),
+}
+
+/// How the last call to the server went (for `get_status`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Health {
+    pub healthy: bool,
+    /// Seconds the last answered call took.
+    pub latency: f64,
+}
+
+#[derive(Debug)]
+struct Connection {
+    pid: u32,
+    runtime: Arc<Runtime>,
+    manager: ConnectionManager,
+}
+
+#[derive(Debug)]
+pub struct RedisBudget {
+    layout: Layout,
+    client: Client,
+    script: Arc<Script>,
+    timeout: Duration,
+    clock: Option<Arc<ManualClock>>,
+    quota: Mutex<(Quota, Price)>,
+    connection: Mutex<Option<Arc<Connection>>>,
+    health: Arc<Mutex<Health>>,
+}
+
+/// One call's arguments, owned, so that a task can carry them.
+struct Call {
+    key: Vec<u8>,
+    args: Vec<Vec<u8>>,
+}
+
+impl RedisBudget {
+    pub fn new(quota: Quota, options: Options) -> Result<Self> {
+        let price = Price::of(&quota)?;
+        let layout = Layout::new(&options.namespace, options.scope)?;
+        let client =
+            Client::open(options.url.as_str()).map_err(|error| Error::InvalidArgument {
+                argument: "redis_url",
+                message: format!("is not a Redis URL this client can use: {error}"),
+            })?;
+        if !(options.timeout > Duration::ZERO && options.timeout <= Duration::from_secs(3600)) {
+            return Err(Error::InvalidArgument {
+                argument: "timeout",
+                message: format!(
+                    "must be more than 0 and at most 3600 seconds, got {:?}",
+                    options.timeout
+                ),
+            });
+        }
+        Ok(Self {
+            layout,
+            client,
+            script: Arc::new(Script::new(include_str!("bucket.lua"))),
+            timeout: options.timeout,
+            clock: options.clock,
+            quota: Mutex::new((quota, price)),
+            connection: Mutex::new(None),
+            health: Arc::new(Mutex::new(Health {
+                healthy: true,
+                latency: 0.0,
+            })),
+        })
+    }
+
+    pub fn quota(&self) -> Quota {
+        self.quota.lock().0
+    }
+
+    /// Changes rate, period and burst for this process's calls; a budget's tokens owed are
+    /// kept (the state converts at its next write).
+    pub fn set_quota(&self, quota: Quota) -> Result<()> {
+        let price = Price::of(&quota)?;
+        *self.quota.lock() = (quota, price);
+        Ok(())
+    }
+
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    pub fn health(&self) -> Health {
+        *self.health.lock()
+    }
+
+    /// The key pattern every key of this namespace matches.
+    pub fn pattern(&self) -> String {
+        self.layout.pattern()
+    }
+
+    /// Takes `count` tokens for `key` now, or refuses with the wait.
+    pub fn try_acquire(&self, key: &str, count: u64) -> Result<Decision> {
+        let (call, token) = self.call("take", key, count, 0)?;
+        self.run(call).and_then(|reply| decision(&reply, token))
+    }
+
+    /// [`RedisBudget::try_acquire`] on the connection's runtime; `done` gets the answer there.
+    pub fn spawn_try_acquire(
+        &self,
+        key: &str,
+        count: u64,
+        done: impl FnOnce(Result<Decision>) + Send + 'static,
+    ) {
+        match self.call("take", key, count, 0) {
+            Ok((call, token)) => self.spawn(call, move |reply| {
+                done(reply.and_then(|reply| decision(&reply, token)))
+            }),
+            Err(error) => done(Err(error)),
+        }
+    }
+
+    /// Decides every `(key, count)` in one round trip, each as [`RedisBudget::try_acquire`].
+    pub fn try_acquire_many(&self, requests: &[(&str, u64)]) -> Result<Vec<Decision>> {
+        let mut calls = Vec::with_capacity(requests.len());
+        let mut token = 0;
+        for &(key, count) in requests {
+            let (call, price) = self.call("take", key, count, 0)?;
+            calls.push(call);
+            token = price;
+        }
+        let connection = self.connection()?;
+        let script = Arc::clone(&self.script);
+        let mut manager = connection.manager.clone();
+        let replies: Vec<Vec<Value>> = self.bounded(&connection, async move {
+            let pipeline = |calls: &[Call]| {
+                let mut pipe = redis::pipe();
+                for call in calls {
+                    pipe.cmd("EVALSHA")
+                        .arg(script.get_hash())
+                        .arg(1)
+                        .arg(&call.key)
+                        .arg(&call.args);
+                }
+                pipe
+            };
+            match pipeline(&calls).query_async(&mut manager).await {
+                Err(error) if is_no_script(&error) => {
+                    script.load_async(&mut manager).await?;
+                    pipeline(&calls).query_async(&mut manager).await
+                }
+                other => other,
+            }
+        })?;
+        replies.iter().map(|reply| decision(reply, token)).collect()
+    }
+
+    /// Books a waiting caller's turn: `count` tokens at the first slot after every earlier
+    /// turn, refused `max_wait_exceeded` if that is more than `max_wait` seconds away.
+    pub fn book_turn(&self, key: &str, count: u64, max_wait: f64) -> Result<Booked> {
+        let bound = if max_wait.is_finite() {
+            (whole_nanos(max_wait).div_euclid(1_000) as u64).min(FOREVER_MICROS)
+        } else {
+            FOREVER_MICROS
+        };
+        let (call, token) = self.call("turn", key, count, bound)?;
+        let budget = call.key.clone();
+        let reply = self.run(call)?;
+        let answer = decision(&reply, token)?;
+        if !answer.allowed {
+            return Ok(Booked::Refused(answer));
+        }
+        Ok(Booked::Turn(Turn {
+            wait: micros(&reply, 2)? as f64 / 1e6,
+            key: budget,
+            before: bytes(&reply, 5)?,
+            after: bytes(&reply, 6)?,
+        }))
+    }
+
+    /// Gives a turn's tokens back if nothing was decided on its budget since it was booked
+    /// (otherwise they stay spent: never more than the quota). Whether they went back.
+    pub fn give_back(&self, turn: &Turn) -> Result<bool> {
+        let args = vec![
+            b"undo".to_vec(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            turn.before.clone(),
+            turn.after.clone(),
+        ];
+        let reply = self.run(Call {
+            key: turn.key.clone(),
+            args,
+        })?;
+        Ok(micros(&reply, 0)? == 1)
+    }
+
+    /// Tokens a take could have now.
+    pub fn peek(&self, key: &str) -> Result<f64> {
+        let (call, token) = self.call("peek", key, 1, 0)?;
+        let reply = self.run(call)?;
+        Ok(micros(&reply, 3)? as f64 / token as f64)
+    }
+
+    /// Nothing is admitted from the budget `key` draws on for `seconds`; then it refills
+    /// from empty.
+    pub fn back_off(&self, key: &str, seconds: f64) -> Result<()> {
+        let max = self.quota.lock().1.max_micros();
+        if !(seconds.is_finite() && seconds >= 0.0 && seconds * 1e6 <= max as f64) {
+            return Err(Error::InvalidArgument {
+                argument: "seconds",
+                message: format!(
+                    "must be a finite number of seconds from 0 to {} on Redis, got {seconds}",
+                    max / 1_000_000
+                ),
+            });
+        }
+        let micros = whole_nanos(seconds).div_ceil(1_000) as u64;
+        let (call, _) = self.call("owe", key, 1, micros)?;
+        self.run(call).map(drop)
+    }
+
+    /// Forgets the budget `key` draws on (every key's, with `None`): it is full again.
+    pub fn reset(&self, key: Option<&str>) -> Result<()> {
+        let connection = self.connection()?;
+        let mut manager = connection.manager.clone();
+        let names = match key {
+            Some(key) => vec![self.layout.budget(key)],
+            None => vec![self.layout.budget("")],
+        };
+        let pattern = self.layout.pattern();
+        let every_key = key.is_none() && self.layout.budget("a") != self.layout.budget("b");
+        self.bounded(&connection, async move {
+            let mut names = names;
+            if every_key {
+                names.clear();
+                let mut cursor = 0u64;
+                loop {
+                    let (next, found): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
+                        .arg(cursor)
+                        .arg("MATCH")
+                        .arg(&pattern)
+                        .arg("COUNT")
+                        .arg(1000)
+                        .query_async(&mut manager)
+                        .await?;
+                    names.extend(found);
+                    if next == 0 {
+                        break;
+                    }
+                    cursor = next;
+                }
+            }
+            if names.is_empty() {
+                return Ok(());
+            }
+            redis::cmd("DEL").arg(names).query_async(&mut manager).await
+        })
+    }
+
+    /// The script's arguments for `op` on `key`'s budget, and the token's price.
+    fn call(&self, op: &str, key: &str, count: u64, arg: u64) -> Result<(Call, u64)> {
+        if key.len() > ratelimit_core::MAX_KEY_LEN {
+            return Err(Error::InvalidArgument {
+                argument: "key",
+                message: format!(
+                    "must be at most {} bytes, got {}",
+                    ratelimit_core::MAX_KEY_LEN,
+                    key.len()
+                ),
+            });
+        }
+        let price = self.quota.lock().1;
+        let now = match &self.clock {
+            Some(clock) => (clock.now() / 1_000).to_string(),
+            None => String::new(),
+        };
+        let args = [
+            op.to_string(),
+            price.token.to_string(),
+            price.tick.to_string(),
+            price.capacity.to_string(),
+            count.to_string(),
+            arg.to_string(),
+            now,
+        ];
+        Ok((
+            Call {
+                key: self.layout.budget(key),
+                args: args.into_iter().map(String::into_bytes).collect(),
+            },
+            price.token,
+        ))
+    }
+
+    /// Runs `call` on this thread, bounded by the timeout.
+    fn run(&self, call: Call) -> Result<Vec<Value>> {
+        let connection = self.connection()?;
+        let script = Arc::clone(&self.script);
+        let mut manager = connection.manager.clone();
+        self.bounded(&connection, async move {
+            invocation(&script, &call).invoke_async(&mut manager).await
+        })
+    }
+
+    /// Runs `call` as a task on the connection's runtime; `done` gets the answer there.
+    fn spawn(&self, call: Call, done: impl FnOnce(Result<Vec<Value>>) + Send + 'static) {
+        let connection = match self.connection() {
+            Ok(connection) => connection,
+            Err(error) => return done(Err(error)),
+        };
+        let script = Arc::clone(&self.script);
+        let mut manager = connection.manager.clone();
+        let timeout = self.timeout;
+        let health = Arc::clone(&self.health);
+        connection.runtime.spawn(async move {
+            let started = Instant::now();
+            let answer = tokio::time::timeout(
+                timeout,
+                invocation(&script, &call).invoke_async(&mut manager),
+            )
+            .await;
+            let (answer, now) = settle(answer, timeout, started);
+            *health.lock() = now;
+            done(answer);
+        });
+    }
+
+    /// Blocks this thread on `work`, at most the timeout; records how it went.
+    fn bounded<T>(
+        &self,
+        connection: &Connection,
+        work: impl std::future::Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T> {
+        let started = Instant::now();
+        let answer = connection
+            .runtime
+            .block_on(async { tokio::time::timeout(self.timeout, work).await });
+        let (answer, health) = settle(answer, self.timeout, started);
+        *self.health.lock() = health;
+        answer
+    }
+
+    /// This process's connection, made on first use.
+    fn connection(&self) -> Result<Arc<Connection>> {
+        let pid = std::process::id();
+        let mut slot = self.connection.lock();
+        if let Some(connection) = slot.as_ref() {
+            if connection.pid == pid {
+                return Ok(Arc::clone(connection));
+            }
+            // Made by the parent of this forked process: its runtime's threads are not
+            // here, so it can be neither used nor shut down. Left alone.
+            std::mem::forget(slot.take());
+        }
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("ratelimit-redis")
+            .enable_all()
+            .build()
+            .map_err(|error| Error::Unavailable {
+                cause: format!("could not start the I/O thread: {error}"),
+            })?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(self.timeout))
+            .set_response_timeout(Some(self.timeout))
+            .set_number_of_retries(0)
+            .set_max_delay(Duration::from_millis(100));
+        let manager = {
+            let _inside = runtime.enter();
+            ConnectionManager::new_lazy_with_config(self.client.clone(), config)
+        }
+        .map_err(unavailable)?;
+        let connection = Arc::new(Connection {
+            pid,
+            runtime: Arc::new(runtime),
+            manager,
+        });
+        *slot = Some(Arc::clone(&connection));
+        Ok(connection)
+    }
+}
+
+/// `seconds` in whole nanoseconds (the float's rounding noise gone), which the script's
+/// microseconds then round toward the caller: bounds down, back-offs up.
+fn whole_nanos(seconds: f64) -> u128 {
+    (seconds.max(0.0) * 1e9).round() as u128
+}
+
+fn invocation<'a>(script: &'a Script, call: &Call) -> redis::ScriptInvocation<'a> {
+    let mut invocation = script.key(&call.key);
+    for arg in &call.args {
+        invocation.arg(arg);
+    }
+    invocation
+}
+
+/// A call's outcome, and the health it shows.
+fn settle<T>(
+    answer: std::result::Result<redis::RedisResult<T>, tokio::time::error::Elapsed>,
+    timeout: Duration,
+    started: Instant,
+) -> (Result<T>, Health) {
+    let latency = started.elapsed().as_secs_f64();
+    match answer {
+        Ok(Ok(value)) => (
+            Ok(value),
+            Health {
+                healthy: true,
+                latency,
+            },
+        ),
+        Ok(Err(error)) => {
+            let healthy = !(error.is_io_error()
+                || error.is_timeout()
+                || error.is_connection_dropped()
+                || error.is_unrecoverable_error());
+            (Err(failure(error)), Health { healthy, latency })
+        }
+        Err(_) => (
+            Err(Error::Unavailable {
+                cause: format!("no answer within the timeout of {timeout:?}"),
+            }),
+            Health {
+                healthy: false,
+                latency,
+            },
+        ),
+    }
+}
+
+/// A server that refused the command (an ACL, a wrong type) said so; anything else is a
+/// server that did not answer.
+fn failure(error: RedisError) -> Error {
+    match error.code() {
+        Some(code) if !(error.is_io_error() || error.is_connection_dropped()) => Error::Denied {
+            cause: format!("{code}: {}", error.detail().unwrap_or_default()),
+        },
+        _ => unavailable(error),
+    }
+}
+
+fn unavailable(error: RedisError) -> Error {
+    Error::Unavailable {
+        cause: error.to_string(),
+    }
+}
+
+fn is_no_script(error: &RedisError) -> bool {
+    error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript)
+}
+
+/// The script's answer `{allowed, code, wait, free, now}` as a decision.
+fn decision(reply: &[Value], token: u64) -> Result<Decision> {
+    let allowed = micros(reply, 0)? == 1;
+    let reason = match micros(reply, 1)? {
+        0 => None,
+        1 => Some(Refusal::RateLimited),
+        2 => Some(Refusal::ExceedsCapacity),
+        _ => Some(Refusal::MaxWaitExceeded),
+    };
+    let wait = micros(reply, 2)?;
+    Ok(Decision {
+        allowed,
+        reason,
+        shard: 0,
+        retry_after: (!allowed && reason != Some(Refusal::ExceedsCapacity))
+            .then_some(wait as f64 / 1e6),
+        at: micros(reply, 4)?.saturating_mul(1_000),
+        remaining_units: Some(micros(reply, 3)?),
+        unit: token,
+        sampled: false,
+    })
+}
+
+fn micros(reply: &[Value], at: usize) -> Result<u64> {
+    match reply.get(at) {
+        Some(Value::Int(n)) => Ok((*n).max(0) as u64),
+        other => Err(malformed(other)),
+    }
+}
+
+fn bytes(reply: &[Value], at: usize) -> Result<Vec<u8>> {
+    match reply.get(at) {
+        Some(Value::BulkString(text)) => Ok(text.clone()),
+        Some(Value::SimpleString(text)) => Ok(text.clone().into_bytes()),
+        other => Err(malformed(other)),
+    }
+}
+
+fn malformed(value: Option<&Value>) -> Error {
+    Error::Unavailable {
+        cause: format!("the server answered the script with {value:?}"),
+    }
+}

