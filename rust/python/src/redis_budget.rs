@@ -1,0 +1,315 @@
+//! `RedisEngine`: a budget shared through Redis or Valkey (`ratelimit-redis`) behind a
+//! Python `DistributedRateLimiter`. Every round trip runs with the GIL released; the
+//! `*_async` calls run on the client's I/O thread and hand the answer to a callback, which
+//! the Python class turns into an asyncio future's result, so the event loop never blocks.
+
+use std::time::Duration;
+
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+use pyo3::types::PyList;
+use ratelimit_core::{Algorithm, Quota, Scope};
+use ratelimit_redis::{Booked, Layout, Options, RedisBudget, Turn};
+
+use crate::args::{BurstSize, ClockArg, Count, Key, MaxWait, Period, Rate, ScopeArg, Seconds};
+use crate::error::Result;
+use crate::result::PyRateLimitResult;
+
+#[pyclass(frozen, module = "flashcard_pipeline._native", name = "RedisEngine")]
+pub(crate) struct PyRedisEngine {
+    budget: RedisBudget,
+    namespace: String,
+    scope: Scope,
+}
+
+/// A waiting caller's booked turn (see `RedisEngine.book_turn`).
+#[pyclass(frozen, module = "flashcard_pipeline._native", name = "RedisTurn")]
+pub(crate) struct PyRedisTurn {
+    turn: Turn,
+}
+
+#[pymethods]
+impl PyRedisTurn {
+    /// Seconds from the booking until the turn's slot.
+    #[getter]
+    fn wait(&self) -> f64 {
+        self.turn.wait
+    }
+
+    /// The caller's result once it waited `waited` seconds for the slot.
+    fn admitted(&self, waited: Seconds) -> PyRateLimitResult {
+        PyRateLimitResult::new(self.turn.decision, waited.0)
+    }
+}
+
+/// Raises `ValueError` unless `namespace` is one a budget can live under.
+#[pyfunction]
+pub(crate) fn check_namespace(namespace: &str) -> Result<()> {
+    Layout::new(namespace, Scope::Global)?;
+    Ok(())
+}
+
+fn text(key: &Key<'_>) -> PyResult<String> {
+    match key {
+        Key::Default => Ok("default".to_owned()),
+        Key::Given(key) => Ok(key.to_str()?.to_owned()),
+    }
+}
+
+/// `max_wait` in seconds; `None` is any wait.
+fn wait_bound(max_wait: Option<MaxWait>) -> Result<f64> {
+    let bound = max_wait.map_or(f64::INFINITY, |w| w.0);
+    if bound.is_nan() || bound < 0.0 {
+        return Err(PyValueError::new_err(format!(
+            "max_wait: must be None or a number of seconds >= 0, got {bound}"
+        ))
+        .into());
+    }
+    Ok(bound)
+}
+
+fn into_py(py: Python<'_>, booked: Booked) -> Result<Bound<'_, PyAny>> {
+    Ok(match booked {
+        Booked::Turn(turn) => Bound::new(py, PyRedisTurn { turn })?.into_any(),
+        Booked::Refused(decision) => {
+            Bound::new(py, PyRateLimitResult::new(decision, 0.0))?.into_any()
+        }
+    })
+}
+
+/// Calls `done` with what `answer` makes, or with the exception it raised; an exception
+/// from `done` itself is reported as unraisable (nobody is there to catch it).
+fn deliver(
+    done: Py<PyAny>,
+    answer: impl for<'py> FnOnce(Python<'py>) -> Result<Bound<'py, PyAny>>,
+) {
+    Python::attach(|py| {
+        let outcome = match answer(py) {
+            Ok(value) => value,
+            Err(failure) => PyErr::from(failure)
+                .into_value(py)
+                .into_bound(py)
+                .into_any(),
+        };
+        if let Err(error) = done.call1(py, (outcome,)) {
+            error.write_unraisable(py, None);
+        }
+    })
+}
+
+#[pymethods]
+impl PyRedisEngine {
+    #[new]
+    #[pyo3(
+        signature = (rate, period, burst_size, *, url, namespace, scope=None, timeout, clock=None),
+        text_signature = "(rate, period, burst_size, *, url, namespace, scope='global', timeout, \
+                          clock=None)"
+    )]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        rate: Rate,
+        period: Period,
+        burst_size: Option<BurstSize>,
+        url: String,
+        namespace: String,
+        scope: Option<ScopeArg>,
+        timeout: Seconds,
+        clock: Option<ClockArg<'_>>,
+    ) -> Result<Self> {
+        let scope = scope.map_or(Scope::Global, |s| s.0);
+        let quota = Quota::new(
+            rate.0,
+            period.0,
+            burst_size.map(|b| b.0),
+            Algorithm::TokenBucket,
+            Some(1),
+        )?;
+        let timeout = Duration::try_from_secs_f64(timeout.0)
+            .ok()
+            .filter(|t| !t.is_zero())
+            .ok_or_else(|| {
+                PyValueError::new_err(format!(
+                    "timeout: must be a finite number of seconds > 0, got {}",
+                    timeout.0
+                ))
+            })?;
+        let options = Options {
+            url,
+            namespace: namespace.clone(),
+            scope,
+            timeout,
+            clock: clock.map(|c| c.0.get().inner.clone()),
+        };
+        Ok(Self {
+            budget: RedisBudget::new(quota, options)?,
+            namespace,
+            scope,
+        })
+    }
+
+    #[pyo3(signature = (key=Key::Default, count=Count::ONE), text_signature = "($self, key='default', count=1)")]
+    fn try_acquire(&self, py: Python<'_>, key: Key<'_>, count: Count) -> Result<PyRateLimitResult> {
+        let key = text(&key)?;
+        let decision = py.detach(|| self.budget.try_acquire(&key, count.0))?;
+        Ok(PyRateLimitResult::new(decision, 0.0))
+    }
+
+    /// `try_acquire` on the I/O thread: `done(result)` is called there (with the GIL) with
+    /// the `RateLimitResult`, or with the exception the call would have raised.
+    #[pyo3(signature = (key, count, done))]
+    fn try_acquire_async(&self, key: Key<'_>, count: Count, done: Py<PyAny>) -> PyResult<()> {
+        let key = text(&key)?;
+        self.budget.spawn_try_acquire(&key, count.0, move |answer| {
+            deliver(done, |py| {
+                Ok(Bound::new(py, PyRateLimitResult::new(answer?, 0.0))?.into_any())
+            })
+        });
+        Ok(())
+    }
+
+    /// `book_turn` on the I/O thread, answering through `done` as `try_acquire_async` does.
+    #[pyo3(signature = (key, count, max_wait, done))]
+    fn book_turn_async(
+        &self,
+        key: Key<'_>,
+        count: Count,
+        max_wait: Option<MaxWait>,
+        done: Py<PyAny>,
+    ) -> Result<()> {
+        let key = text(&key)?;
+        let bound = wait_bound(max_wait)?;
+        self.budget
+            .spawn_book_turn(&key, count.0, bound, move |answer| {
+                deliver(done, |py| into_py(py, answer?))
+            });
+        Ok(())
+    }
+
+    /// Decides every `(key, count)` pair in one round trip: a list of `RateLimitResult`s.
+    fn try_acquire_many<'py>(
+        &self,
+        py: Python<'py>,
+        requests: Vec<(String, Count)>,
+    ) -> Result<Bound<'py, PyList>> {
+        let pairs: Vec<(&str, u64)> = requests.iter().map(|(k, c)| (k.as_str(), c.0)).collect();
+        let decisions = py.detach(|| self.budget.try_acquire_many(&pairs))?;
+        let results: Vec<PyRateLimitResult> = decisions
+            .into_iter()
+            .map(|decision| PyRateLimitResult::new(decision, 0.0))
+            .collect();
+        Ok(PyList::new(py, results)?)
+    }
+
+    /// Books a waiting caller's turn within `max_wait` seconds (`None`: any wait): a
+    /// `RedisTurn` (sleep `turn.wait`, then the tokens are the caller's) or the refusal.
+    #[pyo3(signature = (key, count, max_wait))]
+    fn book_turn<'py>(
+        &self,
+        py: Python<'py>,
+        key: Key<'py>,
+        count: Count,
+        max_wait: Option<MaxWait>,
+    ) -> Result<Bound<'py, PyAny>> {
+        let key = text(&key)?;
+        let bound = wait_bound(max_wait)?;
+        let answer = py.detach(|| self.budget.book_turn(&key, count.0, bound))?;
+        into_py(py, answer)
+    }
+
+    /// Gives a turn's tokens back if nothing was decided on its budget since: whether it did.
+    fn give_back(&self, py: Python<'_>, turn: PyRef<'_, PyRedisTurn>) -> Result<bool> {
+        let turn = turn.turn.clone();
+        Ok(py.detach(|| self.budget.give_back(&turn))?)
+    }
+
+    #[pyo3(signature = (key=Key::Default), text_signature = "($self, key='default')")]
+    fn peek(&self, py: Python<'_>, key: Key<'_>) -> Result<f64> {
+        let key = text(&key)?;
+        Ok(py.detach(|| self.budget.peek(&key))?)
+    }
+
+    #[pyo3(signature = (seconds, key=Key::Default), text_signature = "($self, seconds, key='default')")]
+    fn back_off(&self, py: Python<'_>, seconds: Seconds, key: Key<'_>) -> Result<()> {
+        let key = text(&key)?;
+        Ok(py.detach(|| self.budget.back_off(&key, seconds.0))?)
+    }
+
+    /// Forgets the budget `key` draws on; with `None`, every budget of the namespace.
+    #[pyo3(signature = (key=None))]
+    fn reset(&self, py: Python<'_>, key: Option<Key<'_>>) -> Result<()> {
+        let key = key.map(|k| text(&k)).transpose()?;
+        Ok(py.detach(|| self.budget.reset(key.as_deref()))?)
+    }
+
+    #[pyo3(signature = (rate, period=None, burst_size=None))]
+    fn set_rate(
+        &self,
+        rate: Rate,
+        period: Option<Period>,
+        burst_size: Option<BurstSize>,
+    ) -> Result<()> {
+        let current = self.budget.quota();
+        let quota = Quota::new(
+            rate.0,
+            period.map_or(current.period, |p| p.0),
+            Some(burst_size.map_or(current.burst, |b| b.0)),
+            Algorithm::TokenBucket,
+            Some(1),
+        )?;
+        Ok(self.budget.set_quota(quota)?)
+    }
+
+    /// `(healthy, latency)`: how the last call to the server went.
+    fn health(&self) -> (bool, f64) {
+        let health = self.budget.health();
+        (health.healthy, health.latency)
+    }
+
+    #[getter]
+    fn rate(&self) -> f64 {
+        self.budget.quota().rate
+    }
+
+    #[getter]
+    fn period(&self) -> f64 {
+        self.budget.quota().period
+    }
+
+    #[getter]
+    fn burst_size(&self) -> f64 {
+        self.budget.quota().burst
+    }
+
+    #[getter]
+    fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    #[getter]
+    fn scope(&self) -> &'static str {
+        self.scope.name()
+    }
+
+    #[getter]
+    fn timeout(&self) -> f64 {
+        self.budget.timeout().as_secs_f64()
+    }
+
+    /// The ACL key pattern that covers this namespace's keys.
+    #[getter]
+    fn key_pattern(&self) -> String {
+        self.budget.pattern()
+    }
+
+    fn __repr__(&self) -> String {
+        let quota = self.budget.quota();
+        format!(
+            "RedisEngine(rate={}, period={}, burst_size={}, namespace={:?}, scope={:?})",
+            quota.rate,
+            quota.period,
+            quota.burst,
+            self.namespace,
+            self.scope.name()
+        )
+    }
+}
