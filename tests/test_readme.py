@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from redis_servers import Server
+
 README = Path(__file__).resolve().parent.parent / "README.md"
 # Blocks may sit indented inside a list item.
 BLOCKS = [
@@ -21,8 +23,17 @@ def test_the_readme_has_its_blocks():
     assert len(BLOCKS) >= 3
 
 
+@pytest.fixture(scope="module")
+def redis_url():
+    """The README's Redis blocks run against a real server of their own."""
+    server = Server("redis")
+    yield server.url
+    server.close()
+
+
 @pytest.mark.parametrize("index", range(len(BLOCKS)))
-def test_block_runs(index, capsys):
+def test_block_runs(index, capsys, monkeypatch, redis_url):
+    monkeypatch.setenv("RATE_LIMIT_REDIS_URL", redis_url)
     code = compile(BLOCKS[index], f"{README.name} python block {index + 1}", "exec")
     exec(code, {"__name__": f"readme_block_{index + 1}"})
     assert capsys.readouterr().out  # every block shows what it did
