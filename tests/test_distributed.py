@@ -234,13 +234,19 @@ def test_four_processes_waiting_in_line(server: Server) -> None:
     assert 0.9 * bound <= admitted <= bound + 1
 
 
-def test_a_confined_user_runs_its_namespace_only(server: Server) -> None:
+@pytest.mark.parametrize("algorithm", ["token_bucket", "sliding_window"])
+def test_a_confined_user_runs_its_namespace_only(server: Server, algorithm: str) -> None:
     url = f"redis://confined:secret@127.0.0.1:{server.port}"
-    own = DistributedRateLimiter(10, 1.0, namespace="a", backend="redis", redis_url=url)
+    own = DistributedRateLimiter(
+        10, 1.0, namespace="a", backend="redis", redis_url=url, algorithm=algorithm
+    )
     assert own.key_pattern == "rl:v1:{a}:*"
     assert own.try_acquire() and own.acquire()
+    own.back_off(0.01)
     own.reset()
-    other = DistributedRateLimiter(10, 1.0, namespace="b", backend="redis", redis_url=url)
+    other = DistributedRateLimiter(
+        10, 1.0, namespace="b", backend="redis", redis_url=url, algorithm=algorithm
+    )
     with pytest.raises(PermissionError, match="NOPERM|No permissions"):
         other.try_acquire()
 
@@ -351,3 +357,20 @@ def test_tasks_awaiting_the_server_never_block_the_loop(server: Server) -> None:
         return worst
 
     assert asyncio.run(main()) < 0.020
+
+
+def test_a_sliding_window_admits_its_limit_in_any_window(make: Any, clock: ManualClock) -> None:
+    limiter = make(3, 1.0, algorithm="sliding_window")
+    assert limiter.algorithm == "sliding_window"
+    assert limiter.try_acquire("u", 2)
+    clock.advance(0.5)
+    assert limiter.try_acquire("u")
+    refused = limiter.try_acquire("u")
+    assert refused.reason == "rate_limited"
+    # The first two leave the window just after a second from their admission.
+    assert refused.retry_after == pytest.approx(0.5, abs=2e-6)
+    clock.advance(refused.retry_after)
+    assert limiter.try_acquire("u", 2)
+    assert not limiter.try_acquire("u")
+    waited = limiter.acquire("u")
+    assert waited.allowed and clock.monotonic() == pytest.approx(1.5, abs=3e-6)

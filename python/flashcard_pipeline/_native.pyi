@@ -214,6 +214,7 @@ class RedisEngine:
         period: float,
         burst_size: float | None,
         *,
+        algorithm: str | None = "token_bucket",
         url: str,
         namespace: str,
         scope: str | None = "global",
@@ -249,6 +250,8 @@ class RedisEngine:
     def period(self) -> float: ...
     @property
     def burst_size(self) -> float: ...
+    @property
+    def algorithm(self) -> str: ...
     @property
     def namespace(self) -> str: ...
     @property

@@ -56,8 +56,8 @@ class DistributedRateLimiter(ShardedRateLimiter):
 
     Args:
         rate, period, burst_size, algorithm, scope, **options: as for
-            :class:`ShardedRateLimiter`. On Redis: the token bucket only, and of the options
-            ``max_wait`` and ``clock``.
+            :class:`ShardedRateLimiter`. On Redis, of the options: ``max_wait`` and ``clock``
+            (a sliding window there counts at most 100,000 tokens).
         namespace: Names the budget: 1 to 64 letters, digits, ``_``, ``.`` or ``-``.
             Reservations' keys carry it (``"ns:user_1"``).
         backend: ``"memory"`` or ``"redis"``.
@@ -137,7 +137,8 @@ class DistributedRateLimiter(ShardedRateLimiter):
 
 
 class _RedisRateLimiter(DistributedRateLimiter):
-    """``DistributedRateLimiter(backend="redis")``: the budget is a token bucket in Redis."""
+    """``DistributedRateLimiter(backend="redis")``: the budget is a token bucket or a sliding
+    window in Redis."""
 
     _redis: RedisEngine
 
@@ -159,10 +160,6 @@ class _RedisRateLimiter(DistributedRateLimiter):
         **options: Any,
     ) -> None:
         _check_choice("on_backend_error", on_backend_error, POLICIES)
-        if algorithm != "token_bucket":
-            raise ValueError(
-                f'algorithm: backend="redis" offers "token_bucket" only, got {algorithm!r}'
-            )
         if options:
             raise TypeError(
                 f'{sorted(options)[0]}: not available with backend="redis" (it takes '
@@ -178,6 +175,7 @@ class _RedisRateLimiter(DistributedRateLimiter):
             rate,
             period,
             burst_size,
+            algorithm=algorithm,
             url=url,
             namespace=namespace,
             scope=scope,
@@ -379,7 +377,7 @@ class _RedisRateLimiter(DistributedRateLimiter):
 
     @property
     def algorithm(self) -> str:
-        return "token_bucket"
+        return self._redis.algorithm
 
     @property
     def scope(self) -> str:
@@ -416,7 +414,7 @@ class _RedisRateLimiter(DistributedRateLimiter):
             "rate": self.rate,
             "period": self.period,
             "burst_size": self.burst_size,
-            "algorithm": "token_bucket",
+            "algorithm": self.algorithm,
             "scope": self.scope,
             "tokens_available": tokens,
             "backend": {

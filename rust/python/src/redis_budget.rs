@@ -11,7 +11,9 @@ use pyo3::types::PyList;
 use ratelimit_core::{Algorithm, Quota, Scope};
 use ratelimit_redis::{Booked, Layout, Options, RedisBudget, Turn};
 
-use crate::args::{BurstSize, ClockArg, Count, Key, MaxWait, Period, Rate, ScopeArg, Seconds};
+use crate::args::{
+    AlgorithmArg, BurstSize, ClockArg, Count, Key, MaxWait, Period, Rate, ScopeArg, Seconds,
+};
 use crate::error::Result;
 use crate::result::PyRateLimitResult;
 
@@ -101,15 +103,19 @@ fn deliver(
 impl PyRedisEngine {
     #[new]
     #[pyo3(
-        signature = (rate, period, burst_size, *, url, namespace, scope=None, timeout, clock=None),
-        text_signature = "(rate, period, burst_size, *, url, namespace, scope='global', timeout, \
-                          clock=None)"
+        signature = (
+            rate, period, burst_size, *, algorithm=None, url, namespace, scope=None, timeout,
+            clock=None,
+        ),
+        text_signature = "(rate, period, burst_size, *, algorithm='token_bucket', url, namespace, \
+                          scope='global', timeout, clock=None)"
     )]
     #[allow(clippy::too_many_arguments)]
     fn new(
         rate: Rate,
         period: Period,
         burst_size: Option<BurstSize>,
+        algorithm: Option<AlgorithmArg>,
         url: String,
         namespace: String,
         scope: Option<ScopeArg>,
@@ -121,7 +127,7 @@ impl PyRedisEngine {
             rate.0,
             period.0,
             burst_size.map(|b| b.0),
-            Algorithm::TokenBucket,
+            algorithm.map_or(Algorithm::TokenBucket, |a| a.0),
             Some(1),
         )?;
         let timeout = Duration::try_from_secs_f64(timeout.0)
@@ -249,11 +255,15 @@ impl PyRedisEngine {
         burst_size: Option<BurstSize>,
     ) -> Result<()> {
         let current = self.budget.quota();
+        let burst = match current.algorithm {
+            Algorithm::TokenBucket => Some(burst_size.map_or(current.burst, |b| b.0)),
+            Algorithm::SlidingWindow => burst_size.map(|b| b.0),
+        };
         let quota = Quota::new(
             rate.0,
             period.map_or(current.period, |p| p.0),
-            Some(burst_size.map_or(current.burst, |b| b.0)),
-            Algorithm::TokenBucket,
+            burst,
+            current.algorithm,
             Some(1),
         )?;
         Ok(self.budget.set_quota(quota)?)
@@ -281,6 +291,11 @@ impl PyRedisEngine {
     }
 
     #[getter]
+    fn algorithm(&self) -> &'static str {
+        self.budget.quota().algorithm.name()
+    }
+
+    #[getter]
     fn namespace(&self) -> &str {
         &self.namespace
     }
@@ -304,10 +319,12 @@ impl PyRedisEngine {
     fn __repr__(&self) -> String {
         let quota = self.budget.quota();
         format!(
-            "RedisEngine(rate={}, period={}, burst_size={}, namespace={:?}, scope={:?})",
+            "RedisEngine(rate={}, period={}, burst_size={}, algorithm={:?}, namespace={:?}, \
+             scope={:?})",
             quota.rate,
             quota.period,
             quota.burst,
+            quota.algorithm.name(),
             self.namespace,
             self.scope.name()
         )

@@ -1,5 +1,6 @@
-//! `RedisBudget`: one token bucket per namespace (or per key), decided by `bucket.lua` in the
-//! server, through one multiplexed connection that every thread and task shares.
+//! `RedisBudget`: one token bucket (`bucket.lua`) or sliding window (`window.lua`) per
+//! namespace, or per key, decided in the server, through one multiplexed connection that
+//! every thread and task shares.
 //!
 //! Every call is bounded by the budget's `timeout`, connecting and reconnecting included:
 //! the connection manager tries once per call and never waits between tries, so a server
@@ -18,7 +19,7 @@ use redis::{Client, RedisError, Script, Value};
 use tokio::runtime::Runtime;
 
 use crate::layout::Layout;
-use crate::price::Price;
+use crate::price::Rule;
 
 /// A wait the script is told to allow when the caller allows any (microseconds, ~142 years).
 const FOREVER_MICROS: u64 = 1 << 52;
@@ -43,9 +44,10 @@ pub struct Turn {
     pub wait: f64,
     /// The booking's decision (allowed, the tokens left after it).
     pub decision: Decision,
-    key: Vec<u8>,
-    before: Vec<u8>,
-    after: Vec<u8>,
+    script: Arc<Script>,
+    keys: Vec<Vec<u8>>,
+    /// What the script needs to undo the booking (see the scripts' "undo").
+    undo: [Vec<u8>; 2],
 }
 
 /// A booking's answer: the turn, or the refusal.
@@ -74,23 +76,25 @@ struct Connection {
 pub struct RedisBudget {
     layout: Layout,
     client: Client,
-    script: Arc<Script>,
+    bucket: Arc<Script>,
+    window: Arc<Script>,
     timeout: Duration,
     clock: Option<Arc<ManualClock>>,
-    quota: Mutex<(Quota, Price)>,
+    quota: Mutex<(Quota, Rule)>,
     connection: Mutex<Option<Arc<Connection>>>,
     health: Arc<Mutex<Health>>,
 }
 
-/// One call's arguments, owned, so that a task can carry them.
+/// One call's script and arguments, owned, so that a task can carry them.
 struct Call {
-    key: Vec<u8>,
+    script: Arc<Script>,
+    keys: Vec<Vec<u8>>,
     args: Vec<Vec<u8>>,
 }
 
 impl RedisBudget {
     pub fn new(quota: Quota, options: Options) -> Result<Self> {
-        let price = Price::of(&quota)?;
+        let rule = Rule::of(&quota)?;
         let layout = Layout::new(&options.namespace, options.scope)?;
         let client =
             Client::open(options.url.as_str()).map_err(|error| Error::InvalidArgument {
@@ -109,10 +113,11 @@ impl RedisBudget {
         Ok(Self {
             layout,
             client,
-            script: Arc::new(Script::new(include_str!("bucket.lua"))),
+            bucket: Arc::new(Script::new(include_str!("bucket.lua"))),
+            window: Arc::new(Script::new(include_str!("window.lua"))),
             timeout: options.timeout,
             clock: options.clock,
-            quota: Mutex::new((quota, price)),
+            quota: Mutex::new((quota, rule)),
             connection: Mutex::new(None),
             health: Arc::new(Mutex::new(Health {
                 healthy: true,
@@ -128,8 +133,14 @@ impl RedisBudget {
     /// Changes rate, period and burst for this process's calls; a budget's tokens owed are
     /// kept (the state converts at its next write).
     pub fn set_quota(&self, quota: Quota) -> Result<()> {
-        let price = Price::of(&quota)?;
-        *self.quota.lock() = (quota, price);
+        let mut current = self.quota.lock();
+        if quota.algorithm != current.0.algorithm {
+            return Err(Error::InvalidArgument {
+                argument: "algorithm",
+                message: "stays as the limiter was made".into(),
+            });
+        }
+        *current = (quota, Rule::of(&quota)?);
         Ok(())
     }
 
@@ -177,23 +188,25 @@ impl RedisBudget {
             token = price;
         }
         let connection = self.connection()?;
-        let script = Arc::clone(&self.script);
+        let scripts = [Arc::clone(&self.bucket), Arc::clone(&self.window)];
         let mut manager = connection.manager.clone();
         let replies: Vec<Vec<Value>> = self.bounded(&connection, async move {
             let pipeline = |calls: &[Call]| {
                 let mut pipe = redis::pipe();
                 for call in calls {
                     pipe.cmd("EVALSHA")
-                        .arg(script.get_hash())
-                        .arg(1)
-                        .arg(&call.key)
+                        .arg(call.script.get_hash())
+                        .arg(call.keys.len())
+                        .arg(&call.keys)
                         .arg(&call.args);
                 }
                 pipe
             };
             match pipeline(&calls).query_async(&mut manager).await {
                 Err(error) if is_no_script(&error) => {
-                    script.load_async(&mut manager).await?;
+                    for script in &scripts {
+                        script.load_async(&mut manager).await?;
+                    }
                     pipeline(&calls).query_async(&mut manager).await
                 }
                 other => other,
@@ -205,10 +218,10 @@ impl RedisBudget {
     /// Books a waiting caller's turn: `count` tokens at the first slot after every earlier
     /// turn, refused `max_wait_exceeded` if that is more than `max_wait` seconds away.
     pub fn book_turn(&self, key: &str, count: u64, max_wait: f64) -> Result<Booked> {
-        let (call, token) = self.turn_call(key, count, max_wait)?;
-        let budget = call.key.clone();
+        let (call, unit) = self.turn_call(key, count, max_wait)?;
+        let (script, keys) = (Arc::clone(&call.script), call.keys.clone());
         self.run(call)
-            .and_then(|reply| booked(&reply, budget, token))
+            .and_then(|reply| booked(&reply, script, keys, unit))
     }
 
     /// [`RedisBudget::book_turn`] on the connection's runtime; `done` gets the answer there.
@@ -220,10 +233,10 @@ impl RedisBudget {
         done: impl FnOnce(Result<Booked>) + Send + 'static,
     ) {
         match self.turn_call(key, count, max_wait) {
-            Ok((call, token)) => {
-                let budget = call.key.clone();
+            Ok((call, unit)) => {
+                let (script, keys) = (Arc::clone(&call.script), call.keys.clone());
                 self.spawn(call, move |reply| {
-                    done(reply.and_then(|reply| booked(&reply, budget, token)))
+                    done(reply.and_then(|reply| booked(&reply, script, keys, unit)))
                 })
             }
             Err(error) => done(Err(error)),
@@ -242,17 +255,17 @@ impl RedisBudget {
     /// Gives a turn's tokens back if nothing was decided on its budget since it was booked
     /// (otherwise they stay spent: never more than the quota). Whether they went back.
     pub fn give_back(&self, turn: &Turn) -> Result<bool> {
-        let args = vec![
+        let mut args = vec![
             b"undo".to_vec(),
             Vec::new(),
             Vec::new(),
             Vec::new(),
             Vec::new(),
-            turn.before.clone(),
-            turn.after.clone(),
         ];
+        args.extend(turn.undo.iter().cloned());
         let reply = self.run(Call {
-            key: turn.key.clone(),
+            script: Arc::clone(&turn.script),
+            keys: turn.keys.clone(),
             args,
         })?;
         Ok(micros(&reply, 0)? == 1)
@@ -260,9 +273,9 @@ impl RedisBudget {
 
     /// Tokens a take could have now.
     pub fn peek(&self, key: &str) -> Result<f64> {
-        let (call, token) = self.call("peek", key, 1, 0)?;
+        let (call, unit) = self.call("peek", key, 1, 0)?;
         let reply = self.run(call)?;
-        Ok(micros(&reply, 3)? as f64 / token as f64)
+        Ok(micros(&reply, 3)? as f64 / unit as f64)
     }
 
     /// Nothing is admitted from the budget `key` draws on for `seconds`; then it refills
@@ -287,14 +300,11 @@ impl RedisBudget {
     pub fn reset(&self, key: Option<&str>) -> Result<()> {
         let connection = self.connection()?;
         let mut manager = connection.manager.clone();
-        let names = match key {
-            Some(key) => vec![self.layout.budget(key)],
-            None => vec![self.layout.budget("")],
-        };
+        let names = ["tb", "sw", "swm"].map(|part| self.layout.name(part, key.unwrap_or("")));
         let pattern = self.layout.pattern();
-        let every_key = key.is_none() && self.layout.budget("a") != self.layout.budget("b");
+        let every_key = key.is_none() && self.layout.scope() == Scope::Key;
         self.bounded(&connection, async move {
-            let mut names = names;
+            let mut names = names.to_vec();
             if every_key {
                 names.clear();
                 let mut cursor = 0u64;
@@ -321,7 +331,7 @@ impl RedisBudget {
         })
     }
 
-    /// The script's arguments for `op` on `key`'s budget, and the token's price.
+    /// The script and arguments for `op` on `key`'s budget, and the units of a token.
     fn call(&self, op: &str, key: &str, count: u64, arg: u64) -> Result<(Call, u64)> {
         if key.len() > ratelimit_core::MAX_KEY_LEN {
             return Err(Error::InvalidArgument {
@@ -333,36 +343,44 @@ impl RedisBudget {
                 ),
             });
         }
-        let price = self.quota.lock().1;
+        let rule = self.quota.lock().1;
         let now = match &self.clock {
             Some(clock) => (clock.now() / 1_000).to_string(),
             None => String::new(),
         };
+        let [first, second, third] = rule.params().map(|param| param.to_string());
         let args = [
             op.to_string(),
-            price.token.to_string(),
-            price.tick.to_string(),
-            price.capacity.to_string(),
+            first,
+            second,
+            third,
             count.to_string(),
             arg.to_string(),
             now,
         ];
+        let (script, keys) = match rule {
+            Rule::Bucket(_) => (&self.bucket, vec![self.layout.name("tb", key)]),
+            Rule::Window { .. } => (
+                &self.window,
+                vec![self.layout.name("sw", key), self.layout.name("swm", key)],
+            ),
+        };
         Ok((
             Call {
-                key: self.layout.budget(key),
+                script: Arc::clone(script),
+                keys,
                 args: args.into_iter().map(String::into_bytes).collect(),
             },
-            price.token,
+            rule.unit(),
         ))
     }
 
     /// Runs `call` on this thread, bounded by the timeout.
     fn run(&self, call: Call) -> Result<Vec<Value>> {
         let connection = self.connection()?;
-        let script = Arc::clone(&self.script);
         let mut manager = connection.manager.clone();
         self.bounded(&connection, async move {
-            invocation(&script, &call).invoke_async(&mut manager).await
+            invocation(&call).invoke_async(&mut manager).await
         })
     }
 
@@ -372,17 +390,13 @@ impl RedisBudget {
             Ok(connection) => connection,
             Err(error) => return done(Err(error)),
         };
-        let script = Arc::clone(&self.script);
         let mut manager = connection.manager.clone();
         let timeout = self.timeout;
         let health = Arc::clone(&self.health);
         connection.runtime.spawn(async move {
             let started = Instant::now();
-            let answer = tokio::time::timeout(
-                timeout,
-                invocation(&script, &call).invoke_async(&mut manager),
-            )
-            .await;
+            let answer =
+                tokio::time::timeout(timeout, invocation(&call).invoke_async(&mut manager)).await;
             let (answer, now) = settle(answer, timeout, started);
             *health.lock() = now;
             done(answer);
@@ -450,8 +464,11 @@ fn whole_nanos(seconds: f64) -> u128 {
     (seconds.max(0.0) * 1e9).round() as u128
 }
 
-fn invocation<'a>(script: &'a Script, call: &Call) -> redis::ScriptInvocation<'a> {
-    let mut invocation = script.key(&call.key);
+fn invocation(call: &Call) -> redis::ScriptInvocation<'_> {
+    let mut invocation = call.script.prepare_invoke();
+    for key in &call.keys {
+        invocation.key(key);
+    }
     for arg in &call.args {
         invocation.arg(arg);
     }
@@ -514,8 +531,8 @@ fn is_no_script(error: &RedisError) -> bool {
 }
 
 /// The script's answer to a turn: the turn (with the states to undo it), or the refusal.
-fn booked(reply: &[Value], key: Vec<u8>, token: u64) -> Result<Booked> {
-    let answer = decision(reply, token)?;
+fn booked(reply: &[Value], script: Arc<Script>, keys: Vec<Vec<u8>>, unit: u64) -> Result<Booked> {
+    let answer = decision(reply, unit)?;
     if !answer.allowed {
         return Ok(Booked::Refused(answer));
     }
@@ -525,9 +542,9 @@ fn booked(reply: &[Value], key: Vec<u8>, token: u64) -> Result<Booked> {
             retry_after: None,
             ..answer
         },
-        key,
-        before: bytes(reply, 5)?,
-        after: bytes(reply, 6)?,
+        script,
+        keys,
+        undo: [bytes(reply, 5)?, bytes(reply, 6)?],
     }))
 }
 

@@ -3,9 +3,11 @@
 //! Every key of namespace `ns` starts with `rl:v1:{ns}:` (`v1`: the state's format, so a
 //! later format can live beside it). The braces are a Redis Cluster hash tag: all of a
 //! namespace's keys hash to one slot, and one ACL key pattern, `~rl:v1:{ns}:*`, confines a
-//! user to the namespace. The shared budget of `scope="global"` is `rl:v1:{ns}:budget`; with
-//! `scope="key"` the budget of key `k` is `rl:v1:{ns}:key:` followed by `k`'s bytes as they
-//! are (a Redis key is binary-safe, and the prefix alone decides the slot and the pattern).
+//! user to the namespace. After the prefix comes what the key holds: `tb` a token bucket's
+//! state, `sw` a sliding window's log and `swm` its meta; with `scope="global"` that is all
+//! (`rl:v1:{ns}:tb`), with `scope="key"` a `:` and the key's bytes as they are follow
+//! (`rl:v1:{ns}:tb:user_1`; a Redis key is binary-safe, and the prefix alone decides the slot
+//! and the pattern).
 //! A namespace is 1 to 64 letters, digits and `_ . -`: nothing a glob pattern or a hash tag
 //! would read as syntax.
 
@@ -45,17 +47,19 @@ impl Layout {
         format!("{}*", self.prefix)
     }
 
-    /// The Redis key of the budget `key` draws on.
-    pub fn budget(&self, key: &str) -> Vec<u8> {
+    /// The Redis key holding `part` (`tb`, `sw` or `swm`) of the budget `key` draws on.
+    pub fn name(&self, part: &str, key: &str) -> Vec<u8> {
         let mut name = self.prefix.clone().into_bytes();
-        match self.scope {
-            Scope::Global => name.extend_from_slice(b"budget"),
-            Scope::Key => {
-                name.extend_from_slice(b"key:");
-                name.extend_from_slice(key.as_bytes());
-            }
+        name.extend_from_slice(part.as_bytes());
+        if self.scope == Scope::Key {
+            name.push(b':');
+            name.extend_from_slice(key.as_bytes());
         }
         name
+    }
+
+    pub fn scope(&self) -> Scope {
+        self.scope
     }
 }
 
@@ -66,10 +70,10 @@ mod tests {
     #[test]
     fn keys_live_under_the_namespace_tag() {
         let global = Layout::new("a", Scope::Global).unwrap();
-        assert_eq!(global.budget("user_1"), b"rl:v1:{a}:budget");
+        assert_eq!(global.name("tb", "user_1"), b"rl:v1:{a}:tb");
         assert_eq!(global.pattern(), "rl:v1:{a}:*");
         let keyed = Layout::new("a", Scope::Key).unwrap();
-        assert_eq!(keyed.budget("u}*:1"), b"rl:v1:{a}:key:u}*:1");
+        assert_eq!(keyed.name("sw", "u}*:1"), b"rl:v1:{a}:sw:u}*:1");
     }
 
     #[test]

@@ -11,4 +11,4 @@ pub mod price;
 
 pub use budget::{Booked, Health, Options, RedisBudget, Turn};
 pub use layout::{Layout, MAX_NAMESPACE_LEN};
-pub use price::Price;
+pub use price::{Price, Rule, MAX_REDIS_WINDOW_LIMIT};

@@ -1,7 +1,66 @@
-//! A quota in the script's integer units: a token costs `token` units, a microsecond
-//! refills `tick` units, the bucket holds `capacity` units (see `bucket.lua`).
+//! A quota in the scripts' integer units: for the token bucket, a token costs `token`
+//! units, a microsecond refills `tick` units and the bucket holds `capacity` units
+//! (`bucket.lua`); for the sliding window, `limit` tokens in `window` microseconds
+//! (`window.lua`).
 
-use ratelimit_core::{Error, Quota, Result};
+use ratelimit_core::{Algorithm, Error, Quota, Result};
+
+/// The most tokens a sliding window on Redis counts: it keeps one entry per token.
+pub const MAX_REDIS_WINDOW_LIMIT: u64 = 100_000;
+
+/// What a script is told about the quota.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rule {
+    Bucket(Price),
+    Window { limit: u64, window: u64 },
+}
+
+impl Rule {
+    pub fn of(quota: &Quota) -> Result<Self> {
+        match quota.algorithm {
+            Algorithm::TokenBucket => Price::of(quota).map(Rule::Bucket),
+            Algorithm::SlidingWindow => {
+                let limit = quota.burst as u64;
+                if limit > MAX_REDIS_WINDOW_LIMIT {
+                    return Err(Error::InvalidArgument {
+                        argument: "rate",
+                        message: format!(
+                            "a sliding window on Redis keeps one entry per token in the window: \
+                             at most {MAX_REDIS_WINDOW_LIMIT}, got {limit}"
+                        ),
+                    });
+                }
+                // Rounded up to a whole microsecond: never a shorter window than asked.
+                let window = (quota.period * 1e6).ceil().max(1.0) as u64;
+                Ok(Rule::Window { limit, window })
+            }
+        }
+    }
+
+    /// The script's ARGV[2..=4].
+    pub fn params(&self) -> [u64; 3] {
+        match *self {
+            Rule::Bucket(price) => [price.token, price.tick, price.capacity],
+            Rule::Window { limit, window } => [limit, window, 0],
+        }
+    }
+
+    /// Units per token in the scripts' answers.
+    pub fn unit(&self) -> u64 {
+        match *self {
+            Rule::Bucket(price) => price.token,
+            Rule::Window { .. } => 1,
+        }
+    }
+
+    /// Microseconds of back-off the script can count exactly.
+    pub fn max_micros(&self) -> u64 {
+        match *self {
+            Rule::Bucket(price) => price.max_micros(),
+            Rule::Window { window, .. } => (LIMIT as u64) - window,
+        }
+    }
+}
 
 /// Every quantity the script handles stays below this, so that Lua's doubles hold it exactly.
 const LIMIT: u128 = 1 << 50;

@@ -1,4 +1,4 @@
-//! The script against the core's admission model (`ratelimit_core::model`): random
+//! The scripts against the core's admission model (`ratelimit_core::model`): random
 //! interleavings of takes, waiters' turns (executed by the model at their slots, as a
 //! waiter that sleeps to its slot is), back-offs and peeks (those two while no turn is pending: see below), with clock advances, on Redis and
 //! on Valkey. Time is a manual clock passed to the script in microseconds; the model runs in
@@ -12,9 +12,9 @@ use std::sync::Arc;
 use common::{binaries, Server};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
-use ratelimit_core::model::{Answer, Model, Op, TokenBucket, GRACE};
-use ratelimit_core::{ManualClock, Refusal};
-use ratelimit_redis::{Booked, Price};
+use ratelimit_core::model::{Answer, Budget, Model, Op, SlidingWindow, TokenBucket, GRACE};
+use ratelimit_core::{Algorithm, ManualClock, Refusal};
+use ratelimit_redis::{Booked, Rule};
 
 #[derive(Debug, Clone, Copy)]
 enum Step {
@@ -42,15 +42,52 @@ fn steps(burst: u64) -> impl Strategy<Value = Vec<Step>> {
 }
 
 /// Runs `steps` on the model and on `server`'s script side by side.
-fn compare(server: &Server, rate: u64, burst: u64, steps: &[Step]) -> Result<(), TestCaseError> {
+fn compare(
+    server: &Server,
+    algorithm: Algorithm,
+    rate: u64,
+    burst: u64,
+    steps: &[Step],
+) -> Result<(), TestCaseError> {
     let clock = Arc::new(ManualClock::new(0.0));
-    let budget = server.budget(rate as f64, burst as f64, Some(Arc::clone(&clock)));
-    let price = Price::of(&budget.quota()).unwrap();
-    let mut model = Model::new(
-        TokenBucket::new(price.tick, price.token, burst, 0),
-        u64::MAX / 4,
-        GRACE,
+    let budget = server.budget(
+        algorithm,
+        rate as f64,
+        burst as f64,
+        Some(Arc::clone(&clock)),
     );
+    let rule = Rule::of(&budget.quota()).unwrap();
+    match rule {
+        Rule::Bucket(price) => {
+            let bucket = TokenBucket::new(price.tick, price.token, burst, 0);
+            against(
+                Model::new(bucket, u64::MAX / 4, GRACE),
+                &budget,
+                &clock,
+                rule,
+                steps,
+            )
+        }
+        Rule::Window { limit, window } => {
+            let window = SlidingWindow::new(limit, window);
+            against(
+                Model::new(window, u64::MAX / 4, GRACE),
+                &budget,
+                &clock,
+                rule,
+                steps,
+            )
+        }
+    }
+}
+
+fn against<B: Budget>(
+    mut model: Model<B>,
+    budget: &ratelimit_redis::RedisBudget,
+    clock: &ManualClock,
+    rule: Rule,
+    steps: &[Step],
+) -> Result<(), TestCaseError> {
     let mut now: u64 = 0;
     // Turns booked and not yet executed: (slot, id).
     let mut pending: Vec<(u64, usize)> = Vec::new();
@@ -126,15 +163,15 @@ fn compare(server: &Server, rate: u64, burst: u64, steps: &[Step]) -> Result<(),
                     }
                 }
             }
-            // With a turn booked ahead, the model counts fractions of a token refilled before
-            // the turn's slot as free; the script's charge already holds them.
-            Step::Peek if !pending.is_empty() => {}
+            // With a turn booked ahead, the model's bucket counts fractions of a token
+            // refilled before the turn's slot as free; the script's charge already holds them.
+            Step::Peek if !pending.is_empty() && matches!(rule, Rule::Bucket(_)) => {}
             Step::Peek => {
                 let Answer::Peeked { units } = model.apply(now, &Op::Peek) else {
                     unreachable!()
                 };
                 let tokens = budget.peek("k").unwrap();
-                prop_assert_eq!(tokens, units as f64 / price.token as f64, "{}", context());
+                prop_assert_eq!(tokens, units as f64 / rule.unit() as f64, "{}", context());
             }
             // On Redis a turn's tokens are charged when it is booked, so a back-off does not
             // move turns booked before it (the model's would wait): compared without them.
@@ -149,7 +186,16 @@ fn compare(server: &Server, rate: u64, burst: u64, steps: &[Step]) -> Result<(),
 }
 
 #[test]
-fn the_script_answers_as_the_model_does() {
+fn the_token_bucket_script_answers_as_the_model_does() {
+    check(Algorithm::TokenBucket);
+}
+
+#[test]
+fn the_sliding_window_script_answers_as_the_model_does() {
+    check(Algorithm::SlidingWindow);
+}
+
+fn check(algorithm: Algorithm) {
     let cases = std::env::var("PROPTEST_CASES").map_or(300, |n| n.parse().unwrap());
     for (name, binary) in binaries() {
         let server = Server::start(&binary);
@@ -158,9 +204,14 @@ fn the_script_answers_as_the_model_does() {
             ..Config::default()
         });
         let setup = (prop::sample::select(vec![1u64, 3, 7, 10, 50]), 1..=5u64);
+        // A window's capacity is its rate.
+        let window = algorithm == Algorithm::SlidingWindow;
         let result = runner.run(
-            &setup.prop_flat_map(|(r, b)| (Just(r), Just(b), steps(b))),
-            |(rate, burst, steps)| compare(&server, rate, burst, &steps),
+            &setup.prop_flat_map(move |(r, b)| {
+                let b = if window { r } else { b };
+                (Just(r), Just(b), steps(b))
+            }),
+            |(rate, burst, steps)| compare(&server, algorithm, rate, burst, &steps),
         );
         if let Err(error) = result {
             panic!("on {name}: {error}");

@@ -80,9 +80,17 @@ impl Server {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
-    /// A token bucket of `rate` per second and `burst`, on this server, on `clock`.
-    pub fn budget(&self, rate: f64, burst: f64, clock: Option<Arc<ManualClock>>) -> RedisBudget {
-        let quota = Quota::new(rate, 1.0, Some(burst), Algorithm::TokenBucket, Some(1)).unwrap();
+    /// A budget of `rate` per second (and `burst`, for a token bucket), on this server, on
+    /// `clock`.
+    pub fn budget(
+        &self,
+        algorithm: Algorithm,
+        rate: f64,
+        burst: f64,
+        clock: Option<Arc<ManualClock>>,
+    ) -> RedisBudget {
+        let burst = (algorithm == Algorithm::TokenBucket).then_some(burst);
+        let quota = Quota::new(rate, 1.0, burst, algorithm, Some(1)).unwrap();
         RedisBudget::new(
             quota,
             Options {
