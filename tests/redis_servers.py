@@ -44,13 +44,15 @@ def free_port() -> int:
 
 
 class Server:
-    """``Server(kind)``: started at once; ``url``, ``stop()``, ``start()`` (same port),
+    """``Server(kind, unix=False)``: started at once (with ``unix``, listening on the unix
+    socket ``socket`` too); ``url``, ``stop()``, ``start()`` (same port),
     ``pause()`` / ``resume()`` (SIGSTOP / SIGCONT)."""
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, *, unix: bool = False) -> None:
         self.kind = kind
         self.port = free_port()
         self.dir = tempfile.mkdtemp(prefix=f"rl-{kind}-")
+        self.socket = os.path.join(self.dir, "redis.sock") if unix else None
         self.process: subprocess.Popen[bytes] | None = None
         self.start()
 
@@ -61,7 +63,8 @@ class Server:
     def start(self) -> None:
         self.process = subprocess.Popen(
             [binary(self.kind), "--port", str(self.port), "--bind", "127.0.0.1",
-             "--save", "", "--appendonly", "no", "--dir", self.dir, "--user", *CONFINED_USER.split()],
+             "--save", "", "--appendonly", "no", "--dir", self.dir, "--user", *CONFINED_USER.split(),
+             *(["--unixsocket", self.socket] if self.socket else [])],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )

@@ -374,3 +374,50 @@ def test_a_sliding_window_admits_its_limit_in_any_window(make: Any, clock: Manua
     assert not limiter.try_acquire("u")
     waited = limiter.acquire("u")
     assert waited.allowed and clock.monotonic() == pytest.approx(1.5, abs=3e-6)
+
+
+# The I/O thread is a thread: CPython 3.12+ warns that fork() copies only the forking one,
+# which is what the limiter is built for (a child opens its own connection).
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
+def test_a_limiter_made_before_fork_works_in_the_children(server: Server) -> None:
+    # gunicorn --preload builds the app (and its limiter) before forking the workers.
+    limiter = DistributedRateLimiter(
+        10, 60.0, namespace=fresh_namespace(), backend="redis", redis_url=server.url
+    )
+    assert limiter.try_acquire()  # the parent's connection exists before the fork
+    children = []
+    for _ in range(3):
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child reports through its exit status
+            admitted = sum(bool(limiter.try_acquire()) for _ in range(5))
+            os._exit(admitted)
+        children.append(pid)
+    admitted = sum(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) for pid in children)
+    assert admitted == 9  # the budget's 10, less the parent's one: shared, not copied
+    assert not limiter.try_acquire()
+
+
+@pytest.mark.parametrize("form", ["user", "database", "unix"])
+def test_the_url_forms(form: str) -> None:
+    server = Server("redis", unix=form == "unix")
+    try:
+        url = {
+            "user": f"redis://confined:secret@127.0.0.1:{server.port}",
+            "database": f"redis://127.0.0.1:{server.port}/3",
+            "unix": f"unix://{server.socket}",
+        }[form]
+        namespace = "a" if form == "user" else fresh_namespace()
+        limiter = DistributedRateLimiter(
+            1, 60.0, namespace=namespace, backend="redis", redis_url=url
+        )
+        assert limiter.try_acquire() and not limiter.try_acquire()
+    finally:
+        server.close()
+
+
+def test_the_url_comes_from_the_environment(server: Server, monkeypatch: Any) -> None:
+    monkeypatch.setenv("RATE_LIMIT_REDIS_URL", server.url)
+    limiter = DistributedRateLimiter(1, 60.0, namespace=fresh_namespace(), backend="redis")
+    assert limiter.try_acquire() and not limiter.try_acquire()
+    with pytest.raises(ValueError, match="^redis_url"):
+        DistributedRateLimiter(1, namespace="x", backend="redis", redis_url="http://nope")
