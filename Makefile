@@ -64,12 +64,13 @@ $(BENCH_DEPS): $(DEPS) requirements-bench.txt
 	$(PY) -m pip install --quiet -r requirements-bench.txt
 	touch $@
 
-bench: build $(BENCH_DEPS) ## Side-by-side benchmarks: ours vs token-bucket and limits, and the Rust core
+bench: build $(BENCH_DEPS) ## Side-by-side benchmarks: ours vs token-bucket and limits (memory and Redis), and the Rust core
 	$(PY) benches/side_by_side.py
 	$(PY) benches/shim_vs_old.py
 	$(PY) benches/pending_reservations.py
 	$(PY) benches/skewed.py
 	$(PY) benches/keys.py
+	$(PY) benches/redis_side_by_side.py
 	$(PY) -m pytest benches --benchmark-enable --benchmark-only --benchmark-columns=min,mean,ops -q
 	cargo bench -p ratelimit-core --bench check
 

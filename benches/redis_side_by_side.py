@@ -24,9 +24,10 @@ Contenders: ours (``DistributedRateLimiter(1e9, 1.0, namespace="bench", backend=
 burst_size=1e9)``); ``limits`` ``FixedWindowRateLimiter`` and ``MovingWindowRateLimiter`` on
 ``RedisStorage`` (``limits.aio`` with ``implementation="redispy"`` for the tasks);
 ``pyrate-limiter``'s ``RedisBucket`` (its sliding log in a sorted set) behind a ``Limiter``,
-``try_acquire("k")`` (``try_acquire_async`` for the tasks); ``throttled-py``'s GCRA on its ``RedisStore``,
-``limit("k")``. Each peer keeps its own Redis keys. As a reference (not a peer), the rate of
-redis-py ``PING`` from one thread: one bare round trip through a Python client.
+``try_acquire("k")`` (``try_acquire_async`` for the tasks); ``throttled-py``'s GCRA on its
+``RedisStore``, ``limit("k")``. Each peer keeps its own Redis keys. As a reference (not a
+peer), the rate of redis-py ``PING`` from one thread: one bare round trip through a Python
+client.
 
 Method: one measurement runs for ``seconds`` after a 0.1 s warm-up of the same loop; every
 loop checks each answer, so a refusal cannot pass for speed (the refusals are counted and
@@ -54,7 +55,6 @@ import threading
 import time
 import traceback
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 from flashcard_pipeline.rate_limiter_v2 import DistributedRateLimiter
@@ -188,14 +188,18 @@ async def loop_tasks(decide: DecideAsync, seconds: float) -> tuple[int, int, flo
 Run = Callable[[float], tuple[int, int, float]]
 
 
-@dataclass
 class Bench:
-    url: str
-    runner: asyncio.Runner
-    plan: dict[str, dict[str, Run]] = field(default_factory=dict)  # mode -> contender -> run
-    skipped: list[str] = field(default_factory=list)
-    versions: dict[str, str] = field(default_factory=dict)
-    closers: list[Callable[[], Any]] = field(default_factory=list)
+    """What to measure: ``plan[mode][contender]`` is a run; and what to say and to close."""
+
+    # (plain classes, not dataclasses: tests/test_bench_scripts.py loads bench scripts without
+    # registering them in sys.modules, which dataclasses with string annotations need)
+    def __init__(self, url: str, runner: asyncio.Runner) -> None:
+        self.url = url
+        self.runner = runner
+        self.plan: dict[str, dict[str, Run]] = {mode: {} for mode in MODES}
+        self.skipped: list[str] = []
+        self.versions: dict[str, str] = {}
+        self.closers: list[Callable[[], Any]] = []
 
     def add_sync(self, name: str, decide: Decide, threads: bool = True) -> None:
         self.plan[SINGLE][name] = lambda s: warm_then(loop_sync, decide, 1, s)
@@ -207,7 +211,7 @@ class Bench:
         try:
             decide = self.runner.run(make())
             self.runner.run(decide())  # connects, loads scripts, and checks the call works
-        except Exception as error:  # noqa: BLE001 - a peer that cannot run is reported, not fatal
+        except Exception as error:  # a peer that cannot run is reported, not fatal
             self.skipped.append(f"{name} ({TASKED}): skipped: {type(error).__name__}: {error}")
             return
 
@@ -221,7 +225,7 @@ class Bench:
         """Runs a peer's setup; a peer that is not installed or fails is skipped, with why."""
         try:
             build()
-        except Exception as error:  # noqa: BLE001
+        except Exception as error:
             self.skipped.append(f"{name}: skipped: {type(error).__name__}: {error}")
 
 
@@ -381,11 +385,13 @@ def build_throttled(bench: Bench) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass
 class Figure:
-    rates: list[float] = field(default_factory=list)
-    refused: int = 0
-    failed: str = ""
+    """One contender in one mode: decisions/s of each round, refusals, and why it failed."""
+
+    def __init__(self) -> None:
+        self.rates: list[float] = []
+        self.refused = 0
+        self.failed = ""
 
     @property
     def median(self) -> float:
@@ -405,7 +411,7 @@ def measure(bench: Bench, seconds: float) -> dict[str, dict[str, Figure]]:
                     continue
                 try:
                     decisions, admitted, elapsed = runs[name](seconds)
-                except Exception as error:  # noqa: BLE001 - reported in the table
+                except Exception as error:  # reported in the table
                     figure.failed = f"{type(error).__name__}: {error}"
                     traceback.print_exc()
                     continue
@@ -457,12 +463,13 @@ def report(bench: Bench, figures: dict[str, dict[str, Figure]], seconds: float) 
         ours = row.get(OURS)
         ratio = f"{ours.median / peer_rate:.2f}x ({peer})" if ours and ours.rates and peer_rate else ""
         print(f"{mode:<12}" + "".join(f"{c:>{width}}" for c in cells) + f"   {ratio}")
-    ours_single = figures[SINGLE][OURS].median
-    print(f"(ours, one thread: {1e6 / ours_single:.0f} us a decision" if ours_single else "(", end="")
-    ping = figures[SINGLE].get(REFERENCE)
-    if ping and ping.rates:
-        print(f"; a bare redis-py PING round trip: {1e6 / ping.median:.0f} us", end="")
-    print(f"; batch x{BATCH}: one call decides {BATCH}, counted as {BATCH} decisions)")
+    notes = []
+    for name, label in ((OURS, "ours, one thread"), (REFERENCE, "a bare redis-py PING round trip")):
+        f = figures[SINGLE].get(name)
+        if f and f.median:
+            notes.append(f"{label}: {1e6 / f.median:.0f} us a call")
+    notes.append(f"batch x{BATCH}: one call decides {BATCH}, counted as {BATCH} decisions")
+    print(f"({'; '.join(notes)})")
 
     refused = [(mode, name, f.refused) for mode, row in figures.items() for name, f in row.items()
                if f.refused]
@@ -475,7 +482,7 @@ def report(bench: Bench, figures: dict[str, dict[str, Figure]], seconds: float) 
     for line in bench.skipped:
         print(f"  {line}")
 
-    section("Every round (decisions/s, in the order measured within each mode)")
+    section(f"Every round (decisions/s, rounds 1 to {ROUNDS}; each round rotates the order of the contenders)")
     for mode in MODES:
         for name, f in figures.get(mode, {}).items():
             rounds = "  ".join(f"{fmt_rate(r):>10}" for r in f.rates)
@@ -492,7 +499,7 @@ def report(bench: Bench, figures: dict[str, dict[str, Figure]], seconds: float) 
             continue
         ratio = ours.median / peer_rate
         verdict = "OK" if ratio >= target and not ours.refused else "MISS"
-        print(f"{label}: {ratio:.1f}x the best peer ({peer}, {fmt_rate(peer_rate)}) "
+        print(f"{label}: {ratio:.2f}x the best peer ({peer}, {fmt_rate(peer_rate)}) "
               f"(target >= {target:g}x): {verdict}")
     batch = figures.get(BATCHED, {}).get(OURS)
     rate = batch.median if batch else 0.0
@@ -505,7 +512,7 @@ def main(seconds: float = SECONDS) -> dict[str, dict[str, Figure]]:
     load = os.getloadavg()
     print("Redis side-by-side rate limiter benchmark")
     with redis_server() as url, asyncio.Runner() as runner:
-        bench = Bench(url, runner, {mode: {} for mode in MODES})
+        bench = Bench(url, runner)
         try:
             build_ours(bench)
             bench.peer("redis-py", lambda: build_reference(bench))
