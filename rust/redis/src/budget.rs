@@ -2,12 +2,15 @@
 //! namespace, or per key, decided in the server, through one multiplexed connection that
 //! every thread and task shares.
 //!
-//! Every call is bounded by the budget's `timeout`, connecting and reconnecting included:
-//! the connection manager tries once per call and never waits between tries, so a server
-//! that is down fails a call at once and one that hangs (SIGSTOP) fails it at the timeout;
-//! the next call after the server is back reconnects, and a script the server forgot is
-//! loaded again. A process forked after the budget was made opens its own connection (the
-//! parent's runtime threads do not exist in the child).
+//! A plain call runs on the caller's thread over a connection of its own, taken from the
+//! process's idle ones (a new one when none is idle), so no other thread is involved; a
+//! `spawn_*` call runs on the I/O thread over one multiplexed connection that every task
+//! shares. Every call is bounded by the budget's `timeout`, connecting included: a server
+//! that is down fails a call at once and one that hangs (SIGSTOP) at the timeout; a
+//! connection that broke is dropped, and a call that finds its reused connection dropped by
+//! a restarted server tries once more on a new one; a script the server forgot is loaded
+//! again. A process forked after the budget was made makes its own connections (the
+//! parent's, and its runtime's threads, are not the child's to use).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,7 +18,7 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use ratelimit_core::{Decision, Error, ManualClock, Quota, Refusal, Result, Scope};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{Client, RedisError, Script, Value};
+use redis::{Client, IntoConnectionInfo, RedisError, Script, Value};
 use tokio::runtime::Runtime;
 
 use crate::layout::Layout;
@@ -82,7 +85,20 @@ pub struct RedisBudget {
     clock: Option<Arc<ManualClock>>,
     quota: Mutex<(Quota, Rule)>,
     connection: Mutex<Option<Arc<Connection>>>,
+    idle: Mutex<Idle>,
     health: Arc<Mutex<Health>>,
+}
+
+/// Connections of process `pid` that no call is using.
+struct Idle {
+    pid: u32,
+    connections: Vec<redis::Connection>,
+}
+
+impl std::fmt::Debug for Idle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Idle({} connections)", self.connections.len())
+    }
 }
 
 /// One call's script and arguments, owned, so that a task can carry them.
@@ -96,8 +112,18 @@ impl RedisBudget {
     pub fn new(quota: Quota, options: Options) -> Result<Self> {
         let rule = Rule::of(&quota)?;
         let layout = Layout::new(&options.namespace, options.scope)?;
-        let client =
-            Client::open(options.url.as_str()).map_err(|error| Error::InvalidArgument {
+        // Without the library-name handshake, connecting is one round trip at most (AUTH
+        // and SELECT when the URL asks), so it stays within what is left of a timeout.
+        let client = options
+            .url
+            .as_str()
+            .into_connection_info()
+            .map(|info| {
+                let settings = info.redis_settings().clone().set_skip_set_lib_name();
+                info.set_redis_settings(settings)
+            })
+            .and_then(Client::open)
+            .map_err(|error| Error::InvalidArgument {
                 argument: "redis_url",
                 message: format!("is not a Redis URL this client can use: {error}"),
             })?;
@@ -119,6 +145,10 @@ impl RedisBudget {
             clock: options.clock,
             quota: Mutex::new((quota, rule)),
             connection: Mutex::new(None),
+            idle: Mutex::new(Idle {
+                pid: std::process::id(),
+                connections: Vec::new(),
+            }),
             health: Arc::new(Mutex::new(Health {
                 healthy: true,
                 latency: 0.0,
@@ -187,31 +217,26 @@ impl RedisBudget {
             calls.push(call);
             token = price;
         }
-        let connection = self.connection()?;
-        let scripts = [Arc::clone(&self.bucket), Arc::clone(&self.window)];
-        let mut manager = connection.manager.clone();
-        let replies: Vec<Vec<Value>> = self.bounded(&connection, async move {
-            let pipeline = |calls: &[Call]| {
-                let mut pipe = redis::pipe();
-                for call in calls {
-                    pipe.cmd("EVALSHA")
-                        .arg(call.script.get_hash())
-                        .arg(call.keys.len())
-                        .arg(&call.keys)
-                        .arg(&call.args);
-                }
-                pipe
-            };
-            match pipeline(&calls).query_async(&mut manager).await {
+        let pipeline = {
+            let mut pipe = redis::pipe();
+            for call in &calls {
+                pipe.cmd("EVALSHA")
+                    .arg(call.script.get_hash())
+                    .arg(call.keys.len())
+                    .arg(&call.keys)
+                    .arg(&call.args);
+            }
+            pipe
+        };
+        let replies: Vec<Vec<Value>> =
+            self.blocking(|connection| match pipeline.query(connection) {
                 Err(error) if is_no_script(&error) => {
-                    for script in &scripts {
-                        script.load_async(&mut manager).await?;
-                    }
-                    pipeline(&calls).query_async(&mut manager).await
+                    self.bucket.load(connection)?;
+                    self.window.load(connection)?;
+                    pipeline.query(connection)
                 }
                 other => other,
-            }
-        })?;
+            })?;
         replies.iter().map(|reply| decision(reply, token)).collect()
     }
 
@@ -298,12 +323,10 @@ impl RedisBudget {
 
     /// Forgets the budget `key` draws on (every key's, with `None`): it is full again.
     pub fn reset(&self, key: Option<&str>) -> Result<()> {
-        let connection = self.connection()?;
-        let mut manager = connection.manager.clone();
         let names = ["tb", "sw", "swm"].map(|part| self.layout.name(part, key.unwrap_or("")));
         let pattern = self.layout.pattern();
         let every_key = key.is_none() && self.layout.scope() == Scope::Key;
-        self.bounded(&connection, async move {
+        self.blocking(|connection| {
             let mut names = names.to_vec();
             if every_key {
                 names.clear();
@@ -315,8 +338,7 @@ impl RedisBudget {
                         .arg(&pattern)
                         .arg("COUNT")
                         .arg(1000)
-                        .query_async(&mut manager)
-                        .await?;
+                        .query(connection)?;
                     names.extend(found);
                     if next == 0 {
                         break;
@@ -327,7 +349,7 @@ impl RedisBudget {
             if names.is_empty() {
                 return Ok(());
             }
-            redis::cmd("DEL").arg(names).query_async(&mut manager).await
+            redis::cmd("DEL").arg(names).query(connection)
         })
     }
 
@@ -377,11 +399,7 @@ impl RedisBudget {
 
     /// Runs `call` on this thread, bounded by the timeout.
     fn run(&self, call: Call) -> Result<Vec<Value>> {
-        let connection = self.connection()?;
-        let mut manager = connection.manager.clone();
-        self.bounded(&connection, async move {
-            invocation(&call).invoke_async(&mut manager).await
-        })
+        self.blocking(|connection| invocation(&call).invoke(connection))
     }
 
     /// Runs `call` as a task on the connection's runtime; `done` gets the answer there.
@@ -397,25 +415,80 @@ impl RedisBudget {
             let started = Instant::now();
             let answer =
                 tokio::time::timeout(timeout, invocation(&call).invoke_async(&mut manager)).await;
-            let (answer, now) = settle(answer, timeout, started);
+            let (answer, now) = settle(answer.ok(), timeout, started);
             *health.lock() = now;
             done(answer);
         });
     }
 
-    /// Blocks this thread on `work`, at most the timeout; records how it went.
-    fn bounded<T>(
+    /// Runs `work` on this thread over an idle connection of this process (a new one when
+    /// none is idle), within the timeout: connecting, and every read and write, get what
+    /// is left of it. Records how it went.
+    fn blocking<T>(
         &self,
-        connection: &Connection,
-        work: impl std::future::Future<Output = redis::RedisResult<T>>,
+        work: impl Fn(&mut redis::Connection) -> redis::RedisResult<T>,
     ) -> Result<T> {
         let started = Instant::now();
-        let answer = connection
-            .runtime
-            .block_on(async { tokio::time::timeout(self.timeout, work).await });
+        let mut fresh = false;
+        let answer = loop {
+            let left = self.timeout.saturating_sub(started.elapsed());
+            if left.is_zero() {
+                break None;
+            }
+            let reused = if fresh { None } else { self.take_idle() };
+            let was_reused = reused.is_some();
+            let mut connection = match reused {
+                Some(connection) => connection,
+                None => match self.client.get_connection_with_timeout(left) {
+                    Ok(connection) => connection,
+                    Err(error) => break Some(Err(error)),
+                },
+            };
+            // Connecting may have used some of it.
+            let left = self.timeout.saturating_sub(started.elapsed());
+            if left.is_zero() {
+                break None;
+            }
+            let answer = connection
+                .set_read_timeout(Some(left))
+                .and_then(|()| connection.set_write_timeout(Some(left)))
+                .and_then(|()| work(&mut connection));
+            match answer {
+                // A server restarted since this connection was last used: once more, anew.
+                Err(error) if error.is_connection_dropped() && was_reused && !fresh => {
+                    fresh = true;
+                }
+                // A broken connection is dropped; one the server answered goes back.
+                Err(error) if error.is_io_error() || error.is_connection_dropped() => {
+                    break Some(Err(error));
+                }
+                answer => {
+                    self.put_idle(connection);
+                    break Some(answer);
+                }
+            }
+        };
         let (answer, health) = settle(answer, self.timeout, started);
         *self.health.lock() = health;
         answer
+    }
+
+    fn take_idle(&self) -> Option<redis::Connection> {
+        let mut idle = self.idle.lock();
+        let pid = std::process::id();
+        if idle.pid != pid {
+            // A forked child's copies of its parent's sockets: not to be used, nor closed.
+            std::mem::forget(std::mem::take(&mut idle.connections));
+            idle.pid = pid;
+        }
+        idle.connections.pop()
+    }
+
+    fn put_idle(&self, connection: redis::Connection) {
+        let mut idle = self.idle.lock();
+        if idle.pid == std::process::id() {
+            idle.connections.push(connection);
+        }
     }
 
     /// This process's connection, made on first use.
@@ -475,29 +548,30 @@ fn invocation(call: &Call) -> redis::ScriptInvocation<'_> {
     invocation
 }
 
-/// A call's outcome, and the health it shows.
+/// A call's outcome (`None`: no answer within the timeout), and the health it shows.
 fn settle<T>(
-    answer: std::result::Result<redis::RedisResult<T>, tokio::time::error::Elapsed>,
+    answer: Option<redis::RedisResult<T>>,
     timeout: Duration,
     started: Instant,
 ) -> (Result<T>, Health) {
     let latency = started.elapsed().as_secs_f64();
     match answer {
-        Ok(Ok(value)) => (
+        Some(Ok(value)) => (
             Ok(value),
             Health {
                 healthy: true,
                 latency,
             },
         ),
-        Ok(Err(error)) => {
+        Some(Err(error)) if error.is_timeout() => settle(None, timeout, started),
+        Some(Err(error)) => {
             let healthy = !(error.is_io_error()
                 || error.is_timeout()
                 || error.is_connection_dropped()
                 || error.is_unrecoverable_error());
             (Err(failure(error)), Health { healthy, latency })
         }
-        Err(_) => (
+        None => (
             Err(Error::Unavailable {
                 cause: format!("no answer within the timeout of {timeout:?}"),
             }),
