@@ -1,6 +1,6 @@
 """Type stubs for the Rust extension `flashcard_pipeline._native`."""
 
-from typing import Any, Callable, Generator, Self, final
+from typing import Any, Generator, Self, final
 
 __all__ = [
     "__version__",
@@ -15,6 +15,7 @@ __all__ = [
     "check_namespace",
     "RedisEngine",
     "RedisTurn",
+    "Completions",
 ]
 
 __version__: str
@@ -194,6 +195,15 @@ def check_namespace(namespace: str) -> None:
     """Raises ``ValueError`` unless a budget can live under ``namespace``."""
 
 @final
+class Completions:
+    """Where the I/O thread leaves one event loop's answers: watch ``fileno()`` for
+    readability, then ``drain()`` the ``(id, answer)`` pairs queued."""
+
+    def __new__(cls) -> Self: ...
+    def fileno(self) -> int: ...
+    def drain(self) -> list[tuple[int, RateLimitResult | RedisTurn | BaseException]]: ...
+
+@final
 class RedisTurn:
     """A waiting caller's turn booked in Redis: its tokens are charged at its slot."""
 
@@ -223,7 +233,7 @@ class RedisEngine:
     ) -> Self: ...
     def try_acquire(self, key: str = "default", count: int = 1) -> RateLimitResult: ...
     def try_acquire_async(
-        self, key: str, count: int, done: Callable[[RateLimitResult | BaseException], object]
+        self, key: str, count: int, completions: Completions, id: int
     ) -> None: ...
     def try_acquire_many(self, requests: list[tuple[str, int]]) -> list[RateLimitResult]: ...
     def book_turn(
@@ -234,7 +244,8 @@ class RedisEngine:
         key: str,
         count: int,
         max_wait: float | None,
-        done: Callable[[RedisTurn | RateLimitResult | BaseException], object],
+        completions: Completions,
+        id: int,
     ) -> None: ...
     def give_back(self, turn: RedisTurn) -> bool: ...
     def peek(self, key: str = "default") -> float: ...

@@ -17,13 +17,15 @@ on the (allowed) result. The client reconnects by itself once the server is back
 from __future__ import annotations
 
 import asyncio
-import functools
+import itertools
 import os
 import time
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
 from flashcard_pipeline._native import (
+    Completions,
     ManualClock,
     RateLimitResult,
     RedisEngine,
@@ -436,21 +438,47 @@ class _RedisRateLimiter(DistributedRateLimiter):
 
 
 async def _awaited(start: Any, *args: Any) -> object:
-    """Runs a ``RedisEngine.*_async`` call and awaits what it hands back (a value, or the
+    """Runs a ``RedisEngine.*_async`` call and awaits what it answers (a value, or the
     exception the call raised, returned rather than raised)."""
     loop = asyncio.get_running_loop()
-    future: asyncio.Future[object] = loop.create_future()
-    start(*args, functools.partial(_deliver, loop, future))
-    return await future
+    answers = _answers.get(loop)
+    if answers is None:
+        answers = _answers[loop] = _LoopAnswers(loop)
+    return await answers.ask(loop, start, args)
 
 
-def _deliver(loop: asyncio.AbstractEventLoop, future: asyncio.Future[object], outcome: object) -> None:
-    loop.call_soon_threadsafe(_settle, future, outcome)
+class _LoopAnswers:
+    """One event loop's answers from the I/O thread: it queues them in ``completions`` and
+    wakes the loop through a socket the loop watches; the loop resolves every future whose
+    answer came (many per wake-up when busy). Nothing is called on the I/O thread."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.completions = Completions()
+        self.waiting: dict[int, asyncio.Future[object]] = {}
+        self.ids = itertools.count()
+        loop.add_reader(self.completions.fileno(), self.resolve)
+
+    async def ask(self, loop: asyncio.AbstractEventLoop, start: Any, args: tuple[Any, ...]) -> object:
+        id = next(self.ids)
+        future: asyncio.Future[object] = loop.create_future()
+        self.waiting[id] = future
+        try:
+            start(*args, self.completions, id)
+            return await future
+        finally:
+            self.waiting.pop(id, None)
+
+    def resolve(self) -> None:
+        for id, answer in self.completions.drain():
+            future = self.waiting.pop(id, None)
+            if future is not None and not future.done():
+                future.set_result(answer)
 
 
-def _settle(future: asyncio.Future[object], outcome: object) -> None:
-    if not future.done():
-        future.set_result(outcome)
+#: Per event loop (forgotten with it; a closed loop has dropped its readers).
+_answers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopAnswers] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def _check_choice(argument: str, value: object, allowed: tuple[str, ...]) -> None:

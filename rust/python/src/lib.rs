@@ -23,6 +23,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<engine::PyEngineGroup>()?;
     m.add_class::<redis_budget::PyRedisEngine>()?;
     m.add_class::<redis_budget::PyRedisTurn>()?;
+    m.add_class::<redis_budget::PyCompletions>()?;
     m.add_function(wrap_pyfunction!(clock::sleep, m)?)?;
     m.add_function(wrap_pyfunction!(redis_budget::check_namespace, m)?)?;
     Ok(())

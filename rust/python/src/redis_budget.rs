@@ -1,20 +1,26 @@
 //! `RedisEngine`: a budget shared through Redis or Valkey (`ratelimit-redis`) behind a
 //! Python `DistributedRateLimiter`. Every round trip runs with the GIL released; the
-//! `*_async` calls run on the client's I/O thread and hand the answer to a callback, which
-//! the Python class turns into an asyncio future's result, so the event loop never blocks.
+//! `*_async` calls run on the client's I/O thread and queue the answer for the event loop
+//! (`Completions`), which resolves its futures, so the loop never blocks.
 
+use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::sync::Arc;
 use std::time::Duration;
+
+use parking_lot::Mutex;
 
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::PyList;
-use ratelimit_core::{Algorithm, Quota, Scope};
+use ratelimit_core::{Algorithm, Decision, Quota, Scope};
 use ratelimit_redis::{Booked, Layout, Options, RedisBudget, Turn};
 
 use crate::args::{
     AlgorithmArg, BurstSize, ClockArg, Count, Key, MaxWait, Period, Rate, ScopeArg, Seconds,
 };
-use crate::error::Result;
+use crate::error::{Failure, Result};
 use crate::result::PyRateLimitResult;
 
 #[pyclass(frozen, module = "flashcard_pipeline._native", name = "RedisEngine")]
@@ -79,24 +85,88 @@ fn into_py(py: Python<'_>, booked: Booked) -> Result<Bound<'_, PyAny>> {
     })
 }
 
-/// Calls `done` with what `answer` makes, or with the exception it raised; an exception
-/// from `done` itself is reported as unraisable (nobody is there to catch it).
-fn deliver(
-    done: Py<PyAny>,
-    answer: impl for<'py> FnOnce(Python<'py>) -> Result<Bound<'py, PyAny>>,
-) {
-    Python::attach(|py| {
-        let outcome = match answer(py) {
-            Ok(value) => value,
-            Err(failure) => PyErr::from(failure)
+/// What an `*_async` call answered, kept as Rust values until the loop drains it.
+enum Answer {
+    Decided(ratelimit_core::Result<Decision>),
+    Booked(ratelimit_core::Result<Booked>),
+}
+
+impl Answer {
+    /// The answer as Python sees it: a result, a turn, or the exception the call raised.
+    fn into_py(self, py: Python<'_>) -> Bound<'_, PyAny> {
+        let made = match self {
+            Answer::Decided(decided) => decided
+                .map_err(Failure::from)
+                .and_then(|d| Ok(Bound::new(py, PyRateLimitResult::new(d, 0.0))?.into_any())),
+            Answer::Booked(booked) => booked.map_err(Failure::from).and_then(|b| into_py(py, b)),
+        };
+        made.unwrap_or_else(|failure| {
+            PyErr::from(failure)
                 .into_value(py)
                 .into_bound(py)
-                .into_any(),
-        };
-        if let Err(error) = done.call1(py, (outcome,)) {
-            error.write_unraisable(py, None);
+                .into_any()
+        })
+    }
+}
+
+/// Where the I/O thread leaves the answers of one event loop's `*_async` calls. It never
+/// takes the GIL: it queues the answer and, when the queue was empty, writes a byte to a
+/// socket the loop watches (`loop.add_reader(completions.fileno(), ...)`); the loop then
+/// takes every answer queued with one `drain()`.
+#[pyclass(frozen, module = "flashcard_pipeline._native", name = "Completions")]
+pub(crate) struct PyCompletions {
+    queue: Arc<Queue>,
+}
+
+struct Queue {
+    answers: Mutex<Vec<(u64, Answer)>>,
+    wake: UnixStream,
+    woken: UnixStream,
+}
+
+impl Queue {
+    fn push(&self, id: u64, answer: Answer) {
+        let mut answers = self.answers.lock();
+        answers.push((id, answer));
+        if answers.len() == 1 {
+            // Full means a wake-up is pending already.
+            let _ = (&self.wake).write(&[1]);
         }
-    })
+    }
+}
+
+#[pymethods]
+impl PyCompletions {
+    #[new]
+    fn new() -> PyResult<Self> {
+        let (wake, woken) = UnixStream::pair()?;
+        wake.set_nonblocking(true)?;
+        woken.set_nonblocking(true)?;
+        Ok(Self {
+            queue: Arc::new(Queue {
+                answers: Mutex::new(Vec::new()),
+                wake,
+                woken,
+            }),
+        })
+    }
+
+    /// The socket to watch for answers.
+    fn fileno(&self) -> i32 {
+        self.queue.woken.as_raw_fd()
+    }
+
+    /// Every answer queued, as `(id, answer)` pairs (the wake-up bytes are read first, so
+    /// an answer queued meanwhile is taken now or wakes the loop again).
+    fn drain<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        let mut bytes = [0u8; 64];
+        while matches!((&self.queue.woken).read(&mut bytes), Ok(n) if n > 0) {}
+        let answers = std::mem::take(&mut *self.queue.answers.lock());
+        let pairs = answers
+            .into_iter()
+            .map(|(id, answer)| (id, answer.into_py(py)));
+        PyList::new(py, pairs)
+    }
 }
 
 #[pymethods]
@@ -160,33 +230,39 @@ impl PyRedisEngine {
         Ok(PyRateLimitResult::new(decision, 0.0))
     }
 
-    /// `try_acquire` on the I/O thread: `done(result)` is called there (with the GIL) with
-    /// the `RateLimitResult`, or with the exception the call would have raised.
-    #[pyo3(signature = (key, count, done))]
-    fn try_acquire_async(&self, key: Key<'_>, count: Count, done: Py<PyAny>) -> PyResult<()> {
+    /// `try_acquire` on the I/O thread: its answer is queued in `completions` under `id`.
+    #[pyo3(signature = (key, count, completions, id))]
+    fn try_acquire_async(
+        &self,
+        key: Key<'_>,
+        count: Count,
+        completions: &PyCompletions,
+        id: u64,
+    ) -> PyResult<()> {
         let key = text(&key)?;
+        let queue = Arc::clone(&completions.queue);
         self.budget.spawn_try_acquire(&key, count.0, move |answer| {
-            deliver(done, |py| {
-                Ok(Bound::new(py, PyRateLimitResult::new(answer?, 0.0))?.into_any())
-            })
+            queue.push(id, Answer::Decided(answer))
         });
         Ok(())
     }
 
-    /// `book_turn` on the I/O thread, answering through `done` as `try_acquire_async` does.
-    #[pyo3(signature = (key, count, max_wait, done))]
+    /// `book_turn` on the I/O thread, answering as `try_acquire_async` does.
+    #[pyo3(signature = (key, count, max_wait, completions, id))]
     fn book_turn_async(
         &self,
         key: Key<'_>,
         count: Count,
         max_wait: Option<MaxWait>,
-        done: Py<PyAny>,
+        completions: &PyCompletions,
+        id: u64,
     ) -> Result<()> {
         let key = text(&key)?;
         let bound = wait_bound(max_wait)?;
+        let queue = Arc::clone(&completions.queue);
         self.budget
             .spawn_book_turn(&key, count.0, bound, move |answer| {
-                deliver(done, |py| into_py(py, answer?))
+                queue.push(id, Answer::Booked(answer))
             });
         Ok(())
     }

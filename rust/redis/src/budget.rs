@@ -444,15 +444,17 @@ impl RedisBudget {
                     Err(error) => break Some(Err(error)),
                 },
             };
-            // Connecting may have used some of it.
-            let left = self.timeout.saturating_sub(started.elapsed());
-            if left.is_zero() {
-                break None;
-            }
-            let answer = connection
-                .set_read_timeout(Some(left))
-                .and_then(|()| connection.set_write_timeout(Some(left)))
-                .and_then(|()| work(&mut connection));
+            // An idle connection's reads and writes are bounded by the whole timeout already
+            // (set when it went idle); a new one gets what connecting left of it.
+            let answer = if was_reused {
+                work(&mut connection)
+            } else {
+                let left = self.timeout.saturating_sub(started.elapsed());
+                if left.is_zero() {
+                    break None;
+                }
+                bound(&connection, left).and_then(|()| work(&mut connection))
+            };
             match answer {
                 // A server restarted since this connection was last used: once more, anew.
                 Err(error) if error.is_connection_dropped() && was_reused && !fresh => {
@@ -463,7 +465,9 @@ impl RedisBudget {
                     break Some(Err(error));
                 }
                 answer => {
-                    self.put_idle(connection);
+                    if was_reused || bound(&connection, self.timeout).is_ok() {
+                        self.put_idle(connection);
+                    }
                     break Some(answer);
                 }
             }
@@ -529,6 +533,12 @@ impl RedisBudget {
         *slot = Some(Arc::clone(&connection));
         Ok(connection)
     }
+}
+
+/// Bounds every read and write on `connection` by `timeout`.
+fn bound(connection: &redis::Connection, timeout: Duration) -> redis::RedisResult<()> {
+    connection.set_read_timeout(Some(timeout))?;
+    connection.set_write_timeout(Some(timeout))
 }
 
 /// `seconds` in whole nanoseconds (the float's rounding noise gone), which the script's
