@@ -38,25 +38,63 @@ pub struct Options {
     pub timeout: Duration,
     /// A test's clock: its time is passed to the script instead of the server's `TIME`.
     pub clock: Option<Arc<ManualClock>>,
+    /// How long past its slot a reservation can still be executed or cancelled.
+    pub reservation_ttl: Duration,
+    /// How long past its slot a reservation not yet executed keeps its tokens.
+    pub reservation_grace: Duration,
 }
 
-/// A waiting caller's booked turn: admitted when `wait` seconds have passed. Giving it up
-/// before then ([`RedisBudget::give_back`]) returns its tokens if nothing happened since.
+/// How soon a booking asks again when only held tokens stand in its way (the model's
+/// `RECHECK`), in microseconds.
+const RECHECK_MICROS: u64 = 1_000;
+
+/// A waiting caller's booked turn: due when `wait` seconds have passed, then admitted by
+/// [`RedisBudget::execute_turn`].
 #[derive(Debug, Clone)]
 pub struct Turn {
     pub wait: f64,
     /// The booking's decision (allowed, the tokens left after it).
     pub decision: Decision,
-    script: Arc<Script>,
-    keys: Vec<Vec<u8>>,
-    /// What the script needs to undo the booking (see the scripts' "undo").
-    undo: [Vec<u8>; 2],
+    kind: TurnKind,
 }
 
-/// A booking's answer: the turn, or the refusal.
+#[derive(Debug, Clone)]
+enum TurnKind {
+    /// A token bucket's turn, queued in the server's book: executed when due.
+    Queued { key: String, id: u64 },
+    /// A sliding window's turn, charged at its slot when booked: admitted when due. Undone
+    /// by the script's "undo" with these arguments, if nothing happened since.
+    Charged {
+        script: Arc<Script>,
+        keys: Vec<Vec<u8>>,
+        undo: [Vec<u8>; 2],
+    },
+}
+
+/// A booking's answer.
 #[derive(Debug, Clone)]
 pub enum Booked {
+    /// Admitted at once.
+    Admitted(Decision),
     Turn(Turn),
+    Refused(Decision),
+}
+
+/// A caller's reservation in the server's book; times in microseconds on the budget's clock
+/// (the server's `TIME`, or a test's manual clock).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reservation {
+    pub id: String,
+    pub count: u64,
+    pub reserved_at: u64,
+    pub execute_at: u64,
+    pub expires_at: u64,
+}
+
+/// A reservation's answer.
+#[derive(Debug, Clone)]
+pub enum Reserved {
+    Reservation(Reservation),
     Refused(Decision),
 }
 
@@ -83,6 +121,8 @@ pub struct RedisBudget {
     window: Arc<Script>,
     timeout: Duration,
     clock: Option<Arc<ManualClock>>,
+    reservation_ttl: u64,
+    reservation_grace: u64,
     quota: Mutex<(Quota, Rule)>,
     connection: Mutex<Option<Arc<Connection>>>,
     idle: Mutex<Idle>,
@@ -143,6 +183,8 @@ impl RedisBudget {
             window: Arc::new(Script::new(include_str!("window.lua"))),
             timeout: options.timeout,
             clock: options.clock,
+            reservation_ttl: options.reservation_ttl.as_micros() as u64,
+            reservation_grace: options.reservation_grace.as_micros() as u64,
             quota: Mutex::new((quota, rule)),
             connection: Mutex::new(None),
             idle: Mutex::new(Idle {
@@ -245,8 +287,9 @@ impl RedisBudget {
     pub fn book_turn(&self, key: &str, count: u64, max_wait: f64) -> Result<Booked> {
         let (call, unit) = self.turn_call(key, count, max_wait)?;
         let (script, keys) = (Arc::clone(&call.script), call.keys.clone());
+        let key = key.to_owned();
         self.run(call)
-            .and_then(|reply| booked(&reply, script, keys, unit))
+            .and_then(|reply| booked(&reply, script, keys, key, unit))
     }
 
     /// [`RedisBudget::book_turn`] on the connection's runtime; `done` gets the answer there.
@@ -260,8 +303,9 @@ impl RedisBudget {
         match self.turn_call(key, count, max_wait) {
             Ok((call, unit)) => {
                 let (script, keys) = (Arc::clone(&call.script), call.keys.clone());
+                let key = key.to_owned();
                 self.spawn(call, move |reply| {
-                    done(reply.and_then(|reply| booked(&reply, script, keys, unit)))
+                    done(reply.and_then(|reply| booked(&reply, script, keys, key, unit)))
                 })
             }
             Err(error) => done(Err(error)),
@@ -269,30 +313,109 @@ impl RedisBudget {
     }
 
     fn turn_call(&self, key: &str, count: u64, max_wait: f64) -> Result<(Call, u64)> {
-        let bound = if max_wait.is_finite() {
-            (whole_nanos(max_wait).div_euclid(1_000) as u64).min(FOREVER_MICROS)
-        } else {
-            FOREVER_MICROS
-        };
-        self.call("turn", key, count, bound)
+        let bound = micros_within(max_wait);
+        let rule = self.quota.lock().1;
+        match rule {
+            Rule::Bucket(_) => self.call_on("book", key, count, bound, 0, "w"),
+            Rule::Window { .. } => self.call("turn", key, count, bound),
+        }
     }
 
-    /// Gives a turn's tokens back if nothing was decided on its budget since it was booked
-    /// (otherwise they stay spent: never more than the quota). Whether they went back.
+    /// Admits a turn that is due: a charged turn at once, a queued one when the server's
+    /// book says so; one not ready whose next chance is more than `max_wait` seconds away
+    /// is given back and refused `max_wait_exceeded` with that wait.
+    pub fn execute_turn(&self, turn: &Turn, max_wait: f64) -> Result<Decision> {
+        let TurnKind::Queued { key, id } = &turn.kind else {
+            return Ok(turn.decision);
+        };
+        let (call, unit) = self.call_on("execute", key, 1, 0, *id, "w")?;
+        let decision = self.run(call).and_then(|reply| decision(&reply, unit))?;
+        Ok(match decision.retry_after {
+            Some(wait) if decision.reason == Some(Refusal::NotReady) && wait > max_wait => {
+                self.give_back(turn)?;
+                Decision {
+                    reason: Some(Refusal::MaxWaitExceeded),
+                    ..decision
+                }
+            }
+            _ => decision,
+        })
+    }
+
+    /// Gives a turn back: a queued one is cancelled; a charged one's tokens go back if
+    /// nothing was decided on its budget since it was booked (otherwise they stay spent:
+    /// never more than the quota). Whether they went back.
     pub fn give_back(&self, turn: &Turn) -> Result<bool> {
-        let mut args = vec![
-            b"undo".to_vec(),
-            Vec::new(),
-            Vec::new(),
-            Vec::new(),
-            Vec::new(),
-        ];
-        args.extend(turn.undo.iter().cloned());
-        let reply = self.run(Call {
-            script: Arc::clone(&turn.script),
-            keys: turn.keys.clone(),
-            args,
-        })?;
+        match &turn.kind {
+            TurnKind::Queued { key, id } => self.cancel_booking(key, *id),
+            TurnKind::Charged { script, keys, undo } => {
+                let mut args = vec![
+                    b"undo".to_vec(),
+                    Vec::new(),
+                    Vec::new(),
+                    Vec::new(),
+                    Vec::new(),
+                ];
+                args.extend(undo.iter().cloned());
+                let reply = self.run(Call {
+                    script: Arc::clone(script),
+                    keys: keys.clone(),
+                    args,
+                })?;
+                Ok(micros(&reply, 0)? == 1)
+            }
+        }
+    }
+
+    /// Books a caller's reservation of `count` tokens at the first slot after every other
+    /// promise, refused `max_wait_exceeded` if that is more than `max_wait` seconds away.
+    pub fn reserve(&self, key: &str, count: u64, max_wait: f64) -> Result<Reserved> {
+        if !matches!(self.quota.lock().1, Rule::Bucket(_)) {
+            return Err(Error::InvalidArgument {
+                argument: "algorithm",
+                message: "reservations on Redis need the token bucket".into(),
+            });
+        }
+        let (call, unit) = self.call_on("book", key, count, micros_within(max_wait), 0, "c")?;
+        let reply = self.run(call)?;
+        let answer = decision(&reply, unit)?;
+        if !answer.allowed {
+            if answer.reason == Some(Refusal::TooManyReservations) {
+                return Err(Error::TooManyReservations { max: MAX_BOOKINGS });
+            }
+            return Ok(Reserved::Refused(answer));
+        }
+        let id = micros(&reply, 5)?;
+        Ok(Reserved::Reservation(Reservation {
+            id: format!("{id}@{key}"),
+            count,
+            reserved_at: micros(&reply, 4)?,
+            execute_at: micros(&reply, 6)?,
+            expires_at: micros(&reply, 7)?,
+        }))
+    }
+
+    /// Admits a caller's reservation once its slot has come (see the core's
+    /// `execute_reservation`).
+    pub fn execute_reservation(&self, id: &str) -> Result<Decision> {
+        let Some((id, key)) = parse_id(id) else {
+            return Ok(refusal(Refusal::UnknownReservation));
+        };
+        let (call, unit) = self.call_on("execute", key, 1, 0, id, "c")?;
+        self.run(call).and_then(|reply| decision(&reply, unit))
+    }
+
+    /// Gives a caller's reservation back: whether it was live.
+    pub fn cancel_reservation(&self, id: &str) -> Result<bool> {
+        match parse_id(id) {
+            Some((id, key)) => self.cancel_booking(key, id),
+            None => Ok(false),
+        }
+    }
+
+    fn cancel_booking(&self, key: &str, id: u64) -> Result<bool> {
+        let (call, _) = self.call_on("cancel", key, 1, 0, id, "c")?;
+        let reply = self.run(call)?;
         Ok(micros(&reply, 0)? == 1)
     }
 
@@ -355,6 +478,19 @@ impl RedisBudget {
 
     /// The script and arguments for `op` on `key`'s budget, and the units of a token.
     fn call(&self, op: &str, key: &str, count: u64, arg: u64) -> Result<(Call, u64)> {
+        self.call_on(op, key, count, arg, 0, "c")
+    }
+
+    /// [`RedisBudget::call`] about booking `id`, or for a booking by `holder`.
+    fn call_on(
+        &self,
+        op: &str,
+        key: &str,
+        count: u64,
+        arg: u64,
+        id: u64,
+        holder: &str,
+    ) -> Result<(Call, u64)> {
         if key.len() > ratelimit_core::MAX_KEY_LEN {
             return Err(Error::InvalidArgument {
                 argument: "key",
@@ -379,6 +515,11 @@ impl RedisBudget {
             count.to_string(),
             arg.to_string(),
             now,
+            id.to_string(),
+            self.reservation_ttl.to_string(),
+            self.reservation_grace.to_string(),
+            RECHECK_MICROS.to_string(),
+            holder.to_string(),
         ];
         let (script, keys) = match rule {
             Rule::Bucket(_) => (&self.bucket, vec![self.layout.name("tb", key)]),
@@ -615,21 +756,71 @@ fn is_no_script(error: &RedisError) -> bool {
 }
 
 /// The script's answer to a turn: the turn (with the states to undo it), or the refusal.
-fn booked(reply: &[Value], script: Arc<Script>, keys: Vec<Vec<u8>>, unit: u64) -> Result<Booked> {
+fn booked(
+    reply: &[Value],
+    script: Arc<Script>,
+    keys: Vec<Vec<u8>>,
+    key: String,
+    unit: u64,
+) -> Result<Booked> {
     let answer = decision(reply, unit)?;
     if !answer.allowed {
         return Ok(Booked::Refused(answer));
     }
+    if reply.len() == 5 {
+        return Ok(Booked::Admitted(answer));
+    }
+    let kind = match reply.get(5) {
+        Some(Value::Int(id)) => TurnKind::Queued {
+            key,
+            id: *id as u64,
+        },
+        _ => TurnKind::Charged {
+            script,
+            keys,
+            undo: [bytes(reply, 5)?, bytes(reply, 6)?],
+        },
+    };
     Ok(Booked::Turn(Turn {
         wait: micros(reply, 2)? as f64 / 1e6,
         decision: Decision {
             retry_after: None,
             ..answer
         },
-        script,
-        keys,
-        undo: [bytes(reply, 5)?, bytes(reply, 6)?],
+        kind,
     }))
+}
+
+/// The most bookings a budget keeps in the server at once.
+pub const MAX_BOOKINGS: usize = 10_000;
+
+/// A reservation id, `"<number>@<key>"`, as its number and its key.
+fn parse_id(id: &str) -> Option<(u64, &str)> {
+    let (number, key) = id.split_once('@')?;
+    Some((number.parse().ok()?, key))
+}
+
+/// A refusal decided without asking the server.
+fn refusal(reason: Refusal) -> Decision {
+    Decision {
+        allowed: false,
+        reason: Some(reason),
+        shard: 0,
+        retry_after: None,
+        at: 0,
+        remaining_units: None,
+        unit: 1,
+        sampled: false,
+    }
+}
+
+/// A wait bound in seconds as the script's microseconds (down; any wait when infinite).
+fn micros_within(max_wait: f64) -> u64 {
+    if max_wait.is_finite() {
+        (whole_nanos(max_wait).div_euclid(1_000) as u64).min(FOREVER_MICROS)
+    } else {
+        FOREVER_MICROS
+    }
 }
 
 /// The script's answer `{allowed, code, wait, free, now}` as a decision.
@@ -639,15 +830,29 @@ fn decision(reply: &[Value], token: u64) -> Result<Decision> {
         0 => None,
         1 => Some(Refusal::RateLimited),
         2 => Some(Refusal::ExceedsCapacity),
-        _ => Some(Refusal::MaxWaitExceeded),
+        3 => Some(Refusal::MaxWaitExceeded),
+        4 => Some(Refusal::NotReady),
+        5 => Some(Refusal::Expired),
+        6 => Some(Refusal::Cancelled),
+        7 => Some(Refusal::AlreadyExecuted),
+        8 => Some(Refusal::UnknownReservation),
+        _ => Some(Refusal::TooManyReservations),
     };
     let wait = micros(reply, 2)?;
     Ok(Decision {
         allowed,
         reason,
         shard: 0,
-        retry_after: (!allowed && reason != Some(Refusal::ExceedsCapacity))
-            .then_some(wait as f64 / 1e6),
+        retry_after: matches!(
+            reason,
+            Some(
+                Refusal::RateLimited
+                    | Refusal::MaxWaitExceeded
+                    | Refusal::NotReady
+                    | Refusal::TooManyReservations
+            )
+        )
+        .then_some(wait as f64 / 1e6),
         at: micros(reply, 4)?.saturating_mul(1_000),
         remaining_units: Some(micros(reply, 3)?),
         unit: token,

@@ -134,6 +134,9 @@ pub struct Model<B> {
     pub ttl: Nanos,
     /// A held caller's reservation lapses this long after its slot (or its funding).
     pub grace: Nanos,
+    /// [`RECHECK`], in the model's time unit (a backend that counts microseconds is
+    /// compared with a model run in microseconds).
+    pub recheck: Nanos,
 }
 
 impl<B: Budget> Model<B> {
@@ -143,6 +146,7 @@ impl<B: Budget> Model<B> {
             book: Book::default(),
             ttl,
             grace,
+            recheck: RECHECK,
         }
     }
 
@@ -265,7 +269,7 @@ impl<B: Budget> Model<B> {
     fn hint(&self, units: Units, wait: Nanos) -> Nanos {
         let held = self.book.held_tokens() as Units * self.budget.unit();
         if wait > 0 && held > 0 && units > self.budget.capacity() - held {
-            return wait.max(RECHECK);
+            return wait.max(self.recheck);
         }
         wait
     }
@@ -362,7 +366,7 @@ impl<B: Budget> Model<B> {
         }
         self.book
             .next_expiry()
-            .map_or(RECHECK, |expires| expires.saturating_sub(now).max(1))
+            .map_or(self.recheck, |expires| expires.saturating_sub(now).max(1))
     }
 
     /// Takes a live booking out of the book (held tokens go back); `false` for any other id.

@@ -81,13 +81,26 @@ impl Server {
     }
 
     /// A budget of `rate` per second (and `burst`, for a token bucket), on this server, on
-    /// `clock`.
+    /// `clock`, whose reservations live 60 s past their slot and are held 0.25 s.
     pub fn budget(
         &self,
         algorithm: Algorithm,
         rate: f64,
         burst: f64,
         clock: Option<Arc<ManualClock>>,
+    ) -> RedisBudget {
+        self.budget_with(algorithm, rate, burst, clock, 60_000_000, 250_000)
+    }
+
+    /// [`Server::budget`] with a reservation ttl and grace in microseconds.
+    pub fn budget_with(
+        &self,
+        algorithm: Algorithm,
+        rate: f64,
+        burst: f64,
+        clock: Option<Arc<ManualClock>>,
+        ttl: u64,
+        grace: u64,
     ) -> RedisBudget {
         let burst = (algorithm == Algorithm::TokenBucket).then_some(burst);
         let quota = Quota::new(rate, 1.0, burst, algorithm, Some(1)).unwrap();
@@ -99,6 +112,8 @@ impl Server {
                 scope: Scope::Global,
                 timeout: Duration::from_secs(2),
                 clock,
+                reservation_ttl: Duration::from_micros(ttl),
+                reservation_grace: Duration::from_micros(grace),
             },
         )
         .unwrap()

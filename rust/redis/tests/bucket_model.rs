@@ -1,0 +1,273 @@
+//! The token bucket's script against the core's admission model (`ratelimit_core::model`):
+//! random interleavings of every operation (takes, callers' reservations, waiters' turns,
+//! executions and cancels of any booking at any time, back-offs, peeks) with clock advances,
+//! on Redis and on Valkey. Time is a manual clock passed to the script in microseconds; the
+//! model runs in the same units (a token costs `price.token` units, a microsecond refills
+//! `price.tick`), so every answer must be the model's exactly: allowed, reason, waits,
+//! slots, expiries and peeks. One allowance: the server forgets a finished reservation's
+//! outcome a ttl after it expired (the model never does), and answers `unknown_reservation`.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::{binaries, Server};
+use proptest::prelude::*;
+use proptest::sample::Index;
+use proptest::test_runner::{Config, TestRunner};
+use ratelimit_core::model::{Answer, Model, Op, State, TokenBucket};
+use ratelimit_core::{Algorithm, Decision, ManualClock, Refusal};
+use ratelimit_redis::{Booked, RedisBudget, Reserved, Rule, Turn};
+
+#[derive(Debug, Clone, Copy)]
+enum Step {
+    Take(u64),
+    /// A caller's reservation (`waiter` false) or a waiting caller's turn, with a bound in
+    /// microseconds.
+    Book {
+        count: u64,
+        max_wait: u64,
+        waiter: bool,
+    },
+    Execute(Index),
+    Cancel(Index),
+    Peek,
+    BackOff(u64),
+    Advance(u64),
+}
+
+fn steps(burst: u64) -> impl Strategy<Value = Vec<Step>> {
+    prop::collection::vec(
+        prop_oneof![
+            4 => (1..=burst + 1).prop_map(Step::Take),
+            4 => (
+                1..=burst + 1,
+                prop::sample::select(vec![0u64, 100_000, 1_000_000, 1 << 40]),
+                any::<bool>()
+            )
+                .prop_map(|(count, max_wait, waiter)| Step::Book { count, max_wait, waiter }),
+            4 => any::<Index>().prop_map(Step::Execute),
+            1 => any::<Index>().prop_map(Step::Cancel),
+            1 => Just(Step::Peek),
+            1 => (0..1_500_000u64).prop_map(Step::BackOff),
+            5 => prop::sample::select(vec![0u64, 1, 999, 1_000, 50_000, 100_000, 250_001, 333_333, 1_000_000])
+                .prop_map(Step::Advance),
+        ],
+        1..60,
+    )
+}
+
+/// What the server gave for a booking.
+enum Given {
+    Reservation(String),
+    Turn(Turn),
+    /// A turn admitted at once.
+    Done,
+}
+
+fn answer(decision: &Decision) -> Answer {
+    match (decision.allowed, decision.reason) {
+        (true, _) => Answer::Admitted,
+        (false, Some(reason)) => Answer::Refused {
+            reason,
+            retry_after: decision.retry_after.map(|s| (s * 1e6).round() as u64),
+        },
+        _ => unreachable!(),
+    }
+}
+
+fn compare(
+    budget: &RedisBudget,
+    clock: &ManualClock,
+    burst: u64,
+    ttl: u64,
+    grace: u64,
+    steps: &[Step],
+) -> Result<(), TestCaseError> {
+    let Rule::Bucket(price) = Rule::of(&budget.quota()).unwrap() else {
+        unreachable!()
+    };
+    let mut model = Model::new(
+        TokenBucket::new(price.tick, price.token, burst, 0),
+        ttl,
+        grace,
+    );
+    model.recheck = 1_000;
+    let mut now: u64 = 0;
+    // Every booking made, by the model's id.
+    let mut given: Vec<(Given, u64)> = Vec::new();
+    for (i, step) in steps.iter().enumerate() {
+        let context = || format!("step {i} {step:?} at {now} us; steps {steps:?}");
+        match *step {
+            Step::Advance(by) => {
+                now += by;
+                clock.set(now * 1_000);
+            }
+            Step::Take(count) => {
+                let expected = model.apply(now, &Op::Take { count });
+                let got = answer(&budget.try_acquire("k", count).unwrap());
+                prop_assert_eq!(got, expected, "{}", context());
+            }
+            Step::Book {
+                count,
+                max_wait,
+                waiter,
+            } => {
+                let op = Op::Book {
+                    count,
+                    max_wait_ns: Some(max_wait),
+                    waiter,
+                };
+                let expected = model.apply(now, &op);
+                let bound = max_wait as f64 / 1e6;
+                if waiter {
+                    match (budget.book_turn("k", count, bound).unwrap(), expected) {
+                        (Booked::Admitted(_), Answer::Booked { id, slot, .. }) => {
+                            let held = matches!(model.book.bookings[id].state, State::Held { .. });
+                            prop_assert!(slot == now && held, "admitted at once: {}", context());
+                            let executed = model.apply(now, &Op::Execute { id });
+                            prop_assert_eq!(executed, Answer::Admitted, "{}", context());
+                            given.push((Given::Done, slot));
+                        }
+                        (Booked::Turn(turn), Answer::Booked { id, slot, .. }) => {
+                            prop_assert_eq!(
+                                (turn.wait * 1e6).round() as u64,
+                                slot - now,
+                                "{}",
+                                context()
+                            );
+                            prop_assert_eq!(id, given.len(), "{}", context());
+                            given.push((Given::Turn(turn), slot));
+                        }
+                        (Booked::Refused(refusal), expected) => {
+                            prop_assert_eq!(answer(&refusal), expected, "{}", context());
+                        }
+                        (_, expected) => {
+                            prop_assert!(false, "booked vs the model's {expected:?}: {}", context())
+                        }
+                    }
+                } else {
+                    match (budget.reserve("k", count, bound).unwrap(), expected) {
+                        (Reserved::Reservation(r), Answer::Booked { id, slot, expires }) => {
+                            prop_assert_eq!(
+                                (r.execute_at, r.expires_at),
+                                (slot, expires),
+                                "{}",
+                                context()
+                            );
+                            prop_assert_eq!(id, given.len(), "{}", context());
+                            given.push((Given::Reservation(r.id), slot));
+                        }
+                        (Reserved::Refused(refusal), expected) => {
+                            prop_assert_eq!(answer(&refusal), expected, "{}", context());
+                        }
+                        (_, expected) => {
+                            prop_assert!(
+                                false,
+                                "reserved vs the model's {expected:?}: {}",
+                                context()
+                            )
+                        }
+                    }
+                }
+            }
+            Step::Execute(index) | Step::Cancel(index) if !given.is_empty() => {
+                let id = index.index(given.len());
+                let cancel = matches!(step, Step::Cancel(_));
+                let op = if cancel {
+                    Op::Cancel { id }
+                } else {
+                    Op::Execute { id }
+                };
+                let expected = model.apply(now, &op);
+                let got = match (&given[id].0, cancel) {
+                    (Given::Reservation(rid), false) => {
+                        answer(&budget.execute_reservation(rid).unwrap())
+                    }
+                    (Given::Reservation(rid), true) => {
+                        Answer::Cancelled(budget.cancel_reservation(rid).unwrap())
+                    }
+                    (Given::Turn(turn), false) => {
+                        answer(&budget.execute_turn(turn, f64::INFINITY).unwrap())
+                    }
+                    (Given::Turn(turn), true) => Answer::Cancelled(budget.give_back(turn).unwrap()),
+                    // Finished in the model too (a waiter's finished turn is unknown): the
+                    // server is asked something that changes nothing, so that both bring
+                    // their book up to now at the same moments.
+                    (Given::Done, _) => {
+                        budget.peek("k").unwrap();
+                        expected
+                    }
+                };
+                let forgotten =
+                    got == Answer::Refused {
+                        reason: Refusal::UnknownReservation,
+                        retry_after: None,
+                    } && now >= given[id].1 + 2 * ttl
+                        && matches!(
+                            expected,
+                            Answer::Refused {
+                                reason: Refusal::Expired
+                                    | Refusal::Cancelled
+                                    | Refusal::AlreadyExecuted,
+                                ..
+                            }
+                        );
+                if !forgotten {
+                    prop_assert_eq!(got, expected, "{}", context());
+                }
+            }
+            Step::Execute(_) | Step::Cancel(_) => {}
+            Step::Peek => {
+                let Answer::Peeked { units } = model.apply(now, &Op::Peek) else {
+                    unreachable!()
+                };
+                let tokens = budget.peek("k").unwrap();
+                prop_assert_eq!(tokens, units as f64 / price.token as f64, "{}", context());
+            }
+            Step::BackOff(micros) => {
+                model.apply(now, &Op::BackOff { ns: micros });
+                budget.back_off("k", micros as f64 / 1e6).unwrap();
+            }
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn the_token_bucket_script_keeps_the_models_book() {
+    let cases = std::env::var("PROPTEST_CASES").map_or(300, |n| n.parse().unwrap());
+    for (name, binary) in binaries() {
+        let server = Server::start(&binary);
+        let mut runner = TestRunner::new(Config {
+            cases,
+            ..Config::default()
+        });
+        let setup = (
+            prop::sample::select(vec![1u64, 3, 7, 10, 50]),
+            1..=5u64,
+            prop::sample::select(vec![100_000u64, 300_000, 1_000_000]),
+            prop::sample::select(vec![0u64, 50_000, 250_000]),
+        );
+        let result = runner.run(
+            &setup.prop_flat_map(|(r, b, ttl, grace)| {
+                (Just(r), Just(b), Just(ttl), Just(grace), steps(b))
+            }),
+            |(rate, burst, ttl, grace, steps)| {
+                let clock = Arc::new(ManualClock::new(0.0));
+                let budget = server.budget_with(
+                    Algorithm::TokenBucket,
+                    rate as f64,
+                    burst as f64,
+                    Some(Arc::clone(&clock)),
+                    ttl,
+                    grace,
+                );
+                compare(&budget, &clock, burst, ttl, grace, &steps)
+            },
+        );
+        if let Err(error) = result {
+            panic!("on {name}: {error}");
+        }
+    }
+}
