@@ -421,3 +421,65 @@ def test_the_url_comes_from_the_environment(server: Server, monkeypatch: Any) ->
     assert limiter.try_acquire() and not limiter.try_acquire()
     with pytest.raises(ValueError, match="^redis_url"):
         DistributedRateLimiter(1, namespace="x", backend="redis", redis_url="http://nope")
+
+
+def test_reservations_are_promises(make: Any, clock: ManualClock) -> None:
+    limiter = make(10, 1.0, burst_size=1, namespace="ns")
+    assert limiter.try_acquire("user1")
+    first = limiter.reserve("user1")
+    second = limiter.reserve("user1")
+    assert first.key == "ns:user1" and first.count == 1
+    assert second.execute_at - first.execute_at == pytest.approx(0.1, abs=2e-6)
+    early = limiter.execute_reservation(first.id)
+    assert early.reason == "not_ready" and early.retry_after == pytest.approx(0.1, abs=2e-6)
+    # The refill until the slots is promised: a take waits until after the second.
+    assert limiter.try_acquire("user1").retry_after == pytest.approx(0.3, abs=2e-6)
+    clock.advance(0.1)
+    assert limiter.execute_reservation(first.id)
+    assert limiter.execute_reservation(first.id).reason == "already_executed"
+    assert limiter.cancel_reservation(second.id)
+    assert not limiter.cancel_reservation(second.id)
+    clock.advance(0.1)
+    assert limiter.try_acquire("user1")  # the cancelled slot went back to the budget
+
+
+def test_a_reservation_beyond_max_wait_is_refused(make: Any) -> None:
+    from flashcard_pipeline.rate_limiter_v2 import ReservationRefused
+
+    limiter = make(10, 1.0, burst_size=1)
+    assert limiter.try_acquire()
+    with pytest.raises(ReservationRefused, match="max_wait"):
+        limiter.reserve(max_wait=0.05)
+
+
+RESERVER = textwrap.dedent(
+    """
+    import sys, time
+    from flashcard_pipeline.rate_limiter_v2 import DistributedRateLimiter
+    url, namespace, start = sys.argv[1], sys.argv[2], float(sys.argv[3])
+    limiter = DistributedRateLimiter(
+        100, 1.0, namespace=namespace, backend="redis", redis_url=url, burst_size=1, timeout=2.0
+    )
+    time.sleep(max(start - time.time(), 0))
+    print(" ".join(repr(limiter.reserve("user_1").execute_at) for _ in range(25)))
+    """
+)
+
+
+def test_reservations_across_processes_never_share_a_slot(server: Server) -> None:
+    namespace = fresh_namespace()
+    start = time.time() + 1.0
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-c", RESERVER, server.url, namespace, str(start)],
+            stdout=subprocess.PIPE,
+            env=os.environ | {"PYTHONHASHSEED": str(seed)},
+        )
+        for seed in (1, 2, 3, 4)
+    ]
+    slots = sorted(
+        float(slot) for worker in workers for slot in worker.communicate(timeout=30)[0].split()
+    )
+    assert len(slots) == 100
+    gaps = [later - earlier for earlier, later in zip(slots, slots[1:])]
+    assert min(gaps) >= 0.01 - 2e-6  # one token's time apart: no slot given twice

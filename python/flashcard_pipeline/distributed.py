@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import math
 import os
 import time
 import weakref
@@ -35,6 +36,7 @@ from flashcard_pipeline._native import (
 from flashcard_pipeline._waiting import Steps, _running_loop, _Waiting, wait_blocking
 from flashcard_pipeline.rate_limiter_v2 import (
     DONE,
+    ReservationRefused,
     ShardedRateLimiter,
     TokenReservation,
     _Answer,
@@ -159,14 +161,16 @@ class _RedisRateLimiter(DistributedRateLimiter):
         scope: str = "global",
         max_wait: float | None = None,
         clock: ManualClock | None = None,
+        reservation_ttl: float | None = None,
+        reservation_grace: float | None = None,
         **options: Any,
     ) -> None:
         _check_choice("on_backend_error", on_backend_error, POLICIES)
         if options:
             raise TypeError(
                 f'{sorted(options)[0]}: not available with backend="redis" (it takes '
-                "rate, period, burst_size, scope, max_wait, clock, redis_url, timeout and "
-                "on_backend_error)"
+                "rate, period, burst_size, algorithm, scope, max_wait, clock, reservation_ttl, "
+                "reservation_grace, redis_url, timeout and on_backend_error)"
             )
         if rate is None:
             raise TypeError("rate: required (tokens per period, a number > 0)")
@@ -183,6 +187,8 @@ class _RedisRateLimiter(DistributedRateLimiter):
             scope=scope,
             timeout=timeout,
             clock=clock,
+            reservation_ttl=reservation_ttl,
+            reservation_grace=reservation_grace,
         )
         self.namespace = _namespace(namespace)
         self.backend = "redis"
@@ -222,11 +228,11 @@ class _RedisRateLimiter(DistributedRateLimiter):
         self, key: str = "default", count: int = 1, max_wait: float | None = None
     ) -> RateLimitResult:
         """Takes ``count`` tokens, waiting its turn (FIFO across every process) up to
-        ``max_wait`` seconds: one round trip books the turn in the server and charges its
-        tokens at its slot, then the caller sleeps until the slot. A caller that stops
-        waiting gives the turn back if nothing was decided on the budget since (else its
-        tokens stay spent: never more than the quota). In a running event loop it returns an
-        awaitable (the booking is awaited, not blocked on)."""
+        ``max_wait`` seconds: one round trip books the turn in the server (and admits it if
+        its tokens are there), the caller sleeps until its slot, and one more round trip
+        admits it (asking again if someone ahead is late). A caller that stops waiting gives
+        its turn back. In a running event loop it returns an awaitable, and the round trips
+        are awaited, not blocked on."""
         bound = self._bound(max_wait)
         if _running_loop() is None:
             return wait_blocking(self._turn(key, count, bound), self._clock)
@@ -244,20 +250,23 @@ class _RedisRateLimiter(DistributedRateLimiter):
         except ConnectionError:
             return self._unavailable()
         if isinstance(booked, RateLimitResult):
-            return booked
-        waited = yield from self._sleep(booked)
-        return booked.admitted(waited)
-
-    def _sleep(self, turn: RedisTurn) -> Steps[float]:
-        """Yields the waits until the turn's slot; gives the turn back if stopped."""
-        start = self._now()
+            return booked  # admitted at once, or refused
+        start, due = self._now(), booked.wait
         try:
-            while (left := turn.wait - (self._now() - start)) > 0:
-                yield left
+            while True:
+                while (left := due - (self._now() - start)) > 0:
+                    yield left
+                waited = self._now() - start
+                try:
+                    result = self._redis.execute_turn(booked, waited, _less(bound, waited))
+                except ConnectionError:
+                    return self._unavailable()
+                if result.reason != "not_ready":
+                    return result
+                due = waited + (result.retry_after or 0.0)
         except BaseException:
-            self._give_back(turn)
+            self._give_back(booked)
             raise
-        return self._now() - start
 
     async def _turn_async(self, key: str, count: int, bound: float | None) -> RateLimitResult:
         booked = await _awaited(self._redis.book_turn_async, key, count, bound)
@@ -268,22 +277,35 @@ class _RedisRateLimiter(DistributedRateLimiter):
         if isinstance(booked, RateLimitResult):
             return booked
         assert isinstance(booked, RedisTurn)
-        start = self._now()
+        start, due = self._now(), booked.wait
         try:
-            if self._clock is None:
-                await asyncio.sleep(booked.wait)
-            else:
-                self._clock.advance(max(booked.wait - (self._now() - start), 0.0))
+            while True:
+                left = due - (self._now() - start)
+                if left > 0 and self._clock is None:
+                    await asyncio.sleep(left)
+                elif left > 0 and self._clock is not None:
+                    self._clock.advance(left)
+                waited = self._now() - start
+                answer = await _awaited(
+                    self._redis.execute_turn_async, booked, waited, _less(bound, waited)
+                )
+                if isinstance(answer, ConnectionError):
+                    return self._unavailable()
+                if isinstance(answer, BaseException):
+                    raise answer
+                assert isinstance(answer, RateLimitResult)
+                if answer.reason != "not_ready":
+                    return answer
+                due = waited + (answer.retry_after or 0.0)
         except BaseException:
             self._give_back(booked)
             raise
-        return booked.admitted(self._now() - start)
 
     def _give_back(self, turn: RedisTurn) -> None:
         try:
             self._redis.give_back(turn)
         except (ConnectionError, PermissionError):
-            pass  # its tokens stay spent: never more than the quota
+            pass  # a turn never executed lapses by itself; a charged one stays spent
 
     def _now(self) -> float:
         return time.monotonic() if self._clock is None else self._clock.monotonic()
@@ -336,21 +358,41 @@ class _RedisRateLimiter(DistributedRateLimiter):
         """Nothing to undo on Redis: the rate is the configured one."""
         return DONE
 
-    # Not on Redis (yet) ----------------------------------------------------------------
+    # Reservations -------------------------------------------------------------------
 
     def reserve(
         self, key: str = "default", count: int = 1, max_wait: float | None = None
     ) -> TokenReservation:
-        raise NotImplementedError(
-            'reserve: reservations are kept in memory only; with backend="redis" use '
-            "acquire(key, count, max_wait), which books a turn across processes"
-        )
+        """Promises ``count`` tokens at the next slot of the shared budget (token bucket),
+        as :meth:`ShardedRateLimiter.reserve` does; the promise lives in the server, so
+        any process may execute or cancel it by its id. Its times are the server's.
+
+        Raises:
+            ReservationRefused: the slot is more than ``max_wait`` away, or ``count``
+                exceeds the burst.
+            RateLimitError: the budget already keeps 10,000 reservations and turns.
+            ConnectionError: the server did not answer within ``timeout``.
+        """
+        bound = self._bound(max_wait)
+        booked = self._redis.reserve(key, count, bound, self._key(key))
+        if isinstance(booked, RateLimitResult):
+            raise ReservationRefused(booked, count, math.inf if bound is None else bound)
+        return booked
 
     def execute_reservation(self, reservation_id: str) -> RateLimitResult:
-        raise NotImplementedError('execute_reservation: no reservations with backend="redis"')
+        """Admits a reservation once its slot has come (any process may): refused
+        ``not_ready`` with ``retry_after`` before, or ``expired``, ``cancelled``,
+        ``already_executed``, ``unknown_reservation``; ``backend_unavailable`` as any
+        decision when the server does not answer."""
+        try:
+            return self._redis.execute_reservation(reservation_id)
+        except ConnectionError:
+            return self._unavailable()
 
     def cancel_reservation(self, reservation_id: str) -> _Answer:
-        raise NotImplementedError('cancel_reservation: no reservations with backend="redis"')
+        """Gives a reservation's tokens back: true once, false after that or for an id that
+        is unknown, expired or executed."""
+        return _Answer(self._redis.cancel_reservation(reservation_id))
 
     # Reading ---------------------------------------------------------------------------
 
@@ -479,6 +521,11 @@ class _LoopAnswers:
 _answers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopAnswers] = (
     weakref.WeakKeyDictionary()
 )
+
+
+def _less(bound: float | None, waited: float) -> float | None:
+    """What is left of a wait bound after ``waited`` seconds."""
+    return None if bound is None else max(bound - waited, 0.0)
 
 
 def _check_choice(argument: str, value: object, allowed: tuple[str, ...]) -> None:

@@ -14,18 +14,21 @@ use parking_lot::Mutex;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::PyList;
-use ratelimit_core::{Algorithm, Decision, Quota, Scope};
-use ratelimit_redis::{Booked, Layout, Options, RedisBudget, Turn};
+use ratelimit_core::{Algorithm, Clock, Decision, ManualClock, Quota, ReservationPolicy, Scope};
+use ratelimit_redis::{Booked, Layout, Options, RedisBudget, Reserved, Turn};
 
 use crate::args::{
-    AlgorithmArg, BurstSize, ClockArg, Count, Key, MaxWait, Period, Rate, ScopeArg, Seconds,
+    AlgorithmArg, BurstSize, ClockArg, Count, Key, MaxWait, Period, Rate, ReservationGrace,
+    ReservationTtl, ScopeArg, Seconds,
 };
 use crate::error::{Failure, Result};
+use crate::reservation::PyTokenReservation;
 use crate::result::PyRateLimitResult;
 
 #[pyclass(frozen, module = "flashcard_pipeline._native", name = "RedisEngine")]
 pub(crate) struct PyRedisEngine {
     budget: RedisBudget,
+    clock: Option<Arc<ManualClock>>,
     namespace: String,
     scope: Scope,
 }
@@ -43,11 +46,6 @@ impl PyRedisTurn {
     fn wait(&self) -> f64 {
         self.turn.wait
     }
-
-    /// The caller's result once it waited `waited` seconds for the slot.
-    fn admitted(&self, waited: Seconds) -> PyRateLimitResult {
-        PyRateLimitResult::new(self.turn.decision, waited.0)
-    }
 }
 
 /// Raises `ValueError` unless `namespace` is one a budget can live under.
@@ -62,6 +60,16 @@ fn text(key: &Key<'_>) -> PyResult<String> {
         Key::Default => Ok("default".to_owned()),
         Key::Given(key) => Ok(key.to_str()?.to_owned()),
     }
+}
+
+/// A reservation policy's seconds as a duration, named when out of range.
+fn seconds(argument: &str, value: f64) -> Result<Duration> {
+    Duration::try_from_secs_f64(value).map_err(|_| {
+        PyValueError::new_err(format!(
+            "{argument}: must be a finite number of seconds >= 0, got {value}"
+        ))
+        .into()
+    })
 }
 
 /// `max_wait` in seconds; `None` is any wait.
@@ -79,6 +87,9 @@ fn wait_bound(max_wait: Option<MaxWait>) -> Result<f64> {
 fn into_py(py: Python<'_>, booked: Booked) -> Result<Bound<'_, PyAny>> {
     Ok(match booked {
         Booked::Turn(turn) => Bound::new(py, PyRedisTurn { turn })?.into_any(),
+        Booked::Admitted(decision) => {
+            Bound::new(py, PyRateLimitResult::new(decision, 0.0))?.into_any()
+        }
         Booked::Refused(decision) => {
             Bound::new(py, PyRateLimitResult::new(decision, 0.0))?.into_any()
         }
@@ -87,7 +98,8 @@ fn into_py(py: Python<'_>, booked: Booked) -> Result<Bound<'_, PyAny>> {
 
 /// What an `*_async` call answered, kept as Rust values until the loop drains it.
 enum Answer {
-    Decided(ratelimit_core::Result<Decision>),
+    /// With the seconds the caller waited before it.
+    Decided(ratelimit_core::Result<Decision>, f64),
     Booked(ratelimit_core::Result<Booked>),
 }
 
@@ -95,9 +107,9 @@ impl Answer {
     /// The answer as Python sees it: a result, a turn, or the exception the call raised.
     fn into_py(self, py: Python<'_>) -> Bound<'_, PyAny> {
         let made = match self {
-            Answer::Decided(decided) => decided
+            Answer::Decided(decided, waited) => decided
                 .map_err(Failure::from)
-                .and_then(|d| Ok(Bound::new(py, PyRateLimitResult::new(d, 0.0))?.into_any())),
+                .and_then(|d| Ok(Bound::new(py, PyRateLimitResult::new(d, waited))?.into_any())),
             Answer::Booked(booked) => booked.map_err(Failure::from).and_then(|b| into_py(py, b)),
         };
         made.unwrap_or_else(|failure| {
@@ -169,16 +181,28 @@ impl PyCompletions {
     }
 }
 
+impl PyRedisEngine {
+    /// Microseconds on the budget's clock (the server's epoch time, or a manual clock's) as
+    /// epoch seconds.
+    fn epoch(&self, micros: u64) -> f64 {
+        match &self.clock {
+            Some(clock) => Clock::Manual(Arc::clone(clock)).to_epoch(micros * 1_000),
+            None => micros as f64 / 1e6,
+        }
+    }
+}
+
 #[pymethods]
 impl PyRedisEngine {
     #[new]
     #[pyo3(
         signature = (
             rate, period, burst_size, *, algorithm=None, url, namespace, scope=None, timeout,
-            clock=None,
+            clock=None, reservation_ttl=None, reservation_grace=None,
         ),
         text_signature = "(rate, period, burst_size, *, algorithm='token_bucket', url, namespace, \
-                          scope='global', timeout, clock=None)"
+                          scope='global', timeout, clock=None, reservation_ttl=60.0, \
+                          reservation_grace=0.25)"
     )]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -191,7 +215,15 @@ impl PyRedisEngine {
         scope: Option<ScopeArg>,
         timeout: Seconds,
         clock: Option<ClockArg<'_>>,
+        reservation_ttl: Option<ReservationTtl>,
+        reservation_grace: Option<ReservationGrace>,
     ) -> Result<Self> {
+        let defaults = ReservationPolicy::default();
+        let policy = ReservationPolicy {
+            ttl: reservation_ttl.map_or(defaults.ttl, |t| t.0),
+            grace: reservation_grace.map_or(defaults.grace, |g| g.0),
+            ..defaults
+        };
         let scope = scope.map_or(Scope::Global, |s| s.0);
         let quota = Quota::new(
             rate.0,
@@ -209,15 +241,19 @@ impl PyRedisEngine {
                     timeout.0
                 ))
             })?;
+        let manual = clock.map(|c| c.0.get().inner.clone());
         let options = Options {
             url,
             namespace: namespace.clone(),
             scope,
             timeout,
-            clock: clock.map(|c| c.0.get().inner.clone()),
+            clock: manual.clone(),
+            reservation_ttl: seconds("reservation_ttl", policy.ttl)?,
+            reservation_grace: seconds("reservation_grace", policy.grace)?,
         };
         Ok(Self {
             budget: RedisBudget::new(quota, options)?,
+            clock: manual,
             namespace,
             scope,
         })
@@ -242,7 +278,7 @@ impl PyRedisEngine {
         let key = text(&key)?;
         let queue = Arc::clone(&completions.queue);
         self.budget.spawn_try_acquire(&key, count.0, move |answer| {
-            queue.push(id, Answer::Decided(answer))
+            queue.push(id, Answer::Decided(answer, 0.0))
         });
         Ok(())
     }
@@ -296,6 +332,86 @@ impl PyRedisEngine {
         let bound = wait_bound(max_wait)?;
         let answer = py.detach(|| self.budget.book_turn(&key, count.0, bound))?;
         into_py(py, answer)
+    }
+
+    /// Admits a turn that is due (`RedisTurn.wait` after its booking): a `RateLimitResult`,
+    /// `not_ready` with the wait when someone ahead is late, or `max_wait_exceeded` (the
+    /// turn given back) when that wait is more than `max_wait` seconds.
+    #[pyo3(signature = (turn, waited, max_wait))]
+    fn execute_turn(
+        &self,
+        py: Python<'_>,
+        turn: PyRef<'_, PyRedisTurn>,
+        waited: Seconds,
+        max_wait: Option<MaxWait>,
+    ) -> Result<PyRateLimitResult> {
+        let bound = wait_bound(max_wait)?;
+        let turn = turn.turn.clone();
+        let decision = py.detach(|| self.budget.execute_turn(&turn, bound))?;
+        Ok(PyRateLimitResult::new(decision, waited.0))
+    }
+
+    /// `execute_turn` on the I/O thread, answering as `try_acquire_async` does.
+    #[pyo3(signature = (turn, waited, max_wait, completions, id))]
+    fn execute_turn_async(
+        &self,
+        turn: PyRef<'_, PyRedisTurn>,
+        waited: Seconds,
+        max_wait: Option<MaxWait>,
+        completions: &PyCompletions,
+        id: u64,
+    ) -> Result<()> {
+        let bound = wait_bound(max_wait)?;
+        let queue = Arc::clone(&completions.queue);
+        let waited = waited.0;
+        self.budget
+            .spawn_execute_turn(&turn.turn, bound, move |answer| {
+                queue.push(id, Answer::Decided(answer, waited))
+            });
+        Ok(())
+    }
+
+    /// Books a caller's reservation: a `TokenReservation` whose `key` is `shown_key`, or the
+    /// refusal as a `RateLimitResult`.
+    #[pyo3(signature = (key, count, max_wait, shown_key))]
+    fn reserve<'py>(
+        &self,
+        py: Python<'py>,
+        key: Key<'py>,
+        count: Count,
+        max_wait: Option<MaxWait>,
+        shown_key: Py<PyAny>,
+    ) -> Result<Bound<'py, PyAny>> {
+        let key = text(&key)?;
+        let bound = wait_bound(max_wait)?;
+        Ok(
+            match py.detach(|| self.budget.reserve(&key, count.0, bound))? {
+                Reserved::Reservation(r) => {
+                    let times = [r.reserved_at, r.execute_at, r.expires_at].map(|t| self.epoch(t));
+                    Bound::new(
+                        py,
+                        PyTokenReservation::shared(r.id, shown_key, r.count, times),
+                    )?
+                    .into_any()
+                }
+                Reserved::Refused(decision) => {
+                    Bound::new(py, PyRateLimitResult::new(decision, 0.0))?.into_any()
+                }
+            },
+        )
+    }
+
+    fn execute_reservation(
+        &self,
+        py: Python<'_>,
+        reservation_id: &str,
+    ) -> Result<PyRateLimitResult> {
+        let decision = py.detach(|| self.budget.execute_reservation(reservation_id))?;
+        Ok(PyRateLimitResult::new(decision, 0.0))
+    }
+
+    fn cancel_reservation(&self, py: Python<'_>, reservation_id: &str) -> Result<bool> {
+        Ok(py.detach(|| self.budget.cancel_reservation(reservation_id))?)
     }
 
     /// Gives a turn's tokens back if nothing was decided on its budget since: whether it did.

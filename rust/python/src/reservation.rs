@@ -86,6 +86,27 @@ impl PyTokenReservation {
         }
     }
 
+    /// A reservation a shared budget (Redis) made: its times are epoch seconds on the
+    /// budget's clock, and `is_ready()` compares them with `time.time()` as for one made by
+    /// hand (the server decides the admission; this is a hint).
+    pub(crate) fn shared(
+        id: String,
+        key: Py<PyAny>,
+        count: u64,
+        [reserved_at, execute_at, expires_at]: [f64; 3],
+    ) -> Self {
+        Self {
+            id,
+            key,
+            count,
+            shard_id: Some(0),
+            reserved_at,
+            execute_at: AtomicU64::new(execute_at.to_bits()),
+            expires_at,
+            booking: None,
+        }
+    }
+
     /// The booking's limiter's clock now, with the booking.
     fn on_clock(&self) -> Option<(Nanos, &Booking)> {
         self.booking

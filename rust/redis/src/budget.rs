@@ -342,6 +342,68 @@ impl RedisBudget {
         })
     }
 
+    /// [`RedisBudget::execute_turn`] on the connection's runtime; `done` gets the answer
+    /// there (at once for a charged turn).
+    pub fn spawn_execute_turn(
+        &self,
+        turn: &Turn,
+        max_wait: f64,
+        done: impl FnOnce(Result<Decision>) + Send + 'static,
+    ) {
+        let TurnKind::Queued { key, id } = &turn.kind else {
+            return done(Ok(turn.decision));
+        };
+        let calls = self
+            .call_on("execute", key, 1, 0, *id, "w")
+            .and_then(|(execute, unit)| {
+                Ok((
+                    execute,
+                    unit,
+                    self.call_on("cancel", key, 1, 0, *id, "w")?.0,
+                ))
+            });
+        let (execute, unit, cancel) = match calls {
+            Ok(calls) => calls,
+            Err(error) => return done(Err(error)),
+        };
+        let connection = match self.connection() {
+            Ok(connection) => connection,
+            Err(error) => return done(Err(error)),
+        };
+        let mut manager = connection.manager.clone();
+        let timeout = self.timeout;
+        let health = Arc::clone(&self.health);
+        connection.runtime.spawn(async move {
+            let started = Instant::now();
+            let answer =
+                tokio::time::timeout(timeout, invocation(&execute).invoke_async(&mut manager))
+                    .await;
+            let (answer, now) = settle(answer.ok(), timeout, started);
+            *health.lock() = now;
+            let decided = answer.and_then(|reply: Vec<Value>| decision(&reply, unit));
+            match decided {
+                Ok(decision)
+                    if decision.reason == Some(Refusal::NotReady)
+                        && decision.retry_after.is_some_and(|wait| wait > max_wait) =>
+                {
+                    let cancelled = tokio::time::timeout(
+                        timeout,
+                        invocation(&cancel).invoke_async::<Vec<Value>>(&mut manager),
+                    )
+                    .await;
+                    match cancelled {
+                        Ok(Ok(_)) => done(Ok(Decision {
+                            reason: Some(Refusal::MaxWaitExceeded),
+                            ..decision
+                        })),
+                        other => done(Err(settle(other.ok(), timeout, started).0.unwrap_err())),
+                    }
+                }
+                other => done(other),
+            }
+        });
+    }
+
     /// Gives a turn back: a queued one is cancelled; a charged one's tokens go back if
     /// nothing was decided on its budget since it was booked (otherwise they stay spent:
     /// never more than the quota). Whether they went back.
