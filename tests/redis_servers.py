@@ -19,7 +19,7 @@ from pathlib import Path
 CONFINED_USER = (
     "confined on >secret ~rl:v1:{a}:* resetchannels -@all "
     "+evalsha +script|load +time +get +set +del +scan +ping "
-    "+zadd +zrem +zrange +zrangebyscore +zremrangebyscore +zcard +hget +hset +hincrby +pexpire"
+    "+zadd +zrange +zrangebyscore +zremrangebyscore +zcard +pexpire"
 )
 
 

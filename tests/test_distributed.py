@@ -483,3 +483,15 @@ def test_reservations_across_processes_never_share_a_slot(server: Server) -> Non
     assert len(slots) == 100
     gaps = [later - earlier for earlier, later in zip(slots, slots[1:])]
     assert min(gaps) >= 0.01 - 2e-6  # one token's time apart: no slot given twice
+
+
+def test_a_sliding_window_keeps_reservations_too(make: Any, clock: ManualClock) -> None:
+    limiter = make(2, 1.0, algorithm="sliding_window")
+    assert limiter.try_acquire("u", 2)
+    reservation = limiter.reserve("u")
+    assert reservation.execute_at - clock.time() == pytest.approx(1.0, abs=2e-6)
+    assert limiter.execute_reservation(reservation.id).reason == "not_ready"
+    clock.advance(1.0 + 2e-6)
+    assert limiter.execute_reservation(reservation.id)
+    assert limiter.try_acquire("u")
+    assert not limiter.try_acquire("u")

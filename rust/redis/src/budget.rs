@@ -1,6 +1,6 @@
-//! `RedisBudget`: one token bucket (`bucket.lua`) or sliding window (`window.lua`) per
-//! namespace, or per key, decided in the server, through one multiplexed connection that
-//! every thread and task shares.
+//! `RedisBudget`: one token bucket or sliding window per namespace, or per key, with its
+//! book of promises, decided in the server by one script (`scripts/`), through connections
+//! every thread and task of the process share.
 //!
 //! A plain call runs on the caller's thread over a connection of its own, taken from the
 //! process's idle ones (a new one when none is idle), so no other thread is involved; a
@@ -48,27 +48,13 @@ pub struct Options {
 /// `RECHECK`), in microseconds.
 const RECHECK_MICROS: u64 = 1_000;
 
-/// A waiting caller's booked turn: due when `wait` seconds have passed, then admitted by
-/// [`RedisBudget::execute_turn`].
+/// A waiting caller's turn, queued in the server's book: due when `wait` seconds have
+/// passed, then admitted by [`RedisBudget::execute_turn`].
 #[derive(Debug, Clone)]
 pub struct Turn {
     pub wait: f64,
-    /// The booking's decision (allowed, the tokens left after it).
-    pub decision: Decision,
-    kind: TurnKind,
-}
-
-#[derive(Debug, Clone)]
-enum TurnKind {
-    /// A token bucket's turn, queued in the server's book: executed when due.
-    Queued { key: String, id: u64 },
-    /// A sliding window's turn, charged at its slot when booked: admitted when due. Undone
-    /// by the script's "undo" with these arguments, if nothing happened since.
-    Charged {
-        script: Arc<Script>,
-        keys: Vec<Vec<u8>>,
-        undo: [Vec<u8>; 2],
-    },
+    key: String,
+    id: u64,
 }
 
 /// A booking's answer.
@@ -179,8 +165,16 @@ impl RedisBudget {
         Ok(Self {
             layout,
             client,
-            bucket: Arc::new(Script::new(include_str!("bucket.lua"))),
-            window: Arc::new(Script::new(include_str!("window.lua"))),
+            bucket: Arc::new(Script::new(concat!(
+                include_str!("scripts/prelude.lua"),
+                include_str!("scripts/bucket.lua"),
+                include_str!("scripts/book.lua"),
+            ))),
+            window: Arc::new(Script::new(concat!(
+                include_str!("scripts/prelude.lua"),
+                include_str!("scripts/window.lua"),
+                include_str!("scripts/book.lua"),
+            ))),
             timeout: options.timeout,
             clock: options.clock,
             reservation_ttl: options.reservation_ttl.as_micros() as u64,
@@ -286,10 +280,8 @@ impl RedisBudget {
     /// turn, refused `max_wait_exceeded` if that is more than `max_wait` seconds away.
     pub fn book_turn(&self, key: &str, count: u64, max_wait: f64) -> Result<Booked> {
         let (call, unit) = self.turn_call(key, count, max_wait)?;
-        let (script, keys) = (Arc::clone(&call.script), call.keys.clone());
         let key = key.to_owned();
-        self.run(call)
-            .and_then(|reply| booked(&reply, script, keys, key, unit))
+        self.run(call).and_then(|reply| booked(&reply, key, unit))
     }
 
     /// [`RedisBudget::book_turn`] on the connection's runtime; `done` gets the answer there.
@@ -302,10 +294,9 @@ impl RedisBudget {
     ) {
         match self.turn_call(key, count, max_wait) {
             Ok((call, unit)) => {
-                let (script, keys) = (Arc::clone(&call.script), call.keys.clone());
                 let key = key.to_owned();
                 self.spawn(call, move |reply| {
-                    done(reply.and_then(|reply| booked(&reply, script, keys, key, unit)))
+                    done(reply.and_then(|reply| booked(&reply, key, unit)))
                 })
             }
             Err(error) => done(Err(error)),
@@ -313,22 +304,14 @@ impl RedisBudget {
     }
 
     fn turn_call(&self, key: &str, count: u64, max_wait: f64) -> Result<(Call, u64)> {
-        let bound = micros_within(max_wait);
-        let rule = self.quota.lock().1;
-        match rule {
-            Rule::Bucket(_) => self.call_on("book", key, count, bound, 0, "w"),
-            Rule::Window { .. } => self.call("turn", key, count, bound),
-        }
+        self.call_on("book", key, count, micros_within(max_wait), 0, "w")
     }
 
-    /// Admits a turn that is due: a charged turn at once, a queued one when the server's
-    /// book says so; one not ready whose next chance is more than `max_wait` seconds away
-    /// is given back and refused `max_wait_exceeded` with that wait.
+    /// Admits a turn that is due, when the server's book says so; one not ready whose next
+    /// chance is more than `max_wait` seconds away is given back and refused
+    /// `max_wait_exceeded` with that wait.
     pub fn execute_turn(&self, turn: &Turn, max_wait: f64) -> Result<Decision> {
-        let TurnKind::Queued { key, id } = &turn.kind else {
-            return Ok(turn.decision);
-        };
-        let (call, unit) = self.call_on("execute", key, 1, 0, *id, "w")?;
+        let (call, unit) = self.call_on("execute", &turn.key, 1, 0, turn.id, "w")?;
         let decision = self.run(call).and_then(|reply| decision(&reply, unit))?;
         Ok(match decision.retry_after {
             Some(wait) if decision.reason == Some(Refusal::NotReady) && wait > max_wait => {
@@ -343,24 +326,18 @@ impl RedisBudget {
     }
 
     /// [`RedisBudget::execute_turn`] on the connection's runtime; `done` gets the answer
-    /// there (at once for a charged turn).
+    /// there.
     pub fn spawn_execute_turn(
         &self,
         turn: &Turn,
         max_wait: f64,
         done: impl FnOnce(Result<Decision>) + Send + 'static,
     ) {
-        let TurnKind::Queued { key, id } = &turn.kind else {
-            return done(Ok(turn.decision));
-        };
+        let (key, id) = (&turn.key, turn.id);
         let calls = self
-            .call_on("execute", key, 1, 0, *id, "w")
+            .call_on("execute", key, 1, 0, id, "w")
             .and_then(|(execute, unit)| {
-                Ok((
-                    execute,
-                    unit,
-                    self.call_on("cancel", key, 1, 0, *id, "w")?.0,
-                ))
+                Ok((execute, unit, self.call_on("cancel", key, 1, 0, id, "w")?.0))
             });
         let (execute, unit, cancel) = match calls {
             Ok(calls) => calls,
@@ -404,40 +381,14 @@ impl RedisBudget {
         });
     }
 
-    /// Gives a turn back: a queued one is cancelled; a charged one's tokens go back if
-    /// nothing was decided on its budget since it was booked (otherwise they stay spent:
-    /// never more than the quota). Whether they went back.
+    /// Gives a turn back (cancels it): whether it was still live.
     pub fn give_back(&self, turn: &Turn) -> Result<bool> {
-        match &turn.kind {
-            TurnKind::Queued { key, id } => self.cancel_booking(key, *id),
-            TurnKind::Charged { script, keys, undo } => {
-                let mut args = vec![
-                    b"undo".to_vec(),
-                    Vec::new(),
-                    Vec::new(),
-                    Vec::new(),
-                    Vec::new(),
-                ];
-                args.extend(undo.iter().cloned());
-                let reply = self.run(Call {
-                    script: Arc::clone(script),
-                    keys: keys.clone(),
-                    args,
-                })?;
-                Ok(micros(&reply, 0)? == 1)
-            }
-        }
+        self.cancel_booking(&turn.key, turn.id)
     }
 
     /// Books a caller's reservation of `count` tokens at the first slot after every other
     /// promise, refused `max_wait_exceeded` if that is more than `max_wait` seconds away.
     pub fn reserve(&self, key: &str, count: u64, max_wait: f64) -> Result<Reserved> {
-        if !matches!(self.quota.lock().1, Rule::Bucket(_)) {
-            return Err(Error::InvalidArgument {
-                argument: "algorithm",
-                message: "reservations on Redis need the token bucket".into(),
-            });
-        }
         let (call, unit) = self.call_on("book", key, count, micros_within(max_wait), 0, "c")?;
         let reply = self.run(call)?;
         let answer = decision(&reply, unit)?;
@@ -508,7 +459,7 @@ impl RedisBudget {
 
     /// Forgets the budget `key` draws on (every key's, with `None`): it is full again.
     pub fn reset(&self, key: Option<&str>) -> Result<()> {
-        let names = ["tb", "sw", "swm"].map(|part| self.layout.name(part, key.unwrap_or("")));
+        let names = ["tb", "sw", "swl"].map(|part| self.layout.name(part, key.unwrap_or("")));
         let pattern = self.layout.pattern();
         let every_key = key.is_none() && self.layout.scope() == Scope::Key;
         self.blocking(|connection| {
@@ -587,7 +538,7 @@ impl RedisBudget {
             Rule::Bucket(_) => (&self.bucket, vec![self.layout.name("tb", key)]),
             Rule::Window { .. } => (
                 &self.window,
-                vec![self.layout.name("sw", key), self.layout.name("swm", key)],
+                vec![self.layout.name("sw", key), self.layout.name("swl", key)],
             ),
         };
         Ok((
@@ -817,14 +768,8 @@ fn is_no_script(error: &RedisError) -> bool {
     error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript)
 }
 
-/// The script's answer to a turn: the turn (with the states to undo it), or the refusal.
-fn booked(
-    reply: &[Value],
-    script: Arc<Script>,
-    keys: Vec<Vec<u8>>,
-    key: String,
-    unit: u64,
-) -> Result<Booked> {
+/// The script's answer to a turn: admitted at once, the turn, or the refusal.
+fn booked(reply: &[Value], key: String, unit: u64) -> Result<Booked> {
     let answer = decision(reply, unit)?;
     if !answer.allowed {
         return Ok(Booked::Refused(answer));
@@ -832,24 +777,10 @@ fn booked(
     if reply.len() == 5 {
         return Ok(Booked::Admitted(answer));
     }
-    let kind = match reply.get(5) {
-        Some(Value::Int(id)) => TurnKind::Queued {
-            key,
-            id: *id as u64,
-        },
-        _ => TurnKind::Charged {
-            script,
-            keys,
-            undo: [bytes(reply, 5)?, bytes(reply, 6)?],
-        },
-    };
     Ok(Booked::Turn(Turn {
         wait: micros(reply, 2)? as f64 / 1e6,
-        decision: Decision {
-            retry_after: None,
-            ..answer
-        },
-        kind,
+        key,
+        id: micros(reply, 5)?,
     }))
 }
 
@@ -925,14 +856,6 @@ fn decision(reply: &[Value], token: u64) -> Result<Decision> {
 fn micros(reply: &[Value], at: usize) -> Result<u64> {
     match reply.get(at) {
         Some(Value::Int(n)) => Ok((*n).max(0) as u64),
-        other => Err(malformed(other)),
-    }
-}
-
-fn bytes(reply: &[Value], at: usize) -> Result<Vec<u8>> {
-    match reply.get(at) {
-        Some(Value::BulkString(text)) => Ok(text.clone()),
-        Some(Value::SimpleString(text)) => Ok(text.clone().into_bytes()),
         other => Err(malformed(other)),
     }
 }

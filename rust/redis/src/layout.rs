@@ -4,7 +4,7 @@
 //! later format can live beside it). The braces are a Redis Cluster hash tag: all of a
 //! namespace's keys hash to one slot, and one ACL key pattern, `~rl:v1:{ns}:*`, confines a
 //! user to the namespace. After the prefix comes what the key holds: `tb` a token bucket's
-//! state, `sw` a sliding window's log and `swm` its meta; with `scope="global"` that is all
+//! state and book, `sw` a sliding window's and `swl` its log; with `scope="global"` that is all
 //! (`rl:v1:{ns}:tb`), with `scope="key"` a `:` and the key's bytes as they are follow
 //! (`rl:v1:{ns}:tb:user_1`; a Redis key is binary-safe, and the prefix alone decides the slot
 //! and the pattern).
@@ -47,7 +47,7 @@ impl Layout {
         format!("{}*", self.prefix)
     }
 
-    /// The Redis key holding `part` (`tb`, `sw` or `swm`) of the budget `key` draws on.
+    /// The Redis key holding `part` (`tb`, `sw` or `swl`) of the budget `key` draws on.
     pub fn name(&self, part: &str, key: &str) -> Vec<u8> {
         let mut name = self.prefix.clone().into_bytes();
         name.extend_from_slice(part.as_bytes());

@@ -1,10 +1,10 @@
-//! The token bucket's script against the core's admission model (`ratelimit_core::model`):
-//! random interleavings of every operation (takes, callers' reservations, waiters' turns,
-//! executions and cancels of any booking at any time, back-offs, peeks) with clock advances,
-//! on Redis and on Valkey. Time is a manual clock passed to the script in microseconds; the
-//! model runs in the same units (a token costs `price.token` units, a microsecond refills
-//! `price.tick`), so every answer must be the model's exactly: allowed, reason, waits,
-//! slots, expiries and peeks. One allowance: the server forgets a finished reservation's
+//! The scripts against the core's admission model (`ratelimit_core::model`), for the token
+//! bucket and the sliding window: random interleavings of every operation (takes, callers'
+//! reservations, waiters' turns, executions and cancels of any booking at any time,
+//! back-offs, peeks) with clock advances, on Redis and on Valkey. Time is a manual clock
+//! passed to the script in microseconds; the model runs in the same units (for the bucket a
+//! token costs `price.token` units and a microsecond refills `price.tick`), so every answer
+//! must be the model's exactly: allowed, reason, waits, slots, expiries and peeks. One allowance: the server forgets a finished reservation's
 //! outcome a ttl after it expired (the model never does), and answers `unknown_reservation`.
 
 mod common;
@@ -15,7 +15,7 @@ use common::{binaries, Server};
 use proptest::prelude::*;
 use proptest::sample::Index;
 use proptest::test_runner::{Config, TestRunner};
-use ratelimit_core::model::{Answer, Model, Op, State, TokenBucket};
+use ratelimit_core::model::{Answer, Budget, Model, Op, SlidingWindow, State, TokenBucket};
 use ratelimit_core::{Algorithm, Decision, ManualClock, Refusal};
 use ratelimit_redis::{Booked, RedisBudget, Reserved, Rule, Turn};
 
@@ -84,14 +84,27 @@ fn compare(
     grace: u64,
     steps: &[Step],
 ) -> Result<(), TestCaseError> {
-    let Rule::Bucket(price) = Rule::of(&budget.quota()).unwrap() else {
-        unreachable!()
-    };
-    let mut model = Model::new(
-        TokenBucket::new(price.tick, price.token, burst, 0),
-        ttl,
-        grace,
-    );
+    let rule = Rule::of(&budget.quota()).unwrap();
+    match rule {
+        Rule::Bucket(price) => {
+            let bucket = TokenBucket::new(price.tick, price.token, burst, 0);
+            against(Model::new(bucket, ttl, grace), budget, clock, rule, steps)
+        }
+        Rule::Window { limit, window } => {
+            let window = SlidingWindow::new(limit, window);
+            against(Model::new(window, ttl, grace), budget, clock, rule, steps)
+        }
+    }
+}
+
+fn against<B: Budget>(
+    mut model: Model<B>,
+    budget: &RedisBudget,
+    clock: &ManualClock,
+    rule: Rule,
+    steps: &[Step],
+) -> Result<(), TestCaseError> {
+    let ttl = model.ttl;
     model.recheck = 1_000;
     let mut now: u64 = 0;
     // Every booking made, by the model's id.
@@ -223,7 +236,7 @@ fn compare(
                     unreachable!()
                 };
                 let tokens = budget.peek("k").unwrap();
-                prop_assert_eq!(tokens, units as f64 / price.token as f64, "{}", context());
+                prop_assert_eq!(tokens, units as f64 / rule.unit() as f64, "{}", context());
             }
             Step::BackOff(micros) => {
                 model.apply(now, &Op::BackOff { ns: micros });
@@ -236,6 +249,15 @@ fn compare(
 
 #[test]
 fn the_token_bucket_script_keeps_the_models_book() {
+    check(Algorithm::TokenBucket);
+}
+
+#[test]
+fn the_sliding_window_script_keeps_the_models_book() {
+    check(Algorithm::SlidingWindow);
+}
+
+fn check(algorithm: Algorithm) {
     let cases = std::env::var("PROPTEST_CASES").map_or(300, |n| n.parse().unwrap());
     for (name, binary) in binaries() {
         let server = Server::start(&binary);
@@ -249,14 +271,17 @@ fn the_token_bucket_script_keeps_the_models_book() {
             prop::sample::select(vec![100_000u64, 300_000, 1_000_000]),
             prop::sample::select(vec![0u64, 50_000, 250_000]),
         );
+        let window = algorithm == Algorithm::SlidingWindow;
         let result = runner.run(
-            &setup.prop_flat_map(|(r, b, ttl, grace)| {
+            &setup.prop_flat_map(move |(r, b, ttl, grace)| {
+                // A window's capacity is its rate.
+                let b = if window { r } else { b };
                 (Just(r), Just(b), Just(ttl), Just(grace), steps(b))
             }),
             |(rate, burst, ttl, grace, steps)| {
                 let clock = Arc::new(ManualClock::new(0.0));
                 let budget = server.budget_with(
-                    Algorithm::TokenBucket,
+                    algorithm,
                     rate as f64,
                     burst as f64,
                     Some(Arc::clone(&clock)),

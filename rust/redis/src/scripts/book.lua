@@ -1,0 +1,292 @@
+-- The book of bookings and the operations (model/book.rs, model/mod.rs), over the budget
+-- defined before it. The state string is "BUDGET|SEQ|booking|...|#|done|...": the budget's
+-- part, the last booking's number, every live booking as "ID COUNT SLOT EXPIRES HOLDER
+-- STATE LAPSES" (EXPIRES 0: never, a waiter's turn; STATE q queued, h held, l lapsed;
+-- LAPSES 0: none), and the outcome of finished reservations as "ID CODE FORGET" until
+-- FORGET (a ttl after they expired; the last 1,000 at most).
+--
+-- Ops: take (count tokens now, if every promise is still met), book (a promise of count
+-- tokens at the first slot after every other, if at most arg microseconds away; a waiter's
+-- turn funded at once is admitted), execute (booking id, once its tokens are there), cancel
+-- (booking id), owe (a back-off of arg microseconds), peek. Answers {allowed, code, wait,
+-- free units, now}, and a booking adds {id, slot, expires} (a turn admitted at once adds
+-- nothing). Codes: 0 admitted (or booked, or cancelled), 1 rate_limited, 2 exceeds_capacity,
+-- 3 max_wait_exceeded, 4 not_ready, 5 expired, 6 cancelled, 7 already_executed,
+-- 8 unknown_reservation, 9 too_many_reservations.
+
+local ADMITTED, RATE_LIMITED, EXCEEDS, MAX_WAIT, NOT_READY = 0, 1, 2, 3, 4
+local EXPIRED, CANCELLED, ALREADY, UNKNOWN, TOO_MANY = 5, 6, 7, 8, 9
+local MAX_LIVE, MAX_DONE = 10000, 1000
+-- A waiter's turn held this long without being executed lapses: its process is gone.
+local WAITER_LAPSE = 300000000
+local state = KEYS[1]
+
+local seq = 0
+local live, done = {}, {}
+local saved = redis.call('GET', state)
+local header
+if saved then
+  local parts = {}
+  for part in string.gmatch(saved, '[^|]+') do parts[#parts + 1] = part end
+  header, seq = parts[1], tonumber(parts[2])
+  local finished = false
+  for i = 3, #parts do
+    if parts[i] == '#' then
+      finished = true
+    elseif finished then
+      local id, code, forget = string.match(parts[i], '^(%d+) (%d+) (%d+)$')
+      if tonumber(forget) > now then
+        done[#done + 1] = {id = tonumber(id), code = tonumber(code), forget = tonumber(forget)}
+      end
+    else
+      local f = {}
+      for x in string.gmatch(parts[i], '%S+') do f[#f + 1] = x end
+      live[#live + 1] = {
+        id = tonumber(f[1]), count = tonumber(f[2]), slot = tonumber(f[3]),
+        expires = tonumber(f[4]), holder = f[5], state = f[6], lapses = tonumber(f[7]),
+      }
+      if f[6] == 'h' then held = held + tonumber(f[2]) * unit end
+    end
+  end
+end
+load_budget(header)
+
+local function save()
+  local parts = {budget_header(), n(seq)}
+  local keep = budget_keep()
+  for _, b in ipairs(live) do
+    parts[#parts + 1] = string.format('%s %s %s %s %s %s %s', n(b.id), n(b.count), n(b.slot),
+      n(b.expires), b.holder, b.state, n(b.lapses))
+    local matters = b.expires
+    if matters == 0 then matters = math.max(b.slot, b.lapses, now) + WAITER_LAPSE end
+    keep = math.max(keep, matters - now)
+  end
+  parts[#parts + 1] = '#'
+  for i = math.max(#done - MAX_DONE + 1, 1), #done do
+    local d = done[i]
+    parts[#parts + 1] = string.format('%s %s %s', n(d.id), n(d.code), n(d.forget))
+    keep = math.max(keep, d.forget - now)
+  end
+  redis.call('SET', state, table.concat(parts, '|'), 'PX', math.max(math.floor(keep / 1000), 0) + 1000)
+  save_budget(keep)
+end
+
+local function units_of(b) return b.count * unit end
+
+-- The queued promises in booking order, without booking `except`.
+local function schedule(except)
+  local promises = {}
+  for _, b in ipairs(live) do
+    if b.state == 'q' and b.id ~= except then
+      promises[#promises + 1] = {slot = b.slot, units = units_of(b), count = b.count}
+    end
+  end
+  return promises
+end
+
+local function held_units()
+  local total = 0
+  for _, b in ipairs(live) do
+    if b.state == 'h' then total = total + units_of(b) end
+  end
+  return total
+end
+
+local function find(id)
+  for i, b in ipairs(live) do
+    if b.id == id then return i, b end
+  end
+end
+
+local function finish(i, code)
+  local b = table.remove(live, i)
+  if b.holder == 'c' then
+    done[#done + 1] = {id = b.id, code = code, forget = b.expires + ttl}
+  end
+  dirty = true
+  return b
+end
+
+-- No sooner than `recheck` when held tokens stand in the way.
+local function hint(units, wait)
+  local escrow = held_units()
+  if wait > 0 and escrow > 0 and units > capacity - escrow then
+    return math.max(wait, recheck)
+  end
+  return wait
+end
+
+-- Bookings due by `when`, in (time, id) order.
+local function due(when)
+  local found = {}
+  for _, b in ipairs(live) do
+    local t = when(b)
+    if t and t <= now then found[#found + 1] = {t, b.id} end
+  end
+  table.sort(found, function(x, y)
+    if x[1] ~= y[1] then return x[1] < y[1] end
+    return x[2] < y[2]
+  end)
+  return found
+end
+
+-- Expiries, lapses, then funding in booking order while the budget has the tokens.
+local function refresh()
+  for _, d in ipairs(due(function(b) if b.expires ~= 0 then return b.expires end end)) do
+    local i, b = find(d[2])
+    finish(i, EXPIRED)
+    if b.state == 'h' then release(units_of(b)) end
+  end
+  for _, d in ipairs(due(function(b) if b.state == 'h' and b.lapses ~= 0 then return b.lapses end end)) do
+    local _, b = find(d[2])
+    b.state = 'l'
+    release(units_of(b))
+    dirty = true
+  end
+  for _, b in ipairs(live) do
+    if b.state == 'q' then
+      if b.slot > now or free() < units_of(b) then break end
+      hold(units_of(b))
+      b.state = 'h'
+      if b.holder == 'c' then
+        b.lapses = math.max(b.slot, now) + grace + 1
+      else
+        b.lapses = math.max(b.slot, now) + WAITER_LAPSE
+      end
+      dirty = true
+    end
+  end
+end
+
+local function queued_ahead(id)
+  local tokens = 0
+  for _, b in ipairs(live) do
+    if b.id == id then break end
+    if b.state == 'q' then tokens = tokens + b.count end
+  end
+  return tokens
+end
+
+local function next_expiry()
+  local soonest
+  for _, b in ipairs(live) do
+    if b.expires ~= 0 and (soonest == nil or b.expires < soonest) then soonest = b.expires end
+  end
+  return soonest
+end
+
+-- Past its slot: until the budget has the tokens queued up to and including `b`, if the
+-- escrow leaves room for them; else until the first reservation expires, or `recheck`.
+local function wait_past_slot(b)
+  local units = (queued_ahead(b.id) + b.count) * unit
+  if units <= capacity - held_units() then
+    local w = wait_for(units)
+    if w > 0 then return w end
+  end
+  local soonest = next_expiry()
+  if soonest == nil then return recheck end
+  return math.max(soonest - now, 1)
+end
+
+local function wait_for_turn(b)
+  local units = units_of(b)
+  local early = hint(units, chance(schedule(b.id), units))
+  if early == 0 or b.slot > now then
+    return math.min(early, math.max(b.slot - now, 1))
+  end
+  return math.min(early, wait_past_slot(b))
+end
+
+local function answer(allowed, code, wait)
+  return {allowed, code, wait, math.max(free() - reserved(schedule(nil)), 0), now}
+end
+
+local function execute(i, b)
+  local units = units_of(b)
+  if b.state == 'q' then
+    local wait = wait_for_turn(b)
+    if wait > 0 then return answer(0, NOT_READY, wait) end
+    hold(units)
+  elseif b.state == 'l' then
+    local wait = hint(units, chance(schedule(nil), units))
+    if wait > 0 then return answer(0, NOT_READY, wait) end
+    hold(units)
+  end
+  finish(i, ALREADY)
+  consume(units)
+  return answer(1, ADMITTED, 0)
+end
+
+refresh()
+local count = tonumber(ARGV[5])
+local result
+
+if op == 'peek' then
+  result = answer(1, ADMITTED, 0)
+elseif op == 'owe' then
+  owe_for(tonumber(ARGV[6]))
+  result = answer(1, ADMITTED, 0)
+elseif op == 'take' then
+  local units = count * unit
+  local wait = 0
+  if units <= capacity then wait = chance(schedule(nil), units) end
+  if units > capacity then
+    result = answer(0, EXCEEDS, 0)
+  elseif wait > 0 then
+    result = answer(0, RATE_LIMITED, hint(units, wait))
+  else
+    take_units(units)
+    result = answer(1, ADMITTED, 0)
+  end
+elseif op == 'book' then
+  local units = count * unit
+  local slot = 0
+  if units <= capacity then slot = slot_for(schedule(nil), units) end
+  if units > capacity then
+    result = answer(0, EXCEEDS, 0)
+  elseif slot - now > tonumber(ARGV[6]) then
+    result = answer(0, MAX_WAIT, slot - now)
+  elseif #live >= MAX_LIVE then
+    result = answer(0, TOO_MANY, slot - now)
+  else
+    seq = seq + 1
+    dirty = true
+    local holder = ARGV[12]
+    local expires = 0
+    if holder == 'c' then expires = slot + ttl end
+    local b = {id = seq, count = count, slot = slot, expires = expires, holder = holder,
+      state = 'q', lapses = 0}
+    live[#live + 1] = b
+    refresh()
+    if holder == 'w' and b.state == 'h' and slot == now then
+      -- A turn funded at once is its waiter's admission.
+      local i = find(b.id)
+      finish(i, ALREADY)
+      consume(units)
+      result = answer(1, ADMITTED, 0)
+    else
+      result = answer(1, ADMITTED, slot - now)
+      result[6], result[7], result[8] = b.id, slot, expires
+    end
+  end
+elseif op == 'execute' or op == 'cancel' then
+  local id = tonumber(ARGV[8])
+  local i, b = find(id)
+  if b == nil then
+    local code = UNKNOWN
+    for _, d in ipairs(done) do
+      if d.id == id then code = d.code end
+    end
+    if op == 'cancel' then code = UNKNOWN end
+    result = answer(0, code, 0)
+  elseif op == 'execute' then
+    result = execute(i, b)
+  else
+    finish(i, CANCELLED)
+    if b.state == 'h' then release(units_of(b)) end
+    refresh()
+    result = answer(1, ADMITTED, 0)
+  end
+end
+if dirty then save() end
+return result

@@ -1,0 +1,33 @@
+-- One budget and its book of promises, decided atomically in the server: the core's
+-- admission model (`model/mod.rs`) step by step, in the same integer units. A script is this
+-- prelude, a budget (`bucket.lua` or `window.lua`: the model's `Budget`) and `book.lua`
+-- (the bookings and the operations), put together by `budget.rs`.
+--
+-- KEYS[1]: the budget's state and book, one string (see book.lua); the window adds
+-- KEYS[2], its log. ARGV: 1 op, 2-4 the quota (the budget's), 5 count, 6 arg, 7 now (""
+-- reads the server's TIME; a number is a test's manual clock), 8 id, 9 ttl, 10 grace,
+-- 11 recheck (microseconds), 12 holder (c: a caller's reservation, w: a waiter's turn).
+-- Every quantity stays an exact integer below 2^53, where Lua's doubles are exact.
+
+local op = ARGV[1]
+local Q1, Q2, Q3 = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local ttl = tonumber(ARGV[9])
+local grace = tonumber(ARGV[10])
+local recheck = tonumber(ARGV[11])
+
+local now
+if ARGV[7] == '' then
+  local time = redis.call('TIME')
+  now = tonumber(time[1]) * 1000000 + tonumber(time[2])
+else
+  now = tonumber(ARGV[7])
+end
+
+local function n(x)
+  return string.format('%.0f', x)
+end
+
+-- Units in escrow: the held bookings' (the book counts them as it loads).
+local held = 0
+-- Whether anything changed that must be written back.
+local dirty = false
