@@ -12,6 +12,7 @@
 //! again. A process forked after the budget was made makes its own connections (the
 //! parent's, and its runtime's threads, are not the child's to use).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -244,14 +245,28 @@ impl RedisBudget {
         }
     }
 
-    /// Decides every `(key, count)` in one round trip, each as [`RedisBudget::try_acquire`].
+    /// Decides every `(key, count)` in one round trip, each as [`RedisBudget::try_acquire`]
+    /// in the order given: one script call per budget (every request with `scope="global"`),
+    /// taking that budget's requests in order.
     pub fn try_acquire_many(&self, requests: &[(&str, u64)]) -> Result<Vec<Decision>> {
-        let mut calls = Vec::with_capacity(requests.len());
+        // The requests of each budget, in order.
+        let mut budgets: Vec<(&str, Vec<usize>)> = Vec::new();
+        let mut found: HashMap<Vec<u8>, usize> = HashMap::new();
+        for (i, &(key, _)) in requests.iter().enumerate() {
+            let at = *found.entry(self.layout.name("", key)).or_insert_with(|| {
+                budgets.push((key, Vec::new()));
+                budgets.len() - 1
+            });
+            budgets[at].1.push(i);
+        }
+        let mut calls = Vec::with_capacity(budgets.len());
         let mut token = 0;
-        for &(key, count) in requests {
-            let (call, price) = self.call("take", key, count, 0)?;
+        for (key, members) in &budgets {
+            let (mut call, unit) = self.call("takes", key, 0, 0)?;
+            let counts: Vec<String> = members.iter().map(|&i| requests[i].1.to_string()).collect();
+            call.args[4] = counts.join(",").into_bytes();
             calls.push(call);
-            token = price;
+            token = unit;
         }
         let pipeline = {
             let mut pipe = redis::pipe();
@@ -273,7 +288,16 @@ impl RedisBudget {
                 }
                 other => other,
             })?;
-        replies.iter().map(|reply| decision(reply, token)).collect()
+        let mut decisions = vec![None; requests.len()];
+        for ((_, members), reply) in budgets.iter().zip(&replies) {
+            if reply.len() != members.len() * 5 {
+                return Err(malformed(reply.first()));
+            }
+            for (&i, answer) in members.iter().zip(reply.chunks(5)) {
+                decisions[i] = Some(decision(answer, token)?);
+            }
+        }
+        Ok(decisions.into_iter().flatten().collect())
     }
 
     /// Books a waiting caller's turn: `count` tokens at the first slot after every earlier

@@ -19,9 +19,11 @@ use ratelimit_core::model::{Answer, Budget, Model, Op, SlidingWindow, State, Tok
 use ratelimit_core::{Algorithm, Decision, ManualClock, Refusal};
 use ratelimit_redis::{Booked, RedisBudget, Reserved, Rule, Turn};
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 enum Step {
     Take(u64),
+    /// `try_acquire_many` of these counts: the model takes them one after another.
+    Takes(Vec<u64>),
     /// A caller's reservation (`waiter` false) or a waiting caller's turn, with a bound in
     /// microseconds.
     Book {
@@ -40,6 +42,7 @@ fn steps(burst: u64) -> impl Strategy<Value = Vec<Step>> {
     prop::collection::vec(
         prop_oneof![
             4 => (1..=burst + 1).prop_map(Step::Take),
+            1 => prop::collection::vec(1..=burst + 1, 1..6).prop_map(Step::Takes),
             4 => (
                 1..=burst + 1,
                 prop::sample::select(vec![0u64, 100_000, 1_000_000, 1 << 40]),
@@ -111,7 +114,7 @@ fn against<B: Budget>(
     let mut given: Vec<(Given, u64)> = Vec::new();
     for (i, step) in steps.iter().enumerate() {
         let context = || format!("step {i} {step:?} at {now} us; steps {steps:?}");
-        match *step {
+        match step.clone() {
             Step::Advance(by) => {
                 now += by;
                 clock.set(now * 1_000);
@@ -120,6 +123,14 @@ fn against<B: Budget>(
                 let expected = model.apply(now, &Op::Take { count });
                 let got = answer(&budget.try_acquire("k", count).unwrap());
                 prop_assert_eq!(got, expected, "{}", context());
+            }
+            Step::Takes(counts) => {
+                let requests: Vec<(&str, u64)> = counts.iter().map(|&c| ("k", c)).collect();
+                let got = budget.try_acquire_many(&requests).unwrap();
+                for (count, decision) in counts.iter().zip(&got) {
+                    let expected = model.apply(now, &Op::Take { count: *count });
+                    prop_assert_eq!(answer(decision), expected, "{}", context());
+                }
             }
             Step::Book {
                 count,

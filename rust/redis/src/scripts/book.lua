@@ -5,7 +5,7 @@
 -- LAPSES 0: none), and the outcome of finished reservations as "ID CODE FORGET" until
 -- FORGET (a ttl after they expired; the last 1,000 at most).
 --
--- Ops: take (count tokens now, if every promise is still met), book (a promise of count
+-- Ops: take (count tokens now, if every promise is still met), takes (many, in order), book (a promise of count
 -- tokens at the first slot after every other, if at most arg microseconds away; a waiter's
 -- turn funded at once is admitted), execute (booking id, once its tokens are there), cancel
 -- (booking id), owe (a back-off of arg microseconds), peek. Answers {allowed, code, wait,
@@ -25,7 +25,14 @@ local seq = 0
 local live, done = {}, {}
 local saved = redis.call('GET', state)
 local header
+local quiet_header, quiet_seq
 if saved then
+  -- Most budgets have nothing booked: "BUDGET|SEQ|#".
+  quiet_header, quiet_seq = string.match(saved, '^([^|]*)|(%d+)|#$')
+end
+if quiet_header then
+  header, seq = quiet_header, tonumber(quiet_seq)
+elseif saved then
   local parts = {}
   for part in string.gmatch(saved, '[^|]+') do parts[#parts + 1] = part end
   header, seq = parts[1], tonumber(parts[2])
@@ -52,6 +59,12 @@ end
 load_budget(header)
 
 local function save()
+  if #live == 0 and #done == 0 then
+    local keep = math.max(math.floor(budget_keep() / 1000), 0) + 1000
+    redis.call('SET', state, budget_header() .. '|' .. n(seq) .. '|#', 'PX', keep)
+    save_budget(budget_keep())
+    return
+  end
   local parts = {budget_header(), n(seq)}
   local keep = budget_keep()
   for _, b in ipairs(live) do
@@ -73,8 +86,11 @@ end
 
 local function units_of(b) return b.count * unit end
 
+local NONE = {}
+
 -- The queued promises in booking order, without booking `except`.
 local function schedule(except)
+  if #live == 0 then return NONE end
   local promises = {}
   for _, b in ipairs(live) do
     if b.state == 'q' and b.id ~= except then
@@ -109,6 +125,7 @@ end
 
 -- No sooner than `recheck` when held tokens stand in the way.
 local function hint(units, wait)
+  if held == 0 then return wait end
   local escrow = held_units()
   if wait > 0 and escrow > 0 and units > capacity - escrow then
     return math.max(wait, recheck)
@@ -132,6 +149,7 @@ end
 
 -- Expiries, lapses, then funding in booking order while the budget has the tokens.
 local function refresh()
+  if #live == 0 then return end
   for _, d in ipairs(due(function(b) if b.expires ~= 0 then return b.expires end end)) do
     local i, b = find(d[2])
     finish(i, EXPIRED)
@@ -198,7 +216,9 @@ local function wait_for_turn(b)
 end
 
 local function answer(allowed, code, wait)
-  return {allowed, code, wait, math.max(free() - reserved(schedule(nil)), 0), now}
+  local spare = free()
+  if #live > 0 then spare = spare - reserved(schedule(nil)) end
+  return {allowed, code, wait, math.max(spare, 0), now}
 end
 
 local function execute(i, b)
@@ -217,6 +237,15 @@ local function execute(i, b)
   return answer(1, ADMITTED, 0)
 end
 
+local function take(count)
+  local units = count * unit
+  if units > capacity then return answer(0, EXCEEDS, 0) end
+  local wait = chance(schedule(nil), units)
+  if wait > 0 then return answer(0, RATE_LIMITED, hint(units, wait)) end
+  take_units(units)
+  return answer(1, ADMITTED, 0)
+end
+
 refresh()
 local count = tonumber(ARGV[5])
 local result
@@ -227,16 +256,12 @@ elseif op == 'owe' then
   owe_for(tonumber(ARGV[6]))
   result = answer(1, ADMITTED, 0)
 elseif op == 'take' then
-  local units = count * unit
-  local wait = 0
-  if units <= capacity then wait = chance(schedule(nil), units) end
-  if units > capacity then
-    result = answer(0, EXCEEDS, 0)
-  elseif wait > 0 then
-    result = answer(0, RATE_LIMITED, hint(units, wait))
-  else
-    take_units(units)
-    result = answer(1, ADMITTED, 0)
+  result = take(count)
+elseif op == 'takes' then
+  -- Many takes in order (ARGV[5]: their counts, "c1,c2,..."): their answers, flattened.
+  result = {}
+  for each in string.gmatch(ARGV[5], '%d+') do
+    for _, x in ipairs(take(tonumber(each))) do result[#result + 1] = x end
   end
 elseif op == 'book' then
   local units = count * unit
