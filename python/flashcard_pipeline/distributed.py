@@ -479,14 +479,14 @@ class _RedisRateLimiter(DistributedRateLimiter):
         )
 
 
-async def _awaited(start: Any, *args: Any) -> object:
-    """Runs a ``RedisEngine.*_async`` call and awaits what it answers (a value, or the
-    exception the call raised, returned rather than raised)."""
+def _awaited(start: Any, *args: Any) -> asyncio.Future[object]:
+    """Starts a ``RedisEngine.*_async`` call; the future it returns gets what the call
+    answers (a value, or the exception it raised, as the result)."""
     loop = asyncio.get_running_loop()
     answers = _answers.get(loop)
     if answers is None:
         answers = _answers[loop] = _LoopAnswers(loop)
-    return await answers.ask(loop, start, args)
+    return answers.ask(start, args)
 
 
 class _LoopAnswers:
@@ -495,20 +495,22 @@ class _LoopAnswers:
     answer came (many per wake-up when busy). Nothing is called on the I/O thread."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
         self.completions = Completions()
         self.waiting: dict[int, asyncio.Future[object]] = {}
         self.ids = itertools.count()
         loop.add_reader(self.completions.fileno(), self.resolve)
 
-    async def ask(self, loop: asyncio.AbstractEventLoop, start: Any, args: tuple[Any, ...]) -> object:
+    def ask(self, start: Any, args: tuple[Any, ...]) -> asyncio.Future[object]:
         id = next(self.ids)
-        future: asyncio.Future[object] = loop.create_future()
+        future: asyncio.Future[object] = self.loop.create_future()
         self.waiting[id] = future
         try:
             start(*args, self.completions, id)
-            return await future
-        finally:
-            self.waiting.pop(id, None)
+        except BaseException:
+            del self.waiting[id]
+            raise
+        return future
 
     def resolve(self) -> None:
         for id, answer in self.completions.drain():
