@@ -305,7 +305,7 @@ class _RedisRateLimiter(DistributedRateLimiter):
         try:
             self._redis.give_back(turn)
         except (ConnectionError, PermissionError):
-            pass  # a turn never executed lapses by itself; a charged one stays spent
+            pass  # a turn never executed lapses by itself
 
     def _now(self) -> float:
         return time.monotonic() if self._clock is None else self._clock.monotonic()

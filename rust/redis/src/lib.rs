@@ -1,9 +1,10 @@
 //! One `ratelimit-core` budget shared by processes and hosts through Redis or Valkey.
 //!
-//! Every decision is one atomic script in the server (`bucket.lua`) that reads the server's
-//! clock, so the clients' clocks never matter; it applies the in-memory limiter's token
-//! bucket rule in the same integer units, and `tests/model.rs` checks it against the core's
-//! pure transitions. Key layout: [`layout`]. Connection and failure handling: [`budget`].
+//! Every decision is one atomic script in the server (`scripts/`) that reads the server's
+//! clock, so the clients' clocks never matter; it applies the core's admission model (the
+//! token bucket or the sliding window, and the book of promises) in the same integer units,
+//! and `tests/book_model.rs` checks it against the model's pure transitions. Key layout:
+//! [`layout`]. Connection and failure handling: [`budget`].
 
 pub mod budget;
 pub mod layout;

@@ -1,7 +1,7 @@
 //! A quota in the scripts' integer units: for the token bucket, a token costs `token`
 //! units, a microsecond refills `tick` units and the bucket holds `capacity` units
-//! (`bucket.lua`); for the sliding window, `limit` tokens in `window` microseconds
-//! (`window.lua`).
+//! (`scripts/bucket.lua`); for the sliding window, `limit` tokens in `window` microseconds
+//! (`scripts/window.lua`).
 
 use ratelimit_core::{Algorithm, Error, Quota, Result};
 
