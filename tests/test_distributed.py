@@ -495,3 +495,14 @@ def test_a_sliding_window_keeps_reservations_too(make: Any, clock: ManualClock) 
     assert limiter.execute_reservation(reservation.id)
     assert limiter.try_acquire("u")
     assert not limiter.try_acquire("u")
+
+
+@pytest.mark.asyncio
+async def test_every_backend_offers_the_same_calls(make: Any) -> None:
+    limiter = make(10, 1.0, burst_size=3, scope="key")
+    assert (await limiter.try_acquire_async("a", 2)).allowed
+    results = limiter.try_acquire_many([("a", 1), ("a", 1), ("b", 3)])
+    assert [r.reason for r in results] == [None, "rate_limited", None]
+    limiter.on_rate_limit(retry_after=1.0, key="b")
+    assert limiter.peek("b") <= 0 and limiter.peek("a") == 0
+    assert limiter.try_acquire("c")  # another key's budget is untouched

@@ -5,8 +5,9 @@
 ``backend="redis"`` keeps the budget in Redis or Valkey: every decision is one atomic
 script in the server, on the server's clock, so all processes draw on one budget whatever
 their clocks say. The client is the Rust extension's: every round trip runs with the GIL
-released, threads share one connection, and ``try_acquire_async`` / ``acquire`` in a task
-await the answer without blocking the event loop.
+released, each thread on a connection of its own, and ``try_acquire_async`` / ``acquire``
+in a task await the answer (over one shared connection) without blocking the event loop.
+Both backends offer the same methods.
 
 A call the server does not answer within ``timeout`` seconds follows ``on_backend_error``:
 ``"fail_closed"`` (the default) refuses with reason ``backend_unavailable`` and a
@@ -60,8 +61,9 @@ class DistributedRateLimiter(ShardedRateLimiter):
 
     Args:
         rate, period, burst_size, algorithm, scope, **options: as for
-            :class:`ShardedRateLimiter`. On Redis, of the options: ``max_wait`` and ``clock``
-            (a sliding window there counts at most 100,000 tokens).
+            :class:`ShardedRateLimiter`. On Redis, of the options: ``max_wait``, ``clock``,
+            ``reservation_ttl`` and ``reservation_grace`` (a sliding window there counts at
+            most 100,000 tokens).
         namespace: Names the budget: 1 to 64 letters, digits, ``_``, ``.`` or ``-``.
             Reservations' keys carry it (``"ns:user_1"``).
         backend: ``"memory"`` or ``"redis"``.
@@ -104,6 +106,14 @@ class DistributedRateLimiter(ShardedRateLimiter):
     def try_acquire(self, key: str = "default", count: int = 1) -> RateLimitResult:
         return super().try_acquire(self._key(key), count)
 
+    async def try_acquire_async(self, key: str = "default", count: int = 1) -> RateLimitResult:
+        """``try_acquire`` for a task (in memory it never waits)."""
+        return self.try_acquire(key, count)
+
+    def try_acquire_many(self, requests: Sequence[tuple[str, int]]) -> list[RateLimitResult]:
+        """Decides every ``(key, count)`` in order, each as ``try_acquire``."""
+        return [self.try_acquire(key, count) for key, count in requests]
+
     def acquire(
         self, key: str = "default", count: int = 1, max_wait: float | None = None
     ) -> RateLimitResult:
@@ -122,6 +132,18 @@ class DistributedRateLimiter(ShardedRateLimiter):
 
     def back_off(self, seconds: float, key: str = "default") -> _Done:
         return super().back_off(seconds, self._key(key))
+
+    def on_rate_limit(
+        self,
+        retry_after: float | None = None,
+        key: str = "default",
+        *,
+        decrease: float = 0.5,
+        min_rate: float | None = None,
+    ) -> _Done:
+        return super().on_rate_limit(
+            retry_after, self._key(key), decrease=decrease, min_rate=min_rate
+        )
 
     def get_status(self) -> dict[str, Any]:
         return super().get_status() | {
