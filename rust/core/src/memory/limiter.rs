@@ -341,7 +341,7 @@ impl<B: Budget> Limiter<B> {
     /// counts in the hot-key sketch, and a look at demand runs if one is due.
     #[inline(never)]
     fn adapt<T>(&self, mut decided: (Decision, T), hash: u64, count: u64) -> (Decision, T) {
-        if hot::draw() % hot::SAMPLE_EVERY == 0 {
+        if hot::draw().is_multiple_of(hot::SAMPLE_EVERY) {
             self.budget.observe(hash, count);
             decided.0.sampled = true;
         }
