@@ -261,10 +261,8 @@ class _RedisRateLimiter(DistributedRateLimiter):
         return _Waiting.of(self._turn_async(key, count, bound))
 
     def _bound(self, max_wait: float | None) -> float | None:
-        bound = self._max_wait if max_wait is None else max_wait
-        if bound is not None and not bound >= 0:
-            raise ValueError(f"max_wait: must be None or a number of seconds >= 0, got {bound}")
-        return bound
+        """The call's wait bound, else the limiter's (the engine checks it)."""
+        return self._max_wait if max_wait is None else max_wait
 
     def _turn(self, key: str, count: int, bound: float | None) -> Steps[RateLimitResult]:
         try:
@@ -357,7 +355,8 @@ class _RedisRateLimiter(DistributedRateLimiter):
 
     def back_off(self, seconds: float, key: str = "default") -> _Done:
         """Nothing is admitted from the budget for ``seconds`` (every process), then it
-        refills from empty. Turns booked before it keep their slots."""
+        refills from empty. Reservations and turns keep their place in line and are funded
+        once the budget has their tokens again."""
         self._redis.back_off(seconds, key)
         return DONE
 

@@ -295,16 +295,11 @@ impl RateLimiter {
     /// whatever happens ahead of it.
     pub fn execute_turn(&self, id: &str, max_wait: f64) -> Result<Decision> {
         let decision = self.execute_reservation(id)?;
-        Ok(match decision.retry_after {
-            Some(wait) if decision.reason == Some(Refusal::NotReady) && wait > max_wait => {
-                self.cancel_reservation(id)?;
-                Decision {
-                    reason: Some(Refusal::MaxWaitExceeded),
-                    ..decision
-                }
-            }
-            _ => decision,
-        })
+        if decision.not_ready_past(max_wait) {
+            self.cancel_reservation(id)?;
+            return Ok(decision.past_max_wait());
+        }
+        Ok(decision)
     }
 
     /// How evenly the shards have served requests, each for its share (see [`Balance`]).

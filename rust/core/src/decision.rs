@@ -68,6 +68,20 @@ pub struct Decision {
 }
 
 impl Decision {
+    /// A waiter's turn not ready whose next chance is more than `max_wait` seconds away:
+    /// the waiter gives it up, and is answered [`Decision::past_max_wait`].
+    pub fn not_ready_past(&self, max_wait: f64) -> bool {
+        self.reason == Some(Refusal::NotReady) && self.retry_after.is_some_and(|w| w > max_wait)
+    }
+
+    /// This refusal as `max_wait_exceeded`, with the same wait.
+    pub fn past_max_wait(self) -> Decision {
+        Decision {
+            reason: Some(Refusal::MaxWaitExceeded),
+            ..self
+        }
+    }
+
     /// Tokens a `try_acquire` could take right after this decision.
     pub fn remaining(&self) -> Option<f64> {
         self.remaining_units

@@ -14,7 +14,9 @@ use parking_lot::Mutex;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::PyList;
-use ratelimit_core::{Algorithm, Clock, Decision, ManualClock, Quota, ReservationPolicy, Scope};
+use ratelimit_core::{
+    validate_max_wait, Algorithm, Clock, Decision, ManualClock, Quota, ReservationPolicy, Scope,
+};
 use ratelimit_redis::{Booked, Layout, Options, RedisBudget, Reserved, Turn};
 
 use crate::args::{
@@ -72,16 +74,9 @@ fn seconds(argument: &str, value: f64) -> Result<Duration> {
     })
 }
 
-/// `max_wait` in seconds; `None` is any wait.
+/// `max_wait` in seconds, checked; `None` is any wait.
 fn wait_bound(max_wait: Option<MaxWait>) -> Result<f64> {
-    let bound = max_wait.map_or(f64::INFINITY, |w| w.0);
-    if bound.is_nan() || bound < 0.0 {
-        return Err(PyValueError::new_err(format!(
-            "max_wait: must be None or a number of seconds >= 0, got {bound}"
-        ))
-        .into());
-    }
-    Ok(bound)
+    Ok(validate_max_wait(max_wait.map(|w| w.0))?)
 }
 
 fn into_py(py: Python<'_>, booked: Booked) -> Result<Bound<'_, PyAny>> {

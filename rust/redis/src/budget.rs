@@ -238,7 +238,7 @@ impl RedisBudget {
         done: impl FnOnce(Result<Decision>) + Send + 'static,
     ) {
         match self.call("take", key, count, 0) {
-            Ok((call, token)) => self.spawn(call, move |reply| {
+            Ok((call, token)) => self.spawn_call(call, move |reply| {
                 done(reply.and_then(|reply| decision(&reply, token)))
             }),
             Err(error) => done(Err(error)),
@@ -319,7 +319,7 @@ impl RedisBudget {
         match self.turn_call(key, count, max_wait) {
             Ok((call, unit)) => {
                 let key = key.to_owned();
-                self.spawn(call, move |reply| {
+                self.spawn_call(call, move |reply| {
                     done(reply.and_then(|reply| booked(&reply, key, unit)))
                 })
             }
@@ -337,16 +337,11 @@ impl RedisBudget {
     pub fn execute_turn(&self, turn: &Turn, max_wait: f64) -> Result<Decision> {
         let (call, unit) = self.call_on("execute", &turn.key, 1, 0, turn.id, "w")?;
         let decision = self.run(call).and_then(|reply| decision(&reply, unit))?;
-        Ok(match decision.retry_after {
-            Some(wait) if decision.reason == Some(Refusal::NotReady) && wait > max_wait => {
-                self.give_back(turn)?;
-                Decision {
-                    reason: Some(Refusal::MaxWaitExceeded),
-                    ..decision
-                }
-            }
-            _ => decision,
-        })
+        if decision.not_ready_past(max_wait) {
+            self.give_back(turn)?;
+            return Ok(decision.past_max_wait());
+        }
+        Ok(decision)
     }
 
     /// [`RedisBudget::execute_turn`] on the connection's runtime; `done` gets the answer
@@ -367,41 +362,26 @@ impl RedisBudget {
             Ok(calls) => calls,
             Err(error) => return done(Err(error)),
         };
-        let connection = match self.connection() {
-            Ok(connection) => connection,
-            Err(error) => return done(Err(error)),
-        };
-        let mut manager = connection.manager.clone();
-        let timeout = self.timeout;
-        let health = Arc::clone(&self.health);
-        connection.runtime.spawn(async move {
-            let started = Instant::now();
-            let answer =
-                tokio::time::timeout(timeout, invocation(&execute).invoke_async(&mut manager))
-                    .await;
-            let (answer, now) = settle(answer.ok(), timeout, started);
-            *health.lock() = now;
-            let decided = answer.and_then(|reply: Vec<Value>| decision(&reply, unit));
-            match decided {
-                Ok(decision)
-                    if decision.reason == Some(Refusal::NotReady)
-                        && decision.retry_after.is_some_and(|wait| wait > max_wait) =>
-                {
-                    let cancelled = tokio::time::timeout(
-                        timeout,
-                        invocation(&cancel).invoke_async::<Vec<Value>>(&mut manager),
-                    )
-                    .await;
-                    match cancelled {
-                        Ok(Ok(_)) => done(Ok(Decision {
-                            reason: Some(Refusal::MaxWaitExceeded),
-                            ..decision
-                        })),
-                        other => done(Err(settle(other.ok(), timeout, started).0.unwrap_err())),
-                    }
-                }
-                other => done(other),
+        // Both round trips within one timeout.
+        let work = move |mut manager: ConnectionManager| async move {
+            let reply: Vec<Value> = invocation(&execute).invoke_async(&mut manager).await?;
+            let late = decision(&reply, unit).is_ok_and(|d| d.not_ready_past(max_wait));
+            if late {
+                invocation(&cancel)
+                    .invoke_async::<Vec<Value>>(&mut manager)
+                    .await?;
             }
+            Ok((reply, late))
+        };
+        self.spawn(work, move |answer| {
+            done(answer.and_then(|(reply, late)| {
+                let decision = decision(&reply, unit)?;
+                Ok(if late {
+                    decision.past_max_wait()
+                } else {
+                    decision
+                })
+            }))
         });
     }
 
@@ -581,18 +561,32 @@ impl RedisBudget {
     }
 
     /// Runs `call` as a task on the connection's runtime; `done` gets the answer there.
-    fn spawn(&self, call: Call, done: impl FnOnce(Result<Vec<Value>>) + Send + 'static) {
+    fn spawn_call(&self, call: Call, done: impl FnOnce(Result<Vec<Value>>) + Send + 'static) {
+        let work = move |mut manager: ConnectionManager| async move {
+            invocation(&call).invoke_async(&mut manager).await
+        };
+        self.spawn(work, done);
+    }
+
+    /// Runs `work` over the multiplexed connection as a task on its runtime, within the
+    /// timeout; records how it went; `done` gets the answer there.
+    fn spawn<T, Work>(
+        &self,
+        work: impl FnOnce(ConnectionManager) -> Work + Send + 'static,
+        done: impl FnOnce(Result<T>) + Send + 'static,
+    ) where
+        Work: std::future::Future<Output = redis::RedisResult<T>> + Send,
+    {
         let connection = match self.connection() {
             Ok(connection) => connection,
             Err(error) => return done(Err(error)),
         };
-        let mut manager = connection.manager.clone();
+        let manager = connection.manager.clone();
         let timeout = self.timeout;
         let health = Arc::clone(&self.health);
         connection.runtime.spawn(async move {
             let started = Instant::now();
-            let answer =
-                tokio::time::timeout(timeout, invocation(&call).invoke_async(&mut manager)).await;
+            let answer = tokio::time::timeout(timeout, work(manager)).await;
             let (answer, now) = settle(answer.ok(), timeout, started);
             *health.lock() = now;
             done(answer);
