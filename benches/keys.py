@@ -62,6 +62,7 @@ import limits.strategies
 import token_bucket
 
 from flashcard_pipeline.rate_limiter_v2 import ShardedRateLimiter
+from report import fmt_rate, section
 
 perf_counter = time.perf_counter
 
@@ -262,18 +263,6 @@ def contender_limits(label: str) -> Contender:
     return Contender(f"limits  {label} hit(item, key)", N_LIMITS, build, repeats=LIMITS_REPEATS)
 
 
-def fmt_rate(x: float) -> str:
-    if x >= 1e6:
-        return f"{x / 1e6:6.2f} M/s"
-    return f"{x / 1e3:6.1f} k/s"
-
-
-def section(title: str) -> None:
-    print()
-    print(title)
-    print("-" * len(title))
-
-
 def make_contenders(scope: str) -> list[Contender]:
     return [
         contender_loop(),
@@ -336,7 +325,7 @@ def report_throughput(scope: str, contenders: list[Contender]) -> None:
     print(f"{'contender':<42} {'calls/run':>10} " + " ".join(f"{h:>15}" for h in heads))
     for c in contenders:
         print(f"{c.name:<42} {c.calls:>10,} "
-              + " ".join(f"{fmt_rate(c.calls / c.best[n]):>15}" for n in KEY_COUNTS))
+              + " ".join(f"{fmt_rate(c.calls / c.best[n], 6):>15}" for n in KEY_COUNTS))
     print("(loop alone: the timed loop without a call, over the key objects every contender walks;")
     print(" scattered: over the warm-up's key objects in the same shuffled order instead, which costs")
     print(" a cache miss per call on the key object alone at 1,000,000 keys: no row above pays it.")
@@ -644,8 +633,8 @@ def flood_report() -> None:
     # background load; the median of those ratios is the verdict.
     shares = sorted(d / a for a, d in zip(alone, during))
     share = shares[len(shares) // 2]
-    print(f"known key alone, best of {FLOOD_ROUNDS} windows of {FLOOD_WINDOW} s:    {fmt_rate(max(alone))}")
-    print(f"known key during the flood, best of {FLOOD_ROUNDS}:        {fmt_rate(max(during))}"
+    print(f"known key alone, best of {FLOOD_ROUNDS} windows of {FLOOD_WINDOW} s:    {fmt_rate(max(alone), 6)}")
+    print(f"known key during the flood, best of {FLOOD_ROUNDS}:        {fmt_rate(max(during), 6)}"
           f"  (the flood sent {rate:,.0f} new keys/s, {refused:,} of {sent:,} refused too_many_keys)")
     print(f"during / alone, each flood window against the window before it: "
           f"{', '.join(f'{x * 100:.0f} %' for x in shares)}")

@@ -58,6 +58,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 from flashcard_pipeline.rate_limiter_v2 import DistributedRateLimiter
+from report import fmt_rate, section
 
 repeat = itertools.repeat
 perf_counter = time.perf_counter
@@ -418,18 +419,6 @@ def measure(bench: Bench, seconds: float) -> dict[str, dict[str, Figure]]:
                 figure.rates.append(decisions / elapsed)
                 figure.refused += decisions - admitted
     return figures
-
-
-def fmt_rate(x: float) -> str:
-    if x >= 1e6:
-        return f"{x / 1e6:.2f} M/s"
-    return f"{x / 1e3:.1f} k/s"
-
-
-def section(title: str) -> None:
-    print()
-    print(title)
-    print("-" * len(title))
 
 
 def best_peer(row: dict[str, Figure]) -> tuple[str, float]:

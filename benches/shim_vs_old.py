@@ -36,6 +36,7 @@ from collections.abc import Callable
 from old_rate_limiter import OldRateLimiter
 
 from flashcard_pipeline.rate_limiter import RateLimiter
+from report import section
 
 repeat = itertools.repeat
 perf_counter = time.perf_counter
@@ -209,12 +210,6 @@ def best_round_robin(plan: list[tuple[str, Callable[[int], float]]]) -> dict[str
         for name, run in order:
             best[name] = min(best[name], run(r))
     return best
-
-
-def section(title: str) -> None:
-    print()
-    print(title)
-    print("-" * len(title))
 
 
 # --------------------------------------------------------------------------------------------

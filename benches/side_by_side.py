@@ -41,6 +41,7 @@ import limits.strategies
 import token_bucket
 
 from flashcard_pipeline.rate_limiter_v2 import ShardedRateLimiter
+from report import fmt_rate, section
 
 repeat = itertools.repeat
 perf_counter = time.perf_counter
@@ -252,18 +253,6 @@ def best_rates(plan: list[tuple[str, Callable[[], Run], int]], repeats: int = RE
     return [n / b for (_, _, n), b in zip(plan, best, strict=True)]
 
 
-def fmt_rate(x: float) -> str:
-    if x >= 1e6:
-        return f"{x / 1e6:7.2f} M/s"
-    return f"{x / 1e3:7.1f} k/s"
-
-
-def section(title: str) -> None:
-    print()
-    print(title)
-    print("-" * len(title))
-
-
 # --------------------------------------------------------------------------------------------
 # 1-2. Throughput table and the targets
 # --------------------------------------------------------------------------------------------
@@ -326,7 +315,7 @@ def throughput() -> dict[str, float]:
             ratio = f"{ours_async_rate / row.calls_per_s:6.1f}x  (ours awaited)"
         note = f"   [{row.note}]" if row.note else ""
         print(
-            f"{row.name:<48} {fmt_rate(row.calls_per_s):>11} {1e9 / row.calls_per_s:8.0f}"
+            f"{row.name:<48} {fmt_rate(row.calls_per_s, 7):>11} {1e9 / row.calls_per_s:8.0f}"
             f"   {ratio}{note}"
         )
     print(f"(every figure includes the Python loop itself: an empty loop costs {loop_ns:.0f} ns/iter)")
@@ -340,14 +329,14 @@ def throughput() -> dict[str, float]:
     section("Performance targets (same run)")
     results = [
         ("sync try_acquire >= 5 M/s (stretch 8 M/s)", ours_sync_rate >= 5e6,
-         f"{fmt_rate(ours_sync_rate).strip()}"
+         f"{fmt_rate(ours_sync_rate, 7).strip()}"
          + ("  (stretch met)" if ours_sync_rate >= 8e6 else "  (stretch not met)")),
         ("awaited try_acquire >= 2 M/s", ours_async_rate >= 2e6,
-         fmt_rate(ours_async_rate).strip()),
+         fmt_rate(ours_async_rate, 7).strip()),
         (">= 10x limits (its fastest strategy here)", ours_sync_rate >= 10 * fastest_limits.calls_per_s,
          f"{ours_sync_rate / fastest_limits.calls_per_s:.1f}x vs {' '.join(fastest_limits.name.split())}"),
         (">= 2x token-bucket", ours_sync_rate >= 2 * tb_rate,
-         f"{ours_sync_rate / tb_rate:.1f}x ({fmt_rate(tb_rate).strip()})"),
+         f"{ours_sync_rate / tb_rate:.1f}x ({fmt_rate(tb_rate, 7).strip()})"),
     ]
     for label, ok, detail in results:
         print(f"  {'PASS' if ok else 'MISS'}  {label:<46} {detail}")
@@ -420,7 +409,7 @@ def threads_section() -> list[tuple[str, float, bool]]:
             refusals += r1 + r4
         rate1, rate4 = total / best1, total / best4
         verdicts.append((label, rate4 / rate1, refusals == 0 and extra_refused))
-        print(f"{label:<34} {fmt_rate(rate1):>11} {fmt_rate(rate4):>11} {rate4 / rate1:8.2f} "
+        print(f"{label:<34} {fmt_rate(rate1, 7):>11} {fmt_rate(rate4, 7):>11} {rate4 / rate1:8.2f} "
               f"{refusals:>9} {'refused' if extra_refused else 'ADMITTED':>10}")
     print("(refusals: summed over all repeats of the 1- and 4-thread runs; next call: one more")
     print(" try_acquire after the 4N calls, which must be refused since the budget was exactly 4N)")
