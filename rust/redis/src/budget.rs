@@ -169,11 +169,15 @@ impl RedisBudget {
             bucket: Arc::new(Script::new(concat!(
                 include_str!("scripts/prelude.lua"),
                 include_str!("scripts/bucket.lua"),
+                include_str!("scripts/quiet_take.lua"),
+                include_str!("scripts/bucket_promises.lua"),
                 include_str!("scripts/book.lua"),
             ))),
             window: Arc::new(Script::new(concat!(
                 include_str!("scripts/prelude.lua"),
                 include_str!("scripts/window.lua"),
+                include_str!("scripts/quiet_take.lua"),
+                include_str!("scripts/window_promises.lua"),
                 include_str!("scripts/book.lua"),
             ))),
             timeout: options.timeout,

@@ -1,5 +1,5 @@
 -- The book of bookings and the operations (model/book.rs, model/mod.rs), over the budget
--- defined before it. The state string is "BUDGET|SEQ|booking|...|#|done|...": the budget's
+-- defined before it, for whatever `quiet_take.lua` left. The state string is "BUDGET|SEQ|booking|...|#|done|...": the budget's
 -- part, the last booking's number, every live booking as "ID COUNT SLOT EXPIRES HOLDER
 -- STATE LAPSES" (EXPIRES 0: never, a waiter's turn; STATE q queued, h held, l lapsed;
 -- LAPSES 0: none), and the outcome of finished reservations as "ID CODE FORGET" until
@@ -19,23 +19,12 @@ local EXPIRED, CANCELLED, ALREADY, UNKNOWN, TOO_MANY = 5, 6, 7, 8, 9
 local MAX_LIVE, MAX_DONE = 10000, 1000
 -- A waiter's turn held this long without being executed lapses: its process is gone.
 local WAITER_LAPSE = 300000000
-local state = KEYS[1]
-
-local seq = 0
+local seq = tonumber(quiet_seq) or 0
 local live, done = {}, {}
-local saved = redis.call('GET', state)
-local header
-local quiet_header, quiet_seq
-if saved then
-  -- Most budgets have nothing booked: "BUDGET|SEQ|#".
-  quiet_header, quiet_seq = string.match(saved, '^([^|]*)|(%d+)|#$')
-end
-if quiet_header then
-  header, seq = quiet_header, tonumber(quiet_seq)
-elseif saved then
+if saved and not quiet_header then
   local parts = {}
   for part in string.gmatch(saved, '[^|]+') do parts[#parts + 1] = part end
-  header, seq = parts[1], tonumber(parts[2])
+  seq = tonumber(parts[2])
   local finished = false
   for i = 3, #parts do
     if parts[i] == '#' then
@@ -55,22 +44,7 @@ elseif saved then
       if f[6] == 'h' then held = held + tonumber(f[2]) * unit end
     end
   end
-end
-load_budget(header)
-
--- The common case first, before the book's machinery: a take from a budget with nothing
--- booked nor remembered (what the full path below answers too, at more cost).
-if op == 'take' and (saved == nil or quiet_header) then
-  local units = tonumber(ARGV[5]) * unit
-  if units > capacity then return {0, 2, 0, free(), now} end
-  local wait = chance({}, units)
-  if wait > 0 then return {0, 1, wait, free(), now} end
-  take_units(units)
-  local keep = budget_keep()
-  redis.call('SET', state, budget_header() .. '|' .. n(seq) .. '|#', 'PX',
-    math.max(math.floor(keep / 1000), 0) + 1000)
-  save_budget(keep)
-  return {1, 0, 0, free(), now}
+  load_budget(parts[1])
 end
 
 local function save()

@@ -1,7 +1,9 @@
 -- One budget and its book of promises, decided atomically in the server: the core's
--- admission model (`model/mod.rs`) step by step, in the same integer units. A script is this
--- prelude, a budget (`bucket.lua` or `window.lua`: the model's `Budget`) and `book.lua`
--- (the bookings and the operations), put together by `budget.rs`.
+-- admission model (`model/mod.rs`) step by step, in the same integer units. A script is,
+-- put together by `budget.rs`: this prelude; a budget's rule (`bucket.lua` or `window.lua`:
+-- the model's `Budget`); `quiet_take.lua` (a take when nothing is booked, answered there);
+-- the rule beside promises (`bucket_promises.lua` or `window_promises.lua`); `book.lua`
+-- (the bookings and the operations).
 --
 -- KEYS[1]: the budget's state and book, one string (see book.lua); the window adds
 -- KEYS[2], its log. ARGV: 1 op, 2-4 the quota (the budget's), 5 count, 6 arg, 7 now (""
