@@ -17,7 +17,7 @@ use pyo3::types::PyList;
 use ratelimit_core::{
     validate_max_wait, Algorithm, Clock, Decision, ManualClock, Quota, ReservationPolicy, Scope,
 };
-use ratelimit_redis::{Booked, Layout, Options, RedisBudget, Reserved, Turn};
+use ratelimit_redis::{after_answers, Booked, Layout, Options, RedisBudget, Reserved, Turn};
 
 use crate::args::{
     AlgorithmArg, BurstSize, ClockArg, Count, Key, MaxWait, Period, Rate, ReservationGrace,
@@ -132,12 +132,16 @@ struct Queue {
 }
 
 impl Queue {
-    fn push(&self, id: u64, answer: Answer) {
+    fn push(self: &Arc<Self>, id: u64, answer: Answer) {
         let mut answers = self.answers.lock();
         answers.push((id, answer));
         if answers.len() == 1 {
-            // Full means a wake-up is pending already.
-            let _ = (&self.wake).write(&[1]);
+            // The first answer since the loop last drained wakes it, once the I/O thread
+            // has handed over the other answers it holds (more than one went unwoken).
+            let queue = Arc::clone(self);
+            after_answers(move || {
+                let _ = (&queue.wake).write(&[1]);
+            });
         }
     }
 }

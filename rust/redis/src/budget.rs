@@ -13,6 +13,7 @@
 //! parent's, and its runtime's threads, are not the child's to use).
 
 use std::collections::HashMap;
+use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -93,11 +94,41 @@ pub struct Health {
     pub latency: f64,
 }
 
-#[derive(Debug)]
 struct Connection {
     pid: u32,
     runtime: Arc<Runtime>,
     manager: ConnectionManager,
+    /// Calls made since the I/O thread last took them: it is woken once for all of them.
+    submitted: Mutex<Vec<Submitted>>,
+}
+
+type Submitted = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+impl fmt::Debug for Connection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Connection")
+            .field("pid", &self.pid)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Connection {
+    /// Runs `call` on the I/O thread. A caller that finds calls already waiting there adds
+    /// its own to them instead of waking the thread again: 16 tasks on one event loop each
+    /// waking it cost more than the calls themselves.
+    fn submit(self: &Arc<Self>, call: Submitted) {
+        let mut submitted = self.submitted.lock();
+        submitted.push(call);
+        if submitted.len() == 1 {
+            drop(submitted);
+            let connection = Arc::clone(self);
+            self.runtime.spawn(async move {
+                for call in std::mem::take(&mut *connection.submitted.lock()) {
+                    tokio::spawn(call);
+                }
+            });
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -579,7 +610,7 @@ impl RedisBudget {
         work: impl FnOnce(ConnectionManager) -> Work + Send + 'static,
         done: impl FnOnce(Result<T>) + Send + 'static,
     ) where
-        Work: std::future::Future<Output = redis::RedisResult<T>> + Send,
+        Work: std::future::Future<Output = redis::RedisResult<T>> + Send + 'static,
     {
         let connection = match self.connection() {
             Ok(connection) => connection,
@@ -588,13 +619,13 @@ impl RedisBudget {
         let manager = connection.manager.clone();
         let timeout = self.timeout;
         let health = Arc::clone(&self.health);
-        connection.runtime.spawn(async move {
-            let started = Instant::now();
+        let started = Instant::now();
+        connection.submit(Box::pin(async move {
             let answer = tokio::time::timeout(timeout, work(manager)).await;
             let (answer, now) = settle(answer.ok(), timeout, started);
             *health.lock() = now;
             done(answer);
-        });
+        }));
     }
 
     /// Runs `work` on this thread over an idle connection of this process (a new one when
@@ -705,9 +736,22 @@ impl RedisBudget {
             pid,
             runtime: Arc::new(runtime),
             manager,
+            submitted: Mutex::new(Vec::new()),
         });
         *slot = Some(Arc::clone(&connection));
         Ok(connection)
+    }
+}
+
+/// Runs `wake` on the I/O thread once the answers it has in hand are handed over (at once
+/// anywhere else): whoever is woken per batch of answers is woken once for all of them.
+pub fn after_answers(wake: impl FnOnce() + Send + 'static) {
+    match tokio::runtime::Handle::try_current() {
+        Ok(io) => drop(io.spawn(async move {
+            tokio::task::yield_now().await;
+            wake();
+        })),
+        Err(_) => wake(),
     }
 }
 

@@ -10,6 +10,8 @@ pub mod budget;
 pub mod layout;
 pub mod price;
 
-pub use budget::{Booked, Health, Options, RedisBudget, Reservation, Reserved, Turn, MAX_BOOKINGS};
+pub use budget::{
+    after_answers, Booked, Health, Options, RedisBudget, Reservation, Reserved, Turn, MAX_BOOKINGS,
+};
 pub use layout::{Layout, MAX_NAMESPACE_LEN};
 pub use price::{Price, Rule, MAX_REDIS_WINDOW_LIMIT};
