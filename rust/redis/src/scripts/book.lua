@@ -14,6 +14,9 @@
 -- 3 max_wait_exceeded, 4 not_ready, 5 expired, 6 cancelled, 7 already_executed,
 -- 8 unknown_reservation, 9 too_many_reservations.
 
+local ttl = tonumber(ARGV[9])
+local grace = tonumber(ARGV[10])
+local recheck = tonumber(ARGV[11])
 local ADMITTED, RATE_LIMITED, EXCEEDS, MAX_WAIT, NOT_READY = 0, 1, 2, 3, 4
 local EXPIRED, CANCELLED, ALREADY, UNKNOWN, TOO_MANY = 5, 6, 7, 8, 9
 local MAX_LIVE, MAX_DONE = 10000, 1000

@@ -13,9 +13,6 @@
 
 local op = ARGV[1]
 local Q1, Q2, Q3 = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
-local ttl = tonumber(ARGV[9])
-local grace = tonumber(ARGV[10])
-local recheck = tonumber(ARGV[11])
 
 local now
 if ARGV[7] == '' then
