@@ -19,13 +19,13 @@ fn limiter(shards: usize) -> RateLimiter {
 /// Two key hashes whose candidate shards are disjoint, so that two threads using them
 /// never touch each other's shards.
 fn hashes_on_separate_shards(limiter: &RateLimiter) -> [u64; 2] {
-    let hash = |i: u32| limiter.hash_key(&format!("key-{i}")).unwrap();
+    let hash = |i: u32| limiter.key(&format!("key-{i}")).unwrap().hash();
     let a = hash(0);
-    let (a1, a2) = limiter.candidates(a);
+    let (a1, a2) = limiter.shard_views().unwrap().candidates(a);
     let b = (1..)
         .map(hash)
         .find(|&h| {
-            let (b1, b2) = limiter.candidates(h);
+            let (b1, b2) = limiter.shard_views().unwrap().candidates(h);
             ![a1, a2].contains(&b1) && ![a1, a2].contains(&b2)
         })
         .unwrap();
@@ -38,19 +38,19 @@ fn single_thread(c: &mut Criterion) {
         b.iter(|| black_box(clock.now()))
     });
     let limiter = limiter(1);
-    let hash = limiter.hash_key("default").unwrap();
+    let hash = limiter.key("default").unwrap().hash();
     c.bench_function("check/1 thread", |b| {
-        b.iter(|| black_box(limiter.check_hashed(black_box(hash), 1).unwrap()))
+        b.iter(|| black_box(limiter.check_key(black_box(hash), 1).unwrap()))
     });
     c.bench_function("try_acquire (with tokens left)/1 thread", |b| {
-        b.iter(|| black_box(limiter.try_acquire_hashed(black_box(hash), 1).unwrap()))
+        b.iter(|| black_box(limiter.try_acquire_key(black_box(hash), 1).unwrap()))
     });
     let limiter16 = self::limiter(16);
     c.bench_function("check/1 thread, 16 shards", |b| {
-        b.iter(|| black_box(limiter16.check_hashed(black_box(hash), 1).unwrap()))
+        b.iter(|| black_box(limiter16.check_key(black_box(hash), 1).unwrap()))
     });
     c.bench_function("try_acquire (with tokens left)/1 thread, 16 shards", |b| {
-        b.iter(|| black_box(limiter16.try_acquire_hashed(black_box(hash), 1).unwrap()))
+        b.iter(|| black_box(limiter16.try_acquire_key(black_box(hash), 1).unwrap()))
     });
 }
 
@@ -84,7 +84,7 @@ fn scaling(c: &mut Criterion, shards: usize, name: &str) {
                         std::thread::spawn(move || {
                             barrier.wait();
                             for hash in mine.iter().cycle().take(iters as usize) {
-                                black_box(limiter.check_hashed(*hash, 1).unwrap());
+                                black_box(limiter.check_key(*hash, 1).unwrap());
                             }
                         })
                     })

@@ -1,6 +1,7 @@
 //! `RateLimiter`, the public handle: key hashing, wait budgets, reservations and turns,
 //! all-or-nothing groups and upstream feedback, over one backend behind the seam
-//! (`seam.rs`), chosen when it is made.
+//! (`seam.rs`), chosen when it is made: an in-memory store, or any other
+//! ([`RateLimiter::with_backend`]).
 
 use std::fmt;
 use std::ops::Deref;
@@ -20,7 +21,7 @@ use crate::memory::limiter::{Limiter, Taken};
 use crate::memory::rebalance::Rebalancing;
 use crate::memory::sliding_window::SlidingWindow;
 use crate::quota::{Algorithm, Quota, Scope};
-use crate::seam::{Backend, Undo};
+use crate::seam::{Backend, Key, Undo};
 
 /// Keys longer than this (in bytes; in characters from Python) are refused: a key is an
 /// identifier, and an unbounded one is almost always a bug.
@@ -46,11 +47,12 @@ pub struct RateLimiter {
     configured: Mutex<Quota>,
 }
 
-/// The backend a limiter stands on. Named rather than boxed so that a decision is a
-/// static call the compiler can inline; behind a `dyn Backend` it was an opaque call and
-/// the core check took a third longer (`cargo bench -p ratelimit-core --bench check`).
-/// Every other call goes through `Deref` to `dyn Backend`. A new backend is a new variant
-/// here and a `Backend` implementation of its own.
+/// The backend a limiter stands on. The in-memory ones are named rather than boxed so that
+/// a decision is a static call the compiler can inline; behind a `dyn Backend` it was an
+/// opaque call and the core check took a third longer (`cargo bench -p ratelimit-core
+/// --bench check`). Any other backend (a store shared by processes, whose round trip
+/// dwarfs a virtual call) is boxed: a new one is a `Backend` implementation of its own and
+/// [`RateLimiter::with_backend`]. Every other call goes through `Deref` to `dyn Backend`.
 // One per limiter, so the size difference costs nothing; boxing would add a pointer chase.
 #[allow(clippy::large_enum_variant)]
 enum Engine {
@@ -58,6 +60,7 @@ enum Engine {
     SlidingWindow(Limiter<SlidingWindow>),
     KeyedTokenBucket(Keyed<TokenCell>),
     KeyedSlidingWindow(Keyed<WindowCell>),
+    Boxed(Box<dyn Backend>),
 }
 
 /// Runs `$body` with `$backend` bound to the limiter's backend, statically typed.
@@ -68,6 +71,10 @@ macro_rules! on_engine {
             Engine::SlidingWindow($backend) => $body,
             Engine::KeyedTokenBucket($backend) => $body,
             Engine::KeyedSlidingWindow($backend) => $body,
+            Engine::Boxed(boxed) => {
+                let $backend: &dyn Backend = &**boxed;
+                $body
+            }
         }
     };
 }
@@ -138,11 +145,21 @@ impl RateLimiter {
         })
     }
 
-    pub fn scope(&self) -> Scope {
-        match self.engine {
-            Engine::TokenBucket(_) | Engine::SlidingWindow(_) => Scope::Global,
-            Engine::KeyedTokenBucket(_) | Engine::KeyedSlidingWindow(_) => Scope::Key,
+    /// A limiter over `backend`, any store that implements the seam (the in-memory ones
+    /// are made by [`RateLimiter::with_reservations`] and [`RateLimiter::keyed`]); calls
+    /// that give no wait bound wait up to `max_wait` seconds (`None`: as long as it takes).
+    pub fn with_backend(backend: Box<dyn Backend>, max_wait: Option<f64>) -> Self {
+        let quota = backend.quota();
+        Self {
+            engine: Engine::Boxed(backend),
+            hasher: ahash::RandomState::new(),
+            max_wait,
+            configured: Mutex::new(quota),
         }
+    }
+
+    pub fn scope(&self) -> Scope {
+        on_engine!(&self.engine, backend => backend.scope())
     }
 
     /// Moves the shards' shares of the budget toward demand as `rebalancing` says (see
@@ -179,6 +196,7 @@ impl RateLimiter {
             Engine::TokenBucket(_) | Engine::SlidingWindow(_) => None,
             Engine::KeyedTokenBucket(keyed) => Some(keyed.max_keys()),
             Engine::KeyedSlidingWindow(keyed) => Some(keyed.max_keys()),
+            Engine::Boxed(_) => None,
         }
     }
 
@@ -192,11 +210,11 @@ impl RateLimiter {
     }
 
     /// An upstream refused (an HTTP 429): the rate drops by `decrease` (see
-    /// [`crate::feedback`]) at once, and with `retry_after` seconds the budget of `hash`
+    /// [`crate::feedback`]) at once, and with `retry_after` seconds the budget of `key`
     /// backs off that long. Returns the new rate.
-    pub fn on_rate_limit(
+    pub fn on_rate_limit<'k>(
         &self,
-        hash: u64,
+        key: impl Into<Key<'k>>,
         retry_after: Option<f64>,
         decrease: Decrease,
     ) -> Result<f64> {
@@ -215,7 +233,7 @@ impl RateLimiter {
             self.rerate(&current, rate)?;
         }
         if let Some(seconds) = retry_after.filter(|&s| s > 0.0) {
-            self.back_off(hash, seconds).map_err(|error| match error {
+            self.back_off(key, seconds).map_err(|error| match error {
                 Error::InvalidArgument { message, .. } => Error::invalid("retry_after", message),
                 other => other,
             })?;
@@ -250,42 +268,70 @@ impl RateLimiter {
         validate_max_wait(max_wait.or(self.max_wait))
     }
 
-    /// [`Backend::try_acquire_hashed`], statically dispatched (the hot path).
+    /// [`Backend::try_acquire`], statically dispatched for the in-memory stores (the hot
+    /// path).
     #[inline]
-    pub fn try_acquire_hashed(&self, hash: u64, count: u64) -> Result<Decision> {
-        on_engine!(&self.engine, backend => backend.try_acquire_hashed(hash, count))
+    pub fn try_acquire_key<'k>(&self, key: impl Into<Key<'k>>, count: u64) -> Result<Decision> {
+        let key = key.into();
+        on_engine!(&self.engine, backend => Backend::try_acquire(backend, key, count))
     }
 
-    /// [`Backend::check_hashed`], statically dispatched (the hot path).
+    /// [`Backend::check`], statically dispatched for the in-memory stores (the hot path).
     #[inline]
-    pub fn check_hashed(&self, hash: u64, count: u64) -> Result<Decision> {
-        on_engine!(&self.engine, backend => backend.check_hashed(hash, count))
+    pub fn check_key<'k>(&self, key: impl Into<Key<'k>>, count: u64) -> Result<Decision> {
+        let key = key.into();
+        on_engine!(&self.engine, backend => Backend::check(backend, key, count))
     }
 
-    /// Hashes a key as [`RateLimiter::try_acquire`] does.
-    pub fn hash_key(&self, key: &str) -> Result<u64> {
+    /// `key` with the hash [`RateLimiter::try_acquire`] gives it.
+    pub fn key<'k>(&self, key: &'k str) -> Result<Key<'k>> {
         if key.len() > MAX_KEY_LEN {
             return Err(Error::invalid(
                 "key",
                 format!("must be at most {MAX_KEY_LEN} bytes, got {}", key.len()),
             ));
         }
-        Ok(self.hasher.hash_one(key))
+        Ok(Key::new(key, self.hasher.hash_one(key)))
     }
 
     /// Takes `count` tokens for `key` now, or refuses without waiting.
     pub fn try_acquire(&self, key: &str, count: u64) -> Result<Decision> {
-        self.try_acquire_hashed(self.hash_key(key)?, count)
+        self.try_acquire_key(self.key(key)?, count)
     }
 
     /// Books a caller's reservation (see [`Backend::book`]).
-    pub fn reserve(&self, hash: u64, count: u64, max_wait: f64) -> Result<Booking> {
-        self.book(hash, count, max_wait, Holder::Caller)
+    pub fn reserve<'k>(
+        &self,
+        key: impl Into<Key<'k>>,
+        count: u64,
+        max_wait: f64,
+    ) -> Result<Booking> {
+        self.book(key.into(), count, max_wait, Holder::Caller)
     }
 
     /// Books a waiting `acquire`'s turn.
-    pub fn reserve_turn(&self, hash: u64, count: u64, max_wait: f64) -> Result<Booking> {
-        self.book(hash, count, max_wait, Holder::Waiter)
+    pub fn reserve_turn<'k>(
+        &self,
+        key: impl Into<Key<'k>>,
+        count: u64,
+        max_wait: f64,
+    ) -> Result<Booking> {
+        self.book(key.into(), count, max_wait, Holder::Waiter)
+    }
+
+    /// Tokens a `try_acquire` for `key` could take now ([`Backend::peek`]).
+    pub fn peek<'k>(&self, key: impl Into<Key<'k>>) -> Result<f64> {
+        on_engine!(&self.engine, backend => Backend::peek(backend, key.into()))
+    }
+
+    /// [`Backend::back_off`] for the budget `key` draws on.
+    pub fn back_off<'k>(&self, key: impl Into<Key<'k>>, seconds: f64) -> Result<()> {
+        on_engine!(&self.engine, backend => Backend::back_off(backend, key.into(), seconds))
+    }
+
+    /// [`Backend::reset_key`] for the budget `key` draws on.
+    pub fn reset_key<'k>(&self, key: impl Into<Key<'k>>) -> Result<()> {
+        on_engine!(&self.engine, backend => Backend::reset_key(backend, key.into()))
     }
 
     /// Admits a waiter's turn once the budget holds it, as [`Backend::execute_reservation`]
@@ -302,8 +348,10 @@ impl RateLimiter {
         Ok(decision)
     }
 
-    /// How evenly the shards have served requests, each for its share (see [`Balance`]).
-    pub fn balance(&self) -> Balance {
+    /// How evenly the shards have served requests, each for its share (see [`Balance`]);
+    /// `None` for a backend without shards.
+    pub fn balance(&self) -> Option<Balance> {
+        let shards = self.shard_views()?;
         let (rebalances, active, hot) = match &self.engine {
             Engine::TokenBucket(limiter) => {
                 (limiter.rebalances(), limiter.active(), limiter.hot_keys())
@@ -311,20 +359,25 @@ impl RateLimiter {
             Engine::SlidingWindow(limiter) => (0, limiter.active(), Vec::new()),
             _ => (0, self.quota().shards, Vec::new()),
         };
-        Balance {
+        Some(Balance {
             active,
             hot,
-            ..Balance::of(self.served(), self.gathered(), self.shares(), rebalances)
-        }
+            ..Balance::of(
+                shards.served(),
+                shards.gathered(),
+                shards.shares(),
+                rebalances,
+            )
+        })
     }
 
-    /// Takes from every limiter or from none: each part is `(limiter, key hash, count)`.
+    /// Takes from every limiter or from none: each part is `(limiter, key, count)`.
     /// Returns the last part's admission, or the refusal of the first part that refused,
     /// after giving back what the parts before it took (also when a part raises an error).
     /// A refusal whose wait exceeds `max_wait` seconds says `max_wait_exceeded`. Allocates
     /// nothing for in-memory limiters: each take waits on the stack for the parts after it.
     pub fn try_acquire_all<'a>(
-        parts: impl IntoIterator<Item = (&'a RateLimiter, u64, u64)>,
+        parts: impl IntoIterator<Item = (&'a RateLimiter, Key<'a>, u64)>,
         max_wait: f64,
     ) -> Result<Decision> {
         Self::take_rest(&mut parts.into_iter(), max_wait)
@@ -333,13 +386,13 @@ impl RateLimiter {
 
     /// [`RateLimiter::try_acquire_all`] from the next part on; `None` when none is left.
     fn take_rest<'a>(
-        parts: &mut impl Iterator<Item = (&'a RateLimiter, u64, u64)>,
+        parts: &mut impl Iterator<Item = (&'a RateLimiter, Key<'a>, u64)>,
         max_wait: f64,
     ) -> Option<Result<Decision>> {
-        let (limiter, hash, count) = parts.next()?;
+        let (limiter, key, count) = parts.next()?;
         Some(
             limiter
-                .take_held(hash, count)
+                .take_held(key, count)
                 .and_then(|(mut decision, held)| {
                     if !decision.allowed {
                         if decision.retry_after.is_some_and(|wait| wait > max_wait) {
@@ -362,15 +415,15 @@ impl RateLimiter {
     }
 
     /// [`Backend::take`], with the in-memory budgets' receipts kept unboxed.
-    fn take_held(&self, hash: u64, count: u64) -> Result<(Decision, Option<Held>)> {
+    fn take_held(&self, key: Key<'_>, count: u64) -> Result<(Decision, Option<Held>)> {
         match &self.engine {
             Engine::TokenBucket(limiter) => limiter
-                .take(hash, count, true)
+                .take(key.hash(), count, true)
                 .map(|(decision, taken)| (decision, taken.map(Held::TokenBucket))),
             Engine::SlidingWindow(limiter) => limiter
-                .take(hash, count, true)
+                .take(key.hash(), count, true)
                 .map(|(decision, taken)| (decision, taken.map(Held::SlidingWindow))),
-            _ => Backend::take(&**self, hash, count)
+            _ => Backend::take(&**self, key, count)
                 .map(|(decision, undo)| (decision, undo.map(Held::Boxed))),
         }
     }

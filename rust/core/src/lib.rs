@@ -27,4 +27,4 @@ pub use quota::{
     auto_shards, default_key_stripes, key_stripes, Algorithm, Quota, Scope, DEFAULT_MAX_KEYS,
     MAX_SHARDS, MAX_WINDOW_LIMIT,
 };
-pub use seam::{Backend, Undo};
+pub use seam::{Backend, Key, ShardViews, Undo};

@@ -459,7 +459,7 @@ impl Run {
                 self.clock.advance(by);
             }
             Op::Try { key, count } => {
-                let decision = self.limiter.try_acquire_hashed(key, count).unwrap();
+                let decision = self.limiter.try_acquire_key(key, count).unwrap();
                 if decision.allowed {
                     let until = self.backed_off_until[self.budget(key)];
                     prop_assert!(self.clock.now() >= until, "admitted during a back-off");
@@ -595,7 +595,7 @@ impl Run {
                 if seconds > 0.0 && self.booked.is_empty() {
                     // The wait a refusal states is the back-off's (with something booked, it
                     // is the slot a booking would get).
-                    let decision = self.limiter.try_acquire_hashed(key, 1).unwrap();
+                    let decision = self.limiter.try_acquire_key(key, 1).unwrap();
                     prop_assert!(!decision.allowed, "admitted right after a back-off");
                     let wait = decision.retry_after.unwrap_or(f64::INFINITY);
                     prop_assert!(wait >= seconds - 1e-9, "{wait} < {seconds}: {decision:?}");

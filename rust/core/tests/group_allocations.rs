@@ -5,7 +5,7 @@
 use std::alloc::System;
 use std::sync::Arc;
 
-use ratelimit_core::{Algorithm, Clock, ManualClock, Quota, RateLimiter};
+use ratelimit_core::{Algorithm, Clock, Key, ManualClock, Quota, RateLimiter};
 use stats_alloc::{Region, StatsAlloc, INSTRUMENTED_SYSTEM};
 
 #[global_allocator]
@@ -21,7 +21,15 @@ fn a_group_decision_allocates_nothing() {
     // The shim's pair: a minute bucket and an hourly window, with room for every call.
     let minute = limiter(Algorithm::TokenBucket, 600_000.0, 60.0, Some(10_000.0));
     let hour = limiter(Algorithm::SlidingWindow, 1_000_000.0, 3600.0, None);
-    let both = |count| RateLimiter::try_acquire_all([(&minute, 1, count), (&hour, 1, count)], 1.0);
+    let both = |count| {
+        RateLimiter::try_acquire_all(
+            [
+                (&minute, Key::hashed(1), count),
+                (&hour, Key::hashed(1), count),
+            ],
+            1.0,
+        )
+    };
     // The window's log grows to its working size first.
     for _ in 0..2000 {
         assert!(both(1).unwrap().allowed);

@@ -1,7 +1,7 @@
 //! Deterministic checks of SPEC §3 (I1–I3, I7) against the public API, driven by a
 //! `ManualClock` so that nothing sleeps and every number is exact.
 
-use ratelimit_core::{Algorithm, Clock, Decision, ManualClock, Quota, RateLimiter, Refusal};
+use ratelimit_core::{Algorithm, Clock, Decision, Key, ManualClock, Quota, RateLimiter, Refusal};
 use std::collections::HashSet;
 use std::sync::Arc;
 
@@ -184,7 +184,12 @@ fn i2_a_single_key_gets_the_whole_burst_at_16_shards() {
     for algorithm in ALGORITHMS {
         let (limiter, _manual) = new_limiter(algorithm, 20.0, 1.0, Some(20.0), 16);
         // No shard holds 5 tokens (16 shards share 20), yet 4 requests of 5 are served.
-        assert!(limiter.shard_tokens().iter().all(|&t| t < 5.0));
+        assert!(limiter
+            .shard_views()
+            .unwrap()
+            .shard_tokens()
+            .iter()
+            .all(|&t| t < 5.0));
         let admitted = (0..50)
             .filter(|_| acquire(&limiter, "hot", 5).allowed)
             .count();
@@ -203,7 +208,7 @@ fn i2_five_tokens_spread_over_shards_serve_a_request_of_five() {
             assert!(acquire(&limiter, &format!("spread-{i}"), 1).allowed);
         }
         assert_eq!(limiter.peek(0).unwrap(), 5.0, "{}", algorithm.name());
-        let shards = limiter.shard_tokens();
+        let shards = limiter.shard_views().unwrap().shard_tokens();
         let holding = shards.iter().filter(|&&t| t > 0.0).count();
         assert!(
             holding >= 2 && shards.iter().all(|&t| t < 5.0),
@@ -250,7 +255,7 @@ fn i2_a_hot_key_with_a_small_burst_gets_the_whole_rate() {
             if step_index > 0 {
                 manual.advance(step);
             }
-            admitted += u64::from(limiter.try_acquire_hashed(7, 1).unwrap().allowed);
+            admitted += u64::from(limiter.try_acquire_key(7, 1).unwrap().allowed);
         }
         let budget = 2.0 + 100.0 * manual.now() as f64 / SEC as f64;
         assert!(
@@ -308,7 +313,7 @@ fn i7_count_zero_is_an_error_naming_count() {
             let err = limiter.try_acquire("k", 0).unwrap_err();
             assert_eq!(err.argument(), "count");
             assert!(err.to_string().contains("count"), "{err}");
-            let err = limiter.try_acquire_hashed(42, 0).unwrap_err();
+            let err = limiter.try_acquire_key(42, 0).unwrap_err();
             assert_eq!(err.argument(), "count");
             assert_eq!(limiter.peek(0).unwrap(), 100.0);
         }
@@ -452,9 +457,13 @@ fn retry_after_is_exact_after_a_drain_spread_over_time() {
                 }
                 let now = manual.now();
                 let expected = match algorithm {
-                    Algorithm::TokenBucket => {
-                        bucket_earliest(&limiter.shard_tokens(), 100.0, 100.0, SEC, count)
-                    }
+                    Algorithm::TokenBucket => bucket_earliest(
+                        &limiter.shard_views().unwrap().shard_tokens(),
+                        100.0,
+                        100.0,
+                        SEC,
+                        count,
+                    ),
                     Algorithm::SlidingWindow => {
                         window_earliest(&admissions, SEC, 100, count, now) - now
                     }
@@ -483,8 +492,8 @@ fn a_refusal_does_not_change_state() {
             drain(&limiter, "k0");
             manual.advance(3 * MS + 17);
             let peek = limiter.peek(0).unwrap();
-            let shard_tokens = limiter.shard_tokens();
-            let served = limiter.served();
+            let shard_tokens = limiter.shard_views().unwrap().shard_tokens();
+            let served = limiter.shard_views().unwrap().served();
             assert!(peek < 5.0, "{what}: {peek}");
             for (key, count) in [("k0", 5), ("k1", 5), ("other", 50), ("k0", 101)] {
                 for _ in 0..3 {
@@ -492,11 +501,15 @@ fn a_refusal_does_not_change_state() {
                     assert!(!decision.allowed, "{what}: count {count} admitted");
                     assert_eq!(limiter.peek(0).unwrap(), peek, "{what}: count {count}");
                     assert_eq!(
-                        limiter.shard_tokens(),
+                        limiter.shard_views().unwrap().shard_tokens(),
                         shard_tokens,
                         "{what}: count {count}"
                     );
-                    assert_eq!(limiter.served(), served, "{what}: count {count}");
+                    assert_eq!(
+                        limiter.shard_views().unwrap().served(),
+                        served,
+                        "{what}: count {count}"
+                    );
                     assert_eq!(decision.remaining().unwrap(), peek, "{what}: count {count}");
                 }
             }
@@ -617,16 +630,21 @@ fn a_bucket_that_takes_days_to_refill_starts_full_and_refills() {
         limiter.peek(0).unwrap().round(),
         177.0,
         "{:?}",
-        limiter.shard_tokens()
+        limiter.shard_views().unwrap().shard_tokens()
     );
-    assert!(limiter.shard_tokens().iter().all(|&t| t > 29.0));
+    assert!(limiter
+        .shard_views()
+        .unwrap()
+        .shard_tokens()
+        .iter()
+        .all(|&t| t > 29.0));
     assert!(acquire(&limiter, "k", 170).allowed);
     manual.advance(400 * 86400 * SEC);
     assert_eq!(
         limiter.peek(0).unwrap().round(),
         177.0,
         "{:?}",
-        limiter.shard_tokens()
+        limiter.shard_views().unwrap().shard_tokens()
     );
 }
 
@@ -704,7 +722,10 @@ fn reset_refills_the_budget_and_clears_the_counters() {
         for shards in SHARDS {
             let (limiter, _manual) = per_second_100(algorithm, shards);
             assert_eq!(drain(&limiter, "k"), 100);
-            assert_eq!(limiter.served().iter().sum::<u64>(), 100);
+            assert_eq!(
+                limiter.shard_views().unwrap().served().iter().sum::<u64>(),
+                100
+            );
             limiter.reset().unwrap();
             assert_eq!(
                 limiter.peek(0).unwrap(),
@@ -712,7 +733,10 @@ fn reset_refills_the_budget_and_clears_the_counters() {
                 "{}",
                 label(algorithm, shards)
             );
-            assert_eq!(limiter.served().iter().sum::<u64>(), 0);
+            assert_eq!(
+                limiter.shard_views().unwrap().served().iter().sum::<u64>(),
+                0
+            );
             assert_eq!(limiter.quota().shards, shards);
             assert_eq!(drain(&limiter, "k"), 100, "{}", label(algorithm, shards));
         }
@@ -743,12 +767,12 @@ fn eight_threads_with_a_frozen_clock_admit_exactly_the_burst() {
                                 } else {
                                     format!("thread-{thread}")
                                 };
-                                let hash = limiter.hash_key(&key).unwrap();
+                                let hash = limiter.key(&key).unwrap();
                                 barrier.wait();
                                 let mut admitted = 0;
                                 let mut shards_used = HashSet::new();
                                 for _ in 0..CALLS {
-                                    let decision = limiter.try_acquire_hashed(hash, 1).unwrap();
+                                    let decision = limiter.try_acquire_key(hash, 1).unwrap();
                                     if decision.allowed {
                                         admitted += 1;
                                         shards_used.insert(decision.shard);
@@ -763,7 +787,11 @@ fn eight_threads_with_a_frozen_clock_admit_exactly_the_burst() {
                 let total: u64 = per_thread.iter().map(|(admitted, _)| admitted).sum();
                 assert_eq!(total, 100, "{what}");
                 assert_eq!(limiter.peek(0).unwrap(), 0.0, "{what}");
-                assert_eq!(limiter.served().iter().sum::<u64>(), 100, "{what}");
+                assert_eq!(
+                    limiter.shard_views().unwrap().served().iter().sum::<u64>(),
+                    100,
+                    "{what}"
+                );
                 assert!(per_thread
                     .iter()
                     .flat_map(|(_, used)| used)
@@ -822,8 +850,14 @@ fn try_acquire_all_takes_from_every_limiter_or_from_none() {
         )
         .unwrap();
         let both = |count, max_wait| {
-            RateLimiter::try_acquire_all([(&bucket, 1, count), (&window, 1, count)], max_wait)
-                .unwrap()
+            RateLimiter::try_acquire_all(
+                [
+                    (&bucket, Key::hashed(1), count),
+                    (&window, Key::hashed(1), count),
+                ],
+                max_wait,
+            )
+            .unwrap()
         };
         for _ in 0..5 {
             assert!(both(1, f64::INFINITY).allowed);
@@ -836,7 +870,10 @@ fn try_acquire_all_takes_from_every_limiter_or_from_none() {
             "shards={shards}: the bucket was given back its token"
         );
         assert_eq!(window.peek(0).unwrap(), 0.0);
-        assert_eq!(bucket.served().iter().sum::<u64>(), 5);
+        assert_eq!(
+            bucket.shard_views().unwrap().served().iter().sum::<u64>(),
+            5
+        );
         // A wait longer than max_wait is named as such; nothing is taken either way.
         let refusal = both(1, 0.5);
         assert_eq!(refusal.reason, Some(Refusal::MaxWaitExceeded));

@@ -38,7 +38,7 @@ fn fill_and_idle(algorithm: Algorithm, stripes: usize, keys: u64) -> (f64, isize
     let start = live();
     let (limiter, clock) = keyed(algorithm, stripes);
     for key in 0..keys {
-        assert!(limiter.try_acquire_hashed(key, 1).unwrap().allowed);
+        assert!(limiter.try_acquire_key(key, 1).unwrap().allowed);
     }
     let per_key = (live() - start) as f64 / keys as f64;
     assert_eq!(limiter.keys().unwrap(), keys as usize);
@@ -79,13 +79,13 @@ fn keys_cost_bounded_memory_and_idle_keys_give_it_back() {
     let start = live();
     let (limiter, clock) = keyed(Algorithm::TokenBucket, 64);
     for key in 0..100_000 {
-        limiter.try_acquire_hashed(key, 1).unwrap();
+        limiter.try_acquire_key(key, 1).unwrap();
     }
     clock.advance(2_000_000_000);
     let full = live() - start;
     for round in 0..200_000u64 {
         limiter
-            .try_acquire_hashed(1_000_000 + round % 4096, 1)
+            .try_acquire_key(1_000_000 + round % 4096, 1)
             .unwrap();
     }
     let left = live() - start;

@@ -19,13 +19,13 @@ fn full(algorithm: Algorithm, keys: usize, stripes: usize) -> (RateLimiter, Arc<
     let policy = ReservationPolicy::default();
     let limiter = RateLimiter::keyed(quota, Clock::Manual(clock.clone()), policy, keys).unwrap();
     for key in 0..keys as u64 {
-        assert!(limiter.try_acquire_hashed(key, 1).unwrap().allowed);
+        assert!(limiter.try_acquire_key(key, 1).unwrap().allowed);
     }
     (limiter, clock)
 }
 
 fn reason(limiter: &RateLimiter, key: u64) -> Option<Refusal> {
-    limiter.try_acquire_hashed(key, 1).unwrap().reason
+    limiter.try_acquire_key(key, 1).unwrap().reason
 }
 
 fn best_of_three(mut run: impl FnMut(u64)) -> Duration {
@@ -69,17 +69,17 @@ fn a_droppable_key_makes_room_at_most_a_period_after_the_last_sweep_for_room() {
     clock.set(1_900 * MS);
     // Key 0 is in use again (till 3.9 s); a sweep for room finds keys 1 and 2 not droppable
     // before 2 s.
-    assert!(limiter.try_acquire_hashed(0, 1).unwrap().allowed);
+    assert!(limiter.try_acquire_key(0, 1).unwrap().allowed);
     assert_eq!(reason(&limiter, 10), Some(Refusal::TooManyKeys));
     clock.set(2_500 * MS);
     assert_eq!(reason(&limiter, 11), Some(Refusal::TooManyKeys));
     // A period after that sweep, the next one drops them.
     clock.set(2_900 * MS);
-    assert!(limiter.try_acquire_hashed(11, 1).unwrap().allowed);
-    assert!(limiter.try_acquire_hashed(12, 1).unwrap().allowed);
+    assert!(limiter.try_acquire_key(11, 1).unwrap().allowed);
+    assert!(limiter.try_acquire_key(12, 1).unwrap().allowed);
     assert_eq!(reason(&limiter, 13), Some(Refusal::TooManyKeys));
     // Key 0's state was kept throughout: its token comes back at 2.9 s.
-    assert!(limiter.try_acquire_hashed(0, 1).unwrap().allowed);
+    assert!(limiter.try_acquire_key(0, 1).unwrap().allowed);
     assert_eq!(limiter.keys().unwrap(), 3);
 }
 
@@ -94,7 +94,7 @@ fn after_a_sweep_of_every_stripe_the_next_sweeps_come_one_stripe_at_a_time() {
     let mut admit_while_room = || {
         new_keys
             .by_ref()
-            .take_while(|&key| limiter.try_acquire_hashed(key, 1).unwrap().allowed)
+            .take_while(|&key| limiter.try_acquire_key(key, 1).unwrap().allowed)
             .count()
     };
     clock.set(2_399 * MS);

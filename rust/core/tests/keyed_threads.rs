@@ -27,7 +27,7 @@ fn hammer(limiter: &Arc<RateLimiter>, keys: u64, calls: usize) -> Vec<u64> {
                     for i in 0..keys {
                         // Threads walk the keys in different orders, so they meet on new keys.
                         let key = (i + (t as u64 * 7 + round as u64) * 13) % keys;
-                        if limiter.try_acquire_hashed(key, 1).unwrap().allowed {
+                        if limiter.try_acquire_key(key, 1).unwrap().allowed {
                             admitted[key as usize] += 1;
                         }
                     }

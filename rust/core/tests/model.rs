@@ -303,7 +303,7 @@ impl<B: Budget> Pair<B> {
     fn run(&mut self, op: &Op) -> (Answer, Answer) {
         let now = self.clock.now();
         let observed = match *op {
-            Op::Take { count } => answer(&self.limiter.try_acquire_hashed(KEY, count).unwrap()),
+            Op::Take { count } => answer(&self.limiter.try_acquire_key(KEY, count).unwrap()),
             Op::Book {
                 count,
                 max_wait_ns,

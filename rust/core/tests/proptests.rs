@@ -168,7 +168,7 @@ fn play(config: &Config, keys: Keys, arrivals: &[Arrival]) -> Result<Admissions,
         manual.advance((arrival.advance * config.period_ns()) as u64);
         let hash = key_hash(keys, arrival.key);
         let count = count_of(arrival, capacity);
-        let decision = limiter.try_acquire_hashed(hash, count).unwrap();
+        let decision = limiter.try_acquire_key(hash, count).unwrap();
         if decision.allowed {
             admissions.push((manual.now(), count));
             continue;
@@ -191,10 +191,10 @@ fn play(config: &Config, keys: Keys, arrivals: &[Arrival]) -> Result<Admissions,
             let wait = (retry_after * 1e9).round() as u64;
             let wait_up = (retry_after * 1e9).ceil() as u64;
             manual.advance(wait - 1);
-            let early = limiter.try_acquire_hashed(hash, count).unwrap();
+            let early = limiter.try_acquire_key(hash, count).unwrap();
             prop_assert!(!early.allowed, "admitted 1 ns before retry_after");
             manual.advance(wait_up - wait + 1);
-            let on_time = limiter.try_acquire_hashed(hash, count).unwrap();
+            let on_time = limiter.try_acquire_key(hash, count).unwrap();
             prop_assert!(on_time.allowed, "refused at retry_after: {:?}", on_time);
             admissions.push((manual.now(), count));
         }
@@ -287,10 +287,7 @@ impl Admit for Sharded {
     fn admit(&mut self, now: u64, hash: u64, count: u64) -> bool {
         self.manual.set(now);
         assert_eq!(self.manual.now(), now);
-        self.limiter
-            .try_acquire_hashed(hash, count)
-            .unwrap()
-            .allowed
+        self.limiter.try_acquire_key(hash, count).unwrap().allowed
     }
 }
 
@@ -411,7 +408,7 @@ proptest! {
             manual.advance((arrival.advance * config.period_ns()) as u64);
             let now = manual.now();
             let count = count_of(arrival, capacity);
-            let decision = limiter.try_acquire_hashed(key_hash(keys, arrival.key), count).unwrap();
+            let decision = limiter.try_acquire_key(key_hash(keys, arrival.key), count).unwrap();
             let wait = ideal.wait(now, count);
             prop_assert_eq!(decision.allowed, wait == 0, "arrival {} at {} ns", i, now);
             if decision.allowed {
@@ -444,7 +441,7 @@ proptest! {
             }
             manual.advance((arrival.advance * config.period_ns()) as u64);
             let count = count_of(arrival, capacity);
-            if limiter.try_acquire_hashed(key_hash(keys, arrival.key), count).unwrap().allowed {
+            if limiter.try_acquire_key(key_hash(keys, arrival.key), count).unwrap().allowed {
                 admissions.push((manual.now(), count));
             }
         }
@@ -695,7 +692,7 @@ fn fresh_bucket_admits_whole_burst(
         }
     };
     prop_assert_eq!(limiter.peek(0).unwrap().round(), f64::from(burst));
-    let decision = limiter.try_acquire_hashed(1, u64::from(burst)).unwrap();
+    let decision = limiter.try_acquire_key(1, u64::from(burst)).unwrap();
     prop_assert!(decision.allowed, "{:?}", decision);
     Ok(())
 }
@@ -754,7 +751,7 @@ proptest! {
             let hash = key_hash(keys, pick);
             match kind {
                 0 => {
-                    if limiter.try_acquire_hashed(hash, count).unwrap().allowed {
+                    if limiter.try_acquire_key(hash, count).unwrap().allowed {
                         admissions.push((manual.now(), count));
                     }
                 }

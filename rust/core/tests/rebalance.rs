@@ -97,11 +97,11 @@ fn zipf_run(rebalancing: Option<Rebalancing>) -> Run {
             let k = cdf
                 .partition_point(|&c| c < stream.unit())
                 .min(keys.len() - 1);
-            admitted += u64::from(limiter.try_acquire_hashed(keys[k], 1).unwrap().allowed);
+            admitted += u64::from(limiter.try_acquire_key(keys[k], 1).unwrap().allowed);
             cumulative.push(admitted);
             manual.advance(STEP);
         }
-        balances.push(limiter.balance());
+        balances.push(limiter.balance().unwrap());
     }
     let second = balances.pop().unwrap();
     Run {
@@ -173,41 +173,41 @@ fn the_shares_add_up_to_the_rate_and_the_burst_after_every_rebalance() {
             manual.advance(100_000);
         }
         limiter.rebalance();
-        let shares = limiter.balance().shares;
+        let shares = limiter.balance().unwrap().shares;
         assert_eq!(shares.rate.iter().sum::<f64>(), 999.9, "round {round}");
         assert_eq!(shares.burst.iter().sum::<f64>(), 77.7, "round {round}");
     }
-    assert!(limiter.balance().rebalances >= 50);
+    assert!(limiter.balance().unwrap().rebalances >= 50);
 }
 
 #[test]
 fn one_hot_key_gets_the_whole_budget() {
     let (limiter, manual) = limiter(1_600.0, 1_600.0, 16, adaptive());
-    let hot = limiter.hash_key("hot").unwrap();
+    let hot = limiter.key("hot").unwrap();
     let mut admitted = 0;
     // Ten seconds at one call a millisecond: all 1,600 of the burst, then every token as it
     // refills, wherever the shares stand.
     for _ in 0..10_000 {
-        while limiter.try_acquire_hashed(hot, 1).unwrap().allowed {
+        while limiter.try_acquire_key(hot, 1).unwrap().allowed {
             admitted += 1;
         }
         manual.advance(MS);
     }
-    assert!(limiter.balance().rebalances >= 1);
+    assert!(limiter.balance().unwrap().rebalances >= 1);
     // At t = 9.999 s: the burst and 9.999 s of refill, less what is still a fraction.
-    assert_eq!(admitted, 1_600 + 15_998, "{:?}", limiter.balance());
+    assert_eq!(admitted, 1_600 + 15_998, "{:?}", limiter.balance().unwrap());
     // And once the shares moved, the hot key's shards serve it without gathering.
     manual.advance(5 * MS);
-    let before = limiter.gathered();
-    let balance = limiter.balance();
+    let before = limiter.shard_views().unwrap().gathered();
+    let balance = limiter.balance().unwrap();
     for _ in 0..1_000 {
-        limiter.try_acquire_hashed(hot, 1).unwrap();
+        limiter.try_acquire_key(hot, 1).unwrap();
         manual.advance(MS);
     }
     assert!(
-        limiter.gathered() - before <= 100,
+        limiter.shard_views().unwrap().gathered() - before <= 100,
         "{balance:?} then {:?}",
-        limiter.balance()
+        limiter.balance().unwrap()
     );
 }
 
@@ -266,31 +266,31 @@ fn rebalancing_while_four_threads_take_loses_and_duplicates_nothing() {
         manual.advance(250_010_000); // 2,500.1 tokens
         expected += 2_500.1;
     }
-    assert!(limiter.balance().rebalances > 0);
+    assert!(limiter.balance().unwrap().rebalances > 0);
 }
 
 #[test]
 fn a_key_asking_more_than_a_shards_share_is_reported_by_name() {
     let (limiter, manual) = limiter(10_000.0, 10_000.0, 16, adaptive());
-    let hot = limiter.hash_key("hot").unwrap();
+    let hot = limiter.key("hot").unwrap().hash();
     let mut stream = Stream(11);
     // Half the calls for one key, the rest over 1,000 others, until the first look.
     let mut step = 0;
-    while limiter.balance().rebalances == 0 {
+    while limiter.balance().unwrap().rebalances == 0 {
         let (key, hash) = if step % 2 == 0 {
             ("hot".to_owned(), hot)
         } else {
             let key = format!("k{}", stream.next() % 1000);
-            let hash = limiter.hash_key(&key).unwrap();
+            let hash = limiter.key(&key).unwrap().hash();
             (key, hash)
         };
-        if limiter.try_acquire_hashed(hash, 1).unwrap().sampled {
+        if limiter.try_acquire_key(hash, 1).unwrap().sampled {
             limiter.name_key(hash, &key);
         }
         manual.advance(50_000);
         step += 1;
     }
-    let balance = limiter.balance();
+    let balance = limiter.balance().unwrap();
     assert_eq!(balance.hot.len(), 1, "{:?}", balance.hot);
     assert_eq!(balance.hot[0].name.as_deref(), Some("hot"));
     // About 125 decisions were sampled by the first look: half of them, give or take.

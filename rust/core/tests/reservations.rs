@@ -333,7 +333,7 @@ fn threads_waiting_in_acquire_are_admitted_in_the_order_they_queued() {
 #[test]
 fn a_waiters_turn_is_admitted_once_funded_and_leaves_the_book() {
     let (limiter, manual) = ten_per_second(4);
-    let hash = limiter.hash_key("k").unwrap();
+    let hash = limiter.key("k").unwrap();
     assert!(limiter.try_acquire("k", 10).unwrap().allowed);
     let Booking::Reserved(turn) = limiter.reserve_turn(hash, 2, f64::INFINITY).unwrap() else {
         panic!("a turn within max_wait is booked");
@@ -429,7 +429,7 @@ fn a_turn_never_expires_however_far_a_back_off_moves_it() {
     for shards in [1, 4] {
         let (limiter, manual) = ten_per_second(shards);
         for key in 0..10 {
-            assert!(limiter.try_acquire_hashed(key, 1).unwrap().allowed);
+            assert!(limiter.try_acquire_key(key, 1).unwrap().allowed);
         }
         let waiter = turn(&limiter, 0, 1);
         assert_eq!(waiter.expires_at, u64::MAX);
@@ -471,5 +471,5 @@ fn a_busy_key_full_only_under_a_lowered_burst_is_not_dropped() {
         "the key has not been full for a period"
     );
     limiter.set_quota(quota(26.0, 3.0)).unwrap();
-    assert!(!limiter.try_acquire_hashed(3, 2).unwrap().allowed);
+    assert!(!limiter.try_acquire_key(3, 2).unwrap().allowed);
 }

@@ -9,8 +9,9 @@ use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyString};
 use ratelimit_core::{
-    default_key_stripes, Algorithm, Balance, Booking, Clock, Decrease, Holder, Quota, RateLimiter,
-    Rebalancing, ReservationPolicy, Scope, DEFAULT_INCREASE, DEFAULT_MAX_KEYS,
+    default_key_stripes, Algorithm, Balance, Booking, Clock, Decrease, Holder, Key as CoreKey,
+    Quota, RateLimiter, Rebalancing, ReservationPolicy, Scope, ShardViews, DEFAULT_INCREASE,
+    DEFAULT_MAX_KEYS,
 };
 
 use crate::args::{
@@ -23,6 +24,10 @@ use crate::clock::PyManualClock;
 use crate::error::Result;
 use crate::reservation::PyTokenReservation;
 use crate::result::PyRateLimitResult;
+
+fn no_shards() -> PyErr {
+    PyTypeError::new_err("this engine's budget has no shards")
+}
 
 #[pyclass(frozen, module = "flashcard_pipeline._native", name = "Engine")]
 pub(crate) struct PyEngine {
@@ -45,12 +50,25 @@ impl PyEngine {
         &self.core
     }
 
-    /// The shard-choosing hash of a key: Python's own string hash, cached in the string.
+    /// The engine's shards (every in-memory engine has them).
+    fn shard_views(&self) -> PyResult<&dyn ShardViews> {
+        self.core.shard_views().ok_or_else(no_shards)
+    }
+
+    /// A key as it crosses to the core: its text, and Python's own hash of it (cached in
+    /// the string), which picks its shard. A string that is not valid UTF-8 (lone
+    /// surrogates) crosses by its hash alone, which the in-memory budgets need.
     #[inline]
-    fn hash(&self, key: &Key<'_>) -> PyResult<u64> {
+    fn key<'k>(&self, key: &'k Key<'_>) -> PyResult<CoreKey<'k>> {
         match key {
-            Key::Default => Ok(self.default_hash),
-            Key::Given(key) => Ok(key.hash()? as u64),
+            Key::Default => Ok(CoreKey::new("default", self.default_hash)),
+            Key::Given(given) => {
+                let hash = given.hash()? as u64;
+                Ok(match given.to_str() {
+                    Ok(text) => CoreKey::new(text, hash),
+                    Err(_) => CoreKey::hashed(hash),
+                })
+            }
         }
     }
 
@@ -77,7 +95,7 @@ impl PyEngine {
         let py = slf.py();
         let this = slf.get();
         let budget = this.core.wait_budget(max_wait.map(|w| w.0))?;
-        let booked = match this.core.book(this.hash(&key)?, count.0, budget, holder)? {
+        let booked = match this.core.book(this.key(&key)?, count.0, budget, holder)? {
             Booking::Reserved(reservation) => {
                 let key = match key {
                     Key::Given(key) => key.into_any().unbind(),
@@ -185,13 +203,13 @@ impl PyEngine {
     /// Takes `count` tokens for `key` now, or says when to retry. Never waits.
     #[pyo3(signature = (key=Key::Default, count=Count::ONE), text_signature = "($self, key='default', count=1)")]
     fn try_acquire(&self, key: Key<'_>, count: Count) -> Result<PyRateLimitResult> {
-        let hash = self.hash(&key)?;
-        let decision = self.core.try_acquire_hashed(hash, count.0)?;
+        let core_key = self.key(&key)?;
+        let decision = self.core.try_acquire_key(core_key, count.0)?;
         if !decision.allowed {
             self.count_refusal(decision.shard);
         }
         if decision.sampled {
-            self.name_sampled(&key, hash)?;
+            self.name_sampled(&key, core_key.hash())?;
         }
         Ok(PyRateLimitResult::new(decision, 0.0))
     }
@@ -266,7 +284,7 @@ impl PyEngine {
     /// Tokens available now in the budget `key` draws on, without taking any.
     #[pyo3(signature = (key=Key::Default), text_signature = "($self, key='default')")]
     fn peek(&self, key: Key<'_>) -> Result<f64> {
-        Ok(self.core.peek(self.hash(&key)?)?)
+        Ok(self.core.peek(self.key(&key)?)?)
     }
 
     /// Refills the budget `key` draws on (every budget when no key is given), forgets its
@@ -281,7 +299,7 @@ impl PyEngine {
                     counter.store(0, Ordering::Relaxed);
                 }
             }
-            Some(key) => self.core.reset_key(self.hash(&key)?)?,
+            Some(key) => self.core.reset_key(self.key(&key)?)?,
         }
         Ok(())
     }
@@ -291,7 +309,7 @@ impl PyEngine {
     /// window stays full until then. What an upstream's 429 with `Retry-After` asks for.
     #[pyo3(signature = (seconds, key=Key::Default), text_signature = "($self, seconds, key='default')")]
     fn back_off(&self, seconds: Seconds, key: Key<'_>) -> Result<()> {
-        Ok(self.core.back_off(self.hash(&key)?, seconds.0)?)
+        Ok(self.core.back_off(self.key(&key)?, seconds.0)?)
     }
 
     /// An upstream refused (an HTTP 429): the rate is multiplied by `decrease`, not below
@@ -314,10 +332,9 @@ impl PyEngine {
             factor: decrease.map_or(defaults.factor, |d| d.0),
             floor: min_rate.map(|m| m.0),
         };
-        let hash = self.hash(&key)?;
         Ok(self
             .core
-            .on_rate_limit(hash, retry_after.map(|r| r.0), decrease)?)
+            .on_rate_limit(self.key(&key)?, retry_after.map(|r| r.0), decrease)?)
     }
 
     /// An upstream call succeeded: the rate rises by `increase` of the configured rate
@@ -420,16 +437,17 @@ impl PyEngine {
         status.set_item("burst_size", quota.burst)?;
         status.set_item("shards", quota.shards)?;
         status.set_item("max_wait", self.core.max_wait())?;
-        let tokens = self.core.peek(self.default_hash)?;
+        let tokens = self.core.peek(CoreKey::new("default", self.default_hash))?;
         status.set_item("tokens_remaining", tokens)?;
         status.set_item("total_tokens_available", tokens)?;
-        let shard_tokens = self.core.shard_tokens();
+        let shards = self.shard_views()?;
+        let shard_tokens = shards.shard_tokens();
         status.set_item("shard_tokens", shard_tokens.clone())?;
         // Read once, so that the shards' counts and their sum agree.
-        let served = self.core.served();
+        let served = shards.served();
         // The previous API's view: each shard's tokens, its share of the burst and of the
         // rate (per second), and the admissions it served.
-        let shares = self.core.shares();
+        let shares = shards.shares();
         let details = shard_tokens
             .iter()
             .zip(&served)
@@ -479,7 +497,7 @@ impl PyEngine {
 
     /// How evenly the shards serve: always the same keys, traffic or not.
     fn get_shard_balance<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let balance = self.core.balance();
+        let balance = self.core.balance().ok_or_else(no_shards)?;
         let view = PyDict::new(py);
         view.set_item("balanced", balance.balanced())?;
         view.set_item("imbalance_ratio", balance.imbalance_ratio)?;
@@ -487,7 +505,7 @@ impl PyEngine {
         view.set_item("most_loaded_shard", balance.most_loaded)?;
         view.set_item("least_loaded_shard", balance.least_loaded)?;
         view.set_item("distribution", balance.distribution)?;
-        view.set_item("shard_tokens", self.core.shard_tokens())?;
+        view.set_item("shard_tokens", self.shard_views()?.shard_tokens())?;
         view.set_item("rate_shares", balance.shares.rate)?;
         view.set_item("burst_shares", balance.shares.burst)?;
         view.set_item("slow_path_share", balance.slow_path_share)?;
@@ -552,10 +570,10 @@ impl PyEngineGroup {
         count: Count,
         max_wait: Option<MaxWait>,
     ) -> Result<PyRateLimitResult> {
-        // Every engine hashes a key the same way (Python's string hash).
-        let hash = self.engines[0].get().hash(&key)?;
+        // Every engine sees a key the same way (its text and Python's string hash).
+        let key = self.engines[0].get().key(&key)?;
         let max_wait = max_wait.map_or(f64::INFINITY, |w| w.0);
-        let decision = self.decide(hash, count.0, max_wait)?;
+        let decision = self.decide(key, count.0, max_wait)?;
         Ok(PyRateLimitResult::new(decision, 0.0))
     }
 
@@ -563,17 +581,22 @@ impl PyEngineGroup {
     /// answers: `True` if admitted. No result is made.
     #[pyo3(signature = (tokens=Tokens(1)), text_signature = "($self, tokens=1)")]
     fn admits(&self, tokens: Tokens) -> Result<bool> {
-        let hash = self.engines[0].get().default_hash;
-        Ok(self.decide(hash, tokens.0, f64::INFINITY)?.allowed)
+        let key = CoreKey::new("default", self.engines[0].get().default_hash);
+        Ok(self.decide(key, tokens.0, f64::INFINITY)?.allowed)
     }
 }
 
 impl PyEngineGroup {
-    fn decide(&self, hash: u64, count: u64, max_wait: f64) -> Result<ratelimit_core::Decision> {
+    fn decide(
+        &self,
+        key: CoreKey<'_>,
+        count: u64,
+        max_wait: f64,
+    ) -> Result<ratelimit_core::Decision> {
         let parts = self
             .engines
             .iter()
-            .map(|engine| (engine.get().core(), hash, count));
+            .map(|engine| (engine.get().core(), key, count));
         let decision = RateLimiter::try_acquire_all(parts, max_wait)?;
         if !decision.allowed {
             // A group's refusal counts once, as its first engine's.

@@ -34,8 +34,8 @@ use crate::error::{Error, Result};
 use crate::memory::budget::Budget;
 use crate::memory::limiter::{back_off_nanos, Limiter, Taken};
 use crate::memory::params::Params;
-use crate::quota::Quota;
-use crate::seam::{Backend, Undo};
+use crate::quota::{Quota, Scope};
+use crate::seam::{Backend, Key, ShardViews, Undo};
 
 /// A key's budget while nothing is booked for it (see the module comment).
 pub(crate) trait KeyCell: Send + Sync + Sized + fmt::Debug + 'static {
@@ -557,25 +557,24 @@ impl<C: KeyCell> Backend for Keyed<C> {
         *self.quota.lock()
     }
 
-    fn candidates(&self, hash: u64) -> (usize, usize) {
-        let stripe = self.locate(hash).0;
-        (stripe, stripe)
+    fn scope(&self) -> Scope {
+        Scope::Key
     }
 
     #[inline]
-    fn try_acquire_hashed(&self, hash: u64, count: u64) -> Result<Decision> {
-        self.take_key(hash, count, true)
+    fn try_acquire(&self, key: Key<'_>, count: u64) -> Result<Decision> {
+        self.take_key(key.hash(), count, true)
             .map(|(decision, _)| decision)
     }
 
     #[inline]
-    fn check_hashed(&self, hash: u64, count: u64) -> Result<Decision> {
-        self.take_key(hash, count, false)
+    fn check(&self, key: Key<'_>, count: u64) -> Result<Decision> {
+        self.take_key(key.hash(), count, false)
             .map(|(decision, _)| decision)
     }
 
-    fn take(&self, hash: u64, count: u64) -> Result<(Decision, Option<Undo>)> {
-        let (decision, taken) = self.take_key(hash, count, true)?;
+    fn take(&self, key: Key<'_>, count: u64) -> Result<(Decision, Option<Undo>)> {
+        let (decision, taken) = self.take_key(key.hash(), count, true)?;
         Ok((decision, taken.map(|taken| Undo(Box::new(taken)))))
     }
 
@@ -588,8 +587,8 @@ impl<C: KeyCell> Backend for Keyed<C> {
         Ok(())
     }
 
-    fn book(&self, hash: u64, count: u64, max_wait: f64, holder: Holder) -> Result<Booking> {
-        self.book_key(hash, count, max_wait, holder)
+    fn book(&self, key: Key<'_>, count: u64, max_wait: f64, holder: Holder) -> Result<Booking> {
+        self.book_key(key.hash(), count, max_wait, holder)
     }
 
     fn execute_reservation(&self, id: &str) -> Result<Decision> {
@@ -624,7 +623,8 @@ impl<C: KeyCell> Backend for Keyed<C> {
         Ok(counts)
     }
 
-    fn peek(&self, hash: u64) -> Result<f64> {
+    fn peek(&self, key: Key<'_>) -> Result<f64> {
+        let hash = key.hash();
         let now = self.clock.now();
         let (index, table_hash) = self.locate(hash);
         let table = self.stripes[index].table.read();
@@ -636,28 +636,6 @@ impl<C: KeyCell> Backend for Keyed<C> {
             }
             Some((_, KeyState::Busy(limiter))) => limiter.peek(),
         })
-    }
-
-    /// Per-key budgets have no shards of a shared budget.
-    fn shard_tokens(&self) -> Vec<f64> {
-        Vec::new()
-    }
-
-    fn served(&self) -> Vec<u64> {
-        self.stripes
-            .iter()
-            .map(|s| s.served.load(Ordering::Relaxed))
-            .collect()
-    }
-
-    /// Every key decides alone: nothing is gathered.
-    fn gathered(&self) -> u64 {
-        0
-    }
-
-    /// Stripes hold keys, no share of a budget.
-    fn shares(&self) -> Shares {
-        Shares::default()
     }
 
     fn keys(&self) -> Result<usize> {
@@ -706,9 +684,9 @@ impl<C: KeyCell> Backend for Keyed<C> {
 
     /// Backs off one key: it turns busy (its own limiter owes the refill) and is dropped
     /// again once idle.
-    fn back_off(&self, hash: u64, seconds: f64) -> Result<()> {
+    fn back_off(&self, key: Key<'_>, seconds: f64) -> Result<()> {
         back_off_nanos(seconds)?; // refused before the key is made busy for nothing
-        self.with_busy(hash, |_, limiter| limiter.back_off(seconds))?
+        self.with_busy(key.hash(), |_, limiter| limiter.back_off(seconds))?
             .ok_or_else(|| {
                 Error::invalid(
                     "key",
@@ -737,7 +715,8 @@ impl<C: KeyCell> Backend for Keyed<C> {
         Ok(())
     }
 
-    fn reset_key(&self, hash: u64) -> Result<()> {
+    fn reset_key(&self, key: Key<'_>) -> Result<()> {
+        let hash = key.hash();
         let (index, table_hash) = self.locate(hash);
         let mut table = self.stripes[index].table.write();
         table.epoch += 1;
@@ -751,5 +730,39 @@ impl<C: KeyCell> Backend for Keyed<C> {
             }
         }
         Ok(())
+    }
+
+    /// The key stripes, measured as shards of equal share.
+    fn shard_views(&self) -> Option<&dyn ShardViews> {
+        Some(self)
+    }
+}
+
+impl<C: KeyCell> ShardViews for Keyed<C> {
+    fn candidates(&self, hash: u64) -> (usize, usize) {
+        let stripe = self.locate(hash).0;
+        (stripe, stripe)
+    }
+
+    /// Per-key budgets have no shards of a shared budget.
+    fn shard_tokens(&self) -> Vec<f64> {
+        Vec::new()
+    }
+
+    fn served(&self) -> Vec<u64> {
+        self.stripes
+            .iter()
+            .map(|s| s.served.load(Ordering::Relaxed))
+            .collect()
+    }
+
+    /// Every key decides alone: nothing is gathered.
+    fn gathered(&self) -> u64 {
+        0
+    }
+
+    /// Stripes hold keys, no share of a budget.
+    fn shares(&self) -> Shares {
+        Shares::default()
     }
 }

@@ -27,8 +27,8 @@ use crate::memory::hot::{self, HotKey};
 use crate::memory::params::Params;
 use crate::memory::rebalance::{Rebalancer, Rebalancing, Since};
 use crate::model::RECHECK;
-use crate::quota::Quota;
-use crate::seam::{Backend, Undo};
+use crate::quota::{Quota, Scope};
+use crate::seam::{Backend, Key, ShardViews, Undo};
 
 pub(crate) struct Limiter<B: Budget> {
     clock: Clock,
@@ -873,22 +873,22 @@ impl<B: Budget + fmt::Debug + 'static> Backend for Limiter<B> {
         Limiter::quota(self)
     }
 
-    fn candidates(&self, hash: u64) -> (usize, usize) {
-        Limiter::candidates(self, hash)
+    fn scope(&self) -> Scope {
+        Scope::Global
     }
 
     #[inline]
-    fn try_acquire_hashed(&self, hash: u64, count: u64) -> Result<Decision> {
-        Limiter::take(self, hash, count, true).map(|(decision, _)| decision)
+    fn try_acquire(&self, key: Key<'_>, count: u64) -> Result<Decision> {
+        Limiter::take(self, key.hash(), count, true).map(|(decision, _)| decision)
     }
 
     #[inline]
-    fn check_hashed(&self, hash: u64, count: u64) -> Result<Decision> {
-        Limiter::take(self, hash, count, false).map(|(decision, _)| decision)
+    fn check(&self, key: Key<'_>, count: u64) -> Result<Decision> {
+        Limiter::take(self, key.hash(), count, false).map(|(decision, _)| decision)
     }
 
-    fn take(&self, hash: u64, count: u64) -> Result<(Decision, Option<Undo>)> {
-        let (decision, taken) = Limiter::take(self, hash, count, true)?;
+    fn take(&self, key: Key<'_>, count: u64) -> Result<(Decision, Option<Undo>)> {
+        let (decision, taken) = Limiter::take(self, key.hash(), count, true)?;
         Ok((decision, taken.map(|t| Undo(Box::new(t)))))
     }
 
@@ -901,8 +901,8 @@ impl<B: Budget + fmt::Debug + 'static> Backend for Limiter<B> {
         Ok(())
     }
 
-    fn book(&self, hash: u64, count: u64, max_wait: f64, holder: Holder) -> Result<Booking> {
-        Limiter::book(self, hash, count, max_wait, holder)
+    fn book(&self, key: Key<'_>, count: u64, max_wait: f64, holder: Holder) -> Result<Booking> {
+        Limiter::book(self, key.hash(), count, max_wait, holder)
     }
 
     fn execute_reservation(&self, id: &str) -> Result<Decision> {
@@ -917,8 +917,31 @@ impl<B: Budget + fmt::Debug + 'static> Backend for Limiter<B> {
         Ok(Limiter::reservation_counts(self))
     }
 
-    fn peek(&self, _hash: u64) -> Result<f64> {
+    fn peek(&self, _key: Key<'_>) -> Result<f64> {
         Ok(Limiter::peek(self))
+    }
+
+    fn set_quota(&self, quota: Quota) -> Result<()> {
+        Limiter::set_quota(self, quota)
+    }
+
+    fn back_off(&self, _key: Key<'_>, seconds: f64) -> Result<()> {
+        Limiter::back_off(self, seconds)
+    }
+
+    fn reset(&self) -> Result<()> {
+        Limiter::reset(self);
+        Ok(())
+    }
+
+    fn shard_views(&self) -> Option<&dyn ShardViews> {
+        Some(self)
+    }
+}
+
+impl<B: Budget + fmt::Debug + 'static> ShardViews for Limiter<B> {
+    fn candidates(&self, hash: u64) -> (usize, usize) {
+        Limiter::candidates(self, hash)
     }
 
     fn shard_tokens(&self) -> Vec<f64> {
@@ -935,18 +958,5 @@ impl<B: Budget + fmt::Debug + 'static> Backend for Limiter<B> {
 
     fn shares(&self) -> Shares {
         Limiter::shares(self)
-    }
-
-    fn set_quota(&self, quota: Quota) -> Result<()> {
-        Limiter::set_quota(self, quota)
-    }
-
-    fn back_off(&self, _hash: u64, seconds: f64) -> Result<()> {
-        Limiter::back_off(self, seconds)
-    }
-
-    fn reset(&self) -> Result<()> {
-        Limiter::reset(self);
-        Ok(())
     }
 }
