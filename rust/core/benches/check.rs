@@ -1,5 +1,5 @@
-//! The core check: one decision (`check_hashed`: allowed or not) including the clock read,
-//! on one thread and on two threads that use different shards; and `try_acquire_hashed`,
+//! The core check: one decision (`check_key`: allowed or not) including the clock read,
+//! on one thread and on two threads that use different shards; and `try_acquire_key`,
 //! which also tells the tokens left (a look at every shard). Run with `make bench` (or `cargo bench -p ratelimit-core`).
 
 use criterion::{criterion_group, criterion_main, Criterion};

@@ -58,7 +58,7 @@ pub struct Decision {
     /// When it was decided, on the limiter's clock.
     pub at: Nanos,
     /// Units a `try_acquire` could take right after this decision (`None` from
-    /// [`crate::Backend::check_hashed`], which does not look), and units per token: kept
+    /// [`crate::Backend::check`], which does not look), and units per token: kept
     /// as integers so the decision costs no division (see [`Decision::remaining`]).
     pub remaining_units: Option<u64>,
     pub unit: u64,
@@ -89,7 +89,7 @@ impl Decision {
     }
 }
 
-/// Tokens held for a slot (see [`crate::Backend::reserve`]).
+/// Tokens held for a slot (see [`crate::Backend::book`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Reservation {
     /// Opaque; valid only with the limiter that issued it.
@@ -106,8 +106,10 @@ pub struct Reservation {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Booking {
     Reserved(Reservation),
-    /// `exceeds_capacity`, or `max_wait_exceeded` with the wait the slot would have needed.
-    Refused(Decision),
+    /// Answered at once: refused (`exceeds_capacity`, or `max_wait_exceeded` with the wait
+    /// the slot would have needed), or a waiter's turn that a shared store funded in the
+    /// booking's round trip, admitted.
+    Decided(Decision),
 }
 
 /// Who a booking is for.

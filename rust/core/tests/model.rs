@@ -324,7 +324,7 @@ impl<B: Budget> Pair<B> {
                             expires: reservation.expires_at,
                         }
                     }
-                    Booking::Refused(decision) => answer(&decision),
+                    Booking::Decided(decision) => answer(&decision),
                 }
             }
             Op::Execute { id } => answer(&self.limiter.execute_reservation(&self.key(id)).unwrap()),

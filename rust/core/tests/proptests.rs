@@ -1,6 +1,6 @@
 //! Property tests of SPEC §3 I1 (never over) and I2 (sharding is invisible to admission)
 //! on a manual clock, single-threaded. Keys are given as fixed hashes through
-//! `try_acquire_hashed`, so a failing case replays exactly (string keys are hashed with a
+//! `try_acquire_key`, so a failing case replays exactly (string keys are hashed with a
 //! per-limiter random seed).
 
 use proptest::prelude::*;

@@ -46,7 +46,7 @@ fn reserve(limiter: &RateLimiter, key: u64, count: u64) -> Reservation {
 fn reserved(booking: Booking) -> Reservation {
     match booking {
         Booking::Reserved(reservation) => reservation,
-        Booking::Refused(decision) => panic!("refused: {decision:?}"),
+        Booking::Decided(decision) => panic!("refused: {decision:?}"),
     }
 }
 
@@ -240,7 +240,7 @@ fn the_reservation_cap_is_a_clear_error() {
     // A waiting acquire's turn is refused instead, with the wait for the slot it would have
     // had behind the three.
     match limiter.reserve_turn(9, 8, f64::INFINITY).unwrap() {
-        Booking::Refused(decision) => {
+        Booking::Decided(decision) => {
             assert_eq!(decision.reason, Some(Refusal::TooManyReservations));
             assert!(
                 decision.retry_after.is_some_and(|wait| wait > 0.0),
@@ -256,7 +256,7 @@ fn a_slot_beyond_max_wait_is_refused_without_holding_anything() {
     let (limiter, _manual) = ten_per_second(4);
     reserve(&limiter, 0, 10);
     match limiter.reserve(1, 5, 0.25).unwrap() {
-        Booking::Refused(decision) => {
+        Booking::Decided(decision) => {
             assert_eq!(decision.reason, Some(Refusal::MaxWaitExceeded));
             assert!((decision.retry_after.unwrap() - 0.5).abs() < 1e-9);
         }
@@ -264,7 +264,7 @@ fn a_slot_beyond_max_wait_is_refused_without_holding_anything() {
     }
     assert_eq!(limiter.reservations().unwrap(), 1);
     match limiter.reserve(1, 11, f64::INFINITY).unwrap() {
-        Booking::Refused(decision) => assert_eq!(decision.reason, Some(Refusal::ExceedsCapacity)),
+        Booking::Decided(decision) => assert_eq!(decision.reason, Some(Refusal::ExceedsCapacity)),
         booked => panic!("{booked:?}"),
     }
 }

@@ -103,7 +103,7 @@ impl PyEngine {
                 };
                 Bound::new(py, PyTokenReservation::new(slf, key, reservation))?.into_any()
             }
-            Booking::Refused(decision) => {
+            Booking::Decided(decision) => {
                 Bound::new(py, PyRateLimitResult::new(decision, 0.0))?.into_any()
             }
         };

@@ -18,7 +18,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use ratelimit_core::{Decision, Error, ManualClock, Quota, Refusal, Result, Scope};
+use ratelimit_core::{
+    Backend, Booking, Clock, Decision, Error, Holder, Key, ManualClock, Quota, Refusal,
+    ReservationCounts, Result, Scope, Undo,
+};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Client, IntoConnectionInfo, RedisError, Script, Value};
 use tokio::runtime::Handle;
@@ -144,7 +147,9 @@ pub struct RedisBudget {
     bucket: Arc<Script>,
     window: Arc<Script>,
     timeout: Duration,
-    clock: Option<Arc<ManualClock>>,
+    /// The time source waits are measured on: a test's manual clock (whose time the
+    /// scripts are then given), else the monotonic clock (the scripts read `TIME`).
+    time: Clock,
     reservation_ttl: u64,
     reservation_grace: u64,
     quota: Mutex<(Quota, Rule)>,
@@ -218,7 +223,7 @@ impl RedisBudget {
                 include_str!("scripts/book.lua"),
             ))),
             timeout: options.timeout,
-            clock: options.clock,
+            time: options.clock.map_or_else(Clock::monotonic, Clock::Manual),
             reservation_ttl: options.reservation_ttl.as_micros() as u64,
             reservation_grace: options.reservation_grace.as_micros() as u64,
             quota: Mutex::new((quota, rule)),
@@ -560,9 +565,9 @@ impl RedisBudget {
             });
         }
         let rule = self.quota.lock().1;
-        let now = match &self.clock {
-            Some(clock) => (clock.now() / 1_000).to_string(),
-            None => String::new(),
+        let now = match &self.time {
+            Clock::Manual(clock) => (clock.now() / 1_000).to_string(),
+            Clock::Monotonic { .. } => String::new(),
         };
         let [first, second, third] = rule.params().map(|param| param.to_string());
         let args = [
@@ -755,6 +760,105 @@ impl RedisBudget {
         });
         *slot = Some(Arc::clone(&connection));
         Ok(connection)
+    }
+}
+
+/// The seam over the server's book: what a `RateLimiter::with_backend` asks. Keys cross
+/// by their text; times come back as durations from the server's now, placed on this
+/// budget's clock.
+impl Backend for RedisBudget {
+    fn clock(&self) -> &Clock {
+        &self.time
+    }
+
+    fn quota(&self) -> Quota {
+        RedisBudget::quota(self)
+    }
+
+    fn scope(&self) -> Scope {
+        self.layout.scope()
+    }
+
+    fn try_acquire(&self, key: Key<'_>, count: u64) -> Result<Decision> {
+        RedisBudget::try_acquire(self, key.text()?, count)
+    }
+
+    /// A take in the server cannot be given back: it stays charged (never over).
+    fn take(&self, key: Key<'_>, count: u64) -> Result<(Decision, Option<Undo>)> {
+        Ok((RedisBudget::try_acquire(self, key.text()?, count)?, None))
+    }
+
+    /// Never called: no take here is given back.
+    fn undo(&self, _undo: Undo) -> Result<()> {
+        Ok(())
+    }
+
+    fn book(&self, key: Key<'_>, count: u64, max_wait: f64, holder: Holder) -> Result<Booking> {
+        let key = key.text()?;
+        let now = self.time.now();
+        let at = |micros: u64, from: u64| now + micros.saturating_sub(from) * 1_000;
+        match holder {
+            Holder::Caller => Ok(match self.reserve(key, count, max_wait)? {
+                Reserved::Reservation(r) => Booking::Reserved(ratelimit_core::Reservation {
+                    id: r.id,
+                    count: r.count,
+                    shard: 0,
+                    reserved_at: now,
+                    execute_at: at(r.execute_at, r.reserved_at),
+                    expires_at: at(r.expires_at, r.reserved_at),
+                }),
+                Reserved::Refused(decision) => Booking::Decided(decision),
+            }),
+            Holder::Waiter => Ok(match self.book_turn(key, count, max_wait)? {
+                Booked::Admitted(decision) | Booked::Refused(decision) => {
+                    Booking::Decided(decision)
+                }
+                Booked::Turn(turn) => Booking::Reserved(ratelimit_core::Reservation {
+                    id: format!("{}@{}", turn.id, turn.key),
+                    count,
+                    shard: 0,
+                    reserved_at: now,
+                    execute_at: now + whole_nanos(turn.wait) as u64,
+                    expires_at: u64::MAX,
+                }),
+            }),
+        }
+    }
+
+    fn execute_reservation(&self, id: &str) -> Result<Decision> {
+        RedisBudget::execute_reservation(self, id)
+    }
+
+    fn cancel_reservation(&self, id: &str) -> Result<bool> {
+        RedisBudget::cancel_reservation(self, id)
+    }
+
+    /// The server's book is per budget and keeps no totals.
+    fn reservation_counts(&self) -> Result<ReservationCounts> {
+        Err(Error::InvalidArgument {
+            argument: "reservations",
+            message: "are counted by the in-memory budgets only".into(),
+        })
+    }
+
+    fn peek(&self, key: Key<'_>) -> Result<f64> {
+        RedisBudget::peek(self, key.text()?)
+    }
+
+    fn set_quota(&self, quota: Quota) -> Result<()> {
+        RedisBudget::set_quota(self, quota)
+    }
+
+    fn back_off(&self, key: Key<'_>, seconds: f64) -> Result<()> {
+        RedisBudget::back_off(self, key.text()?, seconds)
+    }
+
+    fn reset(&self) -> Result<()> {
+        RedisBudget::reset(self, None)
+    }
+
+    fn reset_key(&self, key: Key<'_>) -> Result<()> {
+        RedisBudget::reset(self, Some(key.text()?))
     }
 }
 

@@ -519,15 +519,15 @@ impl<C: KeyCell> Keyed<C> {
                     reservation.shard = index;
                     Booking::Reserved(reservation)
                 }
-                Booking::Refused(mut decision) => {
+                Booking::Decided(mut decision) => {
                     decision.shard = index;
-                    Booking::Refused(decision)
+                    Booking::Decided(decision)
                 }
             })
         })?;
         Ok(booked.unwrap_or_else(|| {
             let index = self.locate(key).0;
-            Booking::Refused(self.unkept(self.clock.now(), index, Refusal::TooManyKeys))
+            Booking::Decided(self.unkept(self.clock.now(), index, Refusal::TooManyKeys))
         }))
     }
 

@@ -499,7 +499,7 @@ impl<B: Budget> Limiter<B> {
         let shard = self.budget.candidates(hash).0;
         let Some(units) = account.params.units(count) else {
             let refused = self.decision(now, shard, Some((Refusal::ExceedsCapacity, None)));
-            return Ok(Booking::Refused(refused));
+            return Ok(Booking::Decided(refused));
         };
         if account.book.len() >= account.book.max {
             if holder == Holder::Caller {
@@ -511,7 +511,7 @@ impl<B: Budget> Limiter<B> {
                 .budget
                 .slot(now, &account.params, &account.book.promises(), units);
             let refusal = (Refusal::TooManyReservations, Some(slot.saturating_sub(now)));
-            return Ok(Booking::Refused(self.decision(now, shard, Some(refusal))));
+            return Ok(Booking::Decided(self.decision(now, shard, Some(refusal))));
         }
         let opening = !self.tuning.busy.load(Ordering::SeqCst);
         if opening {
@@ -546,7 +546,7 @@ impl<B: Budget> Limiter<B> {
         let wait = slot - now;
         if seconds(wait) > max_wait {
             let refused = self.decision(now, shard, Some((Refusal::MaxWaitExceeded, Some(wait))));
-            return Booking::Refused(refused);
+            return Booking::Decided(refused);
         }
         let expires = holder.expires(slot, book.ttl);
         // Due now with nobody queued: held at once, as funding at its slot would.
