@@ -1,7 +1,6 @@
 //! Exact, sharded rate limiting: token bucket (GCRA) and sliding window, with reservations
 //! and waiting turns on one account of admission. No Python here; `rust/python` binds it.
 
-mod backend;
 mod balance;
 mod clock;
 mod decision;
@@ -10,9 +9,9 @@ mod feedback;
 mod memory;
 pub mod model;
 mod quota;
+mod rate_limiter;
 mod seam;
 
-pub use backend::{RateLimiter, MAX_KEY_LEN};
 pub use balance::{Balance, Shares};
 pub use clock::{Clock, ManualClock, Nanos};
 pub use decision::{
@@ -27,4 +26,5 @@ pub use quota::{
     auto_shards, default_key_stripes, key_stripes, Algorithm, Quota, Scope, DEFAULT_MAX_KEYS,
     MAX_SHARDS, MAX_WINDOW_LIMIT,
 };
+pub use rate_limiter::{RateLimiter, MAX_KEY_LEN};
 pub use seam::{Backend, Key, ShardViews, Undo};

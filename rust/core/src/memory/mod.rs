@@ -1,4 +1,4 @@
-//! The in-memory stores: a process's own budgets, behind the seam in `backend.rs`. One
+//! The in-memory stores: a process's own budgets, behind the seam (`seam.rs`). One
 //! budget over shards (`limiter` with `gcra` or `sliding_window` through `budget`, on
 //! `shard`), or one per key (`keyed`, `key_window`); the book of bookings and the schedule
 //! of promises (`book`, `schedule`); the unit arithmetic (`params`). Each applies the rules
