@@ -1,22 +1,40 @@
-"""Drivers for waiting loops: the one place that sleeps, and the one manual-clock rule.
+"""Drivers for waiting loops: the one place that sleeps or waits on a store, and the one
+manual-clock rule.
 
-A waiting loop is a generator that yields the seconds to wait before it asks again and
-returns its answer. A driver runs it: on this thread (the extension's ``sleep``: GIL released,
-woken on time by spinning the last 200 µs) or in an asyncio task (``asyncio.sleep``). On a :class:`ManualClock` nothing sleeps: the driver
-advances the clock by the wait instead. Closing the generator (Ctrl-C, a cancelled task, an
-abandoned awaitable) runs its clean-up, which gives back whatever it held.
+A waiting loop is a generator that yields what it waits on and returns its answer: seconds
+to wait before it asks again, or an :class:`Ask`, a question for a store (a round trip),
+whose answer is sent back in. A driver runs it: on this thread (the extension's ``sleep``
+and the store's blocking call, both with the GIL released; a sleep is woken on time by
+spinning the last 200 µs) or in an asyncio task (``asyncio.sleep``, and the store's answer
+awaited, so the loop never blocks on a round trip). On a :class:`ManualClock` nothing
+sleeps: the driver advances the clock by the wait instead. Closing the generator (Ctrl-C, a
+cancelled task, an abandoned awaitable) runs its clean-up, which gives back whatever it held.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine, Generator
-from typing import Any, TypeVar, cast
+from collections.abc import Awaitable, Callable, Coroutine, Generator
+from dataclasses import dataclass
+from typing import Any, TypeVar, Union, cast
 
 from flashcard_pipeline._native import ManualClock, RateLimitResult, sleep
 
 T = TypeVar("T")
-Steps = Generator[float, None, T]
+
+
+@dataclass(frozen=True)
+class Ask:
+    """A question for a store: ``blocking(*args)`` on a thread, ``awaiting(*args)`` in a
+    task. The loop is sent the answer, or the exception the question raised."""
+
+    blocking: Callable[..., object]
+    awaiting: Callable[..., Awaitable[object]]
+    args: tuple[Any, ...]
+
+
+Step = Union[float, Ask]
+Steps = Generator[Step, Any, T]
 
 #: A waiter on the real clock asks again at least this often (seconds), so that capacity
 #: given back by a cancel or an expiry reaches it soon.
@@ -49,39 +67,46 @@ def wait_blocking(steps: Steps[T], clock: ManualClock | None) -> T:
     return _block(steps, first, clock)
 
 
-async def wait_async(steps: Steps[T], clock: ManualClock | None) -> T:
-    """Runs a waiting loop to its end in this task."""
-    try:
-        first = next(steps)
-    except StopIteration as done:
-        return cast(T, done.value)
-    return await _sleep_through(steps, first, clock)
-
-
-def _block(steps: Steps[T], wait: float, clock: ManualClock | None) -> T:
+def _block(steps: Steps[T], step: Step, clock: ManualClock | None) -> T:
     try:
         while True:
+            if isinstance(step, Ask):
+                step = steps.send(_answer(step))
+                continue
             if clock is None:
-                sleep(min(wait, RECHECK))  # GIL released, on time to the microsecond
+                sleep(min(step, RECHECK))  # GIL released, on time to the microsecond
             else:
-                clock.advance(wait)
-            wait = steps.send(None)
+                clock.advance(step)
+            step = steps.send(None)
     except StopIteration as done:
         return cast(T, done.value)
     finally:
         steps.close()
 
 
-async def _sleep_through(steps: Steps[T], wait: float, clock: ManualClock | None) -> T:
+def _answer(ask: Ask) -> object:
+    try:
+        return ask.blocking(*ask.args)
+    except Exception as error:  # the loop decides what a failed question means
+        return error
+
+
+async def _sleep_through(steps: Steps[T], step: Step, clock: ManualClock | None) -> T:
     try:
         while True:
+            if isinstance(step, Ask):
+                step = steps.send(await step.awaiting(*step.args))
+                continue
             if clock is None:
-                await asyncio.sleep(min(wait, RECHECK))
+                await asyncio.sleep(min(step, RECHECK))
             else:
                 # Other tasks may have moved the shared clock meanwhile: ask again first.
                 await asyncio.sleep(0)
-                clock.advance(steps.send(None))
-            wait = steps.send(None)
+                step = steps.send(None)
+                if isinstance(step, Ask):
+                    continue
+                clock.advance(step)
+            step = steps.send(None)
     except StopIteration as done:
         return cast(T, done.value)
     finally:
@@ -92,42 +117,27 @@ class _Waiting(Coroutine[Any, None, RateLimitResult]):
     """``acquire`` waiting inside an event loop: await it, or hand it to
     ``asyncio.create_task``.
 
-    Its first step has run (an ``acquire`` holds its turn in the queue). Used as the result
+    Its first step has run (an in-memory ``acquire`` holds its turn in the queue; a
+    question for a store is asked once it is awaited, not on the event loop's thread now). Used as the result
     without ``await`` (its truth value, or an attribute of a result such as ``allowed``), it
     raises ``TypeError`` instead of being silently true, so ``if limiter.acquire():`` fails
     loudly rather than letting every request through; abandoned that way, or never awaited
     at all, it closes its loop, which gives the turn back.
     """
 
-    __slots__ = ("_steps", "_wait", "_clock", "_running")
-
-    _steps: Steps[RateLimitResult] | Coroutine[Any, None, RateLimitResult]
+    __slots__ = ("_steps", "_step", "_clock", "_running")
 
     def __init__(
-        self, steps: Steps[RateLimitResult], wait: float, clock: ManualClock | None
+        self, steps: Steps[RateLimitResult], step: Step, clock: ManualClock | None
     ) -> None:
         self._steps = steps
-        self._wait = wait
+        self._step = step
         self._clock = clock
         self._running: Coroutine[Any, None, RateLimitResult] | None = None
 
-    @classmethod
-    def of(cls, running: Coroutine[Any, None, RateLimitResult]) -> RateLimitResult:
-        """A coroutine that waits for a result, guarded the same way (closing it before it
-        ran closes the coroutine, whose clean-up gives back what it held)."""
-        waiting = cls.__new__(cls)
-        waiting._steps = running  # closed when abandoned unstarted
-        waiting._running = None
-        waiting._wait = 0.0
-        waiting._clock = None
-        return cast(RateLimitResult, waiting)
-
     def _started(self) -> Coroutine[Any, None, RateLimitResult]:
         if self._running is None:
-            if isinstance(self._steps, Generator):
-                self._running = _sleep_through(self._steps, self._wait, self._clock)
-            else:
-                self._running = self._steps
+            self._running = _sleep_through(self._steps, self._step, self._clock)
         return self._running
 
     def __await__(self) -> Generator[Any, None, RateLimitResult]:

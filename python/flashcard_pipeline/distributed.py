@@ -18,6 +18,7 @@ on the (allowed) result. The client reconnects by itself once the server is back
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import math
 import os
@@ -34,7 +35,7 @@ from flashcard_pipeline._native import (
     RedisTurn,
     check_namespace,
 )
-from flashcard_pipeline._waiting import Steps, _running_loop, _Waiting, wait_blocking
+from flashcard_pipeline._waiting import Ask, Steps, wait
 from flashcard_pipeline.rate_limiter_v2 import (
     DONE,
     ReservationRefused,
@@ -255,60 +256,30 @@ class _RedisRateLimiter(DistributedRateLimiter):
         admits it (asking again if someone ahead is late). A caller that stops waiting gives
         its turn back. In a running event loop it returns an awaitable, and the round trips
         are awaited, not blocked on."""
-        bound = self._bound(max_wait)
-        if _running_loop() is None:
-            return wait_blocking(self._turn(key, count, bound), self._clock)
-        return _Waiting.of(self._turn_async(key, count, bound))
+        return wait(self._turn(key, count, self._bound(max_wait)), self._clock)
 
     def _bound(self, max_wait: float | None) -> float | None:
         """The call's wait bound, else the limiter's (the engine checks it)."""
         return self._max_wait if max_wait is None else max_wait
 
     def _turn(self, key: str, count: int, bound: float | None) -> Steps[RateLimitResult]:
-        try:
-            booked = self._redis.book_turn(key, count, bound)
-        except ConnectionError:
+        """``acquire``'s waiting loop: book, sleep to the slot, be admitted (the drivers in
+        ``_waiting`` ask the server from a thread or from a task)."""
+        booked = yield self._ask("book_turn", key, count, bound)
+        if isinstance(booked, ConnectionError):
             return self._unavailable()
+        if isinstance(booked, BaseException):
+            raise booked
         if isinstance(booked, RateLimitResult):
             return booked  # admitted at once, or refused
+        assert isinstance(booked, RedisTurn)
         start, due = self._now(), booked.wait
         try:
             while True:
                 while (left := due - (self._now() - start)) > 0:
                     yield left
                 waited = self._now() - start
-                try:
-                    result = self._redis.execute_turn(booked, waited, _less(bound, waited))
-                except ConnectionError:
-                    return self._unavailable()
-                if result.reason != "not_ready":
-                    return result
-                due = waited + (result.retry_after or 0.0)
-        except BaseException:
-            self._give_back(booked)
-            raise
-
-    async def _turn_async(self, key: str, count: int, bound: float | None) -> RateLimitResult:
-        booked = await _awaited(self._redis.book_turn_async, key, count, bound)
-        if isinstance(booked, ConnectionError):
-            return self._unavailable()
-        if isinstance(booked, BaseException):
-            raise booked
-        if isinstance(booked, RateLimitResult):
-            return booked
-        assert isinstance(booked, RedisTurn)
-        start, due = self._now(), booked.wait
-        try:
-            while True:
-                left = due - (self._now() - start)
-                if left > 0 and self._clock is None:
-                    await asyncio.sleep(left)
-                elif left > 0 and self._clock is not None:
-                    self._clock.advance(left)
-                waited = self._now() - start
-                answer = await _awaited(
-                    self._redis.execute_turn_async, booked, waited, _less(bound, waited)
-                )
+                answer = yield self._ask("execute_turn", booked, waited, _less(bound, waited))
                 if isinstance(answer, ConnectionError):
                     return self._unavailable()
                 if isinstance(answer, BaseException):
@@ -320,6 +291,14 @@ class _RedisRateLimiter(DistributedRateLimiter):
         except BaseException:
             self._give_back(booked)
             raise
+
+    def _ask(self, call: str, *args: Any) -> Ask:
+        """The engine's ``call`` as a question: blocking on a thread, awaited in a task."""
+        return Ask(
+            getattr(self._redis, call),
+            functools.partial(_awaited, getattr(self._redis, call + "_async")),
+            args,
+        )
 
     def _give_back(self, turn: RedisTurn) -> None:
         try:
