@@ -107,6 +107,12 @@ class Server:
             assert time.monotonic() < deadline, f"{self.kind} did not start"
             time.sleep(0.01)
 
+    def flush(self) -> None:
+        """Forgets every key (FLUSHALL): the next test finds an empty server."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as sock:
+            sock.sendall(b"FLUSHALL\r\n")
+            assert sock.recv(16).startswith(b"+OK"), f"{self.kind}: FLUSHALL failed"
+
     def stop(self) -> None:
         if self.process is not None:
             self.process.kill()

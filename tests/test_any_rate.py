@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import pytest
 
-from flashcard_pipeline.rate_limiter_v2 import ManualClock, ShardedRateLimiter
+from flashcard_pipeline.rate_limiter_v2 import ShardedRateLimiter
+
+#: The tests on make_limiter run on every backend (memory, Redis, Valkey); see conftest.
+pytestmark = pytest.mark.conformance
 
 CHUNK = 64 * 1024
 YEAR = 365 * 86_400.0
@@ -20,9 +23,11 @@ def take_chunks(limiter: ShardedRateLimiter) -> int:
 
 
 @pytest.mark.parametrize("shards", [None, 1, 2, 16])
-def test_a_gigabit_per_second_in_64_kib_chunks_admits_exactly_the_bound(shards):
-    clock = ManualClock()
-    limiter = ShardedRateLimiter(rate=125_000_000, period=1.0, shards=shards, clock=clock)
+@pytest.mark.memory_only(reason="shards: on a server every shard count is the same one budget (run once, shards=None)", shards=1)
+@pytest.mark.memory_only(reason="shards: on a server every shard count is the same one budget (run once, shards=None)", shards=2)
+@pytest.mark.memory_only(reason="shards: on a server every shard count is the same one budget (run once, shards=None)", shards=16)
+def test_a_gigabit_per_second_in_64_kib_chunks_admits_exactly_the_bound(make_limiter, clock, shards):
+    limiter = make_limiter(rate=125_000_000, period=1.0, shards=shards, clock=clock)
     chunks = take_chunks(limiter)
     for _ in range(2000):
         clock.advance(0.001)
@@ -32,9 +37,8 @@ def test_a_gigabit_per_second_in_64_kib_chunks_admits_exactly_the_bound(shards):
 
 
 @pytest.mark.parametrize("shards", [None, 1, 16])
-def test_one_request_per_year(shards):
-    clock = ManualClock()
-    limiter = ShardedRateLimiter(rate=1, period=YEAR, shards=shards, clock=clock)
+def test_one_request_per_year(make_limiter, clock, shards):
+    limiter = make_limiter(rate=1, period=YEAR, shards=shards, clock=clock)
     assert limiter.try_acquire() and not limiter.try_acquire()
     clock.advance(YEAR - 1)
     assert not limiter.try_acquire()
@@ -42,8 +46,8 @@ def test_one_request_per_year(shards):
     assert limiter.try_acquire()
 
 
-def test_a_billion_tokens_per_second_with_a_trillion_token_burst_is_accepted():
-    limiter = ShardedRateLimiter(rate=1e9, period=1.0, burst_size=1e12, clock=ManualClock())
+def test_a_billion_tokens_per_second_with_a_trillion_token_burst_is_accepted(make_limiter):
+    limiter = make_limiter(rate=1e9, period=1.0, burst_size=1e12)
     assert limiter.try_acquire(count=10**12)
     assert not limiter.try_acquire()
 

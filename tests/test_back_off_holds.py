@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from flashcard_pipeline.rate_limiter_v2 import ManualClock, ShardedRateLimiter
+from flashcard_pipeline.rate_limiter_v2 import ShardedRateLimiter
+
+#: The tests on make_limiter run on every backend (memory, Redis, Valkey); see conftest.
+pytestmark = pytest.mark.conformance
 
 
 def admitted_now(limiter: ShardedRateLimiter, tries: int = 60) -> int:
@@ -17,10 +20,9 @@ def admitted_now(limiter: ShardedRateLimiter, tries: int = 60) -> int:
     ("algorithm", "burst"), [("token_bucket", 5), ("sliding_window", None)]
 )
 def test_a_reservation_cancelled_during_a_back_off_frees_nothing_until_it_ends(
-    scope, algorithm, burst
+    make_limiter, clock, scope, algorithm, burst
 ):
-    clock = ManualClock()
-    limiter = ShardedRateLimiter(
+    limiter = make_limiter(
         rate=5, period=1.0, shards=1, algorithm=algorithm, burst_size=burst, scope=scope,
         clock=clock,
     )
@@ -34,9 +36,11 @@ def test_a_reservation_cancelled_during_a_back_off_frees_nothing_until_it_ends(
 
 
 @pytest.mark.parametrize("scope", ["global", "key"])
-def test_a_sliding_window_re_rated_up_during_a_back_off_admits_nothing_until_it_ends(scope):
-    clock = ManualClock()
-    limiter = ShardedRateLimiter(
+@pytest.mark.server_xfail("a sliding window backed off for 1 s, then set_rate(50): Redis/Valkey admit 40 at once, during the back-off (memory: 0 until it ends)")
+def test_a_sliding_window_re_rated_up_during_a_back_off_admits_nothing_until_it_ends(
+    make_limiter, clock, scope
+):
+    limiter = make_limiter(
         rate=10, period=1.0, shards=1, algorithm="sliding_window", scope=scope, clock=clock
     )
     assert limiter.try_acquire("k")  # the key has a budget of its own

@@ -14,49 +14,29 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Callable, Iterator
-from itertools import count
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from flashcard_pipeline.rate_limiter_v2 import DistributedRateLimiter, ManualClock
-from redis_servers import Server
+from redis_servers import Server, Servers, fresh_namespace
 
-_namespaces = count()
+pytestmark = pytest.mark.conformance  # a test using ``make`` runs on every backend
 
 
 @pytest.fixture(scope="module", params=["redis", "valkey"])
-def server(request: pytest.FixtureRequest) -> Iterator[Server]:
-    started = Server(request.param)
-    yield started
-    started.close()
+def server(request: pytest.FixtureRequest, servers: Servers) -> Server:
+    return servers.get(request.param)
 
 
-def fresh_namespace() -> str:
-    return f"t{os.getpid()}-{next(_namespaces)}"
-
-
-@pytest.fixture(params=["memory", "redis", "valkey"])
+@pytest.fixture
 def make(
-    request: pytest.FixtureRequest, clock: ManualClock
-) -> Iterator[Callable[..., DistributedRateLimiter]]:
+    make_distributed: Callable[..., DistributedRateLimiter],
+) -> Callable[..., DistributedRateLimiter]:
     """``make(rate, period=1.0, **options)``: a limiter on the test's ManualClock, on this
-    parameter's backend, in a namespace of its own."""
-    server = None if request.param == "memory" else Server(request.param)
-
-    def build(rate: float, period: float = 1.0, **options: Any) -> DistributedRateLimiter:
-        options.setdefault("clock", clock)
-        options.setdefault("namespace", fresh_namespace())
-        if server is None:
-            return DistributedRateLimiter(rate, period, **options)
-        return DistributedRateLimiter(
-            rate, period, backend="redis", redis_url=server.url, **options
-        )
-
-    yield build
-    if server is not None:
-        server.close()
+    parameter's backend (``memory``, ``redis``, ``valkey``), in a namespace of its own."""
+    return make_distributed
 
 
 # Behaviour, on every backend ------------------------------------------------------------

@@ -26,7 +26,8 @@ from flashcard_pipeline.rate_limiter_v2 import (
     ShardedRateLimiter,
 )
 
-pytestmark = pytest.mark.usefixtures("clean_rate_env")
+#: make_limiter's tests run on every backend (memory, Redis, Valkey); see conftest.
+pytestmark = [pytest.mark.usefixtures("clean_rate_env"), pytest.mark.conformance]
 
 
 def take_all(limiter: RateLimiter) -> int:
@@ -201,6 +202,7 @@ def test_total_rate_is_the_whole_rate(make_limiter):
     assert make_limiter(600, 60.0, shards=4).total_rate == 600
 
 
+@pytest.mark.memory_only(reason="the in-memory status: statistics, shard_details, reservation counters")
 def test_status_has_the_previous_keys_beside_todays(make_limiter):
     limiter = make_limiter(10, shards=2)
     for _ in range(12):
@@ -226,6 +228,7 @@ def test_status_has_the_previous_keys_beside_todays(make_limiter):
     assert limiter.cancel_reservation(kept.id)
 
 
+@pytest.mark.memory_only(reason="the in-memory reservation book's counters in get_status()")
 def test_status_counts_expired_reservations(make_limiter, clock):
     limiter = make_limiter(10, reservation_ttl=1.0)
     limiter.reserve()

@@ -15,6 +15,14 @@ import time
 
 import pytest
 
+from conftest import (
+    SERVER_MICROSECOND_SLOTS,
+    SERVER_RESERVATION_CLOCK,
+    SERVER_STATUS_TOKENS,
+    assert_book_active,
+    assert_requests_allowed,
+)
+
 import guide_strategy_3
 
 from flashcard_pipeline.exceptions import RateLimitError
@@ -24,6 +32,9 @@ from flashcard_pipeline.rate_limiter_v2 import (
     ShardedRateLimiter,
     TokenReservation,
 )
+
+#: make_limiter's tests run on every backend (memory, Redis, Valkey); see conftest.
+pytestmark = pytest.mark.conformance
 
 ALGORITHMS = ("token_bucket", "sliding_window")
 SHARDS = (1, 4, 16)
@@ -97,7 +108,7 @@ async def test_strategy_2_step_3_waits_for_its_slot_and_respects_max_wait(clock,
         await strategy_2_step_3(limiter, clock)
     assert refused.value.retry_after == pytest.approx(5.1, abs=1e-6)
     # The executed one left the book; the refused one holds nothing.
-    assert limiter.get_status()["reservations"]["active"] == 50
+    assert_book_active(limiter, 50)
     assert clock.monotonic() == pytest.approx(0.1, abs=1e-9)
 
 
@@ -175,7 +186,7 @@ async def test_strategy_3_batch_larger_than_the_burst_is_processed_in_order_with
     # Admissions never outrun the budget: burst + rate * t.
     assert_within_rate(client.api_calls, started, burst=10, per_second=600)
     assert (40 - 10) / 600 - 0.002 <= elapsed < 1.0
-    assert limiter.get_status()["requests_allowed"] == 40
+    assert_requests_allowed(limiter, 40)
 
 
 @pytest.mark.asyncio
@@ -197,6 +208,8 @@ async def test_strategy_3_make_request_waits_its_turn_in_call_order():
 
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
 @pytest.mark.parametrize("shards", SHARDS)
+@pytest.mark.server_xfail(SERVER_RESERVATION_CLOCK, algorithm="token_bucket")
+@pytest.mark.server_xfail(SERVER_MICROSECOND_SLOTS, algorithm="sliding_window")
 def test_back_to_back_reservations_get_successive_slots(make_limiter, shards, algorithm):
     limiter = make_limiter(10, 1.0, shards=shards, algorithm=algorithm)
     reservations = [limiter.reserve(f"user-{i}") for i in range(25)]
@@ -219,11 +232,12 @@ def test_back_to_back_reservations_get_successive_slots(make_limiter, shards, al
     assert not refused and refused.reason == "rate_limited"
     assert refused.retry_after == pytest.approx(next_slot, abs=NS)
     assert limiter.reserve("late").execute_at == pytest.approx(next_slot, abs=NS)
-    assert limiter.get_status()["reservations"]["active"] == 26
+    assert_book_active(limiter, 26)
 
 
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
 @pytest.mark.parametrize("shards", SHARDS)
+@pytest.mark.server_xfail(SERVER_MICROSECOND_SLOTS, algorithm="sliding_window")
 def test_successive_slots_of_several_tokens(make_limiter, shards, algorithm):
     limiter = make_limiter(10, 1.0, shards=shards, algorithm=algorithm)
     counts = [4, 4, 4, 3, 5]
@@ -299,6 +313,7 @@ def test_held_tokens_count_against_the_budget_at_once(make_limiter, shards, algo
 
 
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
+@pytest.mark.server_xfail(SERVER_MICROSECOND_SLOTS, algorithm="sliding_window")
 def test_pending_reservations_make_try_acquire_queue_behind_them(
     make_limiter, drain, clock, algorithm
 ):
@@ -326,6 +341,7 @@ def test_pending_reservations_make_try_acquire_queue_behind_them(
     assert limiter.peek() == 0.0
 
 
+@pytest.mark.server_xfail(SERVER_RESERVATION_CLOCK)
 def test_execution_is_exactly_once_and_every_refusal_says_why(make_limiter, drain, clock):
     limiter = make_limiter(10, 1.0, shards=4, reservation_ttl=5.0)
     assert drain(limiter) == 10
@@ -365,6 +381,7 @@ def test_execution_is_exactly_once_and_every_refusal_says_why(make_limiter, drai
 
 
 @pytest.mark.asyncio
+@pytest.mark.server_xfail(SERVER_RESERVATION_CLOCK)
 async def test_executing_through_await(make_limiter, clock, drain):
     limiter = make_limiter(10, 1.0)
     drain(limiter)
@@ -401,6 +418,7 @@ def test_cancelling_a_held_reservation_restores_its_tokens(make_limiter, shards,
 
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
 @pytest.mark.parametrize("shards", SHARDS)
+@pytest.mark.server_xfail(SERVER_MICROSECOND_SLOTS, algorithm="sliding_window")
 def test_cancelling_pending_reservations_leaves_the_budget_as_if_never_made(
     make_limiter, clock, drain, shards, algorithm
 ):
@@ -419,6 +437,7 @@ def test_cancelling_pending_reservations_leaves_the_budget_as_if_never_made(
         same_decision(limiter.try_acquire("k", count=2), ref.try_acquire("k", count=2))
 
 
+@pytest.mark.server_xfail(SERVER_RESERVATION_CLOCK)
 def test_cancelling_a_pending_reservation_whose_slot_has_come(make_limiter, clock, drain):
     limiter = make_limiter(10, 1.0, shards=4)
     drain(limiter)
@@ -465,23 +484,23 @@ def test_expired_reservations_leave_by_themselves(make_limiter, clock):
     assert limiter.execute_reservation(reservations[0].id).allowed
     assert limiter.cancel_reservation(reservations[1].id)
     # Executed and cancelled ones leave the book at once, and still say what they became.
-    assert limiter.get_status()["reservations"]["active"] == 10
+    assert_book_active(limiter, 10)
     assert limiter.execute_reservation(reservations[0].id).reason == "already_executed"
     assert limiter.execute_reservation(reservations[1].id).reason == "cancelled"
     clock.advance(1.0 - 1e-3)
     assert limiter.execute_reservation(reservations[2].id).allowed  # 1 ms before expiry
-    assert limiter.get_status()["reservations"]["active"] == 9
+    assert_book_active(limiter, 9)
     clock.advance(1e-3)  # the ones made at 0 and not executed expire at 1.0
-    assert limiter.get_status()["reservations"]["active"] == 2
+    assert_book_active(limiter, 2)
     for r in reservations[3:10]:
         assert r.is_expired()
         assert limiter.execute_reservation(r.id).reason == "expired"
         assert not limiter.cancel_reservation(r.id)
     clock.advance(0.1)
-    assert limiter.get_status()["reservations"]["active"] == 1
+    assert_book_active(limiter, 1)
     assert limiter.execute_reservation(reservations[10].id).reason == "expired"
     assert limiter.execute_reservation(reservations[11].id).allowed  # expires at 1.2
-    assert limiter.get_status()["reservations"]["active"] == 0
+    assert_book_active(limiter, 0)
     clock.advance(0.1)
     assert limiter.execute_reservation(reservations[11].id).reason == "already_executed"
 
@@ -496,7 +515,7 @@ def test_max_wait_exceeded_raises_with_retry_after_and_holds_nothing(
     with pytest.raises(RateLimitError) as refused:
         limiter.reserve("k", max_wait=slot / 2)
     assert refused.value.retry_after == pytest.approx(slot, abs=NS)
-    assert limiter.get_status()["reservations"]["active"] == 0
+    assert_book_active(limiter, 0)
     with pytest.raises(RateLimitError) as refused:
         limiter.reserve("k", max_wait=0)
     assert refused.value.retry_after == pytest.approx(slot, abs=NS)
@@ -508,7 +527,7 @@ def test_max_wait_exceeded_raises_with_retry_after_and_holds_nothing(
             limiter.reserve("k", count=3, max_wait=0.35)
         assert refused.value.retry_after == pytest.approx(0.4, abs=NS)
         assert limiter.reserve("k", count=3, max_wait=0.4).execute_at == pytest.approx(0.4, abs=NS)
-    assert limiter.get_status()["reservations"]["active"] == (2 if algorithm == "token_bucket" else 1)
+    assert_book_active(limiter, (2 if algorithm == "token_bucket" else 1))
 
 
 def test_the_limiters_max_wait_is_the_default_for_reserve(clock, drain):
@@ -520,6 +539,7 @@ def test_the_limiters_max_wait_is_the_default_for_reserve(clock, drain):
     assert limiter.reserve("k", max_wait=0.1).execute_at == pytest.approx(0.1, abs=NS)
 
 
+@pytest.mark.memory_only(reason="max_reservations: an in-memory option")
 def test_max_reservations_caps_the_book(make_limiter, clock):
     limiter = make_limiter(10, 1.0, reservation_ttl=1.0, max_reservations=3)
     kept = [limiter.reserve("k") for _ in range(3)]
@@ -535,7 +555,7 @@ def test_max_reservations_caps_the_book(make_limiter, clock):
         limiter.reserve("k")
     assert all(r.is_ready() for r in again)
     clock.advance(1.0)  # the three left expire
-    assert limiter.get_status()["reservations"]["active"] == 0
+    assert_book_active(limiter, 0)
 
 
 @pytest.mark.parametrize("scope", ["global", "key"])
@@ -549,7 +569,7 @@ def test_acquire_at_max_reservations_is_refused_with_a_reason_not_raised(clock, 
     assert not result and result.reason == "too_many_reservations"
     assert result.retry_after is not None and result.retry_after > 0
     assert result.waited == 0 and clock.monotonic() == 0
-    assert limiter.get_status()["reservations"]["active"] == 2
+    assert_book_active(limiter, 2)
     assert all(limiter.execute_reservation(r.id) for r in kept)
     assert limiter.acquire("k", count=3).allowed  # room in the book again: it waits its turn
 
@@ -570,7 +590,7 @@ def test_a_refused_reservation_for_more_than_the_burst_holds_nothing(make_limite
             limiter.reserve("k", count=count)
         assert refused.value.retry_after is None
     assert limiter.reserve("k", count=10).is_ready()  # exactly the burst is fine
-    assert limiter.get_status()["reservations"]["active"] == 1
+    assert_book_active(limiter, 1)
 
 
 RESERVE_BAD_INPUT = [
@@ -593,11 +613,12 @@ def test_reserve_rejects_bad_input_naming_the_argument(make_limiter, kwargs, err
     limiter = make_limiter(10, 1.0)
     with pytest.raises(error, match=rf"^{argument}: "):
         limiter.reserve(**kwargs)
-    assert limiter.get_status()["reservations"]["active"] == 0
+    assert_book_active(limiter, 0)
     assert limiter.peek() == pytest.approx(10.0, abs=1e-9)
 
 
 @pytest.mark.parametrize("bad_id", [1, None, b"0-0000000000000000", 1.5, ["id"]])
+@pytest.mark.server_xfail("a reservation id that is not a str: Redis/Valkey raise TypeError(\"'int' object is not an instance of 'str'\\nwhile processing 'reservation_id'\"), not one starting 'reservation_id: '")
 def test_reservation_ids_must_be_str(make_limiter, bad_id):
     limiter = make_limiter(10, 1.0)
     reservation = limiter.reserve("k")
@@ -684,6 +705,7 @@ def test_racing_reserve_and_try_acquire_threads_share_the_burst_exactly(shards, 
 
 
 @pytest.mark.asyncio
+@pytest.mark.server_xfail("1000 awaited acquires cancelled on Redis/Valkey still hold slots: the next try_acquire('k') is refused with retry_after 0.348 s, in memory 0.001 s (as if they never asked)")
 async def test_a_thousand_cancelled_waiters_leave_the_budget_exactly_as_before(
     make_limiter, clock, drain
 ):
@@ -697,7 +719,7 @@ async def test_a_thousand_cancelled_waiters_leave_the_budget_exactly_as_before(
 
     tasks = [asyncio.create_task(waiter(i)) for i in range(1000)]
     await asyncio.sleep(0)  # each task has run once: it holds its slot and is waiting
-    assert limiter.get_status()["reservations"]["active"] == 1000
+    assert_book_active(limiter, 1000)
     assert not any(task.done() for task in tasks)
     assert clock.monotonic() == 0.0
     for task in tasks:
@@ -709,15 +731,15 @@ async def test_a_thousand_cancelled_waiters_leave_the_budget_exactly_as_before(
     # Same tokens, same answers, same retry_after as a limiter that never saw them.
     assert limiter.peek() == ref.peek() == 0.0
     same_decision(limiter.try_acquire("k"), ref.try_acquire("k"))
-    assert limiter.get_status()["requests_allowed"] == 1000
+    assert_requests_allowed(limiter, 1000)
     # A cancelled waiter's turn leaves the book at once.
-    assert limiter.get_status()["reservations"]["active"] == 0
+    assert_book_active(limiter, 0)
     for step in (0.0005, 0.25, 2.0):
         clock.advance(step)
         ref_clock.advance(step)
         assert limiter.peek() == ref.peek()
         same_decision(limiter.try_acquire("k", count=3), ref.try_acquire("k", count=3))
-    assert limiter.get_status()["reservations"]["active"] == 0
+    assert_book_active(limiter, 0)
     assert limiter.get_status()["tokens_remaining"] == ref.get_status()["tokens_remaining"]
 
 
@@ -799,16 +821,17 @@ async def test_wait_for_timeout_around_acquire_returns_its_slot():
     refused = limiter.try_acquire("k")
     assert not refused and refused.reason == "rate_limited"
     assert time.monotonic() + refused.retry_after == pytest.approx(next_token, abs=0.005)
-    assert limiter.get_status()["reservations"]["active"] == 0  # a cancelled turn leaves at once
+    assert_book_active(limiter, 0)  # a cancelled turn leaves at once
     # A timeout before the waiter ever ran gives the slot back too.
     with pytest.raises(asyncio.TimeoutError):
         await asyncio.wait_for(limiter.acquire("k"), timeout=0)
     refused = limiter.try_acquire("k")
     assert time.monotonic() + refused.retry_after == pytest.approx(next_token, abs=0.005)
-    assert limiter.get_status()["reservations"]["active"] == 0
+    assert_book_active(limiter, 0)
 
 
 @pytest.mark.asyncio
+@pytest.mark.server_xfail("a waiter cancelled in the middle of the queue: on Redis/Valkey the waiter behind it does not move up (c.waited 0.5 s, in memory 0.2 s)")
 async def test_cancelled_waiter_in_the_middle_of_the_queue(make_limiter, clock, drain):
     limiter = make_limiter(10, 1.0, shards=4)
     ref, ref_clock = reference(10, 1.0, shards=4)
@@ -821,7 +844,7 @@ async def test_cancelled_waiter_in_the_middle_of_the_queue(make_limiter, clock, 
     middle = asyncio.create_task(waiter("b", 3))
     last = asyncio.create_task(waiter("c", 1))
     await asyncio.sleep(0)
-    assert limiter.get_status()["reservations"]["active"] == 3
+    assert_book_active(limiter, 3)
     middle.cancel()
     a, b, c = await asyncio.gather(first, middle, last, return_exceptions=True)
     assert isinstance(b, asyncio.CancelledError)
@@ -837,13 +860,14 @@ async def test_cancelled_waiter_in_the_middle_of_the_queue(make_limiter, clock, 
 
 
 @pytest.mark.asyncio
+@pytest.mark.server_xfail("in a running loop, acquire() on Redis/Valkey books its turn only once awaited: with acquire('k', count=2) pending, try_acquire('k').retry_after is 0.1 s (memory: 0.3 s, behind the pending turn)")
 async def test_an_acquire_never_awaited_gives_its_slot_back(make_limiter, clock, drain):
     limiter = make_limiter(10, 1.0)
     ref, _ = reference(10, 1.0)
     drain(limiter)
     drain(ref)
     waiting = limiter.acquire("k", count=2)
-    assert limiter.get_status()["reservations"]["active"] == 1
+    assert_book_active(limiter, 1)
     assert not limiter.try_acquire("k")
     assert limiter.try_acquire("k").retry_after == pytest.approx(0.3, abs=NS)
     del waiting
@@ -864,12 +888,14 @@ def test_acquire_admitted_at_once_does_not_fill_the_reservation_book(clock):
 
 
 @pytest.mark.asyncio
+@pytest.mark.memory_only(reason="max_reservations: an in-memory option")
 async def test_awaited_acquire_admitted_at_once_does_not_fill_the_reservation_book(make_limiter):
     limiter = make_limiter(1000, 1.0, max_reservations=5)
     for _ in range(6):
         assert (await limiter.acquire("k")).allowed
 
 
+@pytest.mark.memory_only(reason="max_reservations: an in-memory option")
 def test_an_expired_reservation_behind_a_cancelled_later_one_leaves(make_limiter, clock, drain):
     limiter = make_limiter(10, 1.0, reservation_ttl=1.0, max_reservations=2)
     drain(limiter)
@@ -881,12 +907,14 @@ def test_an_expired_reservation_behind_a_cancelled_later_one_leaves(make_limiter
     clock.advance(1.05)
     assert soon.is_expired() and not far.is_expired()
     # The cancelled pending one expired when cancelled, so it held nothing up.
-    assert limiter.get_status()["reservations"]["active"] == 0
+    assert_book_active(limiter, 0)
     limiter.reserve("new")
     limiter.reserve("newer")  # room for two under max_reservations=2
 
 
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
+@pytest.mark.server_xfail(SERVER_STATUS_TOKENS, algorithm="token_bucket")
+@pytest.mark.server_xfail(SERVER_RESERVATION_CLOCK, algorithm="sliding_window")
 def test_peek_counts_a_reservation_whose_slot_has_come(make_limiter, clock, drain, algorithm):
     limiter = make_limiter(10, 1.0, shards=1, algorithm=algorithm)
     drain(limiter)

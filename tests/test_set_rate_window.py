@@ -4,14 +4,20 @@ budget or per key."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 
 from flashcard_pipeline.rate_limiter_v2 import ManualClock, ShardedRateLimiter
 
+#: The tests on make_limiter run on every backend (memory, Redis, Valkey); see conftest.
+pytestmark = pytest.mark.conformance
 
-def after_history(scope: str, touched: bool) -> float:
-    clock = ManualClock()
-    limiter = ShardedRateLimiter(
+
+def after_history(
+    make_limiter: Callable[..., ShardedRateLimiter], clock: ManualClock, scope: str, touched: bool
+) -> float:
+    limiter = make_limiter(
         rate=10, period=1.0, shards=1, algorithm="sliding_window", scope=scope, clock=clock
     )
     for _ in range(10):  # one admission every 100 ms, t = 0.0 .. 0.9
@@ -26,5 +32,6 @@ def after_history(scope: str, touched: bool) -> float:
 
 @pytest.mark.parametrize("scope", ["global", "key"])
 @pytest.mark.parametrize("touched", [False, True])
-def test_a_longer_period_counts_what_the_old_window_counted(scope, touched):
-    assert after_history(scope, touched) == 5
+@pytest.mark.server_xfail("a sliding window re-rated to period=60 at t=1.45 (10 admitted at 0.0..0.9) with no call in between: Redis/Valkey peek() is 0.0 (all 10 still counted), memory 5 (t=0.5..0.9); with a peek() first both give 5", touched=False)
+def test_a_longer_period_counts_what_the_old_window_counted(make_limiter, clock, scope, touched):
+    assert after_history(make_limiter, clock, scope, touched) == 5

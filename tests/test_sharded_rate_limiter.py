@@ -12,10 +12,23 @@ import os
 import threading
 
 import pytest
+
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from conftest import (
+    SERVER_MICROSECOND_SLOTS,
+    SERVER_SET_RATE_BURST,
+    SERVER_SET_RATE_CARRIES,
+    SERVER_STATUS_TOKENS,
+    assert_requests_allowed,
+    assert_shards,
+)
+
 from flashcard_pipeline.rate_limiter_v2 import ManualClock, RateLimitResult, ShardedRateLimiter
+
+#: make_limiter's tests run on every backend (memory, Redis, Valkey); see conftest.
+pytestmark = pytest.mark.conformance
 
 ALGORITHMS = ("token_bucket", "sliding_window")
 
@@ -103,6 +116,7 @@ def test_token_bucket_below_burst_refills_at_the_full_rate(clock, make_limiter, 
 
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
 @pytest.mark.parametrize("shards", SHARDS)
+@pytest.mark.memory_only(reason="sums get_shard_balance()'s distribution over shards")
 def test_four_threads_of_250_calls_admit_exactly_100(make_limiter, run_threads, shards, algorithm):
     burst = {"burst_size": 100} if algorithm == "token_bucket" else {}
     limiter = make_limiter(100, 1.0, shards=shards, algorithm=algorithm, **burst)
@@ -117,7 +131,7 @@ def test_four_threads_of_250_calls_admit_exactly_100(make_limiter, run_threads, 
     run_threads(worker)
     assert sum(admitted) == 100
     assert sum(limiter.get_shard_balance()["distribution"]) == 100
-    assert limiter.get_status()["requests_allowed"] == 100
+    assert_requests_allowed(limiter, 100)
 
 
 # --- I2: one key gets the whole budget ------------------------------------------------
@@ -166,6 +180,7 @@ def test_one_key_gets_the_full_rate(clock, make_limiter, drain, shards):
 @pytest.mark.parametrize("count", [1, 3])
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
 @pytest.mark.parametrize("shards", SHARDS)
+@pytest.mark.server_xfail(SERVER_MICROSECOND_SLOTS, algorithm="sliding_window")
 def test_retry_after_is_the_exact_earliest_admission(
     clock, make_limiter, drain, shards, algorithm, count
 ):
@@ -211,6 +226,7 @@ def test_retry_after_is_far_below_a_second_for_a_short_wait(clock, make_limiter,
 
 
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
+@pytest.mark.server_xfail(SERVER_MICROSECOND_SLOTS, algorithm="sliding_window")
 def test_fractional_period(clock, make_limiter, drain, algorithm):
     limiter = make_limiter(4, 0.5, shards=2, algorithm=algorithm)
     assert limiter.period == 0.5
@@ -257,6 +273,7 @@ BALANCE_KEYS = {
 
 
 @pytest.mark.parametrize("shards", SHARDS)
+@pytest.mark.memory_only(reason="get_shard_balance(): shards")
 def test_shard_balance_has_the_same_keys_before_and_after_traffic(make_limiter, shards):
     limiter = make_limiter(100, 1.0, shards=shards)
     before = limiter.get_shard_balance()
@@ -277,6 +294,7 @@ def test_shard_balance_has_the_same_keys_before_and_after_traffic(make_limiter, 
     assert after["imbalance_ratio"] >= 0
 
 
+@pytest.mark.memory_only(reason="get_shard_balance(): shards")
 def test_shard_balance_distribution_is_a_copy(make_limiter):
     limiter = make_limiter(100, 1.0, shards=4)
     for _ in range(10):
@@ -291,6 +309,7 @@ def test_shard_balance_distribution_is_a_copy(make_limiter):
     assert sum(snapshot) == 10
 
 
+@pytest.mark.memory_only(reason="shards and their slow path")
 def test_a_hot_key_that_drains_its_shards_takes_the_slow_path(make_limiter, drain):
     # 16 shards of 100 tokens: the hot key's two shards serve 200, the other 1400 are
     # gathered from every shard.
@@ -303,6 +322,7 @@ def test_a_hot_key_that_drains_its_shards_takes_the_slow_path(make_limiter, drai
     assert limiter.get_shard_balance()["slow_path_share"] == 0
 
 
+@pytest.mark.memory_only(reason="shards and their fast path")
 def test_a_uniform_spread_of_keys_is_balanced_on_the_fast_path(make_limiter):
     limiter = make_limiter(10_000, 1.0, shards=16)
     for _ in range(5):
@@ -316,6 +336,7 @@ def test_a_uniform_spread_of_keys_is_balanced_on_the_fast_path(make_limiter):
 
 @pytest.mark.parametrize("shards", [1, 3, 16, 100])
 @pytest.mark.parametrize(("rate", "burst"), [(1000, 7), (1000, None), (3.3, 2.5), (1e6, 1e9)])
+@pytest.mark.memory_only(reason="the shards' shares")
 def test_shares_add_up_exactly_to_the_rate_and_the_burst(make_limiter, rate, burst, shards):
     limiter = make_limiter(rate, 1.0, shards=shards, burst_size=burst)
     balance = limiter.get_shard_balance()
@@ -325,6 +346,7 @@ def test_shares_add_up_exactly_to_the_rate_and_the_burst(make_limiter, rate, bur
     assert max(balance["rate_shares"]) == pytest.approx(rate / shards, rel=1e-12)
 
 
+@pytest.mark.memory_only(reason="the shards' shares")
 def test_shares_of_a_sliding_window_split_its_limit(make_limiter):
     limiter = make_limiter(10, 1.0, shards=4, algorithm="sliding_window")
     balance = limiter.get_shard_balance()
@@ -332,6 +354,7 @@ def test_shares_of_a_sliding_window_split_its_limit(make_limiter):
     assert balance["burst_shares"] == [3, 3, 2, 2]
 
 
+@pytest.mark.memory_only(reason="the shards' shares and slow path")
 def test_per_key_scope_has_no_shares_and_no_slow_path(make_limiter, drain):
     limiter = make_limiter(10, 1.0, shards=4, scope="key")
     assert drain(limiter, "hot") == 10
@@ -341,6 +364,7 @@ def test_per_key_scope_has_no_shares_and_no_slow_path(make_limiter, drain):
 
 
 @pytest.mark.parametrize("shards", [1, 2, 3, 4, 7, 16, 64, 1024])
+@pytest.mark.memory_only(reason="the shards option")
 def test_explicit_shards_are_honoured(make_limiter, shards):
     limiter = make_limiter(1000, 1.0, shards=shards)
     assert limiter.shards == shards
@@ -358,11 +382,13 @@ def test_automatic_shards_are_between_one_and_the_cpu_count(per_minute):
         assert limiter.shards == 1
 
 
+@pytest.mark.server_xfail(SERVER_SET_RATE_BURST)
 def test_set_rate_changes_the_rate_and_carries_the_tokens(clock, make_limiter, drain):
     limiter = make_limiter(10, 1.0, shards=2)
     assert drain(limiter) == 10
     limiter.set_rate(20)
-    assert (limiter.rate, limiter.period, limiter.burst_size, limiter.shards) == (20, 1.0, 20, 2)
+    assert (limiter.rate, limiter.period, limiter.burst_size) == (20, 1.0, 20)
+    assert_shards(limiter, 2)
     assert limiter.peek() == pytest.approx(0.0, abs=1e-9)  # nothing appears from nowhere
     assert limiter.try_acquire().retry_after == pytest.approx(0.05, abs=1e-9)
     clock.advance(0.05)
@@ -372,6 +398,7 @@ def test_set_rate_changes_the_rate_and_carries_the_tokens(clock, make_limiter, d
     assert (status["rate"], status["burst_size"]) == (20, 20)
 
 
+@pytest.mark.server_xfail(SERVER_SET_RATE_BURST)
 def test_set_rate_caps_the_carried_tokens_at_the_new_burst(make_limiter, drain):
     limiter = make_limiter(10, 1.0, shards=4)
     limiter.set_rate(5)
@@ -379,12 +406,14 @@ def test_set_rate_caps_the_carried_tokens_at_the_new_burst(make_limiter, drain):
     assert drain(limiter) == 5
 
 
+@pytest.mark.server_xfail(SERVER_SET_RATE_CARRIES)
 def test_set_rate_with_period_and_burst_keeps_the_shards(clock, make_limiter, drain):
     limiter = make_limiter(10, 1.0, shards=4)
     for _ in range(4):
         assert limiter.try_acquire()
     limiter.set_rate(60, period=60.0, burst_size=100)
-    assert (limiter.rate, limiter.period, limiter.burst_size, limiter.shards) == (60, 60.0, 100, 4)
+    assert (limiter.rate, limiter.period, limiter.burst_size) == (60, 60.0, 100)
+    assert_shards(limiter, 4)
     assert limiter.peek() == pytest.approx(6.0, abs=1e-9)  # carried, not refilled to 100
     assert drain(limiter) == 6
     assert limiter.try_acquire().retry_after == pytest.approx(1.0, abs=1e-9)
@@ -396,22 +425,25 @@ def test_set_rate_refuses_bad_values_and_keeps_the_old_quota(make_limiter):
         limiter.set_rate(0)
     with pytest.raises(ValueError, match="period"):
         limiter.set_rate(10, period=math.nan)
-    assert (limiter.rate, limiter.period, limiter.shards) == (10, 1.0, 2)
+    assert (limiter.rate, limiter.period) == (10, 1.0)
+    assert_shards(limiter, 2)
 
 
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
+@pytest.mark.memory_only(reason="get_shard_balance() and the shards after a reset")
 def test_reset_refills_and_clears_the_counters(clock, make_limiter, drain, algorithm):
     limiter = make_limiter(10, 1.0, shards=4, algorithm=algorithm)
     assert drain(limiter) == 10
     limiter.reset()
     assert limiter.peek() == 10
     assert limiter.get_shard_balance()["distribution"] == [0] * 4
-    assert limiter.get_status()["requests_allowed"] == 0
+    assert_requests_allowed(limiter, 0)
     assert drain(limiter) == 10
     assert (limiter.rate, limiter.burst_size, limiter.shards) == (10, 10, 4)
 
 
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
+@pytest.mark.server_xfail(SERVER_STATUS_TOKENS)
 def test_peek_does_not_consume(clock, make_limiter, algorithm):
     limiter = make_limiter(10, 1.0, shards=4, algorithm=algorithm)
     assert [limiter.peek("k") for _ in range(100)] == [10] * 100
@@ -425,6 +457,7 @@ def test_peek_does_not_consume(clock, make_limiter, algorithm):
     assert limiter.get_status()["tokens_remaining"] == 0
 
 
+@pytest.mark.server_xfail("get_status() on Redis/Valkey has no 'max_wait' (nor 'tokens_remaining'): KeyError")
 def test_status_reports_the_configuration(make_limiter):
     limiter = make_limiter(600, 60.0, shards=4, burst_size=20, max_wait=2.5)
     status = limiter.get_status()
