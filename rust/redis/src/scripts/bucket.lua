@@ -14,7 +14,7 @@ local function load_budget(header)
   local at, owed, was = string.match(header, '^(%d+) (%d+) (%d+)$')
   owed, was = tonumber(owed), tonumber(was)
   if was ~= price then owed = math.ceil(owed / was * price) end
-  ahead = math.max(owed - tick * math.max(now - tonumber(at), 0), 0)
+  ahead = math.max(owed - tick * (now - tonumber(at)), 0)
 end
 
 local function budget_header() return string.format('%.0f %.0f %.0f', now, ahead, price) end

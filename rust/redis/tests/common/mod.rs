@@ -102,13 +102,29 @@ impl Server {
         ttl: u64,
         grace: u64,
     ) -> RedisBudget {
+        let namespace = format!("t{}", unique());
+        self.budget_in(&namespace, algorithm, rate, burst, clock, ttl, grace)
+    }
+
+    /// [`Server::budget_with`] in `namespace`: budgets made in one namespace are one.
+    #[allow(clippy::too_many_arguments)]
+    pub fn budget_in(
+        &self,
+        namespace: &str,
+        algorithm: Algorithm,
+        rate: f64,
+        burst: f64,
+        clock: Option<Arc<ManualClock>>,
+        ttl: u64,
+        grace: u64,
+    ) -> RedisBudget {
         let burst = (algorithm == Algorithm::TokenBucket).then_some(burst);
         let quota = Quota::new(rate, 1.0, burst, algorithm, Some(1)).unwrap();
         RedisBudget::new(
             quota,
             Options {
                 url: self.url(),
-                namespace: format!("t{}", unique()),
+                namespace: namespace.to_owned(),
                 scope: Scope::Global,
                 timeout: Duration::from_secs(2),
                 clock,
