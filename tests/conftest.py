@@ -31,12 +31,6 @@ SERVER_MICROSECOND_SLOTS = (
     "after the window has passed (e.g. retry_after 0.500001 for 0.5, execute_at 2.000002 "
     "for 2.0), in memory 1 ns after: not within the 1e-6 the tests allow"
 )
-#: A server's reservation does not read the limiter's clock.
-SERVER_RESERVATION_CLOCK = (
-    "a Redis/Valkey TokenReservation's wait_time(), is_ready() and is_expired() read the real "
-    "clock, not the limiter's ManualClock: for a slot 0.1 s ahead wait_time() is 0.0 and "
-    "is_ready() / is_expired() are True (memory: 0.1, False, False)"
-)
 #: set_rate without burst_size.
 SERVER_SET_RATE_BURST = (
     "set_rate(rate) without burst_size keeps the old burst on Redis/Valkey (10 after "
@@ -48,11 +42,6 @@ SERVER_SET_RATE_CARRIES = (
     "set_rate on Redis/Valkey carries the tokens used, not the tokens left: 4 of 10 taken, "
     "then set_rate(60, period=60, burst_size=100) leaves peek() == 96 (memory: 6); a key "
     "drained of 10, then set_rate(20, burst_size=20) peeks 10 (memory: 0)"
-)
-#: get_status() has no tokens_remaining.
-SERVER_STATUS_TOKENS = (
-    "get_status() on Redis/Valkey has no 'tokens_remaining' (it names the tokens "
-    "'tokens_available'): KeyError"
 )
 
 

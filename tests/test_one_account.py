@@ -35,7 +35,6 @@ from flashcard_pipeline.exceptions import RateLimitError
 from conftest import (
     HAMMER,
     HAMMER_BURST,
-    SERVER_RESERVATION_CLOCK,
     assert_book_active,
     blocking_acquirer,
     check_within_rate,
@@ -97,7 +96,6 @@ def test_symptom_1_a_reservation_booked_after_an_execution_gets_its_own_slot(
 # ======================================================================================
 
 
-@pytest.mark.server_xfail(SERVER_RESERVATION_CLOCK)
 def test_symptom_2_sliding_window_refuses_an_early_execution(clock, make_limiter):
     """No early tolerance: 2 ms before its slot a sliding-window reservation is not ready,
     at its slot it is, and no closed window of ``period`` ever holds more than ``rate``."""

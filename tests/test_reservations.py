@@ -17,8 +17,6 @@ import pytest
 
 from conftest import (
     SERVER_MICROSECOND_SLOTS,
-    SERVER_RESERVATION_CLOCK,
-    SERVER_STATUS_TOKENS,
     assert_book_active,
     assert_requests_allowed,
 )
@@ -208,7 +206,6 @@ async def test_strategy_3_make_request_waits_its_turn_in_call_order():
 
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
 @pytest.mark.parametrize("shards", SHARDS)
-@pytest.mark.server_xfail(SERVER_RESERVATION_CLOCK, algorithm="token_bucket")
 @pytest.mark.server_xfail(SERVER_MICROSECOND_SLOTS, algorithm="sliding_window")
 def test_back_to_back_reservations_get_successive_slots(make_limiter, shards, algorithm):
     limiter = make_limiter(10, 1.0, shards=shards, algorithm=algorithm)
@@ -341,7 +338,6 @@ def test_pending_reservations_make_try_acquire_queue_behind_them(
     assert limiter.peek() == 0.0
 
 
-@pytest.mark.server_xfail(SERVER_RESERVATION_CLOCK)
 def test_execution_is_exactly_once_and_every_refusal_says_why(make_limiter, drain, clock):
     limiter = make_limiter(10, 1.0, shards=4, reservation_ttl=5.0)
     assert drain(limiter) == 10
@@ -381,7 +377,6 @@ def test_execution_is_exactly_once_and_every_refusal_says_why(make_limiter, drai
 
 
 @pytest.mark.asyncio
-@pytest.mark.server_xfail(SERVER_RESERVATION_CLOCK)
 async def test_executing_through_await(make_limiter, clock, drain):
     limiter = make_limiter(10, 1.0)
     drain(limiter)
@@ -437,7 +432,6 @@ def test_cancelling_pending_reservations_leaves_the_budget_as_if_never_made(
         same_decision(limiter.try_acquire("k", count=2), ref.try_acquire("k", count=2))
 
 
-@pytest.mark.server_xfail(SERVER_RESERVATION_CLOCK)
 def test_cancelling_a_pending_reservation_whose_slot_has_come(make_limiter, clock, drain):
     limiter = make_limiter(10, 1.0, shards=4)
     drain(limiter)
@@ -913,8 +907,6 @@ def test_an_expired_reservation_behind_a_cancelled_later_one_leaves(make_limiter
 
 
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
-@pytest.mark.server_xfail(SERVER_STATUS_TOKENS, algorithm="token_bucket")
-@pytest.mark.server_xfail(SERVER_RESERVATION_CLOCK, algorithm="sliding_window")
 def test_peek_counts_a_reservation_whose_slot_has_come(make_limiter, clock, drain, algorithm):
     limiter = make_limiter(10, 1.0, shards=1, algorithm=algorithm)
     drain(limiter)

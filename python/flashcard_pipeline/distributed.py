@@ -460,6 +460,8 @@ class _RedisRateLimiter(DistributedRateLimiter):
             "burst_size": self.burst_size,
             "algorithm": self.algorithm,
             "scope": self.scope,
+            "max_wait": self._max_wait,
+            "tokens_remaining": tokens,
             "tokens_available": tokens,
             "backend": {
                 "type": "redis",

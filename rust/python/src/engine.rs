@@ -101,7 +101,11 @@ impl PyEngine {
                     Key::Given(key) => key.into_any().unbind(),
                     Key::Default => PyString::new(py, "default").into_any().unbind(),
                 };
-                Bound::new(py, PyTokenReservation::new(slf, key, reservation))?.into_any()
+                Bound::new(
+                    py,
+                    PyTokenReservation::new(this.core.clock(), key, reservation),
+                )?
+                .into_any()
             }
             Booking::Decided(decision) => {
                 Bound::new(py, PyRateLimitResult::new(decision, 0.0))?.into_any()

@@ -15,7 +15,7 @@ use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::PyList;
 use ratelimit_core::{
-    validate_max_wait, Algorithm, Clock, Decision, ManualClock, Quota, ReservationPolicy, Scope,
+    validate_max_wait, Algorithm, Backend, Decision, Quota, ReservationPolicy, Scope,
 };
 use ratelimit_redis::{after_answers, Booked, Layout, Options, RedisBudget, Reserved, Turn};
 
@@ -30,7 +30,6 @@ use crate::result::PyRateLimitResult;
 #[pyclass(frozen, module = "flashcard_pipeline._native", name = "RedisEngine")]
 pub(crate) struct PyRedisEngine {
     budget: RedisBudget,
-    clock: Option<Arc<ManualClock>>,
     namespace: String,
     scope: Scope,
 }
@@ -180,17 +179,6 @@ impl PyCompletions {
     }
 }
 
-impl PyRedisEngine {
-    /// Microseconds on the budget's clock (the server's epoch time, or a manual clock's) as
-    /// epoch seconds.
-    fn epoch(&self, micros: u64) -> f64 {
-        match &self.clock {
-            Some(clock) => Clock::Manual(Arc::clone(clock)).to_epoch(micros * 1_000),
-            None => micros as f64 / 1e6,
-        }
-    }
-}
-
 #[pymethods]
 impl PyRedisEngine {
     #[new]
@@ -240,19 +228,17 @@ impl PyRedisEngine {
                     timeout.0
                 ))
             })?;
-        let manual = clock.map(|c| c.0.get().inner.clone());
         let options = Options {
             url,
             namespace: namespace.clone(),
             scope,
             timeout,
-            clock: manual.clone(),
+            clock: clock.map(|c| c.0.get().inner.clone()),
             reservation_ttl: seconds("reservation_ttl", policy.ttl)?,
             reservation_grace: seconds("reservation_grace", policy.grace)?,
         };
         Ok(Self {
             budget: RedisBudget::new(quota, options)?,
-            clock: manual,
             namespace,
             scope,
         })
@@ -386,10 +372,13 @@ impl PyRedisEngine {
         Ok(
             match py.detach(|| self.budget.reserve(&key, count.0, bound))? {
                 Reserved::Reservation(r) => {
-                    let times = [r.reserved_at, r.execute_at, r.expires_at].map(|t| self.epoch(t));
+                    let epochs =
+                        [r.reserved_at, r.execute_at, r.expires_at].map(|t| self.budget.epoch(t));
+                    let placed = self.budget.placed(&r);
+                    let clock = Backend::clock(&self.budget);
                     Bound::new(
                         py,
-                        PyTokenReservation::shared(r.id, shown_key, r.count, times),
+                        PyTokenReservation::with_epochs(clock, shown_key, placed, epochs),
                     )?
                     .into_any()
                 }

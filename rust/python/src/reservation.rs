@@ -9,12 +9,12 @@ use pyo3::types::PyString;
 use ratelimit_core::{Clock, Nanos, Reservation};
 
 use crate::args::{Delay, ExecuteAt, ExpiresAt, IdArg, Key, ReservedAt, ReservedCount, ShardId};
-use crate::engine::PyEngine;
 use crate::result::Ready;
 
-/// The limiter's booking behind a reservation it made: its slot and expiry on its clock.
+/// The limiter's booking behind a reservation it made: its slot and expiry on the
+/// limiter's clock (a budget shared through a store places them on its own).
 struct Booking {
-    limiter: Py<PyEngine>,
+    clock: Clock,
     slot: Nanos,
     expires: Nanos,
 }
@@ -64,21 +64,34 @@ fn epoch_now(py: Python<'_>) -> PyResult<f64> {
 }
 
 impl PyTokenReservation {
-    pub(crate) fn new(
-        limiter: &Bound<'_, PyEngine>,
+    /// A limiter's reservation, its times on `clock`, the limiter's.
+    pub(crate) fn new(clock: &Clock, key: Py<PyAny>, reservation: Reservation) -> Self {
+        let epochs = [
+            reservation.reserved_at,
+            reservation.execute_at,
+            reservation.expires_at,
+        ]
+        .map(|t| clock.to_epoch(t));
+        Self::with_epochs(clock, key, reservation, epochs)
+    }
+
+    /// [`PyTokenReservation::new`] whose epoch times are the store's (a shared budget's
+    /// server clock: every process shows the same ones).
+    pub(crate) fn with_epochs(
+        clock: &Clock,
         key: Py<PyAny>,
         reservation: Reservation,
+        [reserved_at, execute_at, expires_at]: [f64; 3],
     ) -> Self {
-        let clock: &Clock = limiter.get().core().clock();
         Self {
             key,
             count: reservation.count,
             shard_id: Some(reservation.shard),
-            reserved_at: clock.to_epoch(reservation.reserved_at),
-            execute_at: AtomicU64::new(clock.to_epoch(reservation.execute_at).to_bits()),
-            expires_at: clock.to_epoch(reservation.expires_at),
+            reserved_at,
+            execute_at: AtomicU64::new(execute_at.to_bits()),
+            expires_at,
             booking: Some(Booking {
-                limiter: limiter.clone().unbind(),
+                clock: clock.clone(),
                 slot: reservation.execute_at,
                 expires: reservation.expires_at,
             }),
@@ -86,32 +99,9 @@ impl PyTokenReservation {
         }
     }
 
-    /// A reservation a shared budget (Redis) made: its times are epoch seconds on the
-    /// budget's clock, and `is_ready()` compares them with `time.time()` as for one made by
-    /// hand (the server decides the admission; this is a hint).
-    pub(crate) fn shared(
-        id: String,
-        key: Py<PyAny>,
-        count: u64,
-        [reserved_at, execute_at, expires_at]: [f64; 3],
-    ) -> Self {
-        Self {
-            id,
-            key,
-            count,
-            shard_id: Some(0),
-            reserved_at,
-            execute_at: AtomicU64::new(execute_at.to_bits()),
-            expires_at,
-            booking: None,
-        }
-    }
-
-    /// The booking's limiter's clock now, with the booking.
+    /// The booking's clock now, with the booking.
     fn on_clock(&self) -> Option<(Nanos, &Booking)> {
-        self.booking
-            .as_ref()
-            .map(|b| (b.limiter.get().core().clock().now(), b))
+        self.booking.as_ref().map(|b| (b.clock.now(), b))
     }
 }
 

@@ -36,7 +36,9 @@ const FOREVER_MICROS: u64 = 1 << 52;
 /// What a budget is made with.
 #[derive(Debug, Clone)]
 pub struct Options {
-    /// `redis://[user:password@]host[:port][/db]` or `unix:///path/to.sock[?db=N]`.
+    /// `redis://[user:password@]host[:port][/db]`, `rediss://...` (TLS: the server's
+    /// certificate is checked against the system's roots, or the file `SSL_CERT_FILE`
+    /// names), or `unix:///path/to.sock[?db=N]`.
     pub url: String,
     pub namespace: String,
     pub scope: Scope,
@@ -450,7 +452,7 @@ impl RedisBudget {
         }
         let id = micros(&reply, 5)?;
         Ok(Reserved::Reservation(Reservation {
-            id: format!("{id}@{key}"),
+            id: self.layout.reservation_id(id, key),
             count,
             reserved_at: micros(&reply, 4)?,
             execute_at: micros(&reply, 6)?,
@@ -458,10 +460,34 @@ impl RedisBudget {
         }))
     }
 
+    /// `reservation` on this budget's clock: its slot and expiry as far from now as the
+    /// server put them from its own now.
+    pub fn placed(&self, reservation: &Reservation) -> ratelimit_core::Reservation {
+        let now = self.time.now();
+        let at = |micros: u64| now + micros.saturating_sub(reservation.reserved_at) * 1_000;
+        ratelimit_core::Reservation {
+            id: reservation.id.clone(),
+            count: reservation.count,
+            shard: 0,
+            reserved_at: now,
+            execute_at: at(reservation.execute_at),
+            expires_at: at(reservation.expires_at),
+        }
+    }
+
+    /// Microseconds on the server's clock (or the test's manual clock the scripts were
+    /// given) as epoch seconds.
+    pub fn epoch(&self, micros: u64) -> f64 {
+        match &self.time {
+            Clock::Manual(_) => self.time.to_epoch(micros * 1_000),
+            Clock::Monotonic { .. } => micros as f64 / 1e6,
+        }
+    }
+
     /// Admits a caller's reservation once its slot has come (see the core's
     /// `execute_reservation`).
     pub fn execute_reservation(&self, id: &str) -> Result<Decision> {
-        let Some((id, key)) = parse_id(id) else {
+        let Some((id, key)) = self.layout.parse_reservation_id(id) else {
             return Ok(refusal(Refusal::UnknownReservation));
         };
         let (call, unit) = self.call_on("execute", key, 1, 0, id, "c")?;
@@ -470,7 +496,7 @@ impl RedisBudget {
 
     /// Gives a caller's reservation back: whether it was live.
     pub fn cancel_reservation(&self, id: &str) -> Result<bool> {
-        match parse_id(id) {
+        match self.layout.parse_reservation_id(id) {
             Some((id, key)) => self.cancel_booking(key, id),
             None => Ok(false),
         }
@@ -795,32 +821,26 @@ impl Backend for RedisBudget {
 
     fn book(&self, key: Key<'_>, count: u64, max_wait: f64, holder: Holder) -> Result<Booking> {
         let key = key.text()?;
-        let now = self.time.now();
-        let at = |micros: u64, from: u64| now + micros.saturating_sub(from) * 1_000;
         match holder {
             Holder::Caller => Ok(match self.reserve(key, count, max_wait)? {
-                Reserved::Reservation(r) => Booking::Reserved(ratelimit_core::Reservation {
-                    id: r.id,
-                    count: r.count,
-                    shard: 0,
-                    reserved_at: now,
-                    execute_at: at(r.execute_at, r.reserved_at),
-                    expires_at: at(r.expires_at, r.reserved_at),
-                }),
+                Reserved::Reservation(r) => Booking::Reserved(self.placed(&r)),
                 Reserved::Refused(decision) => Booking::Decided(decision),
             }),
             Holder::Waiter => Ok(match self.book_turn(key, count, max_wait)? {
                 Booked::Admitted(decision) | Booked::Refused(decision) => {
                     Booking::Decided(decision)
                 }
-                Booked::Turn(turn) => Booking::Reserved(ratelimit_core::Reservation {
-                    id: format!("{}@{}", turn.id, turn.key),
-                    count,
-                    shard: 0,
-                    reserved_at: now,
-                    execute_at: now + whole_nanos(turn.wait) as u64,
-                    expires_at: u64::MAX,
-                }),
+                Booked::Turn(turn) => {
+                    let now = self.time.now();
+                    Booking::Reserved(ratelimit_core::Reservation {
+                        id: self.layout.reservation_id(turn.id, &turn.key),
+                        count,
+                        shard: 0,
+                        reserved_at: now,
+                        execute_at: now + whole_nanos(turn.wait) as u64,
+                        expires_at: u64::MAX,
+                    })
+                }
             }),
         }
     }
@@ -973,11 +993,6 @@ fn booked(reply: &[Value], key: String, unit: u64) -> Result<Booked> {
 pub const MAX_BOOKINGS: usize = 10_000;
 
 /// A reservation id, `"<number>@<key>"`, as its number and its key.
-fn parse_id(id: &str) -> Option<(u64, &str)> {
-    let (number, key) = id.split_once('@')?;
-    Some((number.parse().ok()?, key))
-}
-
 /// A refusal decided without asking the server.
 fn refusal(reason: Refusal) -> Decision {
     Decision {

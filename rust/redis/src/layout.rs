@@ -10,6 +10,10 @@
 //! and the pattern).
 //! A namespace is 1 to 64 letters, digits and `_ . -`: nothing a glob pattern or a hash tag
 //! would read as syntax.
+//!
+//! A reservation's id names its booking in the budget's book and the budget: `7:ns` with
+//! `scope="global"`, `7:ns@user_1` with `scope="key"`. A limiter refuses an id of another
+//! namespace as unknown, and with `scope="global"` nothing follows the namespace.
 
 use ratelimit_core::{Error, Result, Scope};
 
@@ -17,6 +21,7 @@ pub const MAX_NAMESPACE_LEN: usize = 64;
 
 #[derive(Debug, Clone)]
 pub struct Layout {
+    namespace: String,
     prefix: String,
     scope: Scope,
 }
@@ -37,6 +42,7 @@ impl Layout {
             });
         }
         Ok(Self {
+            namespace: namespace.to_owned(),
             prefix: format!("rl:v1:{{{namespace}}}:"),
             scope,
         })
@@ -61,6 +67,28 @@ impl Layout {
     pub fn scope(&self) -> Scope {
         self.scope
     }
+
+    /// The id of booking `number` in the budget `key` draws on.
+    pub fn reservation_id(&self, number: u64, key: &str) -> String {
+        match self.scope {
+            Scope::Global => format!("{number}:{}", self.namespace),
+            Scope::Key => format!("{number}:{}@{key}", self.namespace),
+        }
+    }
+
+    /// The booking number and the key of a [`Layout::reservation_id`] of this namespace;
+    /// `None` for any other text.
+    pub fn parse_reservation_id<'a>(&self, id: &'a str) -> Option<(u64, &'a str)> {
+        let (head, key) = match self.scope {
+            Scope::Global => (id, ""),
+            Scope::Key => id.split_once('@')?,
+        };
+        let (number, namespace) = head.split_once(':')?;
+        if namespace != self.namespace || number.starts_with('+') {
+            return None;
+        }
+        Some((number.parse().ok()?, key))
+    }
 }
 
 #[cfg(test)]
@@ -74,6 +102,20 @@ mod tests {
         assert_eq!(global.pattern(), "rl:v1:{a}:*");
         let keyed = Layout::new("a", Scope::Key).unwrap();
         assert_eq!(keyed.name("sw", "u}*:1"), b"rl:v1:{a}:sw:u}*:1");
+    }
+
+    #[test]
+    fn a_reservation_id_names_its_namespace() {
+        let global = Layout::new("a", Scope::Global).unwrap();
+        assert_eq!(global.reservation_id(7, "user_1"), "7:a");
+        assert_eq!(global.parse_reservation_id("7:a"), Some((7, "")));
+        let keyed = Layout::new("a", Scope::Key).unwrap();
+        assert_eq!(keyed.reservation_id(7, "u@1"), "7:a@u@1");
+        assert_eq!(keyed.parse_reservation_id("7:a@u@1"), Some((7, "u@1")));
+        for foreign in ["7:b", "7:a0", "7", "x:a", "+7:a", "", "7:a@k"] {
+            assert_eq!(global.parse_reservation_id(foreign), None, "{foreign:?}");
+        }
+        assert_eq!(keyed.parse_reservation_id("7:b@k"), None);
     }
 
     #[test]
