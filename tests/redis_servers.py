@@ -71,15 +71,19 @@ def free_port() -> int:
 
 
 class Server:
-    """``Server(kind, unix=False)``: started at once (with ``unix``, listening on the unix
-    socket ``socket`` too); ``url``, ``stop()``, ``start()`` (same port),
-    ``pause()`` / ``resume()`` (SIGSTOP / SIGCONT)."""
+    """``Server(kind, unix=False, tls=None)``: started at once (with ``unix``, listening on
+    the unix socket ``socket`` too; with ``tls``, a directory holding ``server.crt``,
+    ``server.key`` and the ``authority.crt`` that signed it, on a TLS port too, at
+    ``tls_url``); ``url``, ``stop()``, ``start()`` (same port), ``pause()`` / ``resume()``
+    (SIGSTOP / SIGCONT)."""
 
-    def __init__(self, kind: str, *, unix: bool = False) -> None:
+    def __init__(self, kind: str, *, unix: bool = False, tls: Path | None = None) -> None:
         self.kind = kind
         self.port = free_port()
         self.dir = tempfile.mkdtemp(prefix=f"rl-{kind}-")
         self.socket = os.path.join(self.dir, "redis.sock") if unix else None
+        self.tls = tls
+        self.tls_port = free_port() if tls else None
         self.process: subprocess.Popen[bytes] | None = None
         self.start()
 
@@ -87,11 +91,17 @@ class Server:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}"
 
+    @property
+    def tls_url(self) -> str | None:
+        """The TLS port's URL, by the name its certificate is for."""
+        return None if self.tls_port is None else f"rediss://localhost:{self.tls_port}"
+
     def start(self) -> None:
         self.process = subprocess.Popen(
             [binary(self.kind), "--port", str(self.port), "--bind", "127.0.0.1",
              "--save", "", "--appendonly", "no", "--dir", self.dir, "--user", *CONFINED_USER.split(),
-             *(["--unixsocket", self.socket] if self.socket else [])],
+             *(["--unixsocket", self.socket] if self.socket else []),
+             *(self._tls_arguments() if self.tls else [])],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -106,6 +116,13 @@ class Server:
                 pass
             assert time.monotonic() < deadline, f"{self.kind} did not start"
             time.sleep(0.01)
+
+    def _tls_arguments(self) -> list[str]:
+        assert self.tls is not None
+        return ["--tls-port", str(self.tls_port), "--tls-auth-clients", "no",
+                "--tls-cert-file", str(self.tls / "server.crt"),
+                "--tls-key-file", str(self.tls / "server.key"),
+                "--tls-ca-cert-file", str(self.tls / "authority.crt")]
 
     def flush(self) -> None:
         """Forgets every key (FLUSHALL): the next test finds an empty server."""
