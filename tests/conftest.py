@@ -31,6 +31,13 @@ SERVER_MICROSECOND_SLOTS = (
     "after the window has passed (e.g. retry_after 0.500001 for 0.5, execute_at 2.000002 "
     "for 2.0), in memory 1 ns after: not within the 1e-6 the tests allow"
 )
+#: Why acquire() is awaited on a server: the memory_only reason of the tests that call it
+#: in a running event loop without awaiting it.
+SERVER_ACQUIRE_AWAITED = (
+    "in a running event loop, acquire() on a server is always an awaitable: its round trips "
+    "are awaited in the task, never made on the loop's thread at the call (the in-memory "
+    "limiter decides at the call, and books a turn then)"
+)
 #: set_rate without burst_size.
 SERVER_SET_RATE_BURST = (
     "set_rate(rate) without burst_size keeps the old burst on Redis/Valkey (10 after "

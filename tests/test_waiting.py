@@ -13,7 +13,12 @@ import warnings
 
 import pytest
 
-from conftest import SERVER_MICROSECOND_SLOTS, assert_book_active, assert_requests_allowed
+from conftest import (
+    SERVER_ACQUIRE_AWAITED,
+    SERVER_MICROSECOND_SLOTS,
+    assert_book_active,
+    assert_requests_allowed,
+)
 
 from flashcard_pipeline.rate_limiter_v2 import RateLimitResult, ShardedRateLimiter
 
@@ -150,7 +155,7 @@ async def test_concurrent_awaited_acquires_really_limit(clock, make_limiter):
 
 
 @pytest.mark.asyncio
-@pytest.mark.server_xfail("in a running event loop, acquire() on Redis/Valkey returns an awaitable (_Waiting) even with the tokens there; memory returns a decided RateLimitResult")
+@pytest.mark.memory_only(reason=SERVER_ACQUIRE_AWAITED)
 async def test_acquire_not_awaited_in_a_loop_fails_loudly(clock, make_limiter, drain):
     limiter = make_limiter(10, 1.0, shards=2)
     # With tokens there, the plain call is a decided result (truthy, no await needed).
