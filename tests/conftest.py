@@ -38,18 +38,6 @@ SERVER_ACQUIRE_AWAITED = (
     "are awaited in the task, never made on the loop's thread at the call (the in-memory "
     "limiter decides at the call, and books a turn then)"
 )
-#: set_rate without burst_size.
-SERVER_SET_RATE_BURST = (
-    "set_rate(rate) without burst_size keeps the old burst on Redis/Valkey (10 after "
-    "set_rate(20) or set_rate(5) on a limiter made with rate 10); in memory the burst "
-    "becomes the new rate, and the tokens carried are capped at it"
-)
-#: set_rate carries what was used, not what is left.
-SERVER_SET_RATE_CARRIES = (
-    "set_rate on Redis/Valkey carries the tokens used, not the tokens left: 4 of 10 taken, "
-    "then set_rate(60, period=60, burst_size=100) leaves peek() == 96 (memory: 6); a key "
-    "drained of 10, then set_rate(20, burst_size=20) peeks 10 (memory: 0)"
-)
 
 
 def pytest_configure(config: pytest.Config) -> None:

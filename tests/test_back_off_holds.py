@@ -36,7 +36,6 @@ def test_a_reservation_cancelled_during_a_back_off_frees_nothing_until_it_ends(
 
 
 @pytest.mark.parametrize("scope", ["global", "key"])
-@pytest.mark.server_xfail("a sliding window backed off for 1 s, then set_rate(50): Redis/Valkey admit 40 at once, during the back-off (memory: 0 until it ends)")
 def test_a_sliding_window_re_rated_up_during_a_back_off_admits_nothing_until_it_ends(
     make_limiter, clock, scope
 ):

@@ -18,7 +18,6 @@ from conftest import (
     ALGORITHMS,
     HAMMER,
     HAMMER_BURST,
-    SERVER_SET_RATE_CARRIES,
     assert_book_active,
     check_within_rate,
     max_in_window,
@@ -188,7 +187,6 @@ def test_a_key_with_a_live_reservation_is_not_dropped(clock, make_limiter):
     assert limiter.execute_reservation(reservation.id)
 
 
-@pytest.mark.server_xfail(SERVER_SET_RATE_CARRIES)
 def test_set_rate_applies_to_every_key_and_keeps_what_each_used(make_limiter, drain):
     limiter = make_limiter(10, 1.0, scope="key")
     drain(limiter, "a")

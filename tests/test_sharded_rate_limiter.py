@@ -18,8 +18,6 @@ from hypothesis import strategies as st
 
 from conftest import (
     SERVER_MICROSECOND_SLOTS,
-    SERVER_SET_RATE_BURST,
-    SERVER_SET_RATE_CARRIES,
     assert_requests_allowed,
     assert_shards,
 )
@@ -381,7 +379,6 @@ def test_automatic_shards_are_between_one_and_the_cpu_count(per_minute):
         assert limiter.shards == 1
 
 
-@pytest.mark.server_xfail(SERVER_SET_RATE_BURST)
 def test_set_rate_changes_the_rate_and_carries_the_tokens(clock, make_limiter, drain):
     limiter = make_limiter(10, 1.0, shards=2)
     assert drain(limiter) == 10
@@ -397,7 +394,6 @@ def test_set_rate_changes_the_rate_and_carries_the_tokens(clock, make_limiter, d
     assert (status["rate"], status["burst_size"]) == (20, 20)
 
 
-@pytest.mark.server_xfail(SERVER_SET_RATE_BURST)
 def test_set_rate_caps_the_carried_tokens_at_the_new_burst(make_limiter, drain):
     limiter = make_limiter(10, 1.0, shards=4)
     limiter.set_rate(5)
@@ -405,7 +401,6 @@ def test_set_rate_caps_the_carried_tokens_at_the_new_burst(make_limiter, drain):
     assert drain(limiter) == 5
 
 
-@pytest.mark.server_xfail(SERVER_SET_RATE_CARRIES)
 def test_set_rate_with_period_and_burst_keeps_the_shards(clock, make_limiter, drain):
     limiter = make_limiter(10, 1.0, shards=4)
     for _ in range(4):

@@ -24,7 +24,7 @@ import math
 import os
 import time
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from flashcard_pipeline._native import (
@@ -219,6 +219,9 @@ class _RedisRateLimiter(DistributedRateLimiter):
         self._max_wait = max_wait
         self._clock = clock
         self._booked_turns = set()
+        #: Bookings this process gave back: a waiter that sees the count move asks the
+        #: server again at once, as the slot it was given may have moved up.
+        self._given_back = 0
 
     # Decisions ------------------------------------------------------------------------
 
@@ -264,8 +267,11 @@ class _RedisRateLimiter(DistributedRateLimiter):
 
     def _turn(self, key: str, count: int, bound: float | None) -> Steps[RateLimitResult]:
         """``acquire``'s waiting loop: book, sleep to the slot, be admitted (the drivers in
-        ``_waiting`` ask the server from a thread or from a task)."""
-        booked = yield self._ask("book_turn", key, count, bound)
+        ``_waiting`` ask the server from a thread or from a task). A waiter behind a
+        booking that this process gives back is told (it asks again at once, and moves up
+        if the budget has its tokens); one behind another process's cancel keeps its slot,
+        which was never later than promised."""
+        booked = yield self._ask("book_turn", key, count, bound, orphan=self._orphaned)
         if isinstance(booked, ConnectionError):
             return self._unavailable()
         if isinstance(booked, BaseException):
@@ -276,7 +282,8 @@ class _RedisRateLimiter(DistributedRateLimiter):
         start, due = self._now(), booked.wait
         try:
             while True:
-                while (left := due - (self._now() - start)) > 0:
+                seen = self._given_back
+                while (left := due - (self._now() - start)) > 0 and self._given_back == seen:
                     yield left
                 waited = self._now() - start
                 answer = yield self._ask("execute_turn", booked, waited, _less(bound, waited))
@@ -292,15 +299,26 @@ class _RedisRateLimiter(DistributedRateLimiter):
             self._give_back(booked)
             raise
 
-    def _ask(self, call: str, *args: Any) -> Ask:
-        """The engine's ``call`` as a question: blocking on a thread, awaited in a task."""
+    def _ask(self, call: str, *args: Any, orphan: Callable[[object], None] | None = None) -> Ask:
+        """The engine's ``call`` as a question: blocking on a thread, awaited in a task
+        (``orphan`` gets its answer if the task is cancelled before it came)."""
         return Ask(
             getattr(self._redis, call),
-            functools.partial(_awaited, getattr(self._redis, call + "_async")),
+            functools.partial(_awaited, getattr(self._redis, call + "_async"), orphan=orphan),
             args,
         )
 
+    def _orphaned(self, booked: object) -> None:
+        """A turn booked for a task cancelled before the answer came goes back (awaited:
+        this runs on the event loop), and once it has, the waiters behind it are told."""
+        if isinstance(booked, RedisTurn):
+            _awaited(self._redis.give_back_async, booked).add_done_callback(self._gave_back)
+
+    def _gave_back(self, _: object) -> None:
+        self._given_back += 1
+
     def _give_back(self, turn: RedisTurn) -> None:
+        self._given_back += 1
         try:
             self._redis.give_back(turn)
         except (ConnectionError, PermissionError):
@@ -392,6 +410,7 @@ class _RedisRateLimiter(DistributedRateLimiter):
     def cancel_reservation(self, reservation_id: str) -> _Answer:
         """Gives a reservation's tokens back: true once, false after that or for an id that
         is unknown, expired or executed."""
+        self._given_back += 1
         return _Answer(self._redis.cancel_reservation(reservation_id))
 
     # Reading ---------------------------------------------------------------------------
@@ -481,14 +500,17 @@ class _RedisRateLimiter(DistributedRateLimiter):
         )
 
 
-def _awaited(start: Any, *args: Any) -> asyncio.Future[object]:
+def _awaited(
+    start: Any, *args: Any, orphan: Callable[[object], None] | None = None
+) -> asyncio.Future[object]:
     """Starts a ``RedisEngine.*_async`` call; the future it returns gets what the call
-    answers (a value, or the exception it raised, as the result)."""
+    answers (a value, or the exception it raised, as the result). If the future is
+    cancelled before the answer comes, ``orphan`` gets the answer instead."""
     loop = asyncio.get_running_loop()
     answers = _answers.get(loop)
     if answers is None:
         answers = _answers[loop] = _LoopAnswers(loop)
-    return answers.ask(start, args)
+    return answers.ask(start, args, orphan)
 
 
 class _LoopAnswers:
@@ -499,14 +521,18 @@ class _LoopAnswers:
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self.completions = Completions()
-        self.waiting: dict[int, asyncio.Future[object]] = {}
+        self.waiting: dict[
+            int, tuple[asyncio.Future[object], Callable[[object], None] | None]
+        ] = {}
         self.ids = itertools.count()
         loop.add_reader(self.completions.fileno(), self.resolve)
 
-    def ask(self, start: Any, args: tuple[Any, ...]) -> asyncio.Future[object]:
+    def ask(
+        self, start: Any, args: tuple[Any, ...], orphan: Callable[[object], None] | None
+    ) -> asyncio.Future[object]:
         id = next(self.ids)
         future: asyncio.Future[object] = self.loop.create_future()
-        self.waiting[id] = future
+        self.waiting[id] = (future, orphan)
         try:
             start(*args, self.completions, id)
         except BaseException:
@@ -516,9 +542,13 @@ class _LoopAnswers:
 
     def resolve(self) -> None:
         for id, answer in self.completions.drain():
-            future = self.waiting.pop(id, None)
-            if future is not None and not future.done():
+            future, orphan = self.waiting.pop(id, (None, None))
+            if future is None:
+                continue
+            if not future.done():
                 future.set_result(answer)
+            elif orphan is not None:
+                orphan(answer)
 
 
 #: Per event loop (forgotten with it; a closed loop has dropped its readers).

@@ -87,6 +87,13 @@ pub struct Quota {
 }
 
 impl Quota {
+    /// This quota at `rate` per `period` (this one's when `None`) with `burst` (`None`: the
+    /// default for the new rate), its algorithm and shards kept: what `set_rate` asks.
+    pub fn rerated(&self, rate: f64, period: Option<f64>, burst: Option<f64>) -> Result<Quota> {
+        let period = period.unwrap_or(self.period);
+        Quota::new(rate, period, burst, self.algorithm, Some(self.shards))
+    }
+
     /// Validates every argument. `burst` defaults to `rate` (at least 1, so a rate below one
     /// token per period still admits single tokens); `shards` defaults to [`auto_shards`].
     pub fn new(

@@ -371,16 +371,12 @@ impl PyEngine {
         period: Option<Period>,
         burst_size: Option<BurstSize>,
     ) -> Result<()> {
-        let current = self.core.quota();
         let rate =
             rate.ok_or_else(|| PyTypeError::new_err("rate: must be a number > 0, got None"))?;
-        let quota = Quota::new(
-            rate.0,
-            period.map_or(current.period, |p| p.0),
-            burst_size.map(|b| b.0),
-            current.algorithm,
-            Some(current.shards),
-        )?;
+        let quota =
+            self.core
+                .quota()
+                .rerated(rate.0, period.map(|p| p.0), burst_size.map(|b| b.0))?;
         Ok(self.core.set_quota(quota)?)
     }
 

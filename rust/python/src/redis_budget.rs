@@ -13,7 +13,7 @@ use parking_lot::Mutex;
 
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
-use pyo3::types::PyList;
+use pyo3::types::{PyBool, PyList};
 use ratelimit_core::{
     validate_max_wait, Algorithm, Backend, Decision, Quota, ReservationPolicy, Scope,
 };
@@ -21,7 +21,7 @@ use ratelimit_redis::{after_answers, Booked, Layout, Options, RedisBudget, Reser
 
 use crate::args::{
     AlgorithmArg, BurstSize, ClockArg, Count, Key, MaxWait, Period, Rate, ReservationGrace,
-    ReservationTtl, ScopeArg, Seconds,
+    ReservationId, ReservationTtl, ScopeArg, Seconds,
 };
 use crate::error::{Failure, Result};
 use crate::reservation::PyTokenReservation;
@@ -95,6 +95,8 @@ enum Answer {
     /// With the seconds the caller waited before it.
     Decided(ratelimit_core::Result<Decision>, f64),
     Booked(ratelimit_core::Result<Booked>),
+    /// Whether a turn was still live when it was given back.
+    GaveBack(ratelimit_core::Result<bool>),
 }
 
 impl Answer {
@@ -105,6 +107,9 @@ impl Answer {
                 .map_err(Failure::from)
                 .and_then(|d| Ok(Bound::new(py, PyRateLimitResult::new(d, waited))?.into_any())),
             Answer::Booked(booked) => booked.map_err(Failure::from).and_then(|b| into_py(py, b)),
+            Answer::GaveBack(live) => live
+                .map_err(Failure::from)
+                .map(|live| PyBool::new(py, live).to_owned().into_any()),
         };
         made.unwrap_or_else(|failure| {
             PyErr::from(failure)
@@ -392,20 +397,36 @@ impl PyRedisEngine {
     fn execute_reservation(
         &self,
         py: Python<'_>,
-        reservation_id: &str,
+        reservation_id: ReservationId<'_, '_>,
     ) -> Result<PyRateLimitResult> {
-        let decision = py.detach(|| self.budget.execute_reservation(reservation_id))?;
+        let id = reservation_id.0.to_str()?;
+        let decision = py.detach(|| self.budget.execute_reservation(id))?;
         Ok(PyRateLimitResult::new(decision, 0.0))
     }
 
-    fn cancel_reservation(&self, py: Python<'_>, reservation_id: &str) -> Result<bool> {
-        Ok(py.detach(|| self.budget.cancel_reservation(reservation_id))?)
+    fn cancel_reservation(
+        &self,
+        py: Python<'_>,
+        reservation_id: ReservationId<'_, '_>,
+    ) -> Result<bool> {
+        let id = reservation_id.0.to_str()?;
+        Ok(py.detach(|| self.budget.cancel_reservation(id))?)
     }
 
     /// Gives a turn's tokens back if nothing was decided on its budget since: whether it did.
     fn give_back(&self, py: Python<'_>, turn: PyRef<'_, PyRedisTurn>) -> Result<bool> {
         let turn = turn.turn.clone();
         Ok(py.detach(|| self.budget.give_back(&turn))?)
+    }
+
+    /// `give_back` on the I/O thread, answering as `try_acquire_async` does (for a turn
+    /// whose waiter is gone: a task cancelled while its booking was on its way).
+    #[pyo3(signature = (turn, completions, id))]
+    fn give_back_async(&self, turn: PyRef<'_, PyRedisTurn>, completions: &PyCompletions, id: u64) {
+        let queue = Arc::clone(&completions.queue);
+        self.budget.spawn_give_back(&turn.turn, move |answer| {
+            queue.push(id, Answer::GaveBack(answer))
+        });
     }
 
     #[pyo3(signature = (key=Key::Default), text_signature = "($self, key='default')")]
@@ -434,18 +455,10 @@ impl PyRedisEngine {
         period: Option<Period>,
         burst_size: Option<BurstSize>,
     ) -> Result<()> {
-        let current = self.budget.quota();
-        let burst = match current.algorithm {
-            Algorithm::TokenBucket => Some(burst_size.map_or(current.burst, |b| b.0)),
-            Algorithm::SlidingWindow => burst_size.map(|b| b.0),
-        };
-        let quota = Quota::new(
-            rate.0,
-            period.map_or(current.period, |p| p.0),
-            burst,
-            current.algorithm,
-            Some(1),
-        )?;
+        let quota =
+            self.budget
+                .quota()
+                .rerated(rate.0, period.map(|p| p.0), burst_size.map(|b| b.0))?;
         Ok(self.budget.set_quota(quota)?)
     }
 

@@ -245,8 +245,8 @@ impl RedisBudget {
         self.quota.lock().0
     }
 
-    /// Changes rate, period and burst for this process's calls; a budget's tokens owed are
-    /// kept (the state converts at its next write).
+    /// Changes rate, period and burst for this process's calls: the tokens left carry over,
+    /// up to the new burst, and a back-off still owed ends when it did.
     pub fn set_quota(&self, quota: Quota) -> Result<()> {
         let mut current = self.quota.lock();
         if quota.algorithm != current.0.algorithm {
@@ -256,6 +256,13 @@ impl RedisBudget {
             });
         }
         *current = (quota, Rule::of(&quota)?);
+        drop(current);
+        if self.layout.scope() == Scope::Global {
+            // The shared budget converts now, when the rate changed (a budget converts at its
+            // first call under a new quota; a key's, with `scope="key"`, at its next call).
+            // A server that does not answer leaves that to the next call.
+            let _ = self.peek("");
+        }
         Ok(())
     }
 
@@ -506,6 +513,16 @@ impl RedisBudget {
         let (call, _) = self.call_on("cancel", key, 1, 0, id, "c")?;
         let reply = self.run(call)?;
         Ok(micros(&reply, 0)? == 1)
+    }
+
+    /// [`RedisBudget::give_back`] on the connection's runtime; `done` gets the answer there.
+    pub fn spawn_give_back(&self, turn: &Turn, done: impl FnOnce(Result<bool>) + Send + 'static) {
+        match self.call_on("cancel", &turn.key, 1, 0, turn.id, "c") {
+            Ok((call, _)) => self.spawn_call(call, move |reply| {
+                done(reply.and_then(|reply| Ok(micros(&reply, 0)? == 1)))
+            }),
+            Err(error) => done(Err(error)),
+        }
     }
 
     /// Tokens a take could have now.

@@ -9,7 +9,8 @@ local quiet_header, quiet_seq
 if saved then quiet_header, quiet_seq = string.match(saved, '^([^|]*)|(%d+)|#$') end
 if saved == nil or quiet_header then load_budget(quiet_header) end
 
-if op == 'take' and (saved == nil or quiet_header) then
+-- A budget re-rated by this call (`dirty`) goes the full way, which saves the new quota.
+if op == 'take' and (saved == nil or quiet_header) and not dirty then
   local units = tonumber(ARGV[5]) * unit
   if units > capacity then return {0, 2, 0, free(), now} end
   local wait = wait_for(units)

@@ -1,19 +1,6 @@
 -- The sliding window beside promises (after window.lua): holding, giving back and spending
 -- escrow, back-offs, and when a take or a booking fits around the promised slots.
 
--- While a back-off is owed, every admission, and one at every free place, counts until
--- just before it ends: the window is full until then, whatever is given back.
-local function keep_owing()
-  if now >= owed_until then return end
-  local floor = math.max(owed_until - window - 1, 0)
-  for _, member in ipairs(redis.call('ZRANGEBYSCORE', log, '-inf', '(' .. n(floor))) do
-    redis.call('ZADD', log, 'XX', floor, member)
-  end
-  local room = limit - held - logged()
-  if room > 0 then stamp(floor, room) end
-  dirty = true
-end
-
 local function hold(units) held = held + units end
 local function release(units)
   held = held - units
