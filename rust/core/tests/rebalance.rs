@@ -240,9 +240,15 @@ fn rebalancing_while_four_threads_take_loses_and_duplicates_nothing() {
                 })
             })
             .collect();
+        // Moving the shares while the threads take; once more after they are done, so that
+        // a round whose threads all finished before this thread ran still moves them.
         let mut rebalances = 0;
-        while done.load(Ordering::Relaxed) < 4 {
+        loop {
+            let finished = done.load(Ordering::Relaxed) == 4;
             rebalances += u64::from(limiter.rebalance());
+            if finished {
+                break;
+            }
         }
         for worker in workers {
             worker.join().unwrap();
