@@ -17,11 +17,6 @@ local function owe_for(micros)
   dirty = true
 end
 
-local function last_slot(promises)
-  if #promises == 0 then return 0 end
-  return promises[#promises].slot
-end
-
 -- GCRA over the promises: the first slot at which `units` can be held after all of them.
 local function slot_for(promises, units)
   local e = gcra_end()

@@ -26,6 +26,12 @@ local function n(x)
   return string.format('%.0f', x)
 end
 
+-- The slot of the last of `promises` (queued bookings in order; 0: none).
+local function last_slot(promises)
+  if #promises == 0 then return 0 end
+  return promises[#promises].slot
+end
+
 -- Units in escrow: the held bookings' (the book counts them as it loads).
 local held = 0
 -- Whether anything changed that must be written back.

@@ -17,12 +17,6 @@ local function owe_for(micros)
   dirty = true
 end
 
-
-local function last_slot(promises)
-  if #promises == 0 then return 0 end
-  return promises[#promises].slot
-end
-
 local function queued_tokens(promises)
   local tokens = 0
   for _, p in ipairs(promises) do tokens = tokens + p.count end
