@@ -35,7 +35,7 @@ from flashcard_pipeline._native import (
     RedisTurn,
     check_namespace,
 )
-from flashcard_pipeline._waiting import Ask, Steps, wait
+from flashcard_pipeline._waiting import Ask, Steps, _running_loop, wait
 from flashcard_pipeline.rate_limiter_v2 import (
     DONE,
     ReservationRefused,
@@ -318,11 +318,17 @@ class _RedisRateLimiter(DistributedRateLimiter):
         self._given_back += 1
 
     def _give_back(self, turn: RedisTurn) -> None:
-        self._given_back += 1
+        """A waiter that stops gives its turn back: awaited on the I/O thread when it ran in
+        an event loop (never a round trip on the loop's thread), else at once; the waiters
+        behind it are told once it is back. A turn never given back lapses by itself."""
+        if _running_loop() is not None:
+            _awaited(self._redis.give_back_async, turn).add_done_callback(self._gave_back)
+            return
         try:
             self._redis.give_back(turn)
         except (ConnectionError, PermissionError):
-            pass  # a turn never executed lapses by itself
+            pass
+        self._given_back += 1
 
     def _now(self) -> float:
         return time.monotonic() if self._clock is None else self._clock.monotonic()
