@@ -416,8 +416,9 @@ class _RedisRateLimiter(DistributedRateLimiter):
     def cancel_reservation(self, reservation_id: str) -> _Answer:
         """Gives a reservation's tokens back: true once, false after that or for an id that
         is unknown, expired or executed."""
+        cancelled = self._redis.cancel_reservation(reservation_id)
         self._given_back += 1
-        return _Answer(self._redis.cancel_reservation(reservation_id))
+        return _Answer(cancelled)
 
     # Reading ---------------------------------------------------------------------------
 

@@ -1009,7 +1009,6 @@ fn booked(reply: &[Value], key: String, unit: u64) -> Result<Booked> {
 /// The most bookings a budget keeps in the server at once.
 pub const MAX_BOOKINGS: usize = 10_000;
 
-/// A reservation id, `"<number>@<key>"`, as its number and its key.
 /// A refusal decided without asking the server.
 fn refusal(reason: Refusal) -> Decision {
     Decision {

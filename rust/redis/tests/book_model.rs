@@ -11,7 +11,7 @@ mod common;
 
 use std::sync::Arc;
 
-use common::{binaries, Server};
+use common::{binaries, unique, Server};
 use proptest::prelude::*;
 use proptest::sample::Index;
 use proptest::test_runner::{Config, TestRunner};
@@ -291,7 +291,8 @@ fn check(algorithm: Algorithm) {
             }),
             |(rate, burst, ttl, grace, steps)| {
                 let clock = Arc::new(ManualClock::new(0.0));
-                let budget = server.budget_with(
+                let budget = server.budget_in(
+                    &format!("t{}", unique()),
                     algorithm,
                     rate as f64,
                     burst as f64,

@@ -89,24 +89,14 @@ impl Server {
         burst: f64,
         clock: Option<Arc<ManualClock>>,
     ) -> RedisBudget {
-        self.budget_with(algorithm, rate, burst, clock, 60_000_000, 250_000)
-    }
-
-    /// [`Server::budget`] with a reservation ttl and grace in microseconds.
-    pub fn budget_with(
-        &self,
-        algorithm: Algorithm,
-        rate: f64,
-        burst: f64,
-        clock: Option<Arc<ManualClock>>,
-        ttl: u64,
-        grace: u64,
-    ) -> RedisBudget {
         let namespace = format!("t{}", unique());
-        self.budget_in(&namespace, algorithm, rate, burst, clock, ttl, grace)
+        self.budget_in(
+            &namespace, algorithm, rate, burst, clock, 60_000_000, 250_000,
+        )
     }
 
-    /// [`Server::budget_with`] in `namespace`: budgets made in one namespace are one.
+    /// [`Server::budget`] in `namespace` (budgets made in one namespace are one), with a
+    /// reservation ttl and grace in microseconds.
     #[allow(clippy::too_many_arguments)]
     pub fn budget_in(
         &self,
