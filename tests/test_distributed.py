@@ -135,6 +135,24 @@ async def test_from_a_task(make: Any, clock: ManualClock) -> None:
     assert clock.monotonic() == pytest.approx(0.1, abs=1e-6)
 
 
+@pytest.mark.asyncio
+@pytest.mark.parametrize("algorithm", ["token_bucket", "sliding_window"])
+async def test_tasks_asking_at_once_are_each_decided_alone(make: Any, algorithm: str) -> None:
+    """Tasks asking at the same moment (a shared budget decides them in one script call
+    per budget) get the answers of the same calls made one after another."""
+    limiter = make(5, 3600.0, burst_size=5, scope="key", algorithm=algorithm)
+    calls = [(key, count) for count in (2, 1, 3, 1, 2, 6) for key in "abc"]
+    answers = await asyncio.gather(*(limiter.try_acquire_async(k, c) for k, c in calls))
+    left = dict.fromkeys("abc", 5)
+    expected = []
+    for key, count in calls:
+        expected.append(count <= left[key])
+        left[key] -= count if count <= left[key] else 0
+    assert [bool(answer) for answer in answers] == expected
+    assert [answer.reason for answer in answers[-3:]] == ["exceeds_capacity"] * 3
+    assert [limiter.peek(key) for key in "abc"] == [pytest.approx(1.0)] * 3
+
+
 def test_status_names_the_backend(make: Any) -> None:
     limiter = make(10, 1.0, namespace="ns")
     limiter.try_acquire()

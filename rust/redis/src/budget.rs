@@ -5,7 +5,7 @@
 //! A plain call runs on the caller's thread over a connection of its own, taken from the
 //! process's idle ones (a new one when none is idle), so no other thread is involved; a
 //! `spawn_*` call runs on the I/O thread over one multiplexed connection that every task
-//! shares. Every call is bounded by the budget's `timeout`, connecting included: a server
+//! shares; takes from one budget that reach it together go as one script call. Every call is bounded by the budget's `timeout`, connecting included: a server
 //! that is down fails a call at once and one that hangs (SIGSTOP) at the timeout; a
 //! connection that broke is dropped, and a call that finds its reused connection dropped by
 //! a restarted server tries once more on a new one; a script the server forgot is loaded
@@ -109,11 +109,24 @@ struct Connection {
     /// Dropped with the connection: the I/O thread then stops.
     _stop: oneshot::Sender<()>,
     manager: ConnectionManager,
+    timeout: Duration,
+    health: Arc<Mutex<Health>>,
     /// Calls made since the I/O thread last took them: it is woken once for all of them.
     submitted: Arc<Mutex<Vec<Submitted>>>,
 }
 
-type Submitted = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+/// A call for the I/O thread: work to run, or a take, which joins the other takes from its
+/// budget submitted with it in one `takes` script call.
+enum Submitted {
+    Work(std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>),
+    Take(Take),
+}
+
+struct Take {
+    call: Call,
+    started: Instant,
+    done: Box<dyn FnOnce(Result<Vec<Value>>) + Send>,
+}
 
 impl fmt::Debug for Connection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -127,15 +140,64 @@ impl Connection {
     /// Runs `call` on the I/O thread. A caller that finds calls already waiting there adds
     /// its own to them instead of waking the thread again: 16 tasks on one event loop each
     /// waking it cost more than the calls themselves.
-    fn submit(&self, call: Submitted) {
+    fn submit(self: &Arc<Self>, call: Submitted) {
         let mut submitted = self.submitted.lock();
         submitted.push(call);
         if submitted.len() == 1 {
             drop(submitted);
-            let submitted = Arc::clone(&self.submitted);
-            self.io.spawn(async move {
-                for call in std::mem::take(&mut *submitted.lock()) {
-                    tokio::spawn(call);
+            let connection = Arc::clone(self);
+            self.io.spawn(async move { connection.run_submitted() });
+        }
+    }
+
+    /// On the I/O thread: starts every call submitted so far, the takes from one budget
+    /// as one script call. Each take is still decided alone, in the order submitted (the
+    /// script takes them one after another), at the server's one instant for them all.
+    fn run_submitted(&self) {
+        let mut takes: Vec<Vec<Take>> = Vec::new();
+        for call in std::mem::take(&mut *self.submitted.lock()) {
+            match call {
+                Submitted::Work(work) => drop(tokio::spawn(work)),
+                Submitted::Take(take) => {
+                    match takes
+                        .iter_mut()
+                        .find(|group| group[0].call.joins(&take.call))
+                    {
+                        Some(group) => group.push(take),
+                        None => takes.push(vec![take]),
+                    }
+                }
+            }
+        }
+        for group in takes {
+            let started =
+                (group.iter().map(|take| take.started).min()).expect("a group has a first take");
+            let deadline = tokio::time::Instant::from_std(started) + self.timeout;
+            let (timeout, health) = (self.timeout, Arc::clone(&self.health));
+            let mut manager = self.manager.clone();
+            let call = Call::takes(group.iter().map(|take| &take.call));
+            tokio::spawn(async move {
+                let invocation = invocation(&call);
+                let invoked = invocation.invoke_async::<Vec<Value>>(&mut manager);
+                let answer = tokio::time::timeout_at(deadline, invoked).await;
+                let (answer, now) = settle(answer.ok(), timeout, started);
+                *health.lock() = now;
+                let answers = match answer {
+                    Ok(reply) if reply.len() == 5 * group.len() => reply,
+                    Ok(reply) => {
+                        let error = malformed(reply.first());
+                        return group
+                            .into_iter()
+                            .for_each(|take| (take.done)(Err(error.clone())));
+                    }
+                    Err(error) => {
+                        return group
+                            .into_iter()
+                            .for_each(|take| (take.done)(Err(error.clone())));
+                    }
+                };
+                for (take, answer) in group.into_iter().zip(answers.chunks(5)) {
+                    (take.done)(Ok(answer.to_vec()));
                 }
             });
         }
@@ -177,6 +239,40 @@ struct Call {
     script: Arc<Script>,
     keys: Vec<Vec<u8>>,
     args: Vec<Vec<u8>>,
+}
+
+/// Where a call's count is, among its arguments (the script's `ARGV[5]`).
+const COUNT_ARG: usize = 4;
+
+impl Call {
+    /// Whether `other`, a take like this one, is a take from the same budget at the same
+    /// time (every argument the same but the count).
+    fn joins(&self, other: &Call) -> bool {
+        self.keys == other.keys
+            && Arc::ptr_eq(&self.script, &other.script)
+            && self.args.len() == other.args.len()
+            && (self.args.iter().zip(&other.args).enumerate())
+                .all(|(at, (mine, theirs))| at == COUNT_ARG || mine == theirs)
+    }
+
+    /// One call for `takes` that join each other: the script's `takes`, their counts in
+    /// order (a lone take stays a `take`).
+    fn takes<'a>(mut takes: impl ExactSizeIterator<Item = &'a Call>) -> Call {
+        let first = takes.next().expect("a group has a first take");
+        let mut args = first.args.clone();
+        if takes.len() > 0 {
+            args[0] = b"takes".to_vec();
+            for take in takes {
+                args[COUNT_ARG].push(b',');
+                args[COUNT_ARG].extend_from_slice(&take.args[COUNT_ARG]);
+            }
+        }
+        Call {
+            script: Arc::clone(&first.script),
+            keys: first.keys.clone(),
+            args,
+        }
+    }
 }
 
 impl RedisBudget {
@@ -292,10 +388,16 @@ impl RedisBudget {
         count: u64,
         done: impl FnOnce(Result<Decision>) + Send + 'static,
     ) {
-        match self.call("take", key, count, 0) {
-            Ok((call, token)) => self.spawn_call(call, move |reply| {
-                done(reply.and_then(|reply| decision(&reply, token)))
-            }),
+        let (call, token) = match self.call("take", key, count, 0) {
+            Ok(call) => call,
+            Err(error) => return done(Err(error)),
+        };
+        match self.connection() {
+            Ok(connection) => connection.submit(Submitted::Take(Take {
+                call,
+                started: Instant::now(),
+                done: Box::new(move |reply| done(reply.and_then(|reply| decision(&reply, token)))),
+            })),
             Err(error) => done(Err(error)),
         }
     }
@@ -674,12 +776,12 @@ impl RedisBudget {
         let timeout = self.timeout;
         let health = Arc::clone(&self.health);
         let started = Instant::now();
-        connection.submit(Box::pin(async move {
+        connection.submit(Submitted::Work(Box::pin(async move {
             let answer = tokio::time::timeout(timeout, work(manager)).await;
             let (answer, now) = settle(answer.ok(), timeout, started);
             *health.lock() = now;
             done(answer);
-        }));
+        })));
     }
 
     /// Runs `work` on this thread over an idle connection of this process (a new one when
@@ -799,6 +901,8 @@ impl RedisBudget {
             io,
             _stop: stop,
             manager,
+            timeout: self.timeout,
+            health: Arc::clone(&self.health),
             submitted: Arc::new(Mutex::new(Vec::new())),
         });
         *slot = Some(Arc::clone(&connection));
