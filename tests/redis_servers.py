@@ -130,6 +130,17 @@ class Server:
             sock.sendall(b"FLUSHALL\r\n")
             assert sock.recv(16).startswith(b"+OK"), f"{self.kind}: FLUSHALL failed"
 
+    def dbsize(self, db: int) -> int:
+        """How many keys database ``db`` holds."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as sock:
+            sock.sendall(f"SELECT {db}\r\nDBSIZE\r\n".encode())
+            reply = b""
+            while reply.count(b"\r\n") < 2:
+                reply += sock.recv(64)
+        selected, size = reply.split(b"\r\n")[:2]
+        assert selected == b"+OK", f"{self.kind}: SELECT {db} failed"
+        return int(size.removeprefix(b":"))
+
     def stop(self) -> None:
         if self.process is not None:
             self.process.kill()

@@ -409,6 +409,8 @@ def test_the_url_forms(form: str) -> None:
             1, 60.0, namespace=namespace, backend="redis", redis_url=url
         )
         assert limiter.try_acquire() and not limiter.try_acquire()
+        if form == "database":
+            assert (server.dbsize(3), server.dbsize(0)) == (1, 0)
     finally:
         server.close()
 

@@ -29,6 +29,7 @@ use tokio::sync::oneshot;
 
 use crate::layout::Layout;
 use crate::price::Rule;
+use crate::sync_connection::{Spin, SyncConnection};
 
 /// A wait the script is told to allow when the caller allows any (microseconds, ~142 years).
 const FOREVER_MICROS: u64 = 1 << 52;
@@ -219,13 +220,15 @@ pub struct RedisBudget {
     quota: Mutex<(Quota, Rule)>,
     connection: Mutex<Option<Arc<Connection>>>,
     idle: Mutex<Idle>,
+    /// Whether this budget's plain calls spin for their answers.
+    spin: Arc<Spin>,
     health: Arc<Mutex<Health>>,
 }
 
 /// Connections of process `pid` that no call is using.
 struct Idle {
     pid: u32,
-    connections: Vec<redis::Connection>,
+    connections: Vec<SyncConnection>,
 }
 
 impl std::fmt::Debug for Idle {
@@ -330,6 +333,7 @@ impl RedisBudget {
                 pid: std::process::id(),
                 connections: Vec::new(),
             }),
+            spin: Arc::default(),
             health: Arc::new(Mutex::new(Health {
                 healthy: true,
                 latency: 0.0,
@@ -789,7 +793,7 @@ impl RedisBudget {
     /// is left of it. Records how it went.
     fn blocking<T>(
         &self,
-        work: impl Fn(&mut redis::Connection) -> redis::RedisResult<T>,
+        work: impl Fn(&mut SyncConnection) -> redis::RedisResult<T>,
     ) -> Result<T> {
         let started = Instant::now();
         let mut fresh = false;
@@ -802,7 +806,7 @@ impl RedisBudget {
             let was_reused = reused.is_some();
             let mut connection = match reused {
                 Some(connection) => connection,
-                None => match self.client.get_connection_with_timeout(left) {
+                None => match SyncConnection::open(&self.client, left, &self.spin) {
                     Ok(connection) => connection,
                     Err(error) => break Some(Err(error)),
                 },
@@ -840,7 +844,7 @@ impl RedisBudget {
         answer
     }
 
-    fn take_idle(&self) -> Option<redis::Connection> {
+    fn take_idle(&self) -> Option<SyncConnection> {
         let mut idle = self.idle.lock();
         let pid = std::process::id();
         if idle.pid != pid {
@@ -851,7 +855,7 @@ impl RedisBudget {
         idle.connections.pop()
     }
 
-    fn put_idle(&self, connection: redis::Connection) {
+    fn put_idle(&self, connection: SyncConnection) {
         let mut idle = self.idle.lock();
         if idle.pid == std::process::id() {
             idle.connections.push(connection);
@@ -1016,7 +1020,7 @@ pub fn after_answers(wake: impl FnOnce() + Send + 'static) {
 }
 
 /// Bounds every read and write on `connection` by `timeout`.
-fn bound(connection: &redis::Connection, timeout: Duration) -> redis::RedisResult<()> {
+fn bound(connection: &SyncConnection, timeout: Duration) -> redis::RedisResult<()> {
     connection.set_read_timeout(Some(timeout))?;
     connection.set_write_timeout(Some(timeout))
 }

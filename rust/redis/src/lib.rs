@@ -9,6 +9,7 @@
 pub mod budget;
 pub mod layout;
 pub mod price;
+mod sync_connection;
 
 pub use budget::{
     after_answers, Booked, Health, Options, RedisBudget, Reservation, Reserved, Turn, MAX_BOOKINGS,
