@@ -19,7 +19,12 @@ from typing import Any
 
 import pytest
 
-from flashcard_pipeline.rate_limiter_v2 import DistributedRateLimiter, ManualClock
+from flashcard_pipeline._native import REBALANCE_THRESHOLD
+from flashcard_pipeline.rate_limiter_v2 import (
+    DistributedRateLimiter,
+    ManualClock,
+    ShardedRateLimiter,
+)
 from redis_servers import Server, Servers, fresh_namespace
 
 pytestmark = pytest.mark.conformance  # a test using ``make`` runs on every backend
@@ -151,6 +156,18 @@ async def test_tasks_asking_at_once_are_each_decided_alone(make: Any, algorithm:
     assert [bool(answer) for answer in answers] == expected
     assert [answer.reason for answer in answers[-3:]] == ["exceeds_capacity"] * 3
     assert [limiter.peek(key) for key in "abc"] == [pytest.approx(1.0)] * 3
+
+
+def test_the_balance_report_is_the_same_report(make: Any) -> None:
+    limiter = make(10, 1.0, burst_size=5)
+    assert limiter.try_acquire("u", 2)
+    balance = limiter.get_shard_balance()
+    assert balance.keys() == ShardedRateLimiter(10, 1.0).get_shard_balance().keys()
+    assert sum(balance["shard_tokens"]) == pytest.approx(3.0)
+    assert (sum(balance["rate_shares"]), sum(balance["burst_shares"])) == (10, 5)
+    assert balance["threshold"] == REBALANCE_THRESHOLD
+    keyed = make(10, 1.0, burst_size=5, scope="key").get_shard_balance()
+    assert (keyed["shard_tokens"], keyed["rate_shares"], keyed["burst_shares"]) == ([], [], [])
 
 
 def test_status_names_the_backend(make: Any) -> None:

@@ -6,6 +6,7 @@ __all__ = [
     "__version__",
     "MAX_KEY_LEN",
     "ALGORITHMS",
+    "REBALANCE_THRESHOLD",
     "ManualClock",
     "Engine",
     "EngineGroup",
@@ -21,6 +22,7 @@ __all__ = [
 __version__: str
 MAX_KEY_LEN: int
 ALGORITHMS: list[str]
+REBALANCE_THRESHOLD: float
 
 def sleep(seconds: float) -> None:
     """Sleeps with the GIL released and wakes on time (the last 200 µs are spun)."""

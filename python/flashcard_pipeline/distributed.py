@@ -28,6 +28,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from flashcard_pipeline._native import (
+    REBALANCE_THRESHOLD,
     Completions,
     ManualClock,
     RateLimitResult,
@@ -498,7 +499,27 @@ class _RedisRateLimiter(DistributedRateLimiter):
         }
 
     def get_shard_balance(self) -> dict[str, Any]:
-        raise NotImplementedError('get_shard_balance: a backend="redis" budget has no shards')
+        """The balance report of one shard: a budget in the server is one, which every process
+        takes from, so there is nothing to balance (``balanced``, ratio 0, no rebalances).
+        ``distribution`` is empty (no one process sees every admission); ``shard_tokens``,
+        ``rate_shares`` and ``burst_shares`` are the budget's own (empty with ``scope="key"``,
+        as in memory); a server that does not answer raises ``ConnectionError``."""
+        whole = self.scope == "global"
+        return {
+            "distribution": [],
+            "imbalance_ratio": 0.0,
+            "threshold": REBALANCE_THRESHOLD,
+            "balanced": True,
+            "most_loaded_shard": 0,
+            "least_loaded_shard": 0,
+            "shard_tokens": [self._redis.peek("default")] if whole else [],
+            "rate_shares": [self.rate] if whole else [],
+            "burst_shares": [self.burst_size] if whole else [],
+            "slow_path_share": 0.0,
+            "active_shards": 1,
+            "rebalances": 0,
+            "hot_keys": [],
+        }
 
     def __repr__(self) -> str:
         return (

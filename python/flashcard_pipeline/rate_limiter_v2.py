@@ -28,6 +28,7 @@ from collections.abc import Generator
 from typing import TYPE_CHECKING, Any
 
 from flashcard_pipeline._native import (
+    REBALANCE_THRESHOLD,
     Engine,
     EngineGroup,
     ManualClock,
@@ -476,7 +477,7 @@ class AdaptiveShardedRateLimiter(ShardedRateLimiter):
         rate: float | None = None,
         period: float = 60.0,
         initial_shards: int | None = None,
-        rebalance_threshold: float = 0.3,
+        rebalance_threshold: float = REBALANCE_THRESHOLD,
         rebalance_interval: float = 300.0,
         **options: Any,
     ) -> None:

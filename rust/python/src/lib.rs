@@ -16,6 +16,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add("MAX_KEY_LEN", ratelimit_core::MAX_KEY_LEN)?;
     m.add("ALGORITHMS", ratelimit_core::Algorithm::NAMES.to_vec())?;
+    m.add("REBALANCE_THRESHOLD", ratelimit_core::Balance::THRESHOLD)?;
     m.add_class::<clock::PyManualClock>()?;
     m.add_class::<engine::PyEngine>()?;
     m.add_class::<result::PyRateLimitResult>()?;
