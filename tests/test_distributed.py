@@ -294,6 +294,11 @@ def test_a_waiter_that_gives_up_gives_its_turn_back(server: Server) -> None:
     asyncio.run(main())
 
 
+async def asking_together(limiter: DistributedRateLimiter, tasks: int) -> list[Any]:
+    """``tasks`` tasks' ``try_acquire_async()`` at the same moment: their answers."""
+    return await asyncio.gather(*(limiter.try_acquire_async() for _ in range(tasks)))
+
+
 def test_a_dead_server_fails_closed_fast_and_recovery_is_automatic() -> None:
     server = Server("redis")
     try:
@@ -316,6 +321,10 @@ def test_a_dead_server_fails_closed_fast_and_recovery_is_automatic() -> None:
             1.0,
         )
         assert limiter.get_status()["backend"]["healthy"] is False
+        start = time.monotonic()
+        together = asyncio.run(asking_together(limiter, 8))  # one script call, failed for all
+        assert time.monotonic() - start < timeout + 0.05
+        assert {result.reason for result in together} == {"backend_unavailable"}
         admitted = opened.try_acquire()
         assert admitted.allowed and admitted.reason == "backend_unavailable"
         server.start()
@@ -337,7 +346,12 @@ def test_a_stopped_server_never_holds_a_caller_past_the_timeout() -> None:
         )
         assert limiter.try_acquire()
         server.pause()
-        for call in (limiter.try_acquire, limiter.acquire, lambda: asyncio.run(limiter.try_acquire_async())):
+        for call in (
+            limiter.try_acquire,
+            limiter.acquire,
+            lambda: asyncio.run(limiter.try_acquire_async()),
+            lambda: asyncio.run(asking_together(limiter, 8))[-1],
+        ):
             start = time.monotonic()
             result = call()
             assert time.monotonic() - start < timeout + 0.05
