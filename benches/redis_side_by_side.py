@@ -15,6 +15,9 @@ modes:
 - ``4 threads``: 4 Python threads sharing one limiter, each calling in a loop (ours releases
   the GIL for the round trip; the peers' redis-py clients release it while they wait on the
   socket);
+- ``4 processes``: 4 forked processes, each calling in a loop with the clients it inherited
+  (every client here makes its own connections in a forked child): the deployment a shared
+  budget is for (gunicorn or uvicorn workers);
 - ``16 tasks``: 16 asyncio tasks on one event loop, each awaiting in a loop; ours
   ``await lim.try_acquire_async("k")``, the peers on redis-py's asyncio client;
 - ``batch x100``: ours only, ``lim.try_acquire_many([("k", 1)] * 100)``, counted as 100
@@ -43,6 +46,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import multiprocessing
 import os
 import platform
 import shutil
@@ -67,13 +71,15 @@ ROUNDS = 3
 SECONDS = 1.0  # one measurement, after the warm-up
 WARMUP = 0.1
 THREADS = 4
+PROCESSES = 4
 TASKS = 16
 BATCH = 100
 KEY = "k"
 RATE = 1e9  # per second, burst as large: no decision of this script is ever refused
 LIMITS_RATE = "1000000000/second"
-MODES = ("1 thread", f"{THREADS} threads", f"{TASKS} tasks", f"batch x{BATCH}")
-SINGLE, THREADED, TASKED, BATCHED = MODES
+MODES = ("1 thread", f"{THREADS} threads", f"{PROCESSES} processes", f"{TASKS} tasks",
+         f"batch x{BATCH}")
+SINGLE, THREADED, FORKED, TASKED, BATCHED = MODES
 OURS = "ours"
 REFERENCE = "redis-py PING"  # a bare round trip: a reference, not a peer
 TARGETS = {SINGLE: 1.3, THREADED: 3.0, TASKED: 3.0}  # ours / best peer
@@ -166,6 +172,32 @@ def loop_threads(decide: Decide, per_call: int, seconds: float) -> tuple[int, in
     return sum(d for d, _ in counts), sum(a for _, a in counts), elapsed
 
 
+def loop_processes(decide: Decide, per_call: int, seconds: float) -> tuple[int, int, float]:
+    """PROCESSES forked processes calling ``decide`` in a loop (each warms up first, making
+    its own connections: every client here reconnects in a forked child), started together;
+    their total over the wall time."""
+    fork = multiprocessing.get_context("fork")
+    start = fork.Barrier(PROCESSES + 1)
+    totals = fork.Queue()
+
+    def worker() -> None:
+        loop_sync(decide, per_call, WARMUP)
+        start.wait(timeout=60)
+        decisions, admitted, _ = loop_sync(decide, per_call, seconds)
+        totals.put((decisions, admitted))
+
+    workers = [fork.Process(target=worker) for _ in range(PROCESSES)]
+    for w in workers:
+        w.start()
+    start.wait(timeout=60)  # a worker that failed to start breaks it: reported, not hung
+    t0 = perf_counter()
+    counts = [totals.get(timeout=seconds + 60) for _ in workers]
+    elapsed = perf_counter() - t0
+    for w in workers:
+        w.join()
+    return sum(d for d, _ in counts), sum(a for _, a in counts), elapsed
+
+
 async def loop_tasks(decide: DecideAsync, seconds: float) -> tuple[int, int, float]:
     """TASKS tasks on the running loop, each awaiting ``decide`` until the deadline."""
 
@@ -206,6 +238,7 @@ class Bench:
         self.plan[SINGLE][name] = lambda s: warm_then(loop_sync, decide, 1, s)
         if threads:
             self.plan[THREADED][name] = lambda s: warm_then(loop_threads, decide, 1, s)
+            self.plan[FORKED][name] = lambda s: loop_processes(decide, 1, s)
 
     def add_async(self, name: str, make: Callable[[], Awaitable[DecideAsync]]) -> None:
         """``make`` builds the client on the shared loop (asyncio clients bind to a loop)."""
