@@ -5,7 +5,8 @@
 //! A plain call runs on the caller's thread over a connection of its own, taken from the
 //! process's idle ones (a new one when none is idle), so no other thread is involved; a
 //! `spawn_*` call runs on the I/O thread over one multiplexed connection that every task
-//! shares; takes from one budget that reach it together go as one script call. Every call is bounded by the budget's `timeout`, connecting included: a server
+//! shares (takes from one budget that reach it together go as one script call). Every call
+//! is bounded by the budget's `timeout`, connecting included: a server
 //! that is down fails a call at once and one that hangs (SIGSTOP) at the timeout; a
 //! connection that broke is dropped, and a call that finds its reused connection dropped by
 //! a restarted server tries once more on a new one; a script the server forgot is loaded
@@ -171,37 +172,43 @@ impl Connection {
             }
         }
         for group in takes {
-            let started =
-                (group.iter().map(|take| take.started).min()).expect("a group has a first take");
-            let deadline = tokio::time::Instant::from_std(started) + self.timeout;
-            let (timeout, health) = (self.timeout, Arc::clone(&self.health));
-            let mut manager = self.manager.clone();
-            let call = Call::takes(group.iter().map(|take| &take.call));
-            tokio::spawn(async move {
-                let invocation = invocation(&call);
-                let invoked = invocation.invoke_async::<Vec<Value>>(&mut manager);
-                let answer = tokio::time::timeout_at(deadline, invoked).await;
-                let (answer, now) = settle(answer.ok(), timeout, started);
-                *health.lock() = now;
-                let answers = match answer {
-                    Ok(reply) if reply.len() == 5 * group.len() => reply,
-                    Ok(reply) => {
-                        let error = malformed(reply.first());
-                        return group
-                            .into_iter()
-                            .for_each(|take| (take.done)(Err(error.clone())));
-                    }
-                    Err(error) => {
-                        return group
-                            .into_iter()
-                            .for_each(|take| (take.done)(Err(error.clone())));
-                    }
-                };
-                for (take, answer) in group.into_iter().zip(answers.chunks(5)) {
-                    (take.done)(Ok(answer.to_vec()));
+            self.spawn_takes(group);
+        }
+    }
+
+    /// Runs takes that join each other as one script call, within the earliest of their
+    /// timeouts; each gets its own answer, or the failure.
+    fn spawn_takes(&self, group: Vec<Take>) {
+        let started =
+            (group.iter().map(|take| take.started).min()).expect("a group has a first take");
+        let deadline = tokio::time::Instant::from_std(started) + self.timeout;
+        let (timeout, health) = (self.timeout, Arc::clone(&self.health));
+        let mut manager = self.manager.clone();
+        let call = Call::takes(group.iter().map(|take| &take.call));
+        tokio::spawn(async move {
+            let invocation = invocation(&call);
+            let invoked = invocation.invoke_async::<Vec<Value>>(&mut manager);
+            let answer = tokio::time::timeout_at(deadline, invoked).await;
+            let (answer, now) = settle(answer.ok(), timeout, started);
+            *health.lock() = now;
+            let answers = answer.and_then(|reply| {
+                if reply.len() == 5 * group.len() {
+                    Ok(reply)
+                } else {
+                    Err(malformed(reply.first()))
                 }
             });
-        }
+            match answers {
+                Ok(answers) => {
+                    for (take, answer) in group.into_iter().zip(answers.chunks(5)) {
+                        (take.done)(Ok(answer.to_vec()));
+                    }
+                }
+                Err(error) => group
+                    .into_iter()
+                    .for_each(|take| (take.done)(Err(error.clone()))),
+            }
+        });
     }
 }
 
