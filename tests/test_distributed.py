@@ -170,6 +170,15 @@ def test_the_balance_report_is_the_same_report(make: Any) -> None:
     assert (keyed["shard_tokens"], keyed["rate_shares"], keyed["burst_shares"]) == ([], [], [])
 
 
+def test_the_inner_limiter_of_old_is_this_budget_with_keys_as_given() -> None:
+    limiter = DistributedRateLimiter(5, 60.0, namespace="svc", backend="memory", burst_size=5)
+    inner = limiter._local_limiter
+    assert [bool(inner.try_acquire("svc:u")) for _ in range(6)] == [True] * 5 + [False]
+    assert not limiter.try_acquire("u")  # the same budget, under the namespace
+    assert limiter.get_status()["statistics"]["denied_requests"] == 2
+    assert inner.rate == 5
+
+
 def test_status_names_the_backend(make: Any) -> None:
     limiter = make(10, 1.0, namespace="ns")
     limiter.try_acquire()

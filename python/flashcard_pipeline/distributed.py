@@ -25,7 +25,7 @@ import os
 import time
 import weakref
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 from flashcard_pipeline._native import (
     REBALANCE_THRESHOLD,
@@ -105,6 +105,13 @@ class DistributedRateLimiter(ShardedRateLimiter):
     def _key(self, key: str) -> str:
         return f"{self.namespace}:{key}"
 
+    @property
+    def _local_limiter(self) -> ShardedRateLimiter:
+        """This budget with its keys taken as given, not put under the namespace (the name
+        the original ``DistributedRateLimiter`` gave the ``ShardedRateLimiter`` inside it,
+        which its tests use: ``_local_limiter.try_acquire(f"{namespace}:{user}")``)."""
+        return cast(ShardedRateLimiter, _KeysAsGiven(self))
+
     def try_acquire(self, key: str = "default", count: int = 1) -> RateLimitResult:
         return super().try_acquire(self._key(key), count)
 
@@ -162,6 +169,19 @@ class DistributedRateLimiter(ShardedRateLimiter):
             f"DistributedRateLimiter(rate={self.rate}, period={self.period}, "
             f"namespace={self.namespace!r}, backend={self.backend!r})"
         )
+
+
+class _KeysAsGiven:
+    """A ``DistributedRateLimiter``'s budget through ``ShardedRateLimiter``'s own calls."""
+
+    def __init__(self, limiter: DistributedRateLimiter) -> None:
+        self._limiter = limiter
+
+    def __getattr__(self, name: str) -> Any:
+        call = getattr(ShardedRateLimiter, name, None)
+        if callable(call):
+            return functools.partial(call, self._limiter)
+        return getattr(self._limiter, name)
 
 
 class _RedisRateLimiter(DistributedRateLimiter):
