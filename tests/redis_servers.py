@@ -18,7 +18,7 @@ from pathlib import Path
 
 #: An ACL user confined to namespace ``a``: the commands the limiter's script and calls use.
 CONFINED_USER = (
-    "confined on >secret ~rl:v1:{a}:* resetchannels -@all "
+    "confined on >secret ~rl:v2:{a}:* resetchannels -@all "
     "+evalsha +script|load +time +get +set +del +scan +ping "
     "+zadd +zrange +zrangebyscore +zremrangebyscore +zcard +pexpire"
 )

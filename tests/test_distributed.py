@@ -264,7 +264,7 @@ def test_a_confined_user_runs_its_namespace_only(server: Server, algorithm: str)
     own = DistributedRateLimiter(
         10, 1.0, namespace="a", backend="redis", redis_url=url, algorithm=algorithm
     )
-    assert own.key_pattern == "rl:v1:{a}:*"
+    assert own.key_pattern == "rl:v2:{a}:*"
     assert own.try_acquire() and own.acquire()
     own.back_off(0.01)
     own.reset()

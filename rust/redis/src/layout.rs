@@ -1,12 +1,13 @@
 //! Where a namespace's budgets live in Redis.
 //!
-//! Every key of namespace `ns` starts with `rl:v1:{ns}:` (`v1`: the state's format, so a
-//! later format can live beside it). The braces are a Redis Cluster hash tag: all of a
-//! namespace's keys hash to one slot, and one ACL key pattern, `~rl:v1:{ns}:*`, confines a
+//! Every key of namespace `ns` starts with `rl:v2:{ns}:` (`v2`: the state's format, so
+//! that processes of a release that wrote another one never read it: `v1`'s book was text,
+//! `v2`'s is MessagePack). The braces are a Redis Cluster hash tag: all of a
+//! namespace's keys hash to one slot, and one ACL key pattern, `~rl:v2:{ns}:*`, confines a
 //! user to the namespace. After the prefix comes what the key holds: `tb` a token bucket's
 //! state and book, `sw` a sliding window's and `swl` its log; with `scope="global"` that is all
-//! (`rl:v1:{ns}:tb`), with `scope="key"` a `:` and the key's bytes as they are follow
-//! (`rl:v1:{ns}:tb:user_1`; a Redis key is binary-safe, and the prefix alone decides the slot
+//! (`rl:v2:{ns}:tb`), with `scope="key"` a `:` and the key's bytes as they are follow
+//! (`rl:v2:{ns}:tb:user_1`; a Redis key is binary-safe, and the prefix alone decides the slot
 //! and the pattern).
 //! A namespace is 1 to 64 letters, digits and `_ . -`: nothing a glob pattern or a hash tag
 //! would read as syntax.
@@ -43,7 +44,7 @@ impl Layout {
         }
         Ok(Self {
             namespace: namespace.to_owned(),
-            prefix: format!("rl:v1:{{{namespace}}}:"),
+            prefix: format!("rl:v2:{{{namespace}}}:"),
             scope,
         })
     }
@@ -98,10 +99,10 @@ mod tests {
     #[test]
     fn keys_live_under_the_namespace_tag() {
         let global = Layout::new("a", Scope::Global).unwrap();
-        assert_eq!(global.name("tb", "user_1"), b"rl:v1:{a}:tb");
-        assert_eq!(global.pattern(), "rl:v1:{a}:*");
+        assert_eq!(global.name("tb", "user_1"), b"rl:v2:{a}:tb");
+        assert_eq!(global.pattern(), "rl:v2:{a}:*");
         let keyed = Layout::new("a", Scope::Key).unwrap();
-        assert_eq!(keyed.name("sw", "u}*:1"), b"rl:v1:{a}:sw:u}*:1");
+        assert_eq!(keyed.name("sw", "u}*:1"), b"rl:v2:{a}:sw:u}*:1");
     }
 
     #[test]

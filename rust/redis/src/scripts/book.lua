@@ -1,9 +1,12 @@
 -- The book of bookings and the operations (model/book.rs, model/mod.rs), over the budget
--- defined before it, for whatever `quiet_take.lua` left. The state string is "BUDGET|SEQ|booking|...|#|done|...": the budget's
--- part, the last booking's number, every live booking as "ID COUNT SLOT EXPIRES HOLDER
--- STATE LAPSES" (EXPIRES 0: never, a waiter's turn; STATE q queued, h held, l lapsed;
--- LAPSES 0: none), and the outcome of finished reservations as "ID CODE FORGET" until
--- FORGET (a ttl after they expired; the last 1,000 at most).
+-- defined before it, for whatever `quiet_take.lua` left. The state string is
+-- "BUDGET|SEQ|@BOOK": the budget's part, the last booking's number, and the book packed
+-- with MessagePack by the server's `cmsgpack`, in C (for 1,000 bookings, reading took a
+-- third of the time splitting text in Lua had, writing a fifth of formatting it) as two
+-- arrays: every live booking as {ID, COUNT, SLOT, EXPIRES, HOLDER, STATE, LAPSES}
+-- (EXPIRES 0: never, a waiter's turn; STATE q queued, h held, l lapsed; LAPSES 0: none),
+-- and the outcome of finished reservations as {ID, CODE, FORGET} until FORGET (a ttl after
+-- they expired; the last 1,000 at most). With nothing in the book it is "BUDGET|SEQ|#".
 --
 -- Ops: take (count tokens now, if every promise is still met), takes (many, in order), book (a promise of count
 -- tokens at the first slot after every other, if at most arg microseconds away; a waiter's
@@ -25,29 +28,20 @@ local WAITER_LAPSE = 300000000
 local seq = tonumber(quiet_seq) or 0
 local live, done = {}, {}
 if saved and not quiet_header then
-  local parts = {}
-  for part in string.gmatch(saved, '[^|]+') do parts[#parts + 1] = part end
-  seq = tonumber(parts[2])
-  local finished = false
-  for i = 3, #parts do
-    if parts[i] == '#' then
-      finished = true
-    elseif finished then
-      local id, code, forget = string.match(parts[i], '^(%d+) (%d+) (%d+)$')
-      if tonumber(forget) > now then
-        done[#done + 1] = {id = tonumber(id), code = tonumber(code), forget = tonumber(forget)}
-      end
-    else
-      local f = {}
-      for x in string.gmatch(parts[i], '%S+') do f[#f + 1] = x end
-      live[#live + 1] = {
-        id = tonumber(f[1]), count = tonumber(f[2]), slot = tonumber(f[3]),
-        expires = tonumber(f[4]), holder = f[5], state = f[6], lapses = tonumber(f[7]),
-      }
-      if f[6] == 'h' then held = held + tonumber(f[2]) * unit end
-    end
+  local header, number, at = string.match(saved, '^([^|]*)|(%d+)|@()')
+  seq = tonumber(number)
+  local rows, finished = cmsgpack.unpack(string.sub(saved, at))
+  for _, f in ipairs(rows) do
+    live[#live + 1] = {
+      id = f[1], count = f[2], slot = f[3], expires = f[4], holder = f[5], state = f[6],
+      lapses = f[7],
+    }
+    if f[6] == 'h' then held = held + f[2] * unit end
   end
-  load_budget(parts[1])
+  for _, f in ipairs(finished) do
+    if f[3] > now then done[#done + 1] = {id = f[1], code = f[2], forget = f[3]} end
+  end
+  load_budget(header)
 end
 
 local function save()
@@ -57,22 +51,22 @@ local function save()
     save_budget(budget_keep())
     return
   end
-  local parts = {budget_header(), n(seq)}
+  local rows, finished = {}, {}
   local keep = budget_keep()
   for _, b in ipairs(live) do
-    parts[#parts + 1] = string.format('%s %s %s %s %s %s %s', n(b.id), n(b.count), n(b.slot),
-      n(b.expires), b.holder, b.state, n(b.lapses))
+    rows[#rows + 1] = {b.id, b.count, b.slot, b.expires, b.holder, b.state, b.lapses}
     local matters = b.expires
     if matters == 0 then matters = math.max(b.slot, b.lapses, now) + WAITER_LAPSE end
     keep = math.max(keep, matters - now)
   end
-  parts[#parts + 1] = '#'
   for i = math.max(#done - MAX_DONE + 1, 1), #done do
     local d = done[i]
-    parts[#parts + 1] = string.format('%s %s %s', n(d.id), n(d.code), n(d.forget))
+    finished[#finished + 1] = {d.id, d.code, d.forget}
     keep = math.max(keep, d.forget - now)
   end
-  redis.call('SET', state, table.concat(parts, '|'), 'PX', math.max(math.floor(keep / 1000), 0) + 1000)
+  local book = cmsgpack.pack(rows, finished)
+  redis.call('SET', state, budget_header() .. '|' .. n(seq) .. '|@' .. book, 'PX',
+    math.max(math.floor(keep / 1000), 0) + 1000)
   save_budget(keep)
 end
 
