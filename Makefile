@@ -71,6 +71,7 @@ bench: build $(BENCH_DEPS) ## Side-by-side benchmarks: ours vs token-bucket and 
 	$(PY) benches/skewed.py
 	$(PY) benches/keys.py
 	$(PY) benches/redis_side_by_side.py
+	$(PY) benches/redis_waiting.py
 	$(PY) -m pytest benches --benchmark-enable --benchmark-only --benchmark-columns=min,mean,ops -q
 	cargo bench -p ratelimit-core --bench check
 

@@ -30,3 +30,8 @@ def test_skewed_measures_both_limiters_from_one_and_four_threads():
     results = _load("skewed").main(0.05)
     assert len(results) == 4
     assert all(r.calls_per_second > 0 and 0 <= r.slow_path_share <= 1 for r in results.values())
+
+
+def test_redis_waiting_measures_every_size():
+    results = _load("redis_waiting").main((0, 10), calls=20)
+    assert len(results) == 2 and all(call > 0 and server > 0 for call, server in results.values())
