@@ -181,16 +181,13 @@ impl Connection {
     fn spawn_takes(&self, group: Vec<Take>) {
         let started =
             (group.iter().map(|take| take.started).min()).expect("a group has a first take");
-        let deadline = tokio::time::Instant::from_std(started) + self.timeout;
         let (timeout, health) = (self.timeout, Arc::clone(&self.health));
         let mut manager = self.manager.clone();
         let call = Call::takes(group.iter().map(|take| &take.call));
         tokio::spawn(async move {
             let invocation = invocation(&call);
             let invoked = invocation.invoke_async::<Vec<Value>>(&mut manager);
-            let answer = tokio::time::timeout_at(deadline, invoked).await;
-            let (answer, now) = settle(answer.ok(), timeout, started);
-            *health.lock() = now;
+            let answer = within(invoked, started, timeout, &health).await;
             let answers = answer.and_then(|reply| {
                 if reply.len() == 5 * group.len() {
                     Ok(reply)
@@ -788,10 +785,7 @@ impl RedisBudget {
         let health = Arc::clone(&self.health);
         let started = Instant::now();
         connection.submit(Submitted::Work(Box::pin(async move {
-            let answer = tokio::time::timeout(timeout, work(manager)).await;
-            let (answer, now) = settle(answer.ok(), timeout, started);
-            *health.lock() = now;
-            done(answer);
+            done(within(work(manager), started, timeout, &health).await);
         })));
     }
 
@@ -1047,6 +1041,21 @@ fn invocation(call: &Call) -> redis::ScriptInvocation<'_> {
         invocation.arg(arg);
     }
     invocation
+}
+
+/// What `work`, a call started at `started`, answers by `timeout` after that; the health it
+/// shows is recorded.
+async fn within<T>(
+    work: impl std::future::Future<Output = redis::RedisResult<T>>,
+    started: Instant,
+    timeout: Duration,
+    health: &Mutex<Health>,
+) -> Result<T> {
+    let deadline = tokio::time::Instant::from_std(started) + timeout;
+    let answer = tokio::time::timeout_at(deadline, work).await;
+    let (answer, now) = settle(answer.ok(), timeout, started);
+    *health.lock() = now;
+    answer
 }
 
 /// A call's outcome (`None`: no answer within the timeout), and the health it shows.
