@@ -18,7 +18,11 @@ pub enum Clock {
     /// The CPU's invariant time-stamp counter through `quanta` (half the cost of
     /// `Instant::now()`; quanta falls back to the OS monotonic clock where the TSC is not
     /// reliable), counted from when the clock was made.
-    Monotonic { source: quanta::Clock, origin: u64 },
+    Monotonic {
+        source: quanta::Clock,
+        origin: u64,
+        wall: Arc<WallAnchor>,
+    },
     /// Time that moves only when a test says so.
     Manual(Arc<ManualClock>),
 }
@@ -26,10 +30,18 @@ pub enum Clock {
 impl Clock {
     pub fn monotonic() -> Self {
         let source = quanta::Clock::new();
-        Clock::Monotonic {
+        let clock = Clock::Monotonic {
             origin: source.raw(),
             source,
+            wall: Arc::new(WallAnchor(AtomicU64::new(0))),
+        };
+        if let Clock::Monotonic { wall, .. } = &clock {
+            let origin = (0..5)
+                .find_map(|_| WallAnchor::measure(&clock))
+                .unwrap_or_else(|| unix_now() - clock.now() as f64 / NANOS_PER_SEC);
+            wall.0.store(origin.to_bits(), Ordering::Relaxed);
         }
+        clock
     }
 
     #[inline]
@@ -42,11 +54,12 @@ impl Clock {
     }
 
     /// Converts a reading of this clock to seconds since the Unix epoch, comparable with
-    /// Python's `time.time()`. For the monotonic clock it is anchored to the wall clock now,
-    /// so that `to_epoch(t) - time.time()` is `t - now()` however the two have drifted.
+    /// Python's `time.time()`. Readings in order convert to epoch times in order; for the
+    /// monotonic clock `to_epoch(t) - time.time()` stays within [`WALL_STEP`] of `t - now()`
+    /// however the two clocks drift apart or the wall clock is set.
     pub fn to_epoch(&self, t: Nanos) -> f64 {
         match self {
-            Clock::Monotonic { .. } => unix_now() + (t as f64 - self.now() as f64) / NANOS_PER_SEC,
+            Clock::Monotonic { wall, .. } => wall.origin(self) + t as f64 / NANOS_PER_SEC,
             Clock::Manual(manual) => manual.epoch_origin + t as f64 / NANOS_PER_SEC,
         }
     }
@@ -55,6 +68,41 @@ impl Clock {
 impl Default for Clock {
     fn default() -> Self {
         Clock::monotonic()
+    }
+}
+
+/// How far the wall clock may stray from a monotonic clock's conversion before the
+/// conversion follows it (a jump, so kept below the 2 ms a reservation may be executed early).
+pub const WALL_STEP: f64 = 1e-3;
+
+/// The wall-clock time of a monotonic clock's zero, in epoch seconds (`f64` bits). Kept, not
+/// measured at each conversion: a fresh measure jitters by however long the thread was held
+/// up between its two readings, and two reservations made a microsecond apart would swap
+/// order. It is measured again at each conversion and replaced only when the measure
+/// disagrees by more than [`WALL_STEP`].
+#[derive(Debug)]
+pub struct WallAnchor(AtomicU64);
+
+impl WallAnchor {
+    /// The wall clock read between two readings of `clock`, taken as of their midpoint;
+    /// `None` when the readings are more than 20 µs apart (the thread was held up).
+    fn measure(clock: &Clock) -> Option<f64> {
+        let before = clock.now();
+        let wall = unix_now();
+        let after = clock.now();
+        let midpoint = before as f64 + (after - before) as f64 / 2.0;
+        (after - before <= 20_000).then(|| wall - midpoint / NANOS_PER_SEC)
+    }
+
+    fn origin(&self, clock: &Clock) -> f64 {
+        let kept = f64::from_bits(self.0.load(Ordering::Relaxed));
+        match Self::measure(clock) {
+            Some(fresh) if (fresh - kept).abs() > WALL_STEP => {
+                self.0.store(fresh.to_bits(), Ordering::Relaxed);
+                fresh
+            }
+            _ => kept,
+        }
     }
 }
 
@@ -192,6 +240,33 @@ mod tests {
             (in_a_second - unix_now() - 1.0).abs() < 1e-3,
             "{in_a_second}"
         );
+    }
+
+    #[test]
+    fn readings_in_order_convert_to_epoch_times_in_order() {
+        // Reservations made one after another are sorted by `execute_at` in the order made.
+        let clock = Clock::monotonic();
+        let mut last = f64::MIN;
+        for _ in 0..200_000 {
+            let epoch = clock.to_epoch(clock.now());
+            assert!(epoch >= last, "{epoch} after {last}");
+            last = epoch;
+        }
+    }
+
+    #[test]
+    fn a_wall_clock_that_was_set_is_followed() {
+        let clock = Clock::monotonic();
+        let Clock::Monotonic { wall, .. } = &clock else {
+            unreachable!()
+        };
+        // As if the wall clock had been set back a second since the clock was made.
+        let kept = f64::from_bits(wall.0.load(Ordering::Relaxed));
+        wall.0.store((kept + 1.0).to_bits(), Ordering::Relaxed);
+        let now = (0..100)
+            .map(|_| clock.to_epoch(clock.now()) - unix_now())
+            .fold(f64::MAX, |a, b| a.min(b.abs()));
+        assert!(now < WALL_STEP, "{now}");
     }
 
     #[test]
