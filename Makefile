@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 DEPS := $(VENV)/.deps-installed
 BENCH_DEPS := $(VENV)/.bench-deps-installed
 # Rebuild the extension when any Rust source or manifest changes.
-RUST_SOURCES := $(shell find rust -name '*.rs' -o -name Cargo.toml) Cargo.toml pyproject.toml
+RUST_SOURCES := $(shell find rust -name '*.rs' -o -name '*.lua' -o -name Cargo.toml) Cargo.toml pyproject.toml
 EXTENSION := $(VENV)/.extension-built
 
 .PHONY: help install build test test-rust test-python lint fmt bench demo dist test-dist clean
