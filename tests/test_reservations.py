@@ -708,7 +708,6 @@ def test_racing_reserve_and_try_acquire_threads_share_the_burst_exactly(shards, 
 
 
 @pytest.mark.asyncio
-@pytest.mark.server_xfail("1000 tasks cancelled while their bookings are on the way: on a server each turn goes back when its booking's answer comes (a round trip later, on the I/O thread), so right after the cancels the next try_acquire('k') still waits behind those not yet given back (retry_after 0.4-0.6 s; memory: 0.001 s)")
 async def test_a_thousand_cancelled_waiters_leave_the_budget_exactly_as_before(
     make_limiter, clock, drain
 ):
@@ -834,7 +833,6 @@ async def test_wait_for_timeout_around_acquire_returns_its_slot():
 
 
 @pytest.mark.asyncio
-@pytest.mark.server_xfail("a task cancelled while its booking is on the way gives its turn back a round trip later; on a ManualClock the waiter behind it has moved the clock to its own slot by then (c.waited 0.5 s; memory: 0.2 s); on the real clock it asks again once told, at its next 50 ms re-check")
 async def test_cancelled_waiter_in_the_middle_of_the_queue(make_limiter, clock, drain):
     limiter = make_limiter(10, 1.0, shards=4)
     ref, ref_clock = reference(10, 1.0, shards=4)

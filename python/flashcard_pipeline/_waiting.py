@@ -95,7 +95,7 @@ async def _sleep_through(steps: Steps[T], step: Step, clock: ManualClock | None)
     try:
         while True:
             if isinstance(step, Ask):
-                step = steps.send(await step.awaiting(*step.args))
+                step = steps.send(await _asked(steps, step))
                 continue
             if clock is None:
                 await asyncio.sleep(min(step, RECHECK))
@@ -111,6 +111,22 @@ async def _sleep_through(steps: Steps[T], step: Step, clock: ManualClock | None)
         return cast(T, done.value)
     finally:
         steps.close()
+
+
+async def _asked(steps: Steps[T], ask: Ask) -> object:
+    """The store's answer to ``ask``. A task cancelled after the answer came but before it
+    ran still hands the answer to its loop before the loop is closed, so that what it got
+    (a turn) is given back rather than dropped."""
+    asked = ask.awaiting(*ask.args)
+    try:
+        return await asked
+    except asyncio.CancelledError:
+        if isinstance(asked, asyncio.Future) and asked.done() and not asked.cancelled():
+            try:
+                steps.send(asked.result())
+            except Exception:  # it finished (StopIteration) or failed: nothing is held
+                pass
+        raise
 
 
 class _Waiting(Coroutine[Any, None, RateLimitResult]):

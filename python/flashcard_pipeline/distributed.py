@@ -240,9 +240,6 @@ class _RedisRateLimiter(DistributedRateLimiter):
         self._max_wait = max_wait
         self._clock = clock
         self._booked_turns = set()
-        #: Bookings this process gave back: a waiter that sees the count move asks the
-        #: server again at once, as the slot it was given may have moved up.
-        self._given_back = 0
 
     # Decisions ------------------------------------------------------------------------
 
@@ -290,9 +287,11 @@ class _RedisRateLimiter(DistributedRateLimiter):
         """``acquire``'s waiting loop: book, sleep to the slot, be admitted (the drivers in
         ``_waiting`` ask the server from a thread or from a task). A waiter behind a
         booking that this process gives back is told (it asks again at once, and moves up
-        if the budget has its tokens); one behind another process's cancel keeps its slot,
-        which was never later than promised."""
-        booked = yield self._ask("book_turn", key, count, bound, orphan=self._orphaned)
+        if the budget has its tokens; one behind a task cancelled while booking first
+        waits for that turn to be back); one behind another process's cancel keeps its
+        slot, which was never later than promised."""
+        seen = self._redis.given_back()
+        booked = yield self._ask("book_turn", key, count, bound, abandon=self._redis.abandon)
         if isinstance(booked, ConnectionError):
             return self._unavailable()
         if isinstance(booked, BaseException):
@@ -303,9 +302,11 @@ class _RedisRateLimiter(DistributedRateLimiter):
         start, due = self._now(), booked.wait
         try:
             while True:
-                seen = self._given_back
-                while (left := due - (self._now() - start)) > 0 and self._given_back == seen:
-                    yield left
+                while (left := due - (self._now() - start)) > 0:
+                    if self._redis.given_back() != seen:
+                        break
+                    yield self._ask("settled") if self._redis.owes() else left
+                seen = self._redis.given_back()
                 waited = self._now() - start
                 answer = yield self._ask("execute_turn", booked, waited, _less(bound, waited))
                 if isinstance(answer, ConnectionError):
@@ -320,36 +321,28 @@ class _RedisRateLimiter(DistributedRateLimiter):
             self._give_back(booked)
             raise
 
-    def _ask(self, call: str, *args: Any, orphan: Callable[[object], None] | None = None) -> Ask:
+    def _ask(
+        self, call: str, *args: Any, abandon: Callable[[Completions, int], None] | None = None
+    ) -> Ask:
         """The engine's ``call`` as a question: blocking on a thread, awaited in a task
-        (``orphan`` gets its answer if the task is cancelled before it came)."""
+        (``abandon`` is told if the task is cancelled before the answer came)."""
         return Ask(
             getattr(self._redis, call),
-            functools.partial(_awaited, getattr(self._redis, call + "_async"), orphan=orphan),
+            functools.partial(_awaited, getattr(self._redis, call + "_async"), abandon=abandon),
             args,
         )
 
-    def _orphaned(self, booked: object) -> None:
-        """A turn booked for a task cancelled before the answer came goes back (awaited:
-        this runs on the event loop), and once it has, the waiters behind it are told."""
-        if isinstance(booked, RedisTurn):
-            _awaited(self._redis.give_back_async, booked).add_done_callback(self._gave_back)
-
-    def _gave_back(self, _: object) -> None:
-        self._given_back += 1
-
     def _give_back(self, turn: RedisTurn) -> None:
-        """A waiter that stops gives its turn back: awaited on the I/O thread when it ran in
-        an event loop (never a round trip on the loop's thread), else at once; the waiters
+        """A waiter that stops gives its turn back: on the I/O thread when it ran in an
+        event loop (never a round trip on the loop's thread), else at once; the waiters
         behind it are told once it is back. A turn never given back lapses by itself."""
         if _running_loop() is not None:
-            _awaited(self._redis.give_back_async, turn).add_done_callback(self._gave_back)
+            _awaited(self._redis.give_back_async, turn)
             return
         try:
             self._redis.give_back(turn)
         except (ConnectionError, PermissionError):
             pass
-        self._given_back += 1
 
     def _now(self) -> float:
         return time.monotonic() if self._clock is None else self._clock.monotonic()
@@ -437,9 +430,7 @@ class _RedisRateLimiter(DistributedRateLimiter):
     def cancel_reservation(self, reservation_id: str) -> _Answer:
         """Gives a reservation's tokens back: true once, false after that or for an id that
         is unknown, expired or executed."""
-        cancelled = self._redis.cancel_reservation(reservation_id)
-        self._given_back += 1
-        return _Answer(cancelled)
+        return _Answer(self._redis.cancel_reservation(reservation_id))
 
     # Reading ---------------------------------------------------------------------------
 
@@ -549,16 +540,30 @@ class _RedisRateLimiter(DistributedRateLimiter):
 
 
 def _awaited(
-    start: Any, *args: Any, orphan: Callable[[object], None] | None = None
+    start: Any, *args: Any, abandon: Callable[[Completions, int], None] | None = None
 ) -> asyncio.Future[object]:
     """Starts a ``RedisEngine.*_async`` call; the future it returns gets what the call
     answers (a value, or the exception it raised, as the result). If the future is
-    cancelled before the answer comes, ``orphan`` gets the answer instead."""
+    cancelled before the answer comes, ``abandon(completions, id)`` is told at once, and
+    the answer never reaches the loop."""
     loop = asyncio.get_running_loop()
     answers = _answers.get(loop)
     if answers is None:
         answers = _answers[loop] = _LoopAnswers(loop)
-    return answers.ask(start, args, orphan)
+    return answers.ask(start, args, abandon)
+
+
+class _Asked(asyncio.Future):  # type: ignore[type-arg]
+    """The future of a call whose answer must not be lost: cancelled before the answer
+    came (its task was), it tells ``abandoned`` at once, not a loop iteration later."""
+
+    __slots__ = ("abandoned",)
+    abandoned: Callable[[], None]
+
+    def cancel(self, msg: Any = None) -> bool:
+        if not self.done():
+            self.abandoned()
+        return super().cancel(msg)
 
 
 class _LoopAnswers:
@@ -569,18 +574,21 @@ class _LoopAnswers:
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self.completions = Completions()
-        self.waiting: dict[
-            int, tuple[asyncio.Future[object], Callable[[object], None] | None]
-        ] = {}
+        self.waiting: dict[int, asyncio.Future[object]] = {}
         self.ids = itertools.count()
         loop.add_reader(self.completions.fileno(), self.resolve)
 
     def ask(
-        self, start: Any, args: tuple[Any, ...], orphan: Callable[[object], None] | None
+        self, start: Any, args: tuple[Any, ...], abandon: Callable[[Completions, int], None] | None
     ) -> asyncio.Future[object]:
         id = next(self.ids)
-        future: asyncio.Future[object] = self.loop.create_future()
-        self.waiting[id] = (future, orphan)
+        future: asyncio.Future[object]
+        if abandon is None:
+            future = self.loop.create_future()
+        else:
+            future = asked = _Asked(loop=self.loop)
+            asked.abandoned = functools.partial(self.abandon, abandon, id)
+        self.waiting[id] = future
         try:
             start(*args, self.completions, id)
         except BaseException:
@@ -588,15 +596,15 @@ class _LoopAnswers:
             raise
         return future
 
+    def abandon(self, abandon: Callable[[Completions, int], None], id: int) -> None:
+        del self.waiting[id]
+        abandon(self.completions, id)
+
     def resolve(self) -> None:
         for id, answer in self.completions.drain():
-            future, orphan = self.waiting.pop(id, (None, None))
-            if future is None:
-                continue
-            if not future.done():
+            future = self.waiting.pop(id, None)
+            if future is not None and not future.done():
                 future.set_result(answer)
-            elif orphan is not None:
-                orphan(answer)
 
 
 #: Per event loop (forgotten with it; a closed loop has dropped its readers).

@@ -3,6 +3,7 @@
 //! `*_async` calls run on the client's I/O thread and queue the answer for the event loop
 //! (`Completions`), which resolves its futures, so the loop never blocks.
 
+use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
@@ -17,7 +18,9 @@ use pyo3::types::{PyBool, PyList};
 use ratelimit_core::{
     validate_max_wait, Algorithm, Backend, Decision, Quota, ReservationPolicy, Scope,
 };
-use ratelimit_redis::{after_answers, Booked, Layout, Options, RedisBudget, Reserved, Turn};
+use ratelimit_redis::{
+    after_answers, Abandoned, Booked, Layout, Options, RedisBudget, Reserved, Turn,
+};
 
 use crate::args::{
     AlgorithmArg, BurstSize, ClockArg, Count, Key, MaxWait, Period, Rate, ReservationGrace,
@@ -29,7 +32,8 @@ use crate::result::PyRateLimitResult;
 
 #[pyclass(frozen, module = "flashcard_pipeline._native", name = "RedisEngine")]
 pub(crate) struct PyRedisEngine {
-    budget: RedisBudget,
+    /// Shared with the I/O thread's answers, which give back an abandoned booking's turn.
+    budget: Arc<RedisBudget>,
     namespace: String,
     scope: Scope,
 }
@@ -130,16 +134,43 @@ pub(crate) struct PyCompletions {
 }
 
 struct Queue {
-    answers: Mutex<Vec<(u64, Answer)>>,
+    answers: Mutex<Answers>,
     wake: UnixStream,
     woken: UnixStream,
 }
 
+#[derive(Default)]
+struct Answers {
+    queued: Vec<(u64, Answer)>,
+    /// Bookings whose task was cancelled before their answer came, by call id.
+    abandoned: HashMap<u64, Abandoned>,
+}
+
 impl Queue {
-    fn push(self: &Arc<Self>, id: u64, answer: Answer) {
+    /// Queues a booking's answer, unless its task abandoned it: then the debt comes back
+    /// with the answer, for the turn to be given back.
+    fn push_booked(
+        self: &Arc<Self>,
+        id: u64,
+        booked: ratelimit_core::Result<Booked>,
+    ) -> Option<(Abandoned, ratelimit_core::Result<Booked>)> {
         let mut answers = self.answers.lock();
-        answers.push((id, answer));
-        if answers.len() == 1 {
+        match answers.abandoned.remove(&id) {
+            Some(abandoned) => Some((abandoned, booked)),
+            None => {
+                self.queue(&mut answers, id, Answer::Booked(booked));
+                None
+            }
+        }
+    }
+
+    fn push(self: &Arc<Self>, id: u64, answer: Answer) {
+        self.queue(&mut self.answers.lock(), id, answer);
+    }
+
+    fn queue(self: &Arc<Self>, answers: &mut Answers, id: u64, answer: Answer) {
+        answers.queued.push((id, answer));
+        if answers.queued.len() == 1 {
             // The first answer since the loop last drained wakes it, once the I/O thread
             // has handed over the other answers it holds (more than one went unwoken).
             let queue = Arc::clone(self);
@@ -159,7 +190,7 @@ impl PyCompletions {
         woken.set_nonblocking(true)?;
         Ok(Self {
             queue: Arc::new(Queue {
-                answers: Mutex::new(Vec::new()),
+                answers: Mutex::default(),
                 wake,
                 woken,
             }),
@@ -176,7 +207,7 @@ impl PyCompletions {
     fn drain<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
         let mut bytes = [0u8; 64];
         while matches!((&self.queue.woken).read(&mut bytes), Ok(n) if n > 0) {}
-        let answers = std::mem::take(&mut *self.queue.answers.lock());
+        let answers = std::mem::take(&mut self.queue.answers.lock().queued);
         let pairs = answers
             .into_iter()
             .map(|(id, answer)| (id, answer.into_py(py)));
@@ -243,7 +274,7 @@ impl PyRedisEngine {
             reservation_grace: seconds("reservation_grace", policy.grace)?,
         };
         Ok(Self {
-            budget: RedisBudget::new(quota, options)?,
+            budget: Arc::new(RedisBudget::new(quota, options)?),
             namespace,
             scope,
         })
@@ -286,11 +317,58 @@ impl PyRedisEngine {
         let key = text(&key)?;
         let bound = wait_bound(max_wait)?;
         let queue = Arc::clone(&completions.queue);
+        let budget = Arc::clone(&self.budget);
         self.budget
             .spawn_book_turn(&key, count.0, bound, move |answer| {
-                queue.push(id, Answer::Booked(answer))
+                if let Some((abandoned, answer)) = queue.push_booked(id, answer) {
+                    budget.give_back_abandoned(abandoned, answer);
+                }
             });
         Ok(())
+    }
+
+    /// The task that asked `book_turn_async` (call `id`) was cancelled before the answer
+    /// reached it: the turn it got is given back from here, and every later call of this
+    /// process on the budget waits until it is back.
+    fn abandon(&self, completions: &PyCompletions, id: u64) {
+        let mut answers = completions.queue.answers.lock();
+        match answers.queued.iter().position(|(queued, _)| *queued == id) {
+            Some(at) => {
+                let (_, answer) = answers.queued.remove(at);
+                drop(answers);
+                if let Answer::Booked(booked) = answer {
+                    self.budget
+                        .give_back_abandoned(self.budget.abandon(), booked);
+                }
+            }
+            None => {
+                answers.abandoned.insert(id, self.budget.abandon());
+            }
+        }
+    }
+
+    /// Whether a turn abandoned in this process is still on its way back.
+    fn owes(&self) -> bool {
+        self.budget.owes()
+    }
+
+    /// Returns once no abandoned turn is on its way back (within the timeout), the GIL
+    /// released.
+    fn settled(&self, py: Python<'_>) {
+        py.detach(|| self.budget.settled());
+    }
+
+    /// `settled` on the I/O thread, answering `True`.
+    fn settled_async(&self, completions: &PyCompletions, id: u64) {
+        let queue = Arc::clone(&completions.queue);
+        self.budget
+            .spawn_settled(move || queue.push(id, Answer::GaveBack(Ok(true))));
+    }
+
+    /// Turns and reservations this process has given back on this budget (a waiter that
+    /// sees the count change asks again).
+    fn given_back(&self) -> u64 {
+        self.budget.given_back()
     }
 
     /// Decides every `(key, count)` pair in one round trip: a list of `RateLimitResult`s.
@@ -380,7 +458,7 @@ impl PyRedisEngine {
                     let epochs =
                         [r.reserved_at, r.execute_at, r.expires_at].map(|t| self.budget.epoch(t));
                     let placed = self.budget.placed(&r);
-                    let clock = Backend::clock(&self.budget);
+                    let clock = Backend::clock(&*self.budget);
                     Bound::new(
                         py,
                         PyTokenReservation::with_epochs(clock, shown_key, placed, epochs),

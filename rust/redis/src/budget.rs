@@ -5,7 +5,8 @@
 //! A plain call runs on the caller's thread over a connection of its own, taken from the
 //! process's idle ones (a new one when none is idle), so no other thread is involved; a
 //! `spawn_*` call runs on the I/O thread over one multiplexed connection that every task
-//! shares (takes from one budget that reach it together go as one script call). Every call
+//! shares (takes, bookings or give-backs from one budget that reach it together go as one
+//! script call; after a task cancelled while booking, see [`crate::settling`]). Every call
 //! is bounded by the budget's `timeout`, connecting included: a server
 //! that is down fails a call at once and one that hangs (SIGSTOP) at the timeout; a
 //! connection that broke is dropped, and a call that finds its reused connection dropped by
@@ -30,6 +31,7 @@ use tokio::sync::oneshot;
 
 use crate::layout::Layout;
 use crate::price::Rule;
+use crate::settling::{Abandoned, Settling};
 use crate::sync_connection::{Spin, SyncConnection};
 
 /// A wait the script is told to allow when the caller allows any (microseconds, ~142 years).
@@ -115,16 +117,20 @@ struct Connection {
     health: Arc<Mutex<Health>>,
     /// Calls made since the I/O thread last took them: it is woken once for all of them.
     submitted: Arc<Mutex<Vec<Submitted>>>,
+    /// Budgets (by their keys) with a joined call on its way, and the calls for them that
+    /// came meanwhile, in order: they go together when it is answered.
+    busy: Mutex<HashMap<Vec<Vec<u8>>, Vec<Joining>>>,
 }
 
-/// A call for the I/O thread: work to run, or a take, which joins the other takes from its
-/// budget submitted with it in one `takes` script call.
+/// A call for the I/O thread: work to run, or a take, a booking or a give-back, which joins
+/// the others like it from its budget submitted with it in one script call (`takes`,
+/// `books`, `cancels`).
 enum Submitted {
     Work(std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>),
-    Take(Take),
+    Joining(Joining),
 }
 
-struct Take {
+struct Joining {
     call: Call,
     started: Instant,
     done: Box<dyn FnOnce(Result<Vec<Value>>) + Send>,
@@ -152,58 +158,91 @@ impl Connection {
         }
     }
 
-    /// On the I/O thread: starts every call submitted so far, the takes from one budget
-    /// as one script call. Each take is still decided alone, in the order submitted (the
-    /// script takes them one after another), at the server's one instant for them all.
-    fn run_submitted(&self) {
-        let mut takes: Vec<Vec<Take>> = Vec::new();
+    /// On the I/O thread: starts every call submitted so far, the takes (bookings,
+    /// give-backs) from one budget as one script call. Each is still decided alone, in the
+    /// order submitted (the script runs them one after another), at the server's one
+    /// instant for them all.
+    fn run_submitted(self: &Arc<Self>) {
+        let mut joining = Vec::new();
         for call in std::mem::take(&mut *self.submitted.lock()) {
             match call {
                 Submitted::Work(work) => drop(tokio::spawn(work)),
-                Submitted::Take(take) => {
-                    match takes
-                        .iter_mut()
-                        .find(|group| group[0].call.joins(&take.call))
-                    {
-                        Some(group) => group.push(take),
-                        None => takes.push(vec![take]),
-                    }
-                }
+                Submitted::Joining(call) => joining.push(call),
             }
         }
-        for group in takes {
-            self.spawn_takes(group);
+        self.join(joining);
+    }
+
+    /// Starts `calls` in groups that join, one joined call per budget at a time: calls for
+    /// a budget whose joined call is on its way wait for its answer and then go together
+    /// (a thousand tasks booking at once made 180 calls, each reading the whole book,
+    /// when every group went at once).
+    fn join(self: &Arc<Self>, calls: Vec<Joining>) {
+        let mut groups: Vec<Vec<Joining>> = Vec::new();
+        {
+            let mut busy = self.busy.lock();
+            for call in calls {
+                if let Some(waiting) = busy.get_mut(&call.call.keys) {
+                    waiting.push(call);
+                    continue;
+                }
+                if let Some(group) = groups.iter_mut().find(|g| g[0].call.joins(&call.call)) {
+                    group.push(call);
+                } else if groups.iter().any(|g| g[0].call.keys == call.call.keys) {
+                    // Another kind of call for a budget already starting: after it.
+                    busy.entry(call.call.keys.clone()).or_default().push(call);
+                } else {
+                    groups.push(vec![call]);
+                }
+            }
+            for group in &groups {
+                busy.entry(group[0].call.keys.clone()).or_default();
+            }
+        }
+        for group in groups {
+            self.spawn_joined(group);
         }
     }
 
-    /// Runs takes that join each other as one script call, within the earliest of their
+    /// The calls that waited for `keys`' joined call, which was answered: they go now.
+    fn answered(self: &Arc<Self>, keys: &[Vec<u8>]) {
+        let waiting = self.busy.lock().remove(keys).unwrap_or_default();
+        if !waiting.is_empty() {
+            self.join(waiting);
+        }
+    }
+
+    /// Runs calls that join each other as one script call, within the earliest of their
     /// timeouts; each gets its own answer, or the failure.
-    fn spawn_takes(&self, group: Vec<Take>) {
+    fn spawn_joined(self: &Arc<Self>, group: Vec<Joining>) {
         let started =
-            (group.iter().map(|take| take.started).min()).expect("a group has a first take");
+            (group.iter().map(|call| call.started).min()).expect("a group has a first call");
         let (timeout, health) = (self.timeout, Arc::clone(&self.health));
         let mut manager = self.manager.clone();
-        let call = Call::takes(group.iter().map(|take| &take.call));
+        let call = Call::joined(group.iter().map(|call| &call.call));
+        let width = call.answer_width();
+        let connection = Arc::clone(self);
         tokio::spawn(async move {
             let invocation = invocation(&call);
             let invoked = invocation.invoke_async::<Vec<Value>>(&mut manager);
             let answer = within(invoked, started, timeout, &health).await;
-            let answers = answer.and_then(|reply| {
-                if reply.len() == 5 * group.len() {
-                    Ok(reply)
-                } else {
-                    Err(malformed(reply.first()))
+            connection.answered(&call.keys);
+            let answers = answer.and_then(|reply| match group.len() {
+                1 => Ok(vec![reply]),
+                n if reply.len() == width * n => {
+                    Ok(reply.chunks(width).map(<[Value]>::to_vec).collect())
                 }
+                _ => Err(malformed(reply.first())),
             });
             match answers {
                 Ok(answers) => {
-                    for (take, answer) in group.into_iter().zip(answers.chunks(5)) {
-                        (take.done)(Ok(answer.to_vec()));
+                    for (call, answer) in group.into_iter().zip(answers) {
+                        (call.done)(Ok(answer));
                     }
                 }
                 Err(error) => group
                     .into_iter()
-                    .for_each(|take| (take.done)(Err(error.clone()))),
+                    .for_each(|call| (call.done)(Err(error.clone()))),
             }
         });
     }
@@ -226,6 +265,8 @@ pub struct RedisBudget {
     idle: Mutex<Idle>,
     /// Whether this budget's plain calls spin for their answers.
     spin: Arc<Spin>,
+    /// Turns of cancelled tasks on their way back, which later calls wait for.
+    settling: Arc<Settling>,
     health: Arc<Mutex<Health>>,
 }
 
@@ -250,34 +291,58 @@ struct Call {
 
 /// Where a call's count is, among its arguments (the script's `ARGV[5]`).
 const COUNT_ARG: usize = 4;
+/// Where a call's booking id is (`ARGV[8]`).
+const ID_ARG: usize = 7;
 
 impl Call {
-    /// Whether `other`, a take like this one, is a take from the same budget at the same
-    /// time (every argument the same but the count).
+    /// The argument in which calls of this one's kind that join differ: a take's or a
+    /// booking's count, a give-back's id (`None`: calls of this kind go alone).
+    fn joining_arg(&self) -> Option<usize> {
+        match self.args[0].as_slice() {
+            b"take" | b"book" => Some(COUNT_ARG),
+            b"cancel" => Some(ID_ARG),
+            _ => None,
+        }
+    }
+
+    /// Whether `other` is a call of this one's kind on the same budget at the same time
+    /// (every argument the same but the joining one).
     fn joins(&self, other: &Call) -> bool {
+        let Some(joining) = self.joining_arg() else {
+            return false;
+        };
         self.keys == other.keys
             && Arc::ptr_eq(&self.script, &other.script)
             && self.args.len() == other.args.len()
             && (self.args.iter().zip(&other.args).enumerate())
-                .all(|(at, (mine, theirs))| at == COUNT_ARG || mine == theirs)
+                .all(|(at, (mine, theirs))| at == joining || mine == theirs)
     }
 
-    /// One call for `takes` that join each other: the script's `takes`, their counts in
-    /// order (a lone take stays a `take`).
-    fn takes<'a>(mut takes: impl ExactSizeIterator<Item = &'a Call>) -> Call {
-        let first = takes.next().expect("a group has a first take");
+    /// One call for calls that join each other: the script's op for many (`takes`,
+    /// `books`, `cancels`), their joining arguments in order (a lone call stays itself).
+    fn joined<'a>(mut calls: impl ExactSizeIterator<Item = &'a Call>) -> Call {
+        let first = calls.next().expect("a group has a first call");
         let mut args = first.args.clone();
-        if takes.len() > 0 {
-            args[0] = b"takes".to_vec();
-            for take in takes {
-                args[COUNT_ARG].push(b',');
-                args[COUNT_ARG].extend_from_slice(&take.args[COUNT_ARG]);
+        if let (Some(joining), true) = (first.joining_arg(), calls.len() > 0) {
+            args[0].push(b's');
+            for call in calls {
+                args[joining].push(b',');
+                args[joining].extend_from_slice(&call.args[joining]);
             }
         }
         Call {
             script: Arc::clone(&first.script),
             keys: first.keys.clone(),
             args,
+        }
+    }
+
+    /// Values in each answer of a joined call (`books` pads every answer to a booking's).
+    fn answer_width(&self) -> usize {
+        if self.args[0] == b"books" {
+            8
+        } else {
+            5
         }
     }
 }
@@ -338,6 +403,7 @@ impl RedisBudget {
                 connections: Vec::new(),
             }),
             spin: Arc::default(),
+            settling: Arc::default(),
             health: Arc::new(Mutex::new(Health {
                 healthy: true,
                 latency: 0.0,
@@ -396,16 +462,10 @@ impl RedisBudget {
         count: u64,
         done: impl FnOnce(Result<Decision>) + Send + 'static,
     ) {
-        let (call, token) = match self.call("take", key, count, 0) {
-            Ok(call) => call,
-            Err(error) => return done(Err(error)),
-        };
-        match self.connection() {
-            Ok(connection) => connection.submit(Submitted::Take(Take {
-                call,
-                started: Instant::now(),
-                done: Box::new(move |reply| done(reply.and_then(|reply| decision(&reply, token)))),
-            })),
+        match self.call("take", key, count, 0) {
+            Ok((call, token)) => self.spawn_joining(call, move |reply| {
+                done(reply.and_then(|reply| decision(&reply, token)))
+            }),
             Err(error) => done(Err(error)),
         }
     }
@@ -484,12 +544,64 @@ impl RedisBudget {
         match self.turn_call(key, count, max_wait) {
             Ok((call, unit)) => {
                 let key = key.to_owned();
-                self.spawn_call(call, move |reply| {
+                self.spawn_joining(call, move |reply| {
                     done(reply.and_then(|reply| booked(&reply, key, unit)))
                 })
             }
             Err(error) => done(Err(error)),
         }
+    }
+
+    /// A booking whose caller is gone before its answer came (a cancelled task): owed back
+    /// from now; every later call of this process on the budget waits until it is back
+    /// (see [`RedisBudget::give_back_abandoned`]).
+    pub fn abandon(&self) -> Abandoned {
+        self.settling.owe()
+    }
+
+    /// Gives back the turn an abandoned booking got, if it got one, on the I/O thread and
+    /// ahead of the calls waiting for it; the debt is paid when it is back (or failed).
+    pub fn give_back_abandoned(&self, abandoned: Abandoned, answer: Result<Booked>) {
+        let Ok(Booked::Turn(turn)) = answer else {
+            return;
+        };
+        let settling = Arc::clone(&self.settling);
+        match (
+            self.call_on("cancel", &turn.key, 1, 0, turn.id, "c"),
+            self.connection(),
+        ) {
+            (Ok((call, _)), Ok(connection)) => connection.submit(Submitted::Joining(Joining {
+                call,
+                started: Instant::now(),
+                done: Box::new(move |_| {
+                    settling.gave_back();
+                    drop(abandoned);
+                }),
+            })),
+            // The turn lapses by itself.
+            _ => drop(abandoned),
+        }
+    }
+
+    /// Whether a turn abandoned here is still on its way back.
+    pub fn owes(&self) -> bool {
+        self.settling.owes()
+    }
+
+    /// Blocks until no abandoned turn is on its way back, within the timeout.
+    pub fn settled(&self) {
+        self.settling.wait(Instant::now() + self.timeout);
+    }
+
+    /// `done` runs once no abandoned turn is on its way back (now, if none is).
+    pub fn spawn_settled(&self, done: impl FnOnce() + Send + 'static) {
+        self.settling.after(done);
+    }
+
+    /// How many turns and reservations this process has given back on this budget: a
+    /// waiter that sees it change asks again, as the turns ahead of it may have gone.
+    pub fn given_back(&self) -> u64 {
+        self.settling.given_back()
     }
 
     fn turn_call(&self, key: &str, count: u64, max_wait: f64) -> Result<(Call, u64)> {
@@ -622,13 +734,16 @@ impl RedisBudget {
     fn cancel_booking(&self, key: &str, id: u64) -> Result<bool> {
         let (call, _) = self.call_on("cancel", key, 1, 0, id, "c")?;
         let reply = self.run(call)?;
+        self.settling.gave_back();
         Ok(micros(&reply, 0)? == 1)
     }
 
     /// [`RedisBudget::give_back`] on the connection's runtime; `done` gets the answer there.
     pub fn spawn_give_back(&self, turn: &Turn, done: impl FnOnce(Result<bool>) + Send + 'static) {
+        let settling = Arc::clone(&self.settling);
         match self.call_on("cancel", &turn.key, 1, 0, turn.id, "c") {
-            Ok((call, _)) => self.spawn_call(call, move |reply| {
+            Ok((call, _)) => self.spawn_joining(call, move |reply| {
+                settling.gave_back();
                 done(reply.and_then(|reply| Ok(micros(&reply, 0)? == 1)))
             }),
             Err(error) => done(Err(error)),
@@ -759,14 +874,6 @@ impl RedisBudget {
         self.blocking(|connection| invocation(&call).invoke(connection))
     }
 
-    /// Runs `call` as a task on the connection's runtime; `done` gets the answer there.
-    fn spawn_call(&self, call: Call, done: impl FnOnce(Result<Vec<Value>>) + Send + 'static) {
-        let work = move |mut manager: ConnectionManager| async move {
-            invocation(&call).invoke_async(&mut manager).await
-        };
-        self.spawn(work, done);
-    }
-
     /// Runs `work` over the multiplexed connection as a task on its runtime, within the
     /// timeout; records how it went; `done` gets the answer there.
     fn spawn<T, Work>(
@@ -784,9 +891,25 @@ impl RedisBudget {
         let timeout = self.timeout;
         let health = Arc::clone(&self.health);
         let started = Instant::now();
-        connection.submit(Submitted::Work(Box::pin(async move {
+        let work = Submitted::Work(Box::pin(async move {
             done(within(work(manager), started, timeout, &health).await);
-        })));
+        }));
+        self.settling.after(move || connection.submit(work));
+    }
+
+    /// Runs `call`, a take, booking or give-back, on the I/O thread, joined with the calls
+    /// like it from its budget that reach the thread with it; `done` gets its answer there.
+    fn spawn_joining(&self, call: Call, done: impl FnOnce(Result<Vec<Value>>) + Send + 'static) {
+        let connection = match self.connection() {
+            Ok(connection) => connection,
+            Err(error) => return done(Err(error)),
+        };
+        let call = Submitted::Joining(Joining {
+            call,
+            started: Instant::now(),
+            done: Box::new(done),
+        });
+        self.settling.after(move || connection.submit(call));
     }
 
     /// Runs `work` on this thread over an idle connection of this process (a new one when
@@ -797,6 +920,7 @@ impl RedisBudget {
         work: impl Fn(&mut SyncConnection) -> redis::RedisResult<T>,
     ) -> Result<T> {
         let started = Instant::now();
+        self.settling.wait(started + self.timeout);
         let mut fresh = false;
         let answer = loop {
             let left = self.timeout.saturating_sub(started.elapsed());
@@ -909,6 +1033,7 @@ impl RedisBudget {
             timeout: self.timeout,
             health: Arc::clone(&self.health),
             submitted: Arc::new(Mutex::new(Vec::new())),
+            busy: Mutex::default(),
         });
         *slot = Some(Arc::clone(&connection));
         Ok(connection)
@@ -1120,7 +1245,8 @@ fn booked(reply: &[Value], key: String, unit: u64) -> Result<Booked> {
     if !answer.allowed {
         return Ok(Booked::Refused(answer));
     }
-    if reply.len() == 5 {
+    // A turn admitted at once has no id (in a joined `books` answer, id 0).
+    if reply.len() == 5 || micros(reply, 5)? == 0 {
         return Ok(Booked::Admitted(answer));
     }
     Ok(Booked::Turn(Turn {

@@ -9,6 +9,7 @@
 pub mod budget;
 pub mod layout;
 pub mod price;
+mod settling;
 mod sync_connection;
 
 pub use budget::{
@@ -16,3 +17,4 @@ pub use budget::{
 };
 pub use layout::{Layout, MAX_NAMESPACE_LEN};
 pub use price::{Price, Rule, MAX_REDIS_WINDOW_LIMIT};
+pub use settling::Abandoned;

@@ -31,8 +31,13 @@ enum Step {
         max_wait: u64,
         waiter: bool,
     },
+    /// Waiters' turns asked for by tasks at once (the I/O thread joins those that reach it
+    /// together into one `books` call): the model books them one after another.
+    TurnsTogether(Vec<u64>),
     Execute(Index),
     Cancel(Index),
+    /// Turns given back by tasks at once (joined into `cancels`), in order.
+    GiveBacksTogether(Vec<Index>),
     Peek,
     BackOff(u64),
     Advance(u64),
@@ -49,8 +54,10 @@ fn steps(burst: u64) -> impl Strategy<Value = Vec<Step>> {
                 any::<bool>()
             )
                 .prop_map(|(count, max_wait, waiter)| Step::Book { count, max_wait, waiter }),
+            1 => prop::collection::vec(1..=burst + 1, 1..6).prop_map(Step::TurnsTogether),
             4 => any::<Index>().prop_map(Step::Execute),
             1 => any::<Index>().prop_map(Step::Cancel),
+            1 => prop::collection::vec(any::<Index>(), 1..6).prop_map(Step::GiveBacksTogether),
             1 => Just(Step::Peek),
             1 => (0..1_500_000u64).prop_map(Step::BackOff),
             5 => prop::sample::select(vec![0u64, 1, 999, 1_000, 50_000, 100_000, 250_001, 333_333, 1_000_000])
@@ -242,6 +249,62 @@ fn against<B: Budget>(
                 }
             }
             Step::Execute(_) | Step::Cancel(_) => {}
+            Step::TurnsTogether(counts) => {
+                let answers = together(counts.iter().map(|&count| {
+                    move |done: Box<dyn FnOnce(Booked) + Send>| {
+                        budget.spawn_book_turn("k", count, f64::INFINITY, move |booked| {
+                            done(booked.unwrap())
+                        })
+                    }
+                }));
+                for (count, booked) in counts.into_iter().zip(answers) {
+                    let op = Op::Book {
+                        count,
+                        max_wait_ns: None,
+                        waiter: true,
+                    };
+                    match (booked, model.apply(now, &op)) {
+                        (Booked::Admitted(_), Answer::Booked { id, slot, .. }) => {
+                            prop_assert_eq!(slot, now, "admitted at once: {}", context());
+                            let executed = model.apply(now, &Op::Execute { id });
+                            prop_assert_eq!(executed, Answer::Admitted, "{}", context());
+                            given.push((Given::Done, slot));
+                        }
+                        (Booked::Turn(turn), Answer::Booked { id, slot, .. }) => {
+                            let wait = (turn.wait * 1e6).round() as u64;
+                            prop_assert_eq!((id, wait), (given.len(), slot - now), "{}", context());
+                            given.push((Given::Turn(turn), slot));
+                        }
+                        (Booked::Refused(refusal), expected) => {
+                            prop_assert_eq!(answer(&refusal), expected, "{}", context());
+                        }
+                        (_, expected) => {
+                            prop_assert!(false, "booked vs the model's {expected:?}: {}", context())
+                        }
+                    }
+                }
+            }
+            Step::GiveBacksTogether(indices) => {
+                let turns: Vec<(usize, &Turn)> = indices
+                    .iter()
+                    .filter_map(|index| {
+                        let id = index.index(given.len().max(1));
+                        match given.get(id) {
+                            Some((Given::Turn(turn), _)) => Some((id, turn)),
+                            _ => None,
+                        }
+                    })
+                    .collect();
+                let answers = together(turns.iter().map(|&(_, turn)| {
+                    move |done: Box<dyn FnOnce(bool) + Send>| {
+                        budget.spawn_give_back(turn, move |live| done(live.unwrap()))
+                    }
+                }));
+                for ((id, _), live) in turns.into_iter().zip(answers) {
+                    let expected = model.apply(now, &Op::Cancel { id });
+                    prop_assert_eq!(Answer::Cancelled(live), expected, "{}", context());
+                }
+            }
             Step::Peek => {
                 let Answer::Peeked { units } = model.apply(now, &Op::Peek) else {
                     unreachable!()
@@ -256,6 +319,21 @@ fn against<B: Budget>(
         }
     }
     Ok(())
+}
+
+/// Starts every call before waiting for any (as tasks would), and their answers in order.
+fn together<T: Send + 'static, Call>(calls: impl Iterator<Item = Call>) -> Vec<T>
+where
+    Call: FnOnce(Box<dyn FnOnce(T) + Send>),
+{
+    let receivers: Vec<_> = calls
+        .map(|call| {
+            let (send, receive) = std::sync::mpsc::channel();
+            call(Box::new(move |answer| drop(send.send(answer))));
+            receive
+        })
+        .collect();
+    receivers.into_iter().map(|r| r.recv().unwrap()).collect()
 }
 
 #[test]

@@ -10,10 +10,10 @@
 --
 -- Ops: take (count tokens now, if every promise is still met), takes (many, in order), book (a promise of count
 -- tokens at the first slot after every other, if at most arg microseconds away; a waiter's
--- turn funded at once is admitted), execute (booking id, once its tokens are there), cancel
--- (booking id), owe (a back-off of arg microseconds), peek. Answers {allowed, code, wait,
--- free units, now}, and a booking adds {id, slot, expires} (a turn admitted at once adds
--- nothing). Codes: 0 admitted (or booked, or cancelled), 1 rate_limited, 2 exceeds_capacity,
+-- turn funded at once is admitted), books (many, in order), execute (booking id, once its
+-- tokens are there), cancel (booking id), cancels (many), owe (a back-off of arg
+-- microseconds), peek. Answers {allowed, code, wait, free units, now}, and a booking adds
+-- {id, slot, expires} (a turn admitted at once adds nothing; in `books`, zeros). Codes: 0 admitted (or booked, or cancelled), 1 rate_limited, 2 exceeds_capacity,
 -- 3 max_wait_exceeded, 4 not_ready, 5 expired, 6 cancelled, 7 already_executed,
 -- 8 unknown_reservation, 9 too_many_reservations.
 
@@ -74,15 +74,20 @@ local function units_of(b) return b.count * unit end
 
 local NONE = {}
 
--- The queued promises in booking order, without booking `except`.
+-- The queued promises in booking order, without booking `except`. All of them are kept,
+-- grown by a booking and dropped when any other change comes (`books` asks for them once
+-- per booking).
+local queued = nil
 local function schedule(except)
   if #live == 0 then return NONE end
+  if except == nil and queued then return queued end
   local promises = {}
   for _, b in ipairs(live) do
     if b.state == 'q' and b.id ~= except then
       promises[#promises + 1] = {slot = b.slot, units = units_of(b), count = b.count}
     end
   end
+  if except == nil then queued = promises end
   return promises
 end
 
@@ -102,6 +107,7 @@ end
 
 local function finish(i, code)
   local b = table.remove(live, i)
+  queued = nil
   if b.holder == 'c' then
     done[#done + 1] = {id = b.id, code = code, forget = b.expires + ttl}
   end
@@ -133,7 +139,25 @@ local function due(when)
   return found
 end
 
--- Expiries, lapses, then funding in booking order while the budget has the tokens.
+-- Funding in booking order while the budget has the tokens.
+local function fund()
+  for _, b in ipairs(live) do
+    if b.state == 'q' then
+      if b.slot > now or free() < units_of(b) then break end
+      hold(units_of(b))
+      b.state = 'h'
+      queued = nil
+      if b.holder == 'c' then
+        b.lapses = math.max(b.slot, now) + grace + 1
+      else
+        b.lapses = math.max(b.slot, now) + WAITER_LAPSE
+      end
+      dirty = true
+    end
+  end
+end
+
+-- Expiries, lapses, then funding (once a call: `now` does not move within it).
 local function refresh()
   if #live == 0 then return end
   for _, d in ipairs(due(function(b) if b.expires ~= 0 then return b.expires end end)) do
@@ -147,19 +171,7 @@ local function refresh()
     release(units_of(b))
     dirty = true
   end
-  for _, b in ipairs(live) do
-    if b.state == 'q' then
-      if b.slot > now or free() < units_of(b) then break end
-      hold(units_of(b))
-      b.state = 'h'
-      if b.holder == 'c' then
-        b.lapses = math.max(b.slot, now) + grace + 1
-      else
-        b.lapses = math.max(b.slot, now) + WAITER_LAPSE
-      end
-      dirty = true
-    end
-  end
+  fund()
 end
 
 local function queued_ahead(id)
@@ -232,6 +244,72 @@ local function take(count)
   return answer(1, ADMITTED, 0)
 end
 
+local function book(count)
+  local units = count * unit
+  local slot = 0
+  if units <= capacity then slot = slot_for(schedule(nil), units) end
+  if units > capacity then return answer(0, EXCEEDS, 0) end
+  if slot - now > tonumber(ARGV[6]) then return answer(0, MAX_WAIT, slot - now) end
+  if #live >= MAX_LIVE then return answer(0, TOO_MANY, slot - now) end
+  seq = seq + 1
+  dirty = true
+  local holder = ARGV[12]
+  local expires = 0
+  if holder == 'c' then expires = slot + ttl end
+  local b = {id = seq, count = count, slot = slot, expires = expires, holder = holder,
+    state = 'q', lapses = 0}
+  live[#live + 1] = b
+  if queued then
+    queued[#queued + 1] = {slot = b.slot, units = units_of(b), count = b.count}
+  end
+  fund()
+  if holder == 'w' and b.state == 'h' and slot == now then
+    -- A turn funded at once is its waiter's admission.
+    finish(find(b.id), ALREADY)
+    consume(units)
+    return answer(1, ADMITTED, 0)
+  end
+  local booked = answer(1, ADMITTED, slot - now)
+  booked[6], booked[7], booked[8] = b.id, slot, expires
+  return booked
+end
+
+-- Cancels (gives back) the bookings ARGV[8] names ("i1,i2,...": one for `cancel`, many
+-- for `cancels`) in one pass over the book: an answer each, admitted if it was live.
+local function cancel_all()
+  local ids, gone = {}, {}
+  for each in string.gmatch(ARGV[8], '%d+') do
+    local id = tonumber(each)
+    ids[#ids + 1], gone[id] = id, false
+  end
+  local kept = {}
+  for _, b in ipairs(live) do
+    if gone[b.id] == false then
+      gone[b.id] = true
+      if b.holder == 'c' then
+        done[#done + 1] = {id = b.id, code = CANCELLED, forget = b.expires + ttl}
+      end
+      if b.state == 'h' then release(units_of(b)) end
+      dirty = true
+    else
+      kept[#kept + 1] = b
+    end
+  end
+  live = kept
+  queued = nil
+  fund()
+  local answers, after = {}, answer(1, ADMITTED, 0)
+  for _, id in ipairs(ids) do
+    -- As one after another: an id named twice was live for the first only.
+    local live_then = gone[id]
+    gone[id] = false
+    answers[#answers + 1] = live_then and 1 or 0
+    answers[#answers + 1] = live_then and ADMITTED or UNKNOWN
+    for i = 3, 5 do answers[#answers + 1] = after[i] end
+  end
+  return answers
+end
+
 refresh()
 local count = tonumber(ARGV[5])
 local result
@@ -250,37 +328,15 @@ elseif op == 'takes' then
     for _, x in ipairs(take(tonumber(each))) do result[#result + 1] = x end
   end
 elseif op == 'book' then
-  local units = count * unit
-  local slot = 0
-  if units <= capacity then slot = slot_for(schedule(nil), units) end
-  if units > capacity then
-    result = answer(0, EXCEEDS, 0)
-  elseif slot - now > tonumber(ARGV[6]) then
-    result = answer(0, MAX_WAIT, slot - now)
-  elseif #live >= MAX_LIVE then
-    result = answer(0, TOO_MANY, slot - now)
-  else
-    seq = seq + 1
-    dirty = true
-    local holder = ARGV[12]
-    local expires = 0
-    if holder == 'c' then expires = slot + ttl end
-    local b = {id = seq, count = count, slot = slot, expires = expires, holder = holder,
-      state = 'q', lapses = 0}
-    live[#live + 1] = b
-    refresh()
-    if holder == 'w' and b.state == 'h' and slot == now then
-      -- A turn funded at once is its waiter's admission.
-      local i = find(b.id)
-      finish(i, ALREADY)
-      consume(units)
-      result = answer(1, ADMITTED, 0)
-    else
-      result = answer(1, ADMITTED, slot - now)
-      result[6], result[7], result[8] = b.id, slot, expires
-    end
+  result = book(count)
+elseif op == 'books' then
+  -- Many bookings in order (ARGV[5]: their counts): their answers, each padded to 8.
+  result = {}
+  for each in string.gmatch(ARGV[5], '%d+') do
+    local one = book(tonumber(each))
+    for i = 1, 8 do result[#result + 1] = one[i] or 0 end
   end
-elseif op == 'execute' or op == 'cancel' then
+elseif op == 'execute' then
   local id = tonumber(ARGV[8])
   local i, b = find(id)
   if b == nil then
@@ -288,16 +344,12 @@ elseif op == 'execute' or op == 'cancel' then
     for _, d in ipairs(done) do
       if d.id == id then code = d.code end
     end
-    if op == 'cancel' then code = UNKNOWN end
     result = answer(0, code, 0)
-  elseif op == 'execute' then
-    result = execute(i, b)
   else
-    finish(i, CANCELLED)
-    if b.state == 'h' then release(units_of(b)) end
-    refresh()
-    result = answer(1, ADMITTED, 0)
+    result = execute(i, b)
   end
+elseif op == 'cancel' or op == 'cancels' then
+  result = cancel_all()
 end
 if dirty then save() end
 return result

@@ -1,0 +1,132 @@
+//! What this process has given back is given back for everything it asks next.
+//!
+//! A task cancelled while its booking is on the way cannot give the turn back itself: the
+//! turn's id comes with the answer. The booking is then [`Settling::owe`]d: when the answer
+//! comes, the I/O thread gives the turn back, and until it is back every later call of this
+//! process on the budget waits for it (a plain call blocks, within its timeout; a task's
+//! call is held and sent once it is). So a cancelled waiter's turn is gone for the next
+//! call, as in memory, and the waiters behind it are told ([`Settling::given_back`]).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use parking_lot::{Condvar, Mutex};
+
+#[derive(Default)]
+pub(crate) struct Settling {
+    state: Mutex<Owed>,
+    settled: Condvar,
+    /// Turns and reservations this process has given back, ever.
+    given_back: AtomicU64,
+}
+
+#[derive(Default)]
+struct Owed {
+    turns: usize,
+    /// Tasks' calls made while turns were owed, sent once none is.
+    held: Vec<Box<dyn FnOnce() + Send>>,
+}
+
+impl std::fmt::Debug for Settling {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Settling({} owed)", self.state.lock().turns)
+    }
+}
+
+/// A turn owed back: paid when dropped (given back, or found not to be a turn, or failed).
+pub struct Abandoned(Arc<Settling>);
+
+impl std::fmt::Debug for Abandoned {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Abandoned")
+    }
+}
+
+impl Drop for Abandoned {
+    fn drop(&mut self) {
+        let held = {
+            let mut owed = self.0.state.lock();
+            owed.turns -= 1;
+            if owed.turns > 0 {
+                return;
+            }
+            self.0.settled.notify_all();
+            std::mem::take(&mut owed.held)
+        };
+        held.into_iter().for_each(|send| send());
+    }
+}
+
+impl Settling {
+    pub(crate) fn owe(self: &Arc<Self>) -> Abandoned {
+        self.state.lock().turns += 1;
+        Abandoned(Arc::clone(self))
+    }
+
+    pub(crate) fn owes(&self) -> bool {
+        self.state.lock().turns > 0
+    }
+
+    /// Blocks until nothing is owed, or until `deadline`.
+    pub(crate) fn wait(&self, deadline: Instant) {
+        let mut owed = self.state.lock();
+        while owed.turns > 0 && !self.settled.wait_until(&mut owed, deadline).timed_out() {}
+    }
+
+    /// Runs `send` now if nothing is owed, else once nothing is.
+    pub(crate) fn after(&self, send: impl FnOnce() + Send + 'static) {
+        let mut owed = self.state.lock();
+        if owed.turns == 0 {
+            drop(owed);
+            send();
+        } else {
+            owed.held.push(Box::new(send));
+        }
+    }
+
+    pub(crate) fn gave_back(&self) {
+        self.given_back.fetch_add(1, Ordering::AcqRel);
+    }
+
+    pub(crate) fn given_back(&self) -> u64 {
+        self.given_back.load(Ordering::Acquire)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn calls_wait_until_every_turn_owed_is_back() {
+        let settling = Arc::new(Settling::default());
+        let (first, second) = (settling.owe(), settling.owe());
+        let sent = Arc::new(AtomicU64::new(0));
+        let counter = Arc::clone(&sent);
+        settling.after(move || {
+            counter.fetch_add(1, Ordering::AcqRel);
+        });
+        drop(first);
+        assert!(settling.owes());
+        assert_eq!(sent.load(Ordering::Acquire), 0);
+        let waiter = {
+            let settling = Arc::clone(&settling);
+            std::thread::spawn(move || settling.wait(Instant::now() + Duration::from_secs(10)))
+        };
+        drop(second);
+        waiter.join().unwrap();
+        assert!(!settling.owes());
+        assert_eq!(sent.load(Ordering::Acquire), 1);
+    }
+
+    #[test]
+    fn a_wait_ends_at_its_deadline() {
+        let settling = Arc::new(Settling::default());
+        let _owed = settling.owe();
+        let started = Instant::now();
+        settling.wait(started + Duration::from_millis(20));
+        assert!(started.elapsed() >= Duration::from_millis(20));
+    }
+}
