@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from flashcard_pipeline import distributed
 from flashcard_pipeline._native import REBALANCE_THRESHOLD
 from flashcard_pipeline.rate_limiter_v2 import (
     DistributedRateLimiter,
@@ -138,6 +139,31 @@ async def test_from_a_task(make: Any, clock: ManualClock) -> None:
     waited = await limiter.acquire()
     assert waited.allowed
     assert clock.monotonic() == pytest.approx(0.1, abs=1e-6)
+
+
+@pytest.mark.asyncio
+async def test_a_task_cancelled_as_its_turn_arrives_gives_the_turn_back(
+    make: Any, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Cancelled after the server booked its turn but before it ran on that answer, a
+    waiter still gives the turn back: nothing is promised to a task that is gone."""
+    limiter = make(10, 1.0, burst_size=1)
+    assert limiter.try_acquire()
+    resolve = distributed._LoopAnswers.resolve
+
+    def resolve_then_cancel(answers: Any) -> None:
+        resolve(answers)  # the booked turn is the waiter's, which has not run yet
+        waiter.cancel()
+
+    monkeypatch.setattr(distributed._LoopAnswers, "resolve", resolve_then_cancel)
+    waiter = asyncio.create_task(limiter.acquire())
+    await asyncio.sleep(0)
+    if limiter.backend == "memory":
+        waiter.cancel()  # it booked at the call
+    outcome = (await asyncio.gather(waiter, return_exceptions=True))[0]
+    assert isinstance(outcome, asyncio.CancelledError)
+    clock.advance(0.1)
+    assert limiter.try_acquire()  # the token the turn was promised
 
 
 @pytest.mark.asyncio

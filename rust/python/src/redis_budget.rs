@@ -18,9 +18,7 @@ use pyo3::types::{PyBool, PyList};
 use ratelimit_core::{
     validate_max_wait, Algorithm, Backend, Decision, Quota, ReservationPolicy, Scope,
 };
-use ratelimit_redis::{
-    after_answers, Abandoned, Booked, Layout, Options, RedisBudget, Reserved, Turn,
-};
+use ratelimit_redis::{after_answers, Booked, Layout, Options, Owed, RedisBudget, Reserved, Turn};
 
 use crate::args::{
     AlgorithmArg, BurstSize, ClockArg, Count, Key, MaxWait, Period, Rate, ReservationGrace,
@@ -143,7 +141,7 @@ struct Queue {
 struct Answers {
     queued: Vec<(u64, Answer)>,
     /// Bookings whose task was cancelled before their answer came, by call id.
-    abandoned: HashMap<u64, Abandoned>,
+    abandoned: HashMap<u64, Owed>,
 }
 
 impl Queue {
@@ -153,7 +151,7 @@ impl Queue {
         self: &Arc<Self>,
         id: u64,
         booked: ratelimit_core::Result<Booked>,
-    ) -> Option<(Abandoned, ratelimit_core::Result<Booked>)> {
+    ) -> Option<(Owed, ratelimit_core::Result<Booked>)> {
         let mut answers = self.answers.lock();
         match answers.abandoned.remove(&id) {
             Some(abandoned) => Some((abandoned, booked)),
@@ -347,12 +345,13 @@ impl PyRedisEngine {
         }
     }
 
-    /// Whether a turn abandoned in this process is still on its way back.
+    /// Whether a turn this process gave back on the I/O thread, or abandoned, is still on
+    /// its way back.
     fn owes(&self) -> bool {
         self.budget.owes()
     }
 
-    /// Returns once no abandoned turn is on its way back (within the timeout), the GIL
+    /// Returns once no such turn is on its way back (within the timeout), the GIL
     /// released.
     fn settled(&self, py: Python<'_>) {
         py.detach(|| self.budget.settled());

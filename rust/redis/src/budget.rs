@@ -31,7 +31,7 @@ use tokio::sync::oneshot;
 
 use crate::layout::Layout;
 use crate::price::Rule;
-use crate::settling::{Abandoned, Settling};
+use crate::settling::{Owed, Settling};
 use crate::sync_connection::{Spin, SyncConnection};
 
 /// A wait the script is told to allow when the caller allows any (microseconds, ~142 years).
@@ -569,45 +569,57 @@ impl RedisBudget {
     /// A booking whose caller is gone before its answer came (a cancelled task): owed back
     /// from now; every later call of this process on the budget waits until it is back
     /// (see [`RedisBudget::give_back_abandoned`]).
-    pub fn abandon(&self) -> Abandoned {
+    pub fn abandon(&self) -> Owed {
         self.settling.owe()
     }
 
     /// Gives back the turn an abandoned booking got, if it got one, on the I/O thread and
     /// ahead of the calls waiting for it; the debt is paid when it is back (or failed).
-    pub fn give_back_abandoned(&self, abandoned: Abandoned, answer: Result<Booked>) {
-        let Ok(Booked::Turn(turn)) = answer else {
-            return;
-        };
-        let settling = Arc::clone(&self.settling);
-        match (
-            self.call_on("cancel", &turn.key, 1, 0, turn.id, "c"),
-            self.connection(),
-        ) {
-            (Ok((call, _)), Ok(connection)) => connection.submit(Submitted::Joining(Joining {
-                call,
-                started: Instant::now(),
-                done: Box::new(move |_| {
-                    settling.gave_back();
-                    drop(abandoned);
-                }),
-            })),
-            // The turn lapses by itself.
-            _ => drop(abandoned),
+    pub fn give_back_abandoned(&self, abandoned: Owed, answer: Result<Booked>) {
+        if let Ok(Booked::Turn(turn)) = answer {
+            self.give_back_owed(&turn, abandoned, |_| ());
         }
     }
 
-    /// Whether a turn abandoned here is still on its way back.
+    /// Gives `turn` back on the I/O thread, ahead of the calls waiting for what is owed;
+    /// `owed` is paid, and the waiters told, once it is back (or failed: a turn never
+    /// given back lapses by itself).
+    fn give_back_owed(
+        &self,
+        turn: &Turn,
+        owed: Owed,
+        done: impl FnOnce(Result<bool>) + Send + 'static,
+    ) {
+        let settling = Arc::clone(&self.settling);
+        let call = self.call_on("cancel", &turn.key, 1, 0, turn.id, "c");
+        match call.and_then(|(call, _)| Ok((call, self.connection()?))) {
+            Ok((call, connection)) => connection.submit(Submitted::Joining(Joining {
+                call,
+                started: Instant::now(),
+                done: Box::new(move |reply| {
+                    settling.gave_back();
+                    drop(owed);
+                    done(reply.and_then(|reply| Ok(micros(&reply, 0)? == 1)))
+                }),
+            })),
+            Err(error) => {
+                drop(owed);
+                done(Err(error))
+            }
+        }
+    }
+
+    /// Whether a turn this process gave back or abandoned is still on its way back.
     pub fn owes(&self) -> bool {
         self.settling.owes()
     }
 
-    /// Blocks until no abandoned turn is on its way back, within the timeout.
+    /// Blocks until no turn is owed back, within the timeout.
     pub fn settled(&self) {
         self.settling.wait(Instant::now() + self.timeout);
     }
 
-    /// `done` runs once no abandoned turn is on its way back (now, if none is).
+    /// `done` runs once no turn is owed back (now, if none is).
     pub fn spawn_settled(&self, done: impl FnOnce() + Send + 'static) {
         self.settling.after(done);
     }
@@ -753,15 +765,10 @@ impl RedisBudget {
     }
 
     /// [`RedisBudget::give_back`] on the connection's runtime; `done` gets the answer there.
+    /// Later calls of this process on the budget wait until the turn is back, as they do
+    /// for an abandoned booking's.
     pub fn spawn_give_back(&self, turn: &Turn, done: impl FnOnce(Result<bool>) + Send + 'static) {
-        let settling = Arc::clone(&self.settling);
-        match self.call_on("cancel", &turn.key, 1, 0, turn.id, "c") {
-            Ok((call, _)) => self.spawn_joining(call, move |reply| {
-                settling.gave_back();
-                done(reply.and_then(|reply| Ok(micros(&reply, 0)? == 1)))
-            }),
-            Err(error) => done(Err(error)),
-        }
+        self.give_back_owed(turn, self.settling.owe(), done);
     }
 
     /// Tokens a take could have now.

@@ -17,4 +17,4 @@ pub use budget::{
 };
 pub use layout::{Layout, MAX_NAMESPACE_LEN};
 pub use price::{Price, Rule, MAX_REDIS_WINDOW_LIMIT};
-pub use settling::Abandoned;
+pub use settling::Owed;

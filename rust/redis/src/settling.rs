@@ -1,11 +1,13 @@
 //! What this process has given back is given back for everything it asks next.
 //!
-//! A task cancelled while its booking is on the way cannot give the turn back itself: the
-//! turn's id comes with the answer. The booking is then [`Settling::owe`]d: when the answer
-//! comes, the I/O thread gives the turn back, and until it is back every later call of this
-//! process on the budget waits for it (a plain call blocks, within its timeout; a task's
-//! call is held and sent once it is). So a cancelled waiter's turn is gone for the next
-//! call, as in memory, and the waiters behind it are told ([`Settling::given_back`]).
+//! A task's turn goes back on the I/O thread (a task cannot make the round trip itself
+//! when it is being cancelled), and a task cancelled while its booking is on the way cannot
+//! give the turn back at all: the turn's id comes with the answer. Either turn is
+//! [`Settling::owe`]d until it is back (for the booking, the I/O thread gives the turn back
+//! when the answer comes), and meanwhile every later call of this process on the budget
+//! waits for it (a plain call blocks, within its timeout; a task's call is held and sent
+//! once it is). So a cancelled waiter's turn is gone for the next call, as in memory, and
+//! the waiters behind it are told ([`Settling::given_back`]).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -15,14 +17,14 @@ use parking_lot::{Condvar, Mutex};
 
 #[derive(Default)]
 pub(crate) struct Settling {
-    state: Mutex<Owed>,
+    state: Mutex<Debts>,
     settled: Condvar,
     /// Turns and reservations this process has given back, ever.
     given_back: AtomicU64,
 }
 
 #[derive(Default)]
-struct Owed {
+struct Debts {
     turns: usize,
     /// Tasks' calls made while turns were owed, sent once none is.
     held: Vec<Box<dyn FnOnce() + Send>>,
@@ -35,15 +37,15 @@ impl std::fmt::Debug for Settling {
 }
 
 /// A turn owed back: paid when dropped (given back, or found not to be a turn, or failed).
-pub struct Abandoned(Arc<Settling>);
+pub struct Owed(Arc<Settling>);
 
-impl std::fmt::Debug for Abandoned {
+impl std::fmt::Debug for Owed {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Abandoned")
+        f.write_str("Owed")
     }
 }
 
-impl Drop for Abandoned {
+impl Drop for Owed {
     fn drop(&mut self) {
         let held = {
             let mut owed = self.0.state.lock();
@@ -59,9 +61,9 @@ impl Drop for Abandoned {
 }
 
 impl Settling {
-    pub(crate) fn owe(self: &Arc<Self>) -> Abandoned {
+    pub(crate) fn owe(self: &Arc<Self>) -> Owed {
         self.state.lock().turns += 1;
-        Abandoned(Arc::clone(self))
+        Owed(Arc::clone(self))
     }
 
     pub(crate) fn owes(&self) -> bool {
