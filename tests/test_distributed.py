@@ -461,6 +461,37 @@ def test_a_limiter_made_before_fork_works_in_the_children(server: Server) -> Non
     assert not limiter.try_acquire()
 
 
+def test_a_child_forked_while_a_turn_goes_back_owes_nothing() -> None:
+    """A turn the parent is giving back when it forks is the parent's to wait for: the
+    child's calls go at once."""
+    server = Server("redis")
+    try:
+        limiter = DistributedRateLimiter(
+            10, 1.0, burst_size=1, namespace="n", backend="redis", redis_url=server.url,
+            timeout=2.0,
+        )
+        assert limiter.try_acquire()
+
+        async def cancel_a_waiter() -> None:
+            waiter = asyncio.create_task(limiter.acquire())
+            await asyncio.sleep(0.02)  # booked: it sleeps to its slot
+            server.pause()
+            waiter.cancel()  # its turn goes back on the I/O thread, which cannot finish
+            await asyncio.gather(waiter, return_exceptions=True)
+
+        asyncio.run(cancel_a_waiter())
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child reports through its exit status
+            time.sleep(0.1)  # the parent resumes the server
+            start = time.monotonic()
+            answered = limiter.try_acquire().reason != "backend_unavailable"
+            os._exit(0 if answered and time.monotonic() - start < 1.0 else 1)
+        server.resume()
+        assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+    finally:
+        server.close()
+
+
 @pytest.mark.parametrize("form", ["user", "database", "unix"])
 def test_the_url_forms(form: str) -> None:
     server = Server("redis", unix=form == "unix")

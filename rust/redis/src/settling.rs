@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use parking_lot::{Condvar, Mutex};
+use parking_lot::{Condvar, Mutex, MutexGuard};
 
 #[derive(Default)]
 pub(crate) struct Settling {
@@ -25,6 +25,8 @@ pub(crate) struct Settling {
 
 #[derive(Default)]
 struct Debts {
+    /// The process they are this one's debts in (a forked child starts with none).
+    pid: u32,
     turns: usize,
     /// Tasks' calls made while turns were owed, sent once none is.
     held: Vec<Box<dyn FnOnce() + Send>>,
@@ -32,12 +34,15 @@ struct Debts {
 
 impl std::fmt::Debug for Settling {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Settling({} owed)", self.state.lock().turns)
+        write!(f, "Settling({} owed)", self.debts().turns)
     }
 }
 
 /// A turn owed back: paid when dropped (given back, or found not to be a turn, or failed).
-pub struct Owed(Arc<Settling>);
+pub struct Owed {
+    settling: Arc<Settling>,
+    pid: u32,
+}
 
 impl std::fmt::Debug for Owed {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -48,12 +53,15 @@ impl std::fmt::Debug for Owed {
 impl Drop for Owed {
     fn drop(&mut self) {
         let held = {
-            let mut owed = self.0.state.lock();
+            let mut owed = self.settling.debts();
+            if owed.pid != self.pid {
+                return; // the parent's, in a forked child
+            }
             owed.turns -= 1;
             if owed.turns > 0 {
                 return;
             }
-            self.0.settled.notify_all();
+            self.settling.settled.notify_all();
             std::mem::take(&mut owed.held)
         };
         held.into_iter().for_each(|send| send());
@@ -61,24 +69,40 @@ impl Drop for Owed {
 }
 
 impl Settling {
+    /// This process's debts: in a forked child, none (the turns owed are the parent's, to
+    /// be given back by its I/O thread, and the calls held were its tasks').
+    fn debts(&self) -> MutexGuard<'_, Debts> {
+        let mut debts = self.state.lock();
+        let pid = std::process::id();
+        if debts.pid != pid {
+            std::mem::forget(std::mem::take(&mut debts.held));
+            (debts.pid, debts.turns) = (pid, 0);
+        }
+        debts
+    }
+
     pub(crate) fn owe(self: &Arc<Self>) -> Owed {
-        self.state.lock().turns += 1;
-        Owed(Arc::clone(self))
+        let mut debts = self.debts();
+        debts.turns += 1;
+        Owed {
+            settling: Arc::clone(self),
+            pid: debts.pid,
+        }
     }
 
     pub(crate) fn owes(&self) -> bool {
-        self.state.lock().turns > 0
+        self.debts().turns > 0
     }
 
     /// Blocks until nothing is owed, or until `deadline`.
     pub(crate) fn wait(&self, deadline: Instant) {
-        let mut owed = self.state.lock();
+        let mut owed = self.debts();
         while owed.turns > 0 && !self.settled.wait_until(&mut owed, deadline).timed_out() {}
     }
 
     /// Runs `send` now if nothing is owed, else once nothing is.
     pub(crate) fn after(&self, send: impl FnOnce() + Send + 'static) {
-        let mut owed = self.state.lock();
+        let mut owed = self.debts();
         if owed.turns == 0 {
             drop(owed);
             send();
