@@ -273,7 +273,7 @@ pub struct RedisBudget {
     idle: Mutex<Idle>,
     /// Whether this budget's plain calls spin for their answers.
     spin: Arc<Spin>,
-    /// Turns of cancelled tasks on their way back, which later calls wait for.
+    /// Tasks' turns on their way back from the I/O thread, which later calls wait for.
     settling: Arc<Settling>,
     health: Arc<Mutex<Health>>,
 }
