@@ -105,13 +105,18 @@ local function find(id)
   end
 end
 
-local function finish(i, code)
-  local b = table.remove(live, i)
-  queued = nil
+-- A caller's reservation that ends keeps its outcome (a waiter's turn is forgotten).
+local function remember(b, code)
   if b.holder == 'c' then
     done[#done + 1] = {id = b.id, code = code, forget = b.expires + ttl}
   end
   dirty = true
+end
+
+local function finish(i, code)
+  local b = table.remove(live, i)
+  queued = nil
+  remember(b, code)
   return b
 end
 
@@ -286,11 +291,8 @@ local function cancel_all()
   for _, b in ipairs(live) do
     if gone[b.id] == false then
       gone[b.id] = true
-      if b.holder == 'c' then
-        done[#done + 1] = {id = b.id, code = CANCELLED, forget = b.expires + ttl}
-      end
+      remember(b, CANCELLED)
       if b.state == 'h' then release(units_of(b)) end
-      dirty = true
     else
       kept[#kept + 1] = b
     end
